@@ -1,0 +1,25 @@
+# `make demo` / `make test` create or reuse .venv; the install is skipped when pyproject.toml is unchanged.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/kdcompress demo --out runs/demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check kdcompress tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache build *.egg-info

@@ -1,0 +1,413 @@
+"""Frozen configuration dataclasses, preset loading (stdlib tomllib) and `--set key=value` overrides.
+
+A preset is data: a TOML file with a list of `[[loss]]` terms and `[train]` defaults. Nothing in a preset
+is imported or evaluated; every key is checked against the dataclasses below or the loss's own Params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, UsageError
+from .registry import did_you_mean
+
+# --------------------------------------------------------------------------------------------- input
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model eats: one image's shape (C, H, W), NCHW layout, and per-channel normalisation.
+
+    Images are scaled to [0, 1] and then normalised as (x - mean) / std; an exported ONNX model takes the
+    normalised tensor and carries mean/std in its metadata.
+    """
+
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        c = self.shape[0]
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise InputError(f"input shape must be (C, H, W) with positive sizes, got {self.shape}")
+        if len(self.mean) != c or len(self.std) != c:
+            raise InputError(f"mean/std need {c} values for {c} channels, got {len(self.mean)}/{len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise InputError(f"std must be > 0, got {self.std}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "mean": list(self.mean), "std": list(self.std), "layout": "NCHW"}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> InputSpec:
+        try:
+            return cls(tuple(int(v) for v in d["shape"]), tuple(float(v) for v in d["mean"]),
+                       tuple(float(v) for v in d["std"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"malformed input spec {d!r}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule. Step milestones are given for `milestone_epochs` and scale with --epochs."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | constant
+    milestones: tuple[int, ...] = (150, 180, 210)
+    milestone_epochs: int = 240
+    gamma: float = 0.1
+    augment: str = "auto"  # auto | none | shift | crop_flip
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.lr > 0, "lr", "must be > 0"),
+            (self.optimizer in ("sgd", "adamw"), "optimizer", "must be 'sgd' or 'adamw'"),
+            (self.schedule in ("cosine", "step", "constant"), "schedule", "must be cosine, step or constant"),
+            (self.augment in ("auto", "none", "shift", "crop_flip"), "augment",
+             "must be auto, none, shift or crop_flip"),
+            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (self.milestone_epochs >= 1, "milestone_epochs", "must be >= 1"),
+            (self.num_workers >= 0, "num_workers", "must be >= 0"),
+        ]
+        for ok, name, msg in checks:
+            if not ok:
+                raise UsageError(f"train.{name}={getattr(self, name)!r} {msg}")
+
+    def scaled_milestones(self) -> list[int]:
+        """Milestones rescaled from the recipe's length to this run's, e.g. 150/240 of 30 epochs -> 19."""
+        scale = self.epochs / self.milestone_epochs
+        return sorted({max(1, round(m * scale)) for m in self.milestones})
+
+
+# --------------------------------------------------------------------------------------------- losses
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted term of the objective: `weight * omega(epoch) * loss(kind, params)`."""
+
+    kind: str
+    weight: float = 1.0
+    warmup_epochs: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    reference: str
+    terms: tuple[LossTerm, ...]
+    train: TrainConfig
+    variant: bool = False  # True: not the paper's confirmed form ("kdcompress variant")
+    source: str = ""
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.kind != "ce" for t in self.terms)
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+@dataclass(frozen=True)
+class Budget:
+    ms: float | None
+    stat: str = "p50"  # p50 | p90
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.ms is not None and not self.ms > 0:
+            raise UsageError(f"--budget-ms must be > 0, got {self.ms}")
+        if self.stat not in ("p50", "p90"):
+            raise UsageError(f"--stat must be p50 or p90, got '{self.stat}'")
+        if self.batch < 1:
+            raise UsageError(f"--batch must be >= 1, got {self.batch}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how to run: the device for training, the ORT provider and threads for measurement."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    provider: str = "cpu"  # cpu | cuda | tensorrt
+    threads: int | None = None  # ORT intra-op threads; None = 1 (latency of small models, see ortbench)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UsageError(f"--device must be auto, cpu or cuda, got '{self.device}'")
+        if self.provider not in ("cpu", "cuda", "tensorrt"):
+            raise UsageError(f"unknown --provider '{self.provider}'{did_you_mean(self.provider, ['cpu', 'cuda', 'tensorrt'])}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    teacher: Path
+    data: str
+    preset: Preset
+    budget: Budget
+    runtime: RuntimeConfig
+    out: Path
+    student: str | None = None
+    candidates: tuple[str, ...] = ()
+    trust_checkpoint: bool = False
+    restart: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "teacher": str(self.teacher),
+            "data": self.data,
+            "preset": preset_to_json(self.preset),
+            "budget": dataclasses.asdict(self.budget),
+            "runtime": dataclasses.asdict(self.runtime),
+            "out": str(self.out),
+            "student": self.student,
+            "candidates": list(self.candidates),
+        }
+
+
+def preset_to_json(p: Preset) -> dict[str, Any]:
+    d = dataclasses.asdict(p)
+    d["terms"] = [dataclasses.asdict(t) for t in p.terms]
+    d["train"]["milestones"] = list(p.train.milestones)
+    return d
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def builtin_preset_names() -> list[str]:
+    files = resources.files("kdcompress.presets")
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """A built-in name (`kd`, `dkd`, ...) or a path to the user's own TOML file."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.exists():
+        if not path.is_file():
+            raise InputError(f"preset file not found: {path}")
+        text, source = path.read_text(), str(path)
+    else:
+        names = builtin_preset_names()
+        if name_or_path not in names:
+            raise UsageError(
+                f"unknown preset '{name_or_path}'{did_you_mean(name_or_path, names)}; "
+                f"choose from: {', '.join(names)}, or give a .toml path"
+            )
+        text = resources.files("kdcompress.presets").joinpath(f"{name_or_path}.toml").read_text()
+        source = f"builtin:{name_or_path}"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"preset {source} is not valid TOML: {e}") from None
+    return preset_from_dict(raw, default_name=path.stem, source=source)
+
+
+_PRESET_KEYS = {"name", "description", "reference", "variant", "train", "loss"}
+_TERM_KEYS = {"kind", "weight", "warmup_epochs", "params", "name"}
+
+
+def preset_from_dict(raw: dict[str, Any], default_name: str = "custom", source: str = "") -> Preset:
+    where = source or default_name
+    unknown = set(raw) - _PRESET_KEYS
+    if unknown:
+        k = sorted(unknown)[0]
+        raise UsageError(f"preset {where}: unknown key '{k}'{did_you_mean(k, sorted(_PRESET_KEYS))}")
+    losses = raw.get("loss")
+    if not isinstance(losses, list) or not losses:
+        raise UsageError(f"preset {where}: needs at least one [[loss]] table")
+    terms = []
+    for i, t in enumerate(losses):
+        if not isinstance(t, dict) or "kind" not in t:
+            raise UsageError(f"preset {where}: [[loss]] #{i + 1} needs a 'kind'")
+        bad = set(t) - _TERM_KEYS
+        if bad:
+            k = sorted(bad)[0]
+            raise UsageError(f"preset {where}: [[loss]] '{t['kind']}' has unknown key '{k}'{did_you_mean(k, sorted(_TERM_KEYS))}")
+        term = LossTerm(
+            kind=str(t["kind"]),
+            weight=_coerce(float, t.get("weight", 1.0), f"{t['kind']}.weight"),
+            warmup_epochs=_coerce(int, t.get("warmup_epochs", 0), f"{t['kind']}.warmup_epochs"),
+            params=dict(t.get("params", {})),
+            name=str(t.get("name", "")),
+        )
+        if term.weight < 0 or term.warmup_epochs < 0:
+            raise UsageError(f"preset {where}: {term.key}.weight and warmup_epochs must be >= 0")
+        terms.append(term)
+    keys = [t.key for t in terms]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise UsageError(f"preset {where}: term '{sorted(dup)[0]}' appears twice; give one a distinct `name`")
+    train = build_dataclass(TrainConfig, raw.get("train", {}), prefix="train")
+    preset = Preset(
+        name=str(raw.get("name", default_name)),
+        description=str(raw.get("description", "")),
+        reference=str(raw.get("reference", "")),
+        terms=tuple(terms),
+        train=train,
+        variant=bool(raw.get("variant", False)),
+        source=source,
+    )
+    validate_terms(preset)
+    return preset
+
+
+def validate_terms(preset: Preset) -> None:
+    """Check each term's kind and params against the loss registry (imports the losses: torch)."""
+    from .losses import LOSSES
+
+    for t in preset.terms:
+        spec = LOSSES.get(t.kind)
+        build_dataclass(spec.Params, t.params, prefix=t.key)
+
+
+# --------------------------------------------------------------------------------------------- typing
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        for a in args:
+            try:
+                return _coerce(a, value, key)
+            except UsageError:
+                continue
+        raise UsageError(f"{key}={value!r} has the wrong type (expected {tp})")
+    if origin is tuple or tp is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{key}={value!r} must be a list")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v, key) for v in value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"{key}={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise UsageError(f"{key}={value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{key}={value!r} must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UsageError(f"{key}={value!r} must be a string")
+        return value
+    return value
+
+
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """cls(**values) with unknown keys and wrong types reported as `prefix.key` (the --set spelling)."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls) if f.init]
+    kwargs = {}
+    for k, v in values.items():
+        if k not in names:
+            raise UsageError(f"unknown key '{prefix}.{k}'{did_you_mean(k, names)}; {prefix} has: {', '.join(names)}")
+        kwargs[k] = _coerce(hints[k], v, f"{prefix}.{k}")
+    try:
+        return cls(**kwargs)
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{prefix}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------- --set
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: TOML-like literals (true/false, numbers, [lists]) or a bare string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    if text.strip().startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise UsageError(f"--set value {text!r} is not a valid list") from None
+    return text
+
+
+def apply_overrides(preset: Preset, overrides: list[str] | tuple[str, ...]) -> Preset:
+    """`--set train.lr=0.1`, `--set kd.T=2`, `--set kd.weight=0.5`, `--set dkd.warmup_epochs=5`."""
+    train_updates: dict[str, Any] = {}
+    terms = {t.key: t for t in preset.terms}
+    order = [t.key for t in preset.terms]
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"--set expects key=value, got '{item}'")
+        key, _, raw_value = item.partition("=")
+        key = key.strip()
+        value = parse_value(raw_value.strip())
+        head, dot, tail = key.partition(".")
+        if not dot or not tail:
+            raise UsageError(f"--set key '{key}' must look like train.lr or <term>.<param>")
+        if head == "train":
+            train_updates[tail] = value
+            continue
+        if head not in terms:
+            choices = ["train", *order]
+            raise UsageError(f"--set {key}: no term '{head}' in preset '{preset.name}'{did_you_mean(head, choices)}; "
+                             f"terms: {', '.join(order)}")
+        t = terms[head]
+        if tail == "weight":
+            t = replace(t, weight=_coerce(float, value, key))
+        elif tail == "warmup_epochs":
+            t = replace(t, warmup_epochs=_coerce(int, value, key))
+        else:
+            t = replace(t, params={**t.params, tail: value})
+        terms[head] = t
+    train = preset.train
+    if train_updates:
+        current = {f.name: getattr(train, f.name) for f in fields(TrainConfig)}
+        for k in train_updates:
+            if k not in current:
+                raise UsageError(f"unknown key 'train.{k}'{did_you_mean(k, list(current))}; train has: {', '.join(current)}")
+        train = build_dataclass(TrainConfig, {**current, **train_updates}, prefix="train")
+    out = replace(preset, terms=tuple(terms[k] for k in order), train=train)
+    validate_terms(out)
+    return out

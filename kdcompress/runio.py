@@ -1,0 +1,151 @@
+"""Run-directory layout and atomic file I/O: every file appears whole or not at all."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON: {e}") from None
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def safe_torch_load(path: Path, *, trust: bool = False) -> Any:
+    """Load a checkpoint with weights_only=True unless the user trusts the file (it may run code)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"expected a checkpoint file, got a directory: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"checkpoint is empty: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "Weights only load failed" in str(e):
+            raise InputError(
+                f"{path} holds objects beyond weights (a pickled module or code); "
+                "it was not loaded. Re-run with --trust-checkpoint only if you trust its source"
+            ) from None
+        raise InputError(f"{path} is not a readable checkpoint: {first}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path} is not a readable checkpoint: {first}") from None
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one run. Each stage reads its inputs from here, so a resumed run starts from files."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def selection(self) -> Path:
+        return self.root / "selection.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def train_result(self) -> Path:
+        return self.root / "train.json"
+
+    @property
+    def student(self) -> Path:
+        return self.root / "student.pt"
+
+    @property
+    def onnx(self) -> Path:
+        return self.root / "student.onnx"
+
+    @property
+    def teacher_onnx(self) -> Path:
+        return self.root / "teacher.onnx"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "validation.json"
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    def prepare(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"--out {self.root} exists and is not a directory")
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create run directory {self.root}: {e.strerror}") from None
+        if not os.access(self.root, os.W_OK):
+            raise InputError(f"run directory {self.root} is not writable")

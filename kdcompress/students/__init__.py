@@ -1,0 +1,69 @@
+"""The student zoo: a registry of builders `build(num_classes, InputSpec) -> nn.Module`.
+
+Every model follows one interface (timm's): `forward_features(x)` -> feature map, `forward_head(f,
+pre_logits=False)` -> logits (or the pooled penultimate embedding with pre_logits=True),
+`get_classifier()` -> the final layer, and `embed_dim`. ND and IC-KD use the embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import InputSpec
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    name: str
+    family: str
+    builder: Callable[..., nn.Module]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    max_input: int | None = None  # largest sensible input side (CIFAR-style nets: small images)
+
+    def build(self, num_classes: int, spec: InputSpec) -> nn.Module:
+        return self.builder(num_classes=num_classes, in_channels=spec.shape[0], **self.kwargs)
+
+
+STUDENTS: Registry[StudentSpec] = Registry("student", entry_point_group="kdcompress.students")
+
+
+def register(spec: StudentSpec) -> None:
+    STUDENTS.register(spec.name, spec)
+
+
+def build_student(name: str, num_classes: int, spec: InputSpec) -> nn.Module:
+    return STUDENTS.get(name).build(num_classes, spec)
+
+
+def logits_and_embed(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """One forward pass giving both the logits and the pooled penultimate embedding."""
+    emb = model.forward_head(model.forward_features(x), pre_logits=True)
+    return model.get_classifier()(emb), emb
+
+
+@dataclass(frozen=True)
+class Capacity:
+    params: int
+    flops: int  # forward FLOPs at batch 1 (torch.utils.flop_counter: a multiply-add counts 2)
+
+
+def capacity(model: nn.Module, spec: InputSpec) -> Capacity:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = sum(p.numel() for p in model.parameters())
+    was_training = model.training
+    model.eval()
+    x = torch.zeros((1, *spec.shape))
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    model.train(was_training)
+    return Capacity(params, int(fc.get_total_flops()))
+
+
+from . import cifar_resnet, tiny  # noqa: E402,F401  (registration side effect)
