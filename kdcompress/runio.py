@@ -113,6 +113,11 @@ class RunDir:
         return self.checkpoints / "last.pt"
 
     @property
+    def prepared(self) -> Path:
+        """State the losses' prepare() computed before epoch 1 (ND centres, IC-KD bank), reused on resume."""
+        return self.checkpoints / "prepared.pt"
+
+    @property
     def train_result(self) -> Path:
         return self.root / "train.json"
 

@@ -23,7 +23,7 @@ from .config import InputSpec, Preset, TrainConfig
 from .data import DataSplits, augment, normalize
 from .errors import EnvironmentProblem, InputError, TrainingError, UsageError
 from .infer import accuracy, predict
-from .losses import LossContext, ModelOut, Objective
+from .losses import LossContext, ModelOut, Objective, PrepareContext
 from .losses.base import NEED_STUDENT_EMBED, NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS
 from .runio import RunDir, atomic_torch_save, safe_torch_load
 from .students import build_student, logits_and_embed
@@ -83,6 +83,19 @@ def _forward(model: nn.Module, x: torch.Tensor, want_embed: bool) -> ModelOut:
     return ModelOut(model(x))
 
 
+def _prepare(objective: Objective, ctx: PrepareContext, run: RunDir, fingerprint: dict[str, Any]) -> None:
+    """Run the losses' prepare() once and save the result, or load what an earlier run of the same
+    configuration saved (the fingerprint guards a prepared.pt left by a different configuration)."""
+    if run.prepared.exists():
+        saved = safe_torch_load(run.prepared)
+        if isinstance(saved, dict) and saved.get("fingerprint") == fingerprint:
+            objective.load_prepared(saved["losses"], ctx)
+            ctx.console.print(f"[dim]reusing prepared state from {run.prepared}[/]")
+            return
+    objective.prepare(ctx)
+    atomic_torch_save({"fingerprint": fingerprint, "losses": objective.prepared_state()}, run.prepared)
+
+
 def train(*, arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, teacher: Teacher | None,
           run: RunDir, device: torch.device, fingerprint: dict[str, Any], console: Console | None = None,
           restart: bool = False) -> TrainResult:
@@ -132,6 +145,10 @@ def train(*, arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, tea
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug_mode = splits.default_augment if cfg.augment == "auto" else cfg.augment
     bs = min(cfg.batch_size, len(splits.train))
+    if objective.needs_prepare and start_epoch <= cfg.epochs:
+        assert t_model is not None  # preparing losses distil, and needs_teacher was checked above
+        _prepare(objective, PrepareContext(t_model, splits.train, spec, device, splits.num_classes, console, bs),
+                 run, fingerprint)
     steps = splits.train.num_batches(bs, drop_last=True)
     t0 = time.perf_counter()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -4,21 +4,31 @@ A loss is an nn.Module registered under its kind with:
   * `Params`: a frozen dataclass of hyperparameters (what a preset's `params` table and `--set` fill);
   * `NEEDS`: what the trainer must supply (see NEED_* below); the trainer never branches on loss types;
   * `forward(s, t, batch) -> (value, parts)`: the unweighted value and named sub-terms;
-  * optionally `prepare(ctx)`: one pass over the training set before training (ND centres, IC-KD bank),
-    whose result is saved in the run directory via `state_dict` so a resumed run reuses it.
+  * optionally `prepare(ctx)`: work over the training set before epoch 1 (ND centres, IC-KD bank). A loss
+    that defines it also defines `prepared_state() -> dict[str, Tensor]` and `load_prepared(state, ctx)`;
+    the trainer saves that state once in the run directory and a resumed run loads it instead of
+    recomputing. Prepared tensors are kept out of `state_dict()` (non-persistent buffers or plain
+    attributes), so the per-epoch checkpoint does not rewrite a large bank every epoch.
 Weights and warm-up live in `Objective`, never inside a loss. All maths runs in fp32 from log-softmax.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..config import LossTerm, build_dataclass
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..config import InputSpec
+    from ..data import TensorSplit
 
 NEED_LOGITS = "logits"  # student logits (always available)
 NEED_LABELS = "labels"  # ground-truth class indices
@@ -44,6 +54,65 @@ class LossContext:
     num_classes: int
     student_embed_dim: int | None = None
     teacher_embed_dim: int | None = None
+
+
+@dataclass(frozen=True)
+class TeacherOutputs:
+    """The frozen teacher over the whole un-augmented training split, row n = dataset index n (CPU, fp32)."""
+
+    embed: Tensor  # (N, d) penultimate (pooled) features
+    logits: Tensor  # (N, C)
+    labels: Tensor  # (N,) int64
+
+
+@dataclass(frozen=True)
+class PrepareContext:
+    """What `prepare(ctx)` may use: the teacher (eval mode, on `device`), the training split (images in
+    [0, 1], never augmented here; `spec` normalises them as the teacher expects) and a console for progress.
+
+    `cached(key, build)` shares one object between the losses of an Objective (the teacher pass, the IC-KD
+    bank): the first caller builds it, later callers get the same object.
+    """
+
+    teacher: nn.Module
+    train_split: TensorSplit
+    spec: InputSpec
+    device: torch.device
+    num_classes: int
+    console: Console
+    batch_size: int
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def cached(self, key: str, build: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def teacher_outputs(self) -> TeacherOutputs:
+        """One full-precision pass of the teacher over the training split (computed once per context)."""
+        return self.cached("teacher_outputs", self._teacher_pass)
+
+    def _teacher_pass(self) -> TeacherOutputs:
+        import time
+
+        from ..data import normalize
+        from ..students import logits_and_embed
+
+        t0 = time.perf_counter()
+        was_training = self.teacher.training
+        self.teacher.eval()
+        embeds, logits = [], []
+        # fp32, no autocast: the centres and the bank are computed once and must not carry bf16 error.
+        with torch.inference_mode():
+            for b in self.train_split.batches(self.batch_size):
+                z, f = logits_and_embed(self.teacher, normalize(b.x.to(self.device), self.spec))
+                embeds.append(f.float().cpu())
+                logits.append(z.float().cpu())
+        self.teacher.train(was_training)
+        out = TeacherOutputs(torch.cat(embeds), torch.cat(logits), self.train_split.y.clone())
+        self.console.print(f"teacher pass over {len(out.labels)} training images "
+                           f"({time.perf_counter() - t0:.1f} s)")
+        return out
 
 
 class Loss(nn.Module):
@@ -91,6 +160,29 @@ class Objective(nn.Module):
         for loss in self.losses.values():
             out |= loss.NEEDS
         return frozenset(out)
+
+    def _preparable(self) -> dict[str, Loss]:
+        return {k: m for k, m in self.losses.items() if callable(getattr(m, "prepare", None))}
+
+    @property
+    def needs_prepare(self) -> bool:
+        return bool(self._preparable())
+
+    def prepare(self, ctx: PrepareContext) -> None:
+        for loss in self._preparable().values():
+            loss.prepare(ctx)
+
+    def prepared_state(self) -> dict[str, dict[str, Tensor]]:
+        """Per term, the tensors its prepare() produced. Terms sharing an object (one IC-KD bank) return the
+        same tensors, and torch.save writes a shared storage once."""
+        return {k: m.prepared_state() for k, m in self._preparable().items()}
+
+    def load_prepared(self, state: dict[str, dict[str, Tensor]], ctx: PrepareContext) -> None:
+        mine = self._preparable()
+        if set(state) != set(mine):
+            raise KeyError(f"prepared state holds terms {sorted(state)}, the objective has {sorted(mine)}")
+        for k, m in mine.items():
+            m.load_prepared(state[k], ctx)
 
     def weights(self, epoch: int) -> dict[str, float]:
         return {t.key: t.weight * warmup_factor(epoch, t.warmup_epochs) for t in self.terms}
