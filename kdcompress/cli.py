@@ -69,6 +69,13 @@ Device = Annotated[str, typer.Option(help="Training device: auto, cpu or cuda.")
 Provider = Annotated[str, typer.Option(help="ONNX Runtime execution provider for latency: cpu, cuda, tensorrt.")]
 Threads = Annotated[int | None, typer.Option(help="ORT intra-op threads for latency (default 1).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
+TeacherArch = Annotated[str | None, typer.Option("--teacher-arch", help="Architecture of a weights-only teacher: a torchvision model (resnet18) or a zoo name (resnet8x4); torchvision:NAME / zoo:NAME to disambiguate.")]
+NumClasses = Annotated[int | None, typer.Option("--num-classes", help="Teacher's class count (when the file does not record it).")]
+Classes = Annotated[str | None, typer.Option("--classes", help="Teacher's class names in output order: a,b,c or a text file with one per line.")]
+InputShape = Annotated[str | None, typer.Option("--input-shape", help="Teacher's input C,H,W, e.g. 3,224,224.")]
+Mean = Annotated[str | None, typer.Option("--mean", help="Per-channel normalisation mean, e.g. 0.485,0.456,0.406.")]
+Std = Annotated[str | None, typer.Option("--std", help="Per-channel normalisation std, e.g. 0.229,0.224,0.225.")]
+Trust = Annotated[bool, typer.Option(help="Allow pickled (code-carrying) checkpoints.")]
 
 
 def _preset(name: str, epochs: int | None, overrides: list[str] | None):
@@ -85,8 +92,8 @@ def _preset(name: str, epochs: int | None, overrides: list[str] | None):
 
 @app.command()
 def distill(
-    teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (kdcompress format).")],
-    data: Annotated[str, typer.Option(help="Dataset spec: digits, synthetic:classes=C,size=S,n=N.")],
+    teacher: Annotated[Path, typer.Option(help="Teacher: kdcompress checkpoint, state_dict (+ --teacher-arch), dict checkpoint, TorchScript or .onnx.")],
+    data: Annotated[str, typer.Option(help="Dataset spec: digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, cifar10:/root, cifar100:/root, mnist:/root, fashionmnist:/root.")],
     budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per image, ms.")] = None,
     preset: Annotated[str, typer.Option(help="Preset name or a .toml path.")] = "kd",
     student: Annotated[str | None, typer.Option(help="Skip selection and use this student.")] = None,
@@ -97,21 +104,31 @@ def distill(
     threads: Threads = None,
     out: Out = Path("runs/distill"),
     set_: SetOpt = None,
-    trust_checkpoint: Annotated[bool, typer.Option(help="Allow pickled (code-carrying) checkpoints.")] = False,
+    trust_checkpoint: Trust = False,
     restart: Annotated[bool, typer.Option(help="Discard this run directory's checkpoints and start over.")] = False,
+    teacher_arch: TeacherArch = None,
+    num_classes: NumClasses = None,
+    classes: Classes = None,
+    input_shape: InputShape = None,
+    mean: Mean = None,
+    std: Std = None,
+    download: Annotated[bool, typer.Option("--download", help="Let cifar10/cifar100/mnist/fashionmnist download into their root.")] = False,
     json_: Json = False,
 ) -> None:
     """The whole job: teacher -> select -> distill -> export -> validate -> report."""
 
     def go():
-        from .config import Budget, RunConfig, RuntimeConfig
+        from .config import Budget, RunConfig, RuntimeConfig, TeacherOptions
         from .errors import UsageError
 
         if budget_ms is None and student is None:
             raise UsageError("give --budget-ms (to select a student) or --student NAME")
+        topts = TeacherOptions.from_flags(arch=teacher_arch, num_classes=num_classes, classes=classes,
+                                          input_shape=input_shape, mean=mean, std=std)
         cfg = RunConfig(teacher=teacher, data=data, preset=_preset(preset, epochs, set_),
                         budget=Budget(budget_ms, stat), runtime=RuntimeConfig(device, provider, threads),
-                        out=out, student=student, trust_checkpoint=trust_checkpoint, restart=restart)
+                        out=out, student=student, trust_checkpoint=trust_checkpoint, restart=restart,
+                        teacher_options=topts, download=download)
         from .pipeline import distill as run_distill
 
         report = run_distill(cfg, _console())
@@ -170,6 +187,75 @@ def teacher_train(
             _print_json(info)
         else:
             typer.echo(f"teacher {arch}: test accuracy {100 * info['test_accuracy']:.2f}% -> {out}")
+
+    run_guarded(go)
+
+
+@teacher_app.command("inspect")
+def teacher_inspect(
+    teacher: Annotated[Path, typer.Argument(help="Teacher file in any supported format.")],
+    teacher_arch: TeacherArch = None,
+    num_classes: NumClasses = None,
+    classes: Classes = None,
+    input_shape: InputShape = None,
+    mean: Mean = None,
+    std: Std = None,
+    trust_checkpoint: Trust = False,
+    provider: Provider = "cpu",
+    threads: Threads = None,
+    json_: Json = False,
+) -> None:
+    """Format, architecture, size, classes, input spec, features, and latency measured in ONNX Runtime."""
+
+    def go():
+        from .config import TeacherOptions
+        from .teacher import inspect_teacher
+
+        opts = TeacherOptions.from_flags(arch=teacher_arch, num_classes=num_classes, classes=classes,
+                                         input_shape=input_shape, mean=mean, std=std)
+        info = inspect_teacher(teacher, options=opts, trust=trust_checkpoint, provider=provider, threads=threads)
+        if json_:
+            _print_json(info)
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        spec, lat = info["input_spec"], info["latency_ms"]
+        names = info["classes"]
+        t = Table(title=f"teacher {info['path']}", show_header=False)
+        t.add_column("key")
+        t.add_column("value")
+        for k, v in (
+            ("format", info["format"]), ("arch", info["arch"]), ("params", f"{info['params']:,}"),
+            ("FLOPs (batch 1)", "unknown" if info["flops"] is None else f"{info['flops']:,}"),
+            ("classes", f"{info['num_classes']}: " + ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")),
+            ("input", f"{'x'.join(map(str, spec['shape']))} NCHW, mean {spec['mean']}, std {spec['std']}"),
+            ("features", "logits only" if info["logits_only"] else f"embedding of {info['embed_dim']} ({info['features']})"),
+            (f"ORT latency ({info['provider']}, {info['threads']} thr, batch 1)",
+             f"p50 {lat['p50']:.4f} ms, p90 {lat['p90']:.4f} ms, p99 {lat['p99']:.4f} ms"),
+            ("sha256", info["sha256"]),
+        ):
+            t.add_row(k, v)
+        Console().print(t)
+
+    run_guarded(go)
+
+
+# ------------------------------------------------------------------------------------------ doctor
+
+
+@app.command()
+def doctor(json_: Json = False) -> None:
+    """Versions, GPUs, ONNX Runtime providers (and which really start), faiss, CPU limits, conflicts."""
+
+    def go():
+        from .doctor import diagnose, render
+
+        info = diagnose()
+        if json_:
+            _print_json(info)
+        else:
+            render(info)
 
     run_guarded(go)
 

@@ -169,6 +169,72 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class TeacherOptions:
+    """What the teacher flags say (--teacher-arch, --num-classes, --classes, --input-shape, --mean, --std).
+
+    Each value, when given, overrides what the checkpoint records; a format that records nothing (a plain
+    state_dict, TorchScript, ONNX without metadata) needs them, and the loader names the missing flag.
+    """
+
+    arch: str | None = None
+    num_classes: int | None = None
+    classes: tuple[str, ...] | None = None
+    input_shape: tuple[int, int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_classes is not None and self.num_classes < 2:
+            raise UsageError(f"--num-classes must be >= 2, got {self.num_classes}")
+        if self.classes is not None:
+            if len(self.classes) < 2:
+                raise UsageError(f"--classes needs at least 2 names, got {len(self.classes)}")
+            if len(set(self.classes)) != len(self.classes):
+                dup = next(c for c in self.classes if self.classes.count(c) > 1)
+                raise UsageError(f"--classes names '{dup}' twice")
+            if self.num_classes is not None and self.num_classes != len(self.classes):
+                raise UsageError(f"--num-classes {self.num_classes} disagrees with the {len(self.classes)} "
+                                 "names given by --classes")
+        if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
+            raise UsageError(f"--input-shape must be C,H,W with positive sizes, got {self.input_shape}")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise UsageError(f"--std values must be > 0, got {','.join(map(str, self.std))}")
+
+    @classmethod
+    def from_flags(cls, *, arch: str | None = None, num_classes: int | None = None, classes: str | None = None,
+                   input_shape: str | None = None, mean: str | None = None,
+                   std: str | None = None) -> TeacherOptions:
+        """Parse the CLI strings: `--classes cat,dog` (or a text file, one name per line),
+        `--input-shape 3,224,224` (or 3x224x224), `--mean 0.485,0.456,0.406`."""
+        names = None
+        if classes is not None:
+            p = Path(classes)
+            lines = p.read_text().splitlines() if p.is_file() else classes.split(",")
+            names = tuple(n.strip() for n in lines if n.strip())
+        shape = None
+        if input_shape is not None:
+            parts = input_shape.replace("x", ",").split(",")
+            try:
+                shape = tuple(int(v) for v in parts)
+            except ValueError:
+                raise UsageError(f"--input-shape must be C,H,W integers, got '{input_shape}'") from None
+        return cls(arch=arch, num_classes=num_classes, classes=names, input_shape=shape,  # type: ignore[arg-type]
+                   mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated numbers, got '{text}'") from None
+
+
+@dataclass(frozen=True)
 class RunConfig:
     teacher: Path
     data: str
@@ -180,10 +246,13 @@ class RunConfig:
     candidates: tuple[str, ...] = ()
     trust_checkpoint: bool = False
     restart: bool = False
+    teacher_options: TeacherOptions = field(default_factory=TeacherOptions)
+    download: bool = False  # let torchvision datasets (cifar10:, mnist:, ...) download into their root
 
     def to_json(self) -> dict[str, Any]:
         return {
             "teacher": str(self.teacher),
+            "teacher_options": self.teacher_options.to_json(),
             "data": self.data,
             "preset": preset_to_json(self.preset),
             "budget": dataclasses.asdict(self.budget),

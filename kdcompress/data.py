@@ -1,15 +1,20 @@
-"""Dataset specs -> DataSplits of in-memory image tensors, and the batch iterator the trainer uses.
+"""Dataset specs -> DataSplits, and the batch iterator the trainer uses.
 
-Specs: `digits` (scikit-learn's bundled handwritten digits, 1,797 8x8 grey images, 10 classes) and
-`synthetic:classes=C,size=S,n=N[,channels=K][,seed=R]` (learnable random data for tests).
+Specs: `digits` (scikit-learn's bundled handwritten digits, 1,797 8x8 grey images, 10 classes),
+`synthetic:classes=C,size=S,n=N[,channels=K][,seed=R]` (learnable random data for tests), and the
+datasets of datasets.py: `imagefolder:/path`, `csv:/path/file.csv`, `cifar10:/root`, `cifar100:/root`,
+`mnist:/root`, `fashionmnist:/root`.
 Images are kept in [0, 1]; normalisation with the model's InputSpec happens per batch on the device.
 Every Batch carries the dataset index of each sample within its split (the IC-KD bank is keyed by it).
+
+A split is anything with `y`, `len()`, `batches(...)` and `num_batches(...)`: TensorSplit holds the images
+in memory; datasets.py adds splits that decode or resize per batch, for data too big to hold.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -50,35 +55,44 @@ class TensorSplit:
 
     def batches(self, batch_size: int, *, shuffle: bool = False, drop_last: bool = False, seed: int = 0,
                 epoch: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
-        """Index-sliced batches (no per-sample collate). With world > 1 each rank takes a disjoint,
-        equal-sized shard of the same permutation, as DistributedSampler does (padding by wrap-around)."""
-        n = len(self)
-        if shuffle:
-            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        if world > 1:
-            per_rank = -(-n // world)
-            order = torch.cat([order, order[: per_rank * world - n]]) if per_rank * world > n else order
-            order = order[rank::world]
-        m = len(order)
-        stop = m - (m % batch_size) if drop_last and m >= batch_size else m
-        for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
+        """Index-sliced batches (no per-sample collate)."""
+        for idx in batch_indices(len(self), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
+                                 epoch=epoch, rank=rank, world=world):
             yield Batch(self.x[idx], self.y[idx], idx)
 
     def num_batches(self, batch_size: int, drop_last: bool = False, world: int = 1) -> int:
-        m = -(-len(self) // world)
-        if drop_last and m >= batch_size:
-            return m // batch_size
-        return -(-m // batch_size)
+        return count_batches(len(self), batch_size, drop_last, world)
+
+
+def batch_indices(n: int, batch_size: int, *, shuffle: bool = False, drop_last: bool = False, seed: int = 0,
+                  epoch: int = 0, rank: int = 0, world: int = 1) -> list[Tensor]:
+    """The sample indices of each batch, shared by every kind of split. With world > 1 each rank takes a
+    disjoint, equal-sized shard of the same permutation, as DistributedSampler does (padding by wrap-around)."""
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g)
+    else:
+        order = torch.arange(n)
+    if world > 1:
+        per_rank = -(-n // world)
+        order = torch.cat([order, order[: per_rank * world - n]]) if per_rank * world > n else order
+        order = order[rank::world]
+    m = len(order)
+    stop = m - (m % batch_size) if drop_last and m >= batch_size else m
+    return [order[start:start + batch_size] for start in range(0, stop, batch_size)]
+
+
+def count_batches(n: int, batch_size: int, drop_last: bool = False, world: int = 1) -> int:
+    m = -(-n // world)
+    if drop_last and m >= batch_size:
+        return m // batch_size
+    return -(-m // batch_size)
 
 
 @dataclass(frozen=True)
 class DataSplits:
     name: str
-    train: TensorSplit
+    train: TensorSplit  # or any split of datasets.py (same interface)
     val: TensorSplit
     test: TensorSplit
     classes: tuple[str, ...]
@@ -90,16 +104,54 @@ class DataSplits:
         return len(self.classes)
 
     def fitted_input_spec(self) -> InputSpec:
-        """Per-channel mean/std of the training images (for a teacher trained here)."""
-        x = self.train.x
-        mean = x.mean(dim=(0, 2, 3)).tolist()
-        std = x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
-        return InputSpec(self.shape, tuple(round(m, 6) for m in mean), tuple(round(s, 6) for s in std))
+        """Per-channel mean/std of the training images (for a teacher trained here), streamed over batches
+        in float64 so splits that are not held in memory work too; std is the unbiased (n-1) estimate."""
+        c = self.shape[0]
+        s = torch.zeros(c, dtype=torch.float64)
+        s2 = torch.zeros(c, dtype=torch.float64)
+        n = 0
+        for b in self.train.batches(512):
+            x = b.x.double()
+            s += x.sum(dim=(0, 2, 3))
+            s2 += (x * x).sum(dim=(0, 2, 3))
+            n += x.shape[0] * x.shape[2] * x.shape[3]
+        mean = s / max(n, 1)
+        std = ((s2 - n * mean * mean) / max(n - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-6)
+        return InputSpec(self.shape, tuple(round(m, 6) for m in mean.tolist()),
+                         tuple(round(v, 6) for v in std.tolist()))
+
+
+def is_index_names(classes: tuple[str, ...]) -> bool:
+    """"0".."K-1": classes known only by number (a teacher given --num-classes, MNIST, digits)."""
+    return tuple(classes) == tuple(str(i) for i in range(len(classes)))
+
+
+def align_classes(splits: DataSplits, teacher_classes: tuple[str, ...], teacher: str) -> DataSplits:
+    """Check the data's classes against the teacher's: the count always, the names when both sides name
+    them. The same names in another order are mapped onto the teacher's order (labels renumbered)."""
+    t, d = tuple(teacher_classes), tuple(splits.classes)
+    if len(t) != len(d):
+        raise InputError(f"teacher {teacher} has {len(t)} classes but data '{splits.name}' has {len(d)}")
+    if t == d or is_index_names(t) or is_index_names(d):
+        return splits
+    if set(t) != set(d):
+        extra = [c for c in d if c not in set(t)]
+        raise InputError(
+            f"class names differ between teacher {teacher} and data '{splits.name}': the data has "
+            f"{', '.join(repr(c) for c in extra[:3])}{' ...' if len(extra) > 3 else ''} that the teacher lacks "
+            f"(teacher: {', '.join(repr(c) for c in t[:3])}{' ...' if len(t) > 3 else ''}); if they are the "
+            "same classes, name the teacher's outputs with --classes")
+    perm = torch.tensor([t.index(c) for c in d], dtype=torch.long)  # data label -> teacher label
+
+    def remap(split):
+        return replace(split, y=perm[split.y])
+
+    return replace(splits, train=remap(splits.train), val=remap(splits.val), test=remap(splits.test), classes=t)
 
 
 # --------------------------------------------------------------------------------------------- specs
 
-DATASETS = ("digits", "synthetic")
+DATASETS = ("digits", "synthetic", "imagefolder", "csv", "cifar10", "cifar100", "mnist", "fashionmnist")
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -114,29 +166,52 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return kind, opts
 
 
-def load_data(spec: str) -> DataSplits:
+def load_data(spec: str, input_spec: InputSpec | None = None, *, download: bool = False) -> DataSplits:
+    """Load a dataset spec. With `input_spec` (the teacher's), images are converted to its channel count
+    and resized + centre-cropped to its size; without it, each dataset keeps its own shape."""
+    from . import datasets
+
+    kind = spec.partition(":")[0]
+    shape = tuple(input_spec.shape) if input_spec is not None else None
+    if kind in datasets.KINDS:
+        return datasets.load(spec, shape, download=download)  # type: ignore[arg-type]
     kind, opts = parse_spec(spec)
     if kind == "digits":
         if opts:
             raise UsageError(f"data spec 'digits' takes no options, got '{spec}'")
-        return _digits()
-    if kind == "synthetic":
-        return _synthetic(spec, opts)
-    raise UsageError(f"unknown data spec '{spec}'{did_you_mean(kind, list(DATASETS))}; "
-                     "use digits or synthetic:classes=C,size=S,n=N")
+        splits = _digits()
+    elif kind == "synthetic":
+        splits = _synthetic(spec, opts)
+    else:
+        raise UsageError(f"unknown data spec '{spec}'{did_you_mean(kind, list(DATASETS))}; "
+                         "use digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, "
+                         "cifar10:/root, cifar100:/root, mnist:/root or fashionmnist:/root")
+    if shape is not None and shape != splits.shape:
+        splits = datasets.conform_splits(splits, shape)  # type: ignore[arg-type]
+    return splits
+
+
+def carve(idx: np.ndarray, y: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of `idx` (labels y[idx]) into (kept, carved off `fraction`) with the fixed seed."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        keep, take = train_test_split(idx, test_size=fraction, stratify=y[idx], random_state=SPLIT_SEED)
+    except ValueError as e:
+        raise InputError(f"dataset too small to split into train/val/test: {e}") from None
+    return keep, take
+
+
+def split_indices(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified train/val/test indices in SPLIT_FRACTIONS, independent of the training seed."""
+    f_train, f_val, f_test = SPLIT_FRACTIONS
+    trval, test = carve(np.arange(len(y)), y, f_test)
+    train, val = carve(trval, y, f_val / (f_train + f_val))
+    return train, val, test
 
 
 def _split(x: np.ndarray, y: np.ndarray) -> tuple[TensorSplit, TensorSplit, TensorSplit]:
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    f_train, f_val, f_test = SPLIT_FRACTIONS
-    try:
-        trval, test = train_test_split(idx, test_size=f_test, stratify=y, random_state=SPLIT_SEED)
-        train, val = train_test_split(trval, test_size=f_val / (f_train + f_val), stratify=y[trval],
-                                      random_state=SPLIT_SEED)
-    except ValueError as e:
-        raise InputError(f"dataset too small to split into train/val/test: {e}") from None
+    train, val, test = split_indices(y)
 
     def mk(i: np.ndarray) -> TensorSplit:
         return TensorSplit(torch.from_numpy(x[i]).float().contiguous(), torch.from_numpy(y[i]).long())

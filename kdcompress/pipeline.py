@@ -11,29 +11,29 @@ from rich.console import Console
 
 from . import __version__
 from .config import RunConfig, preset_to_json
-from .data import DataSplits, load_data
+from .data import DataSplits, align_classes, load_data
 from .errors import InputError
 from .export import export_onnx, read_metadata
 from .ortbench import machine_fingerprint
 from .report import SCHEMA_VERSION, write_report
-from .runio import RunDir, atomic_write_json
+from .runio import RunDir, atomic_write_bytes, atomic_write_json
 from .select import Selection, select
 from .students import capacity
-from .teacher import Teacher, load_checkpoint, load_teacher
+from .teacher import Teacher, load_checkpoint, load_teacher, teacher_onnx_bytes
 from .train import TrainResult, resolve_device, train
 from .validate import evaluate_onnx, parity
 
 
-def check_compatible(teacher: Teacher, splits: DataSplits, console: Console) -> None:
-    if teacher.num_classes != splits.num_classes:
-        raise InputError(f"teacher {teacher.path} has {teacher.num_classes} classes but data "
-                         f"'{splits.name}' has {splits.num_classes}")
+def check_compatible(teacher: Teacher, splits: DataSplits, console: Console) -> DataSplits:
+    """The data's classes against the teacher's (count; names when both name them; the same names in
+    another order are renumbered to the teacher's order) and the image shape."""
+    aligned = align_classes(splits, teacher.classes, str(teacher.path))
+    if aligned.classes != splits.classes:
+        console.print("[dim]data classes renumbered to the teacher's order[/]")
     if tuple(teacher.input_spec.shape) != tuple(splits.shape):
         raise InputError(f"teacher {teacher.path} expects input {teacher.input_spec.shape} but data "
                          f"'{splits.name}' has images of {splits.shape}")
-    if teacher.classes != splits.classes:
-        console.print(f"[yellow]warning:[/] class names differ between teacher and data; "
-                      f"assuming the same order ({teacher.classes[:3]}... vs {splits.classes[:3]}...)")
+    return aligned
 
 
 def onnx_metadata(*, arch: str, splits: DataSplits, teacher: Teacher, preset: str, val_acc: float) -> dict[str, Any]:
@@ -48,9 +48,10 @@ def distill(cfg: RunConfig, console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
     run = RunDir(cfg.out)
     device = resolve_device(cfg.runtime.device)
-    teacher = load_teacher(cfg.teacher, trust=cfg.trust_checkpoint)
-    splits = load_data(cfg.data)
-    check_compatible(teacher, splits, console)
+    teacher = load_teacher(cfg.teacher, trust=cfg.trust_checkpoint, options=cfg.teacher_options)
+    teacher.check_preset(cfg.preset)  # a logits-only teacher with a feature-based preset fails here, in seconds
+    splits = load_data(cfg.data, teacher.input_spec, download=cfg.download)
+    splits = check_compatible(teacher, splits, console)
     spec = teacher.input_spec
     run.prepare()
     atomic_write_json(run.config, cfg.to_json())
@@ -59,7 +60,7 @@ def distill(cfg: RunConfig, console: Console | None = None) -> dict[str, Any]:
     with console.status("measuring student candidates in ONNX Runtime") as status:
         selection: Selection = select(
             num_classes=splits.num_classes, spec=spec, budget=cfg.budget, runtime=cfg.runtime,
-            teacher_model=teacher.model, names=(cfg.student,) if cfg.student else cfg.candidates,
+            teacher_model=teacher.model if teacher.exportable else None, names=(cfg.student,) if cfg.student else cfg.candidates,
             on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({cfg.runtime.provider})"))
     atomic_write_json(run.selection, selection.to_json())
     arch = selection.chosen.name
@@ -69,7 +70,7 @@ def distill(cfg: RunConfig, console: Console | None = None) -> dict[str, Any]:
         console.print("[yellow]warning:[/] the teacher itself meets this budget")
 
     fingerprint = {"arch": arch, "data": cfg.data, "teacher": teacher.sha256,
-                   "preset": preset_to_json(cfg.preset)}
+                   "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json()}
     result: TrainResult = train(arch=arch, splits=splits, spec=spec, preset=cfg.preset, teacher=teacher, run=run,
                                 device=device, fingerprint=fingerprint, console=console, restart=cfg.restart)
     atomic_write_json(run.train_result, result.to_json())
@@ -80,13 +81,13 @@ def distill(cfg: RunConfig, console: Console | None = None) -> dict[str, Any]:
                              val_acc=result.best_val_accuracy)
         export_onnx(student, spec, run.onnx, metadata=meta)
         if not run.teacher_onnx.exists() or read_metadata(run.teacher_onnx).get("teacher_sha256") != teacher.sha256:
-            export_onnx(teacher.model, spec, run.teacher_onnx,
-                        metadata={"arch": teacher.arch, "teacher_sha256": teacher.sha256, "role": "teacher"})
+            atomic_write_bytes(run.teacher_onnx, teacher_onnx_bytes(
+                teacher, {"arch": teacher.arch, "teacher_sha256": teacher.sha256, "role": "teacher"}))
         s_eval = evaluate_onnx(run.onnx, splits.test, spec, cfg.runtime, cfg.budget.batch)
         t_eval = evaluate_onnx(run.teacher_onnx, splits.test, spec, cfg.runtime, cfg.budget.batch)
         par = parity(s_eval.logits, student, splits.test, spec)
 
-    s_cap, t_cap = capacity(student, spec), capacity(teacher.model, spec)
+    s_cap = capacity(student, spec)
     s_stat = s_eval.latency.stat(cfg.budget.stat)
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -99,7 +100,8 @@ def distill(cfg: RunConfig, console: Console | None = None) -> dict[str, Any]:
         "budget_ms": cfg.budget.ms,
         "budget_stat": cfg.budget.stat,
         "teacher": {"path": str(teacher.path), "sha256": teacher.sha256, "arch": teacher.arch,
-                    "params": t_cap.params, "flops": t_cap.flops, "accuracy": t_eval.accuracy,
+                    "params": teacher.params, "flops": teacher.flops, "format": teacher.format,
+                    "accuracy": t_eval.accuracy,
                     "latency_ms": t_eval.latency.to_json(), "onnx": str(run.teacher_onnx)},
         "student": {"arch": arch, "params": s_cap.params, "flops": s_cap.flops, "accuracy": s_eval.accuracy,
                     "val_accuracy_best": result.best_val_accuracy,

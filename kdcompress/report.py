@@ -36,7 +36,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         "| model | arch | params | FLOPs | test accuracy | p50 ms | p90 ms | p99 ms |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
-        f"| teacher | {t['arch']} | {t['params']:,} | {t['flops']:,} | {_pct(t.get('accuracy'))} | "
+        f"| teacher | {t['arch']} | {t['params']:,} | {'–' if t.get('flops') is None else format(t['flops'], ',')} | {_pct(t.get('accuracy'))} | "
         f"{_ms(tl, 'p50')} | {_ms(tl, 'p90')} | {_ms(tl, 'p99')} |",
         f"| student | {s['arch']} | {s['params']:,} | {s['flops']:,} | {_pct(s.get('accuracy'))} | "
         f"{_ms(sl, 'p50')} | {_ms(sl, 'p90')} | {_ms(sl, 'p99')} |",

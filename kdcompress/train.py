@@ -126,6 +126,8 @@ def train(*, arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, tea
     s_embed = NEED_STUDENT_EMBED in needs
     t_needed = bool(needs & {NEED_TEACHER_LOGITS, NEED_TEACHER_EMBED})
     t_embed = NEED_TEACHER_EMBED in needs
+    if teacher is not None:
+        teacher.check_needs(needs, preset.name)
     opt = _optimizer(cfg, [p for p in student.parameters()] + [p for p in objective.parameters()])
 
     start_epoch, history, best = 1, [], {"acc": -1.0, "epoch": 0}
@@ -173,7 +175,7 @@ def train(*, arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, tea
                     t_out = None
                     if t_needed and t_model is not None:
                         with torch.inference_mode():
-                            t_raw = _forward(t_model, x, t_embed)
+                            t_raw = teacher.outputs(x, t_embed)  # any format: see Teacher.outputs
                         t_out = ModelOut(t_raw.logits.clone(),
                                          None if t_raw.embed is None else t_raw.embed.clone())
                     s_out = _forward(student, x, s_embed)
