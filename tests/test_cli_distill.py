@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
 from kdcompress.errors import BudgetError, InputError, UsageError
+
+from kdcompress.students import STUDENTS
 
 from .conftest import TINY_DATA
 
@@ -118,8 +121,17 @@ def test_teacher_data_class_mismatch(tiny_teacher, tmp_path):
 def test_impossible_budget_names_fastest_before_training(tiny_teacher, tmp_path):
     r = runner.invoke(app, ["distill", "--teacher", str(tiny_teacher), "--data", TINY_DATA,
                             "--budget-ms", "0.000001", "--out", str(tmp_path / "r")])
-    _one_line_error(r, BudgetError.exit_code, "no student meets", "fastest candidate", "tinycnn_w8")
+    _one_line_error(r, BudgetError.exit_code, "no student meets", "fastest candidate")
     assert not (tmp_path / "r" / "checkpoints" / "last.pt").exists()
+    # the named candidate and figure are the minimum of what was measured (and cached) for this run
+    m = re.search(r"fastest candidate, (\S+), measured ([0-9.]+) ms", r.stderr)
+    assert m, r.stderr
+    from kdcompress.select import cache_path
+
+    cached = json.loads(cache_path().read_text())
+    fastest = min(v["p50"] for v in cached.values())
+    assert float(m.group(2)) == pytest.approx(fastest, abs=1e-4)
+    assert m.group(1) in STUDENTS
 
 
 def test_presets_list_and_show():
