@@ -306,7 +306,7 @@ def presets_list(json_: Json = False) -> None:
         t.add_column("description")
         for p in rows:
             t.add_row(p.name, " + ".join(x.key for x in p.terms),
-                      p.description + (" [kdcompress variant]" if p.variant else ""))
+                      p.description + (" (kdcompress variant)" if p.variant else ""))
         Console().print(t)
 
     run_guarded(go)
