@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, UsageError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -144,6 +146,36 @@ class RunDir:
     @property
     def report_md(self) -> Path:
         return self.root / "report.md"
+
+    def remove_stale_tmp(self) -> list[Path]:
+        """Delete the temporary files of atomic writes that a killed process left behind (call it holding
+        `lock()`, so no live writer of this run owns them)."""
+        gone = []
+        for folder in (self.root, self.checkpoints):
+            if folder.is_dir():
+                for p in folder.glob(".*.tmp"):
+                    p.unlink(missing_ok=True)
+                    gone.append(p)
+        return gone
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run directory (flock on the directory itself, released by the
+        kernel when the process dies, even by SIGKILL): two jobs never train into one run directory."""
+        import fcntl
+
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"run directory {self.root} is in use by another kdcompress process; wait for "
+                                 "it or use another --out") from None
+            except OSError:
+                pass  # a filesystem without flock (some network mounts): run unlocked rather than refuse
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def prepare(self) -> None:
         if self.root.exists() and not self.root.is_dir():
