@@ -180,6 +180,10 @@ def load_data(spec: str, input_spec: InputSpec | None = None, *, download: bool 
     shape = tuple(input_spec.shape) if input_spec is not None else None
     if kind in datasets.KINDS:
         return datasets.load(spec, shape, download=download)  # type: ignore[arg-type]
+    if kind not in DATASETS:
+        raise UsageError(f"unknown data spec '{spec}'{did_you_mean(kind, list(DATASETS))}; "
+                         "use digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, "
+                         "cifar10:/root, cifar100:/root, mnist:/root or fashionmnist:/root")
     kind, opts = parse_spec(spec)
     if kind == "digits":
         if opts:

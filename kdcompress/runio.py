@@ -80,16 +80,35 @@ def safe_torch_load(path: Path, *, trust: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Weights only load failed" in str(e):
+        if "Weights only load failed" in str(e) and _pickles_objects(path):
             raise InputError(
                 f"{path} holds objects beyond weights (a pickled module or code); "
                 "it was not loaded. Re-run with --trust-checkpoint only if you trust its source"
             ) from None
-        raise InputError(f"{path} is not a readable checkpoint: {first}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path} is not a readable checkpoint: {first}") from None
+        raise InputError(f"{path} is not a readable checkpoint (corrupt, or not a PyTorch file)") from None
+    except (RuntimeError, OSError) as e:  # torch's zip reader says what is wrong in its first sentence
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise InputError(f"{path} is not a readable checkpoint: {first[:200]}") from None
+    except Exception:  # a damaged file fails in many other ways: EOFError, KeyError, ValueError, ...
+        raise InputError(f"{path} is not a readable checkpoint (corrupt, or not a PyTorch file)") from None
+
+
+_OBJECT_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
+
+
+def _pickles_objects(path: Path) -> bool:
+    """Whether a file the weights-only loader refused is a real pickle that builds objects (a module, or
+    code), rather than damaged bytes. Read with pickletools, which parses opcodes and executes nothing."""
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return True  # torch.save's archive, whole: its pickle names objects the safe loader does not allow
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in _OBJECT_OPCODES for op, _, _ in pickletools.genops(f))
+    except Exception:
+        return False
 
 
 @dataclass(frozen=True)

@@ -305,10 +305,12 @@ def _train(arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, teach
                     (~torch.isfinite(sums["loss"])).double().cpu(), torch.tensor(float(stop.requested),
                                                                              dtype=torch.float64)])))
                 if bad:
+                    kept = (f"the last good checkpoint is kept at {run.last_checkpoint}"
+                            if run.last_checkpoint.exists() else "no epoch had finished, so there is no checkpoint")
                     raise dist.quiet(TrainingError(
                         f"loss became {float(loss)} at epoch {epoch} (step {done}/{steps}; terms: "
                         + ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-                        + f"); stopped; the last good checkpoint is {run.last_checkpoint}"))
+                        + f"); stopped; {kept}; lower train.lr or check the data"))
                 if stopping and done < steps:
                     save(epoch - 1, done, sums, seconds + _elapsed(t_epoch, device))
                     raise dist.quiet(Interrupted(
