@@ -137,6 +137,8 @@ def distill(
         from .pipeline import distill as run_distill
 
         report = run_distill(cfg, _console())
+        if not report:  # a torchrun process other than rank 0: rank 0 reports
+            return
         if json_:
             _print_json(report)
         else:

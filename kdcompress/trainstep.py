@@ -64,6 +64,8 @@ class StepEngine:
                  dist: Dist = SINGLE, compile: bool = False, amp: bool | None = None,
                  channels_last: bool | None = None):
         cuda = device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # training shapes are fixed (drop_last): tune convs once
         self.device = device
         self.amp = cuda if amp is None else amp
         self.channels_last = cuda if channels_last is None else channels_last
