@@ -211,10 +211,15 @@ def setup(device: str) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     dist = torch.distributed
-    if not dist.is_initialized():
-        dist.init_process_group(backend, device_id=dev if backend == "nccl" else None)
-        atexit.register(_shutdown)
-    control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+    try:
+        if not dist.is_initialized():
+            dist.init_process_group(backend, device_id=dev if backend == "nccl" else None)
+            atexit.register(_shutdown)
+        control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+    except (RuntimeError, ValueError) as e:  # no MASTER_ADDR (WORLD_SIZE set by something else), a dead peer
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise EnvironmentProblem(f"cannot join the distributed job (RANK {rank} of {world}, {backend}): {first}; "
+                                 "start multi-process runs with torchrun") from None
     if rank != 0:
         # Results (the table, --json) come from rank 0 alone.
         sys.stdout = open(os.devnull, "w")  # lives as long as the process

@@ -19,6 +19,7 @@ directory and broadcasts what the others need (distributed.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import shutil
@@ -186,17 +187,18 @@ def train(*, arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, tea
     if len(splits.train) < 2:
         raise InputError(f"training split of {splits.name} has {len(splits.train)} sample(s); need at least 2")
 
-    def setup_dir() -> None:
-        if restart and run.checkpoints.exists():
-            shutil.rmtree(run.checkpoints)
-        run.prepare()
+    with contextlib.ExitStack() as held:
 
-    dist.on_main(setup_dir)
-    with GracefulStop() as stop:
-        if not dist.is_main:
-            return _train(arch, splits, spec, preset, teacher, run, device, fingerprint, console, dist, compile, stop)
-        with run.lock():
+        def setup_dir() -> None:  # rank 0: the run directory, locked for the whole training
+            run.prepare()
+            held.enter_context(run.lock())
+            if restart and run.checkpoints.exists():
+                shutil.rmtree(run.checkpoints)
+                run.prepare()
             run.remove_stale_tmp()
+
+        dist.on_main(setup_dir)
+        with GracefulStop() as stop:
             return _train(arch, splits, spec, preset, teacher, run, device, fingerprint, console, dist, compile, stop)
 
 

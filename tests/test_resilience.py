@@ -197,12 +197,13 @@ def test_nan_loss_stops_with_exit_6_and_keeps_the_last_good_checkpoint(tiny_teac
 
 def test_a_busy_run_directory_is_refused_and_stale_tmp_files_go(tiny_teacher, tmp_path):
     run = RunDir(tmp_path / "run")
-    run.prepare()
+    _train(tiny_teacher, run.root, epochs=1)
     with run.lock(), pytest.raises(UsageError, match="in use by another kdcompress process"):
-        _train(tiny_teacher, run.root, epochs=1)
+        _train(tiny_teacher, run.root, epochs=2, restart=True)
+    assert safe_torch_load(run.last_checkpoint)["epoch"] == 1  # --restart deleted nothing of the busy run
     (run.checkpoints / ".last.pt.abc.tmp").write_bytes(b"half")  # left by a killed writer
     (run.root / ".report.json.xyz.tmp").write_bytes(b"half")
-    assert _train(tiny_teacher, run.root, epochs=1).epochs == 1
+    assert _train(tiny_teacher, run.root, epochs=1).resumed_from_epoch == 1
     _no_tmp(run.root)
 
 
@@ -280,3 +281,10 @@ def test_prefetch_yields_in_order_and_reraises_producer_errors():
     assert next(it) == 1
     with pytest.raises(KdError, match="x.png"):
         next(it)
+
+
+def test_world_size_without_torchrun_is_one_line(tiny_teacher, tmp_path):
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": None, "MASTER_PORT": None}
+    r = runner.invoke(app, _args(tiny_teacher, tmp_path / "r", 1), env=env)
+    assert r.exit_code == 7 and "start multi-process runs with torchrun" in _one_error_line(r.stderr)
+    assert not (tmp_path / "r").exists()
