@@ -40,6 +40,8 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
     except typer.Exit:
         raise
     except KdError as e:
+        if e.quiet:  # another process of a torchrun job reports it
+            raise typer.Exit(e.exit_code) from None
         _fail(e.message, e.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
@@ -113,9 +115,12 @@ def distill(
     mean: Mean = None,
     std: Std = None,
     download: Annotated[bool, typer.Option("--download", help="Let cifar10/cifar100/mnist/fashionmnist download into their root.")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the student's training forward (faster steps on a GPU after a compile pause).")] = False,
     json_: Json = False,
 ) -> None:
-    """The whole job: teacher -> select -> distill -> export -> validate -> report."""
+    """The whole job: teacher -> select -> distill -> export -> validate -> report.
+
+    On several GPUs or machines: torchrun --nproc_per_node N -m kdcompress distill ... (docs/distributed.md)."""
 
     def go():
         from .config import Budget, RunConfig, RuntimeConfig, TeacherOptions
@@ -126,12 +131,14 @@ def distill(
         topts = TeacherOptions.from_flags(arch=teacher_arch, num_classes=num_classes, classes=classes,
                                           input_shape=input_shape, mean=mean, std=std)
         cfg = RunConfig(teacher=teacher, data=data, preset=_preset(preset, epochs, set_),
-                        budget=Budget(budget_ms, stat), runtime=RuntimeConfig(device, provider, threads),
+                        budget=Budget(budget_ms, stat), runtime=RuntimeConfig(device, provider, threads, compile_),
                         out=out, student=student, trust_checkpoint=trust_checkpoint, restart=restart,
                         teacher_options=topts, download=download)
         from .pipeline import distill as run_distill
 
         report = run_distill(cfg, _console())
+        if not report:  # a torchrun process other than rank 0: rank 0 reports
+            return
         if json_:
             _print_json(report)
         else:

@@ -158,6 +158,7 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda
     provider: str = "cpu"  # cpu | cuda | tensorrt
     threads: int | None = None  # ORT intra-op threads; None = 1 (latency of small models, see ortbench)
+    compile: bool = False  # torch.compile the student's training forward (trainstep.py)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

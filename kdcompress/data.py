@@ -36,11 +36,15 @@ class Batch:
     index: Tensor
 
     def to(self, device: torch.device, channels_last: bool = False) -> Batch:
-        nb = device.type == "cuda"
+        nb = device.type == "cuda"  # asynchronous only from pinned memory (see pin())
         x = self.x.to(device, non_blocking=nb)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return Batch(x, self.y.to(device, non_blocking=nb), self.index.to(device, non_blocking=nb))
+
+    def pin(self) -> Batch:
+        """Page-locked copies, so that to(cuda) neither blocks the host nor synchronises the stream."""
+        return Batch(*(t if t.is_pinned() else t.pin_memory() for t in (self.x, self.y, self.index)))
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,11 @@ class TensorSplit:
         return int(self.y.shape[0])
 
     def batches(self, batch_size: int, *, shuffle: bool = False, drop_last: bool = False, seed: int = 0,
-                epoch: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
-        """Index-sliced batches (no per-sample collate)."""
+                epoch: int = 0, rank: int = 0, world: int = 1, skip: int = 0) -> Iterator[Batch]:
+        """Index-sliced batches (no per-sample collate). `skip` leaves out the first batches of the same
+        order (a run resumed mid-epoch)."""
         for idx in batch_indices(len(self), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
-                                 epoch=epoch, rank=rank, world=world):
+                                 epoch=epoch, rank=rank, world=world)[skip:]:
             yield Batch(self.x[idx], self.y[idx], idx)
 
     def num_batches(self, batch_size: int, drop_last: bool = False, world: int = 1) -> int:
@@ -175,6 +180,10 @@ def load_data(spec: str, input_spec: InputSpec | None = None, *, download: bool 
     shape = tuple(input_spec.shape) if input_spec is not None else None
     if kind in datasets.KINDS:
         return datasets.load(spec, shape, download=download)  # type: ignore[arg-type]
+    if kind not in DATASETS:
+        raise UsageError(f"unknown data spec '{spec}'{did_you_mean(kind, list(DATASETS))}; "
+                         "use digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, "
+                         "cifar10:/root, cifar100:/root, mnist:/root or fashionmnist:/root")
     kind, opts = parse_spec(spec)
     if kind == "digits":
         if opts:
@@ -280,14 +289,22 @@ def augment(x: Tensor, mode: str, generator: torch.Generator | None = None) -> T
     b, c, h, w = x.shape
     pad = 1 if mode == "shift" else 4
     dev = x.device
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
+    # The draws come from a CPU generator (one checkpointable state whatever the device) and reach a GPU
+    # through pinned memory without blocking: a plain .to(cuda) would synchronise the stream every step.
+    oy = _to(torch.randint(0, 2 * pad + 1, (b,), generator=generator), dev)
+    ox = _to(torch.randint(0, 2 * pad + 1, (b,), generator=generator), dev)
     xp = F.pad(x, (pad, pad, pad, pad))
     rows = (oy[:, None] + torch.arange(h, device=dev)[None, :])[:, None, :, None].expand(b, c, h, w + 2 * pad)
     xp = xp.gather(2, rows)
     cols = (ox[:, None] + torch.arange(w, device=dev)[None, :])[:, None, None, :].expand(b, c, h, w)
     out = xp.gather(3, cols)
     if mode == "crop_flip":
-        flip = (torch.rand((b,), generator=generator) < 0.5).to(dev).view(b, 1, 1, 1)
+        flip = _to(torch.rand((b,), generator=generator) < 0.5, dev).view(b, 1, 1, 1)
         out = torch.where(flip, out.flip(3), out)
     return out
+
+
+def _to(t: Tensor, device: torch.device) -> Tensor:
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

@@ -7,6 +7,7 @@ class KdError(Exception):
     """A failure the user can act on: printed as one line, never a traceback."""
 
     exit_code = 1
+    quiet = False  # True: already reported by another process of a distributed run; exit without a line
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -50,3 +51,13 @@ class EnvironmentProblem(KdError):
     """The machine cannot do what was asked (CUDA without a GPU, a missing provider)."""
 
     exit_code = 7
+
+
+class Interrupted(KdError):
+    """SIGINT/SIGTERM stopped the run; a consistent checkpoint was kept. Exit code 128 + the signal."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -4,8 +4,8 @@ The transform (the same for files and arrays): convert the channel count to the 
 image covers the target (aspect kept, bilinear with antialiasing), centre-crop to the target. An image
 that already has the target size is left as it is. Training augmentation is separate (data.augment).
 
-FileSplit decodes image files per batch through a torch DataLoader (worker processes, pinned memory when
-a GPU is present), ArraySplit converts a uint8 array per batch; both have TensorSplit's interface
+FileSplit decodes image files per batch through a torch DataLoader (worker processes that persist from
+one epoch to the next, pinned memory when a GPU is present), ArraySplit converts a uint8 array per batch; both have TensorSplit's interface
 (`y`, `len()`, `batches(...)`, `num_batches(...)`), so the trainer, inference and validation take any.
 """
 
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,13 +132,21 @@ def _collate(items: list[tuple[Tensor, str]]) -> tuple[Tensor, list[str]]:
 
 
 def default_workers(n: int) -> int:
+    """Decoding processes: none for a few images (start-up is not worth it), else up to 4 per training
+    process, sharing the CPUs with the other processes torchrun started on this node."""
+    import os
+
     from .ortbench import cpu_limit
 
-    return 0 if n < 1024 else min(4, cpu_limit())  # worker start-up is not worth it for a few images
+    if n < 1024:
+        return 0
+    local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(4, cpu_limit() // local_world))
 
 
 def decode_batches(paths: tuple[str, ...], chunks: list[Tensor], shape: tuple[int, int, int],
                    workers: int | None) -> Iterator[Tensor]:
+    """A one-off pass (loading a split into memory)."""
     loader = torch.utils.data.DataLoader(
         _Decoder(paths, shape), batch_sampler=[c.tolist() for c in chunks], collate_fn=_collate,
         num_workers=default_workers(len(paths)) if workers is None else workers,
@@ -148,6 +157,21 @@ def decode_batches(paths: tuple[str, ...], chunks: list[Tensor], shape: tuple[in
         yield x
 
 
+class _BatchList(torch.utils.data.Sampler):
+    """A batch sampler whose batches are replaced before each pass, so one DataLoader, and its persistent
+    workers, serves every epoch. The sampler is iterated in the main process, so the workers see the new
+    batches without being restarted."""
+
+    def __init__(self) -> None:
+        self.chunks: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+
 @dataclass(frozen=True)
 class FileSplit:
     """Image files decoded per batch: memory holds one batch per worker, not the dataset."""
@@ -156,15 +180,31 @@ class FileSplit:
     y: Tensor
     shape: tuple[int, int, int]
     workers: int | None = None
+    _loader: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _pass(self, chunks: list[Tensor]) -> Iterator[Tensor]:
+        if self._loader is None:
+            n = default_workers(len(self.paths)) if self.workers is None else self.workers
+            sampler = _BatchList()
+            loader = torch.utils.data.DataLoader(
+                _Decoder(self.paths, self.shape), batch_sampler=sampler, collate_fn=_collate, num_workers=n,
+                pin_memory=torch.cuda.is_available(), persistent_workers=n > 0)
+            object.__setattr__(self, "_loader", (loader, sampler))
+        loader, sampler = self._loader
+        sampler.chunks = [c.tolist() for c in chunks]
+        for x, errors in loader:
+            if errors:
+                raise InputError(errors[0])
+            yield x
+
     def batches(self, batch_size: int, *, shuffle: bool = False, drop_last: bool = False, seed: int = 0,
-                epoch: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+                epoch: int = 0, rank: int = 0, world: int = 1, skip: int = 0) -> Iterator[Batch]:
         chunks = batch_indices(len(self), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
-                               epoch=epoch, rank=rank, world=world)
-        for idx, x in zip(chunks, decode_batches(self.paths, chunks, self.shape, self.workers), strict=True):
+                               epoch=epoch, rank=rank, world=world)[skip:]
+        for idx, x in zip(chunks, self._pass(chunks), strict=True):
             yield Batch(x, self.y[idx], idx)
 
     def num_batches(self, batch_size: int, drop_last: bool = False, world: int = 1) -> int:
@@ -184,9 +224,9 @@ class ArraySplit:
         return int(self.y.shape[0])
 
     def batches(self, batch_size: int, *, shuffle: bool = False, drop_last: bool = False, seed: int = 0,
-                epoch: int = 0, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+                epoch: int = 0, rank: int = 0, world: int = 1, skip: int = 0) -> Iterator[Batch]:
         for idx in batch_indices(len(self), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
-                                 epoch=epoch, rank=rank, world=world):
+                                 epoch=epoch, rank=rank, world=world)[skip:]:
             yield Batch(_conform(self.src[idx], self.shape), self.y[idx], idx)
 
     def num_batches(self, batch_size: int, drop_last: bool = False, world: int = 1) -> int:

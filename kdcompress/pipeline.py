@@ -14,6 +14,7 @@ from .config import RunConfig, preset_to_json
 from .data import DataSplits, align_classes, load_data
 from .errors import InputError
 from .export import export_onnx, read_metadata
+from .distributed import setup as setup_distributed
 from .ortbench import machine_fingerprint
 from .report import SCHEMA_VERSION, write_report
 from .runio import RunDir, atomic_write_bytes, atomic_write_json
@@ -47,22 +48,26 @@ def onnx_metadata(*, arch: str, splits: DataSplits, teacher: Teacher, preset: st
 def distill(cfg: RunConfig, console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
     run = RunDir(cfg.out)
-    device = resolve_device(cfg.runtime.device)
-    teacher = load_teacher(cfg.teacher, trust=cfg.trust_checkpoint, options=cfg.teacher_options)
+    ddp, device = setup_distributed(cfg.runtime.device)  # torchrun: rank 0 writes files, all ranks train
+    if not ddp.is_main:
+        console = Console(stderr=True, quiet=True)
+    teacher = ddp.main_first(lambda: load_teacher(cfg.teacher, trust=cfg.trust_checkpoint, options=cfg.teacher_options))
     teacher.check_preset(cfg.preset)  # a logits-only teacher with a feature-based preset fails here, in seconds
-    splits = load_data(cfg.data, teacher.input_spec, download=cfg.download)
+    splits = ddp.main_first(lambda: load_data(cfg.data, teacher.input_spec, download=cfg.download))
     splits = check_compatible(teacher, splits, console)
     spec = teacher.input_spec
-    run.prepare()
-    atomic_write_json(run.config, cfg.to_json())
+    if ddp.is_main:
+        run.prepare()
+        atomic_write_json(run.config, cfg.to_json())
 
     # select: before any training, so an impossible budget costs seconds, not an epoch
     with console.status("measuring student candidates in ONNX Runtime") as status:
-        selection: Selection = select(
+        selection: Selection = ddp.on_main(lambda: select(  # measured once, by rank 0
             num_classes=splits.num_classes, spec=spec, budget=cfg.budget, runtime=cfg.runtime,
             teacher_model=teacher.model if teacher.exportable else None, names=(cfg.student,) if cfg.student else cfg.candidates,
-            on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({cfg.runtime.provider})"))
-    atomic_write_json(run.selection, selection.to_json())
+            on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({cfg.runtime.provider})")))
+    if ddp.is_main:
+        atomic_write_json(run.selection, selection.to_json())
     arch = selection.chosen.name
     console.print(f"selected [bold]{arch}[/] ({selection.chosen.flops:,} FLOPs, p50 "
                   f"{selection.chosen.latency.p50:.4f} ms; budget {cfg.budget.ms} ms)")
@@ -72,7 +77,10 @@ def distill(cfg: RunConfig, console: Console | None = None) -> dict[str, Any]:
     fingerprint = {"arch": arch, "data": cfg.data, "teacher": teacher.sha256,
                    "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json()}
     result: TrainResult = train(arch=arch, splits=splits, spec=spec, preset=cfg.preset, teacher=teacher, run=run,
-                                device=device, fingerprint=fingerprint, console=console, restart=cfg.restart)
+                                device=device, fingerprint=fingerprint, console=console, restart=cfg.restart,
+                                dist=ddp, compile=cfg.runtime.compile)
+    if not ddp.is_main:
+        return {}  # export, validation and the report are rank 0's
     atomic_write_json(run.train_result, result.to_json())
 
     with console.status("exporting to ONNX and validating in ONNX Runtime"):

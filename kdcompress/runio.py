@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, UsageError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -78,16 +80,35 @@ def safe_torch_load(path: Path, *, trust: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Weights only load failed" in str(e):
+        if "Weights only load failed" in str(e) and _pickles_objects(path):
             raise InputError(
                 f"{path} holds objects beyond weights (a pickled module or code); "
                 "it was not loaded. Re-run with --trust-checkpoint only if you trust its source"
             ) from None
-        raise InputError(f"{path} is not a readable checkpoint: {first}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path} is not a readable checkpoint: {first}") from None
+        raise InputError(f"{path} is not a readable checkpoint (corrupt, or not a PyTorch file)") from None
+    except (RuntimeError, OSError) as e:  # torch's zip reader says what is wrong in its first sentence
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise InputError(f"{path} is not a readable checkpoint: {first[:200]}") from None
+    except Exception:  # a damaged file fails in many other ways: EOFError, KeyError, ValueError, ...
+        raise InputError(f"{path} is not a readable checkpoint (corrupt, or not a PyTorch file)") from None
+
+
+_OBJECT_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
+
+
+def _pickles_objects(path: Path) -> bool:
+    """Whether a file the weights-only loader refused is a real pickle that builds objects (a module, or
+    code), rather than damaged bytes. Read with pickletools, which parses opcodes and executes nothing."""
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return True  # torch.save's archive, whole: its pickle names objects the safe loader does not allow
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in _OBJECT_OPCODES for op, _, _ in pickletools.genops(f))
+    except Exception:
+        return False
 
 
 @dataclass(frozen=True)
@@ -144,6 +165,36 @@ class RunDir:
     @property
     def report_md(self) -> Path:
         return self.root / "report.md"
+
+    def remove_stale_tmp(self) -> list[Path]:
+        """Delete the temporary files of atomic writes that a killed process left behind (call it holding
+        `lock()`, so no live writer of this run owns them)."""
+        gone = []
+        for folder in (self.root, self.checkpoints):
+            if folder.is_dir():
+                for p in folder.glob(".*.tmp"):
+                    p.unlink(missing_ok=True)
+                    gone.append(p)
+        return gone
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run directory (flock on the directory itself, released by the
+        kernel when the process dies, even by SIGKILL): two jobs never train into one run directory."""
+        import fcntl
+
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"run directory {self.root} is in use by another kdcompress process; wait for "
+                                 "it or use another --out") from None
+            except OSError:
+                pass  # a filesystem without flock (some network mounts): run unlocked rather than refuse
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def prepare(self) -> None:
         if self.root.exists() and not self.root.is_dir():

@@ -187,16 +187,21 @@ class Objective(nn.Module):
     def weights(self, epoch: int) -> dict[str, float]:
         return {t.key: t.weight * warmup_factor(epoch, t.warmup_epochs) for t in self.terms}
 
-    def forward(self, s: ModelOut, t: ModelOut | None, batch: Any, epoch: int) -> tuple[Tensor, dict[str, float]]:
+    # True: parts are Python floats. The trainer sets False and gets detached 0-d tensors, which it sums
+    # on the device, because reading a GPU value every step stalls the host on the GPU.
+    host_parts = True
+
+    def forward(self, s: ModelOut, t: ModelOut | None, batch: Any, epoch: int) -> tuple[Tensor, dict[str, Any]]:
         s32 = s.float()
         t32 = t.float() if t is not None else None
         total = s.logits.new_zeros((), dtype=torch.float32)
-        parts: dict[str, float] = {}
+        parts: dict[str, Any] = {}
+        read = (lambda v: float(v.detach())) if self.host_parts else (lambda v: v.detach())
         for key, w in self.weights(epoch).items():
             value, sub = self.losses[key](s32, t32, batch)
-            parts[key] = float(value.detach())
+            parts[key] = read(value)
             for name, v in sub.items():
-                parts[f"{key}.{name}"] = float(v.detach())
+                parts[f"{key}.{name}"] = read(v)
             if w != 0.0:
                 total = total + w * value
         return total, parts

@@ -1,0 +1,319 @@
+"""The bad-input corpus: one table of inputs that must each fail through the CLI with one line on stderr
+(`kdcompress: error: ...`), their own non-zero exit code, no traceback and no half-written output.
+
+Each case builds its inputs in a fresh directory and returns the `distill` arguments that differ from a
+valid tiny run; the table says which exit code and which words the line must carry.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kdcompress.cli import app
+from kdcompress.errors import BudgetError, EnvironmentProblem, InputError, TrainingError, UsageError
+
+from .conftest import TINY_DATA
+
+runner = CliRunner()
+USAGE, INPUT, BUDGET, ENV, TRAIN = (UsageError.exit_code, InputError.exit_code, BudgetError.exit_code,
+                                    EnvironmentProblem.exit_code, TrainingError.exit_code)
+
+
+@pytest.fixture(scope="module")
+def _module_cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("latency")
+
+
+@pytest.fixture(autouse=True)
+def _shared_latency_cache(_isolated_cache, _module_cache_dir, monkeypatch):
+    """One latency cache for this module: the candidates are measured once, not in every case."""
+    monkeypatch.setenv("KDCOMPRESS_CACHE", str(_module_cache_dir))
+
+
+@dataclass(frozen=True)
+class Env:
+    root: Path  # a fresh directory for this case's files
+    teacher: Path  # a valid tiny teacher (kdcompress checkpoint, resnet8, 3 classes, 1x8x8)
+
+    @property
+    def out(self) -> Path:
+        return self.root / "run"
+
+
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # unpickling this creates the marker file: code execution
+        return (open, (self.marker, "w"))
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _png(path: Path, value: int = 128) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8), value, dtype=np.uint8)).save(path)
+
+
+def _folder(root: Path, classes: tuple[str, ...], per_class: int = 10) -> Path:
+    for c in classes:
+        for i in range(per_class):
+            _png(root / c / f"{i}.png", 20 * i)
+    return root
+
+
+def _teacher_onnx(e: Env) -> Path:
+    from kdcompress.teacher import load_teacher, teacher_onnx_bytes
+
+    return _write(e.root / "teacher.onnx", teacher_onnx_bytes(load_teacher(e.teacher), {"role": "teacher"}))
+
+
+def _onnx_escaping_external_data(e: Env) -> Path:
+    """A valid-looking graph whose weight lives in '../secret.bin', outside the model's directory."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    (e.root / "secret.bin").write_bytes(np.zeros(64, dtype=np.float32).tobytes())
+    model_dir = e.root / "models"
+    model_dir.mkdir()
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[64, 3])
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "../secret.bin"), ("offset", "0"), ("length", str(64 * 3 * 4))):
+        entry = w.external_data.add()
+        entry.key, entry.value = k, v
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [w])
+    path = model_dir / "teacher.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]).SerializeToString())
+    assert onnx.load(str(path), load_external_data=False).graph.initializer[0].data_location == TensorProto.EXTERNAL
+    return path
+
+
+def _toml(e: Env, text: str) -> str:
+    p = e.root / "preset.toml"
+    p.write_text(text)
+    return str(p)
+
+
+DIVERGING = """
+name = "diverging"
+[train]
+epochs = 2
+batch_size = 16
+lr = 1e30
+schedule = "constant"
+[[loss]]
+kind = "ce"
+weight = 0.1
+[[loss]]
+kind = "kd"
+weight = 0.9
+params = { T = 4.0 }
+"""
+
+
+def _teacher(e: Env, path: Path) -> list[str]:
+    return ["--teacher", str(path)]
+
+
+def _state_dict_of_teacher(e: Env) -> Path:
+    sd = torch.load(e.teacher, weights_only=True)["state_dict"]
+    path = e.root / "weights.pt"
+    torch.save(sd, path)
+    return path
+
+
+def _truncated(e: Env) -> Path:
+    data = e.teacher.read_bytes()
+    return _write(e.root / "truncated.pt", data[: len(data) // 2])
+
+
+def _evil(e: Env) -> Path:
+    path = e.root / "evil.pt"
+    torch.save({"state_dict": _Evil(e.root / "pwned")}, path)
+    return path
+
+
+def _evil_raw_pickle(e: Env) -> Path:
+    path = e.root / "evil.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(_Evil(e.root / "pwned"), f)
+    return path
+
+
+def _file_as_out(e: Env) -> list[str]:
+    (e.root / "afile").write_text("keep me")
+    return ["--out", str(e.root / "afile")]
+
+
+def _readonly_out(e: Env) -> list[str]:
+    d = e.root / "ro"
+    d.mkdir()
+    d.chmod(0o500)
+    if os.access(d, os.W_OK):  # root, or a filesystem that ignores modes: nothing to test here
+        d.chmod(0o700)
+        pytest.skip("permissions are not enforced for this user")
+    return ["--out", str(d / "run")]
+
+
+def _corrupt_resume_checkpoint(e: Env) -> list[str]:
+    (e.out / "checkpoints").mkdir(parents=True)
+    (e.out / "checkpoints" / "last.pt").write_bytes(b"\x80\x02not really a checkpoint")
+    return []
+
+
+def _csv_without_label(e: Env) -> list[str]:
+    _folder(e.root / "imgs", ("a", "b"))
+    (e.root / "list.csv").write_text("path\nimgs/a/0.png\n")
+    return ["--data", f"csv:{e.root / 'list.csv'}"]
+
+
+def _unreadable_image(e: Env) -> list[str]:
+    root = _folder(e.root / "data", ("class_0", "class_1", "class_2"))
+    (root / "class_1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png body")
+    return ["--data", f"imagefolder:{root}"]
+
+
+def _empty_dataset(e: Env) -> list[str]:
+    for c in ("class_0", "class_1", "class_2"):
+        (e.root / "data" / c).mkdir(parents=True)
+    return ["--data", f"imagefolder:{e.root / 'data'}"]
+
+
+def _cuda_without_gpu(e: Env) -> list[str]:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    return ["--device", "cuda"]
+
+
+Case = Callable[[Env], list[str]]
+CASES: list[tuple[str, Case, int, tuple[str, ...]]] = [
+    # --- teacher files
+    ("teacher missing", lambda e: _teacher(e, e.root / "nope.pt"), INPUT, ("nope.pt",)),
+    ("teacher empty", lambda e: _teacher(e, _write(e.root / "empty.pt", b"")), INPUT, ("empty",)),
+    ("teacher corrupt bytes", lambda e: _teacher(e, _write(e.root / "junk.pt", b"\x80\x02" + os.urandom(300))), INPUT,
+     ("junk.pt", "not a readable checkpoint")),
+    ("teacher truncated", lambda e: _teacher(e, _truncated(e)), INPUT, ("truncated.pt",)),
+    ("teacher is a text file", lambda e: _teacher(e, _write(e.root / "notes.pt", b"hello, not weights")), INPUT,
+     ("notes.pt", "not a readable checkpoint")),
+    ("teacher is a directory", lambda e: _teacher(e, e.root), INPUT, ("directory",)),
+    ("pickle that runs code (torch.save)", lambda e: _teacher(e, _evil(e)), INPUT, ("--trust-checkpoint",)),
+    ("pickle that runs code (raw pickle)", lambda e: _teacher(e, _evil_raw_pickle(e)), INPUT, ("--trust-checkpoint",)),
+    ("state_dict for the wrong arch", lambda e: [*_teacher(e, _state_dict_of_teacher(e)), "--teacher-arch", "resnet20",
+                                                 "--num-classes", "3", "--input-shape", "1,8,8", "--mean", "0.5",
+                                                 "--std", "0.25"], INPUT, ("resnet20",)),
+    ("state_dict without --teacher-arch", lambda e: _teacher(e, _state_dict_of_teacher(e)), USAGE, ("--teacher-arch",)),
+    ("truncated ONNX teacher", lambda e: _teacher(e, _write(e.root / "t.onnx", _teacher_onnx(e).read_bytes()[:200])),
+     INPUT, ("t.onnx",)),
+    ("ONNX external data outside its directory", lambda e: _teacher(e, _onnx_escaping_external_data(e)), INPUT,
+     ("teacher.onnx",)),
+    ("wrong input shape for the teacher", lambda e: ["--input-shape", "3,8,8"], INPUT, ("3, 8, 8",)),
+    ("malformed --input-shape", lambda e: ["--input-shape", "1,8"], USAGE, ("--input-shape",)),
+    ("duplicate --classes", lambda e: ["--classes", "a,b,a"], USAGE, ("'a'",)),
+    # --- data
+    ("class count teacher vs data", lambda e: ["--data", "synthetic:classes=4,n=100"], INPUT, ("3 classes", "4")),
+    ("unknown data spec", lambda e: ["--data", "imagenett:/x"], USAGE, ("unknown data spec", "imagenett")),
+    ("bad synthetic option", lambda e: ["--data", "synthetic:classes=3,colour=red"], USAGE, ("colour",)),
+    ("missing data directory", lambda e: ["--data", f"imagefolder:{e.root / 'absent'}"], INPUT, ("absent",)),
+    ("empty dataset", _empty_dataset, INPUT, ("no images",)),
+    ("one-class dataset", lambda e: ["--data", f"imagefolder:{_folder(e.root / 'one', ('only',))}"], INPUT,
+     ("one class",)),
+    ("unreadable image", _unreadable_image, INPUT, ("broken.png",)),
+    ("csv without a label column", _csv_without_label, INPUT, ("label",)),
+    # --- budget, names
+    ("impossible budget", lambda e: ["--budget-ms", "0.000001"], BUDGET, ("no student meets",)),
+    ("zero budget", lambda e: ["--budget-ms", "0"], USAGE, ("--budget-ms",)),
+    ("negative budget", lambda e: ["--budget-ms", "-5"], USAGE, ("--budget-ms",)),
+    ("unknown preset", lambda e: ["--preset", "kdd"], USAGE, ("'kdd'",)),
+    ("unknown student", lambda e: ["--student", "resnet9"], USAGE, ("'resnet9'",)),
+    ("unknown provider", lambda e: ["--provider", "openvino"], USAGE, ("openvino",)),
+    ("unknown budget statistic", lambda e: ["--stat", "p75"], USAGE, ("--stat",)),
+    ("zero ORT threads", lambda e: ["--threads", "0"], USAGE, ("--threads",)),
+    # --- presets and overrides
+    ("malformed TOML preset", lambda e: ["--preset", _toml(e, "[[loss]\nkind = 'kd'\n")], INPUT, ("not valid TOML",)),
+    ("TOML preset with an unknown loss", lambda e: ["--preset", _toml(e, "[[loss]]\nkind = 'kdx'\n")], USAGE, ("kdx",)),
+    ("TOML preset with an unknown key", lambda e: ["--preset", _toml(e, "lossses = 1\n[[loss]]\nkind='kd'\n")], USAGE,
+     ("lossses",)),
+    ("--set on a missing key", lambda e: ["--set", "kd.TT=3"], USAGE, ("kd.TT",)),
+    ("--set on a missing term", lambda e: ["--set", "dkd.beta=3"], USAGE, ("'dkd'",)),
+    ("--set with a wrong type", lambda e: ["--set", "train.lr=fast"], USAGE, ("train.lr",)),
+    ("--set without '='", lambda e: ["--set", "train.lr"], USAGE, ("key=value",)),
+    ("--set batch size zero", lambda e: ["--set", "train.batch_size=0"], USAGE, ("batch_size",)),
+    ("epochs zero", lambda e: ["--epochs", "0"], USAGE, ("epochs",)),
+    ("epochs negative", lambda e: ["--epochs", "-3"], USAGE, ("epochs",)),
+    # --- run directory, machine, training
+    ("out directory is a file", _file_as_out, INPUT, ("afile",)),
+    ("non-writable out directory", _readonly_out, INPUT, ("ro",)),
+    ("corrupt checkpoint to resume from", _corrupt_resume_checkpoint, INPUT,
+     ("last.pt", "not a readable checkpoint", "--restart")),
+    ("CUDA requested without a GPU", _cuda_without_gpu, ENV, ("cuda",)),
+    ("diverging preset (lr 1e30)", lambda e: ["--preset", _toml(e, DIVERGING), "--epochs", "2"], TRAIN,
+     ("loss became", "epoch 1", "no checkpoint")),
+]
+
+
+def _base(e: Env) -> list[str]:
+    return ["distill", "--teacher", str(e.teacher), "--data", TINY_DATA, "--student", "tinycnn_w8", "--epochs", "1",
+            "--set", "train.batch_size=16", "--device", "cpu", "--out", str(e.out)]
+
+
+def _merge(base: list[str], extra: list[str]) -> list[str]:
+    """Flags in `extra` replace the base's value of the same flag (--set accumulates instead)."""
+    out = list(base)
+    i = 0
+    while i < len(extra):
+        flag, value = extra[i], extra[i + 1]
+        if flag != "--set" and flag in out:
+            out[out.index(flag) + 1] = value
+        else:
+            out += [flag, value]
+        i += 2
+    return out
+
+
+def test_the_corpus_is_large_enough():
+    assert len(CASES) >= 25
+    assert len({name for name, *_ in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("name, make, code, needles", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(tiny_teacher, tmp_path, name, make, code, needles):
+    e = Env(tmp_path, tiny_teacher)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    extra = make(e)
+    made = {p for p in tmp_path.rglob("*") if p.is_file()} - set(before)
+    r = runner.invoke(app, _merge(_base(e), extra))
+
+    assert r.exit_code == code, (r.exit_code, r.output)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("kdcompress: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], r.stderr
+    assert "Traceback" not in r.output and r.stdout == ""
+    for n in needles:
+        assert n in errors[0], errors[0]
+    # nothing half-written: no temporary files, no outputs of a finished stage, no code was run
+    assert not list(tmp_path.rglob("*.tmp"))
+    for f in ("student.pt", "student.onnx", "report.json", "report.md"):
+        assert not (e.out / f).exists(), f
+    assert not (tmp_path / "pwned").exists()
+    for p in made:  # the case's own inputs are left as they were
+        assert p.exists()

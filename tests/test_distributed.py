@@ -1,0 +1,76 @@
+"""torchrun: two CPU processes (gloo) distil like one process does, with the same outputs.
+
+One launch (torchrun costs ~5 s before the first step, ENVIRONMENT.md §7). The nd preset makes it cover
+what is distributed beyond DDP itself: the prepared class centres built by rank 0 and broadcast, and the
+projector's gradients averaged outside DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from kdcompress.cli import app
+from kdcompress.runio import safe_torch_load
+
+from .conftest import TINY_DATA
+
+
+def _args(teacher: Path, out: Path) -> list[str]:
+    return ["distill", "--teacher", str(teacher), "--data", TINY_DATA, "--student", "tinycnn_w8", "--preset", "nd",
+            "--epochs", "2", "--set", "train.batch_size=8", "--device", "cpu", "--out", str(out), "--json"]
+
+
+def _shape(obj: Any) -> Any:
+    """The structure of a JSON value: dict keys (recursively), list lengths, value types."""
+    if isinstance(obj, dict):
+        return {k: _shape(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_shape(v) for v in obj]
+    return "number" if isinstance(obj, (int, float)) and not isinstance(obj, bool) else type(obj).__name__
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_torchrun_two_processes_match_the_single_process_outputs(tiny_teacher, tmp_path):
+    single = CliRunner().invoke(app, _args(tiny_teacher, tmp_path / "single"))
+    assert single.exit_code == 0, single.output
+    one = json.loads(single.stdout)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the latency cache the single run filled is shared
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "kdcompress",
+         *_args(tiny_teacher, tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(proc.stdout)  # rank 0's one JSON object; rank 1 wrote nothing to stdout
+    assert two == json.loads((tmp_path / "ddp" / "report.json").read_text())
+    assert "Traceback" not in proc.stderr and "kdcompress: error" not in proc.stderr
+    assert proc.stderr.count("epoch 1/2") == 1 and proc.stderr.count("nd: teacher class centres") == 1
+
+    assert _files(tmp_path / "ddp") == _files(tmp_path / "single")
+    assert "checkpoints/prepared.pt" in _files(tmp_path / "ddp")
+    # the same report, key for key (values differ: two shards of half a batch each)
+    for r in (one, two):
+        r["selection"] = r["selection"]["chosen"]["name"]  # candidate tables are the same measurement
+    assert _shape(two) == _shape(one)
+    assert (one["training"]["world_size"], two["training"]["world_size"]) == (1, 2)
+    assert two["epochs"] == 2 and [h["epoch"] for h in two["training"]["history"]] == [1, 2]
+    assert all(h["loss"] > 0 and h["nd"] > 0 and 0 <= h["val_accuracy"] <= 1 for h in two["training"]["history"])
+    ck = safe_torch_load(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert ck["world"] == 2 and len(ck["rng"]["aug"]) == 2 and not torch_equal(*ck["rng"]["aug"])
+    assert any(k.startswith("losses.nd.projector") for k in ck["objective"])
+    assert two["parity"]["top1_agreement"] == 1.0
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
