@@ -104,11 +104,12 @@ def _pickles_objects(path: Path) -> bool:
 
     if zipfile.is_zipfile(path):
         return True  # torch.save's archive, whole: its pickle names objects the safe loader does not allow
-    try:
+    try:  # the whole stream must parse: random bytes often contain an object opcode before they break
         with open(path, "rb") as f:
-            return any(op.name in _OBJECT_OPCODES for op, _, _ in pickletools.genops(f))
+            names = {op.name for op, _, _ in pickletools.genops(f)}
     except Exception:
         return False
+    return bool(names & _OBJECT_OPCODES)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +211,7 @@ CASES: list[tuple[str, Case, int, tuple[str, ...]]] = [
     # --- teacher files
     ("teacher missing", lambda e: _teacher(e, e.root / "nope.pt"), INPUT, ("nope.pt",)),
     ("teacher empty", lambda e: _teacher(e, _write(e.root / "empty.pt", b"")), INPUT, ("empty",)),
-    ("teacher corrupt bytes", lambda e: _teacher(e, _write(e.root / "junk.pt", b"\x80\x02" + os.urandom(300))), INPUT,
+    ("teacher corrupt bytes", lambda e: _teacher(e, _write(e.root / "junk.pt", b"\x80\x02" + random.Random(7).randbytes(300))), INPUT,
      ("junk.pt", "not a readable checkpoint")),
     ("teacher truncated", lambda e: _teacher(e, _truncated(e)), INPUT, ("truncated.pt",)),
     ("teacher is a text file", lambda e: _teacher(e, _write(e.root / "notes.pt", b"hello, not weights")), INPUT,
