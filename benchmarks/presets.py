@@ -4,7 +4,7 @@ Prints test accuracy (mean ± std over seeds), the plain-student (`ce`) and teac
 mean training-step time relative to `kd` (training seconds per epoch from the trainer's history, validation
 excluded; IC-KD's one-off bank build is reported separately). Run:
 
-    .venv/bin/python benchmarks/presets.py [--epochs 40] [--seeds 0 1 2] [--student resnet8]
+    .venv/bin/python benchmarks/presets.py [--epochs 40] [--seeds 0 1 2] [--student tinycnn_w16]
 
 Each preset keeps its own optimiser recipe ([train] in its TOML) with --epochs overriding the length;
 warm-ups stay in absolute epochs as the authors set them (20 for dkd/gdkd/nd/ickd).
@@ -47,15 +47,17 @@ def run_one(preset_name: str, sets: list[str], seed: int, args, splits, teacher,
     test_acc = accuracy(predict(model, splits.test, teacher.input_spec, torch.device("cpu")), splits.test.y)
     steps = splits.train.num_batches(min(preset.train.batch_size, len(splits.train)), drop_last=True)
     train_s = sum(h.get("train_seconds", 0.0) for h in result.history)
-    return {"acc": test_acc, "step_ms": 1000 * train_s / (steps * args.epochs), "wall": wall,
-            "overhead_s": wall - sum(h.get("train_seconds", 0.0) + h.get("val_seconds", 0.0) for h in result.history)}
+    bs = min(preset.train.batch_size, len(splits.train))
+    return {"acc": test_acc, "step_ms": 1000 * train_s / (steps * args.epochs),
+            "us_per_img": 1e6 * train_s / (steps * bs * args.epochs), "bs": bs, "wall": wall,
+            "overhead_s": wall - train_s}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--student", default="resnet8")
+    ap.add_argument("--student", default="tinycnn_w16")
     ap.add_argument("--teacher-arch", default="resnet8x4")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -78,9 +80,10 @@ def main() -> None:
         rows.append({"name": name + (" (static)" if sets else (" (dynamic)" if name == "ickd" else "")),
                      "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                      "step_ms": statistics.mean(r["step_ms"] for r in res),
-                     "overhead_s": statistics.mean(r["overhead_s"] for r in res)})
+                     "us_per_img": statistics.mean(r["us_per_img"] for r in res),
+                     "overhead_s": statistics.mean(r["overhead_s"] for r in res), "bs": res[0]["bs"]})
         print(f"done {rows[-1]['name']}", flush=True)
-    kd_ms = next(r["step_ms"] for r in rows if r["name"] == "kd")
+    kd_us = next(r["us_per_img"] for r in rows if r["name"] == "kd")
     ce_acc = next(r["mean"] for r in rows if r["name"] == "ce")
     fp = machine_fingerprint()
     print()
@@ -89,12 +92,12 @@ def main() -> None:
     print(f"digits, teacher {args.teacher_arch} (CE, 15 epochs; test accuracy {100 * info['test_accuracy']:.2f}%), "
           f"student {args.student}, {args.epochs} epochs, seeds {args.seeds}")
     print()
-    print("| preset | test accuracy % (mean ± std) | vs plain student | train step ms | step time / kd | one-off prepare + validation s |")
-    print("|---|---|---|---|---|---|")
+    print("| preset | test accuracy % (mean ± std) | vs plain student | train step ms (batch) | µs per image | per-image time / kd | wall minus training s (prepare, validation, checkpoints) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {100 * (r['mean'] - ce_acc):+.2f} | "
-              f"{r['step_ms']:.2f} | {r['step_ms'] / kd_ms:.2f} | {r['overhead_s']:.1f} |")
-    print(f"| teacher ({args.teacher_arch}) | {100 * info['test_accuracy']:.2f} | | | | |")
+              f"{r['step_ms']:.2f} ({r['bs']}) | {r['us_per_img']:.1f} | {r['us_per_img'] / kd_us:.2f} | {r['overhead_s']:.1f} |")
+    print(f"| teacher ({args.teacher_arch}) | {100 * info['test_accuracy']:.2f} | | | | | |")
 
 
 if __name__ == "__main__":
