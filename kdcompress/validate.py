@@ -157,6 +157,7 @@ class Parity:
     variant: str
     tolerance: Tolerance
     max_abs_diff_limit: float  # tolerance.max_abs_diff_rel * max(1, max |PyTorch logit|)
+    outputs: str = "logits"  # or "probabilities": the file ends in a softmax
 
     @property
     def passed(self) -> bool:
@@ -165,17 +166,27 @@ class Parity:
     def to_json(self) -> dict[str, Any]:
         return {"max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement, "samples": self.samples,
                 "variant": self.variant, "tolerance": self.tolerance.to_json(),
-                "max_abs_diff_limit": self.max_abs_diff_limit, "passed": self.passed}
+                "max_abs_diff_limit": self.max_abs_diff_limit, "outputs": self.outputs, "passed": self.passed}
+
+
+def _is_probabilities(a: np.ndarray) -> bool:
+    return bool(len(a)) and bool((a >= -1e-6).all()) and bool(np.allclose(a.sum(1), 1.0, atol=1e-3))
 
 
 def parity(onnx_logits_: np.ndarray, reference: np.ndarray, variant: str) -> Parity:
+    """A file that ends in a softmax (many third-party classifiers do) is compared with the softmax of
+    the PyTorch logits, so the max-abs bound speaks about the same quantity."""
     if onnx_logits_.shape != reference.shape:
         raise InputError(f"ONNX logits {onnx_logits_.shape} and PyTorch logits {reference.shape} differ in shape")
+    outputs = "logits"
+    if _is_probabilities(onnx_logits_) and not _is_probabilities(reference):
+        reference = torch.softmax(torch.from_numpy(reference).double(), dim=1).float().numpy()
+        outputs = "probabilities"
     tol = TOLERANCES.get(variant, TOLERANCES["fp32"])
     diff = float(np.abs(onnx_logits_.astype(np.float32) - reference).max())
     agree = float((onnx_logits_.argmax(1) == reference.argmax(1)).mean())
     limit = tol.max_abs_diff_rel * max(1.0, float(np.abs(reference).max()))
-    return Parity(diff, agree, len(reference), variant, tol, limit)
+    return Parity(diff, agree, len(reference), variant, tol, limit, outputs)
 
 
 def reference_logits(model: torch.nn.Module, split: TensorSplit, spec: InputSpec) -> np.ndarray:
