@@ -43,10 +43,17 @@ class Tolerance:
         return {"max_abs_diff_rel": self.max_abs_diff_rel, "min_agreement": self.min_agreement}
 
 
+# Chosen from measurements on digits students (360 test images; logits up to 8-17 in magnitude):
+# fp32 max diff 2e-6..6e-6 (relative <= 4e-7), agreement 1.0: 1e-4 leaves 250x headroom for other CPUs'
+#   kernels yet catches any real export bug; 0.999 allows one near-tie flip per thousand images.
+# fp16 max diff 4e-3..6e-3 (relative <= 8e-4), agreement 1.0: 1e-2 and 0.99.
+# int8 (64 calibration images) max diff 0.6..1.7 (relative 4%..10%), agreement 1.0; with only 8
+#   calibration images on a weak tinycnn 2.9 (36%) and agreement 0.994. Max-abs error of int8 is driven by
+#   a few outlier logits, so its bound is loose (50%) and agreement (0.97) carries the weight.
 TOLERANCES = {
     "fp32": Tolerance(1e-4, 0.999),
     "fp16": Tolerance(1e-2, 0.99),
-    "int8": Tolerance(0.2, 0.97),
+    "int8": Tolerance(0.5, 0.97),
 }
 
 
