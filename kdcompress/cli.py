@@ -80,6 +80,27 @@ Std = Annotated[str | None, typer.Option("--std", help="Per-channel normalisatio
 Trust = Annotated[bool, typer.Option(help="Allow pickled (code-carrying) checkpoints.")]
 
 
+Fp16 = Annotated[bool, typer.Option("--fp16", help="Also export a float16 variant (float32 inputs/outputs).")]
+Int8 = Annotated[bool, typer.Option("--int8", help="Also export a static INT8 (QDQ, per-channel) variant.")]
+Calib = Annotated[int, typer.Option("--calib", help="Training images that calibrate INT8.")]
+Simplify = Annotated[bool, typer.Option("--simplify", help="Simplify the graph with onnxslim.")]
+MinAgreement = Annotated[float | None, typer.Option(
+    "--min-agreement", help="Gate: top-1 agreement with the PyTorch model >= X (fraction).")]
+MaxAccuracyDrop = Annotated[float | None, typer.Option(
+    "--max-accuracy-drop", help="Gate: teacher top-1 minus variant top-1 <= X (fraction; 0.01 = 1 point).")]
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    from .errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{flag} expects comma-separated numbers, got '{text}'") from None
+
+
 def _preset(name: str, epochs: int | None, overrides: list[str] | None):
     from .config import apply_overrides, load_preset
 
@@ -116,10 +137,18 @@ def distill(
     std: Std = None,
     download: Annotated[bool, typer.Option("--download", help="Let cifar10/cifar100/mnist/fashionmnist download into their root.")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the student's training forward (faster steps on a GPU after a compile pause).")] = False,
+    fp16: Fp16 = False,
+    int8: Int8 = False,
+    calib: Calib = 64,
+    simplify: Simplify = False,
+    min_agreement: MinAgreement = None,
+    max_accuracy_drop: MaxAccuracyDrop = None,
     json_: Json = False,
 ) -> None:
     """The whole job: teacher -> select -> distill -> export -> validate -> report.
 
+    --budget-ms is both the selection budget and a gate on the validated student; a failed gate exits 5
+    after report.json is written.
     On several GPUs or machines: torchrun --nproc_per_node N -m kdcompress distill ... (docs/distributed.md)."""
 
     def go():
@@ -134,15 +163,20 @@ def distill(
                         budget=Budget(budget_ms, stat), runtime=RuntimeConfig(device, provider, threads, compile_),
                         out=out, student=student, trust_checkpoint=trust_checkpoint, restart=restart,
                         teacher_options=topts, download=download)
+        from .export import ExportOptions
+        from .gates import Gates, raise_for_gates
         from .pipeline import distill as run_distill
 
-        report = run_distill(cfg, _console())
+        gates = Gates(min_agreement, max_accuracy_drop, budget_ms, stat)
+        opts = ExportOptions(fp16=fp16, int8=int8, calib=calib, simplify=simplify)
+        report = run_distill(cfg, _console(), export_opts=opts, gates=gates)
         if not report:  # a torchrun process other than rank 0: rank 0 reports
             return
         if json_:
             _print_json(report)
         else:
             _summary(report)
+        raise_for_gates(report)
 
     run_guarded(go)
 
@@ -167,7 +201,133 @@ def _summary(r: dict[str, Any]) -> None:
             f"{'[green]met[/]' if ok else '[red]missed[/]'}; speed-up {r['speedup']:.2f}x; "
             f"student reaches {100 * r['accuracy_ratio']:.1f}% of the teacher's accuracy; "
             f"parity max|diff| {r['parity']['max_abs_diff']:.2e}, agreement {100 * r['parity']['top1_agreement']:.2f}%")
-    c.print(f"outputs in {r['run_dir']}/: student.onnx, student.pt, report.json, report.md")
+    for v in r.get("variants", []):
+        c.print(f"  {v['name']:5s} {v['onnx']}: top-1 {100 * v['accuracy']:.2f}%, p50 {v['latency_ms']['p50']:.4f} ms, "
+                f"gates {'pass' if v['passed'] else '[red]FAIL[/]'}" + (" [bold](recommended)[/]" if v["recommended"] else ""))
+    c.print(f"outputs in {r['run_dir']}/: student.onnx, student.pt, report.json, report.md, plots/")
+
+
+# ------------------------------------------------------------------------------------------ export / validate / report
+
+
+@app.command()
+def export(
+    run: Annotated[Path | None, typer.Option(help="Run directory whose student.pt to export.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="A kdcompress student checkpoint.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="fp32 ONNX path (variants go beside it).")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset spec for INT8 calibration and test-split checks "
+                                                  "(default: the run's).")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher file, for the checksum in the metadata.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).")] = 20,
+    fp16: Fp16 = False,
+    int8: Int8 = False,
+    calib: Calib = 64,
+    simplify: Simplify = False,
+    json_: Json = False,
+) -> None:
+    """Export a student to ONNX (dynamic batch, metadata, checked) with optional fp16/int8 variants."""
+
+    def go():
+        from .deploy import export_job, raise_for_export
+        from .export import ExportOptions
+
+        opts = ExportOptions(opset=opset, fp16=fp16, int8=int8, calib=calib, simplify=simplify)
+        result = export_job(run=run, checkpoint=checkpoint, out=out, data=data, teacher=teacher, opts=opts,
+                            console=_console())
+        if json_:
+            _print_json(result)
+        else:
+            for a in result["artifacts"]:
+                par = a.get("parity")
+                extra = (f"  test acc {100 * a['accuracy']:.2f}%  max|diff| {par['max_abs_diff']:.3g}  "
+                         f"agreement {100 * par['top1_agreement']:.2f}%" if par else "")
+                typer.echo(f"{a['variant']:5s} {a['onnx']}  {a['bytes']:,} bytes{extra}")
+        raise_for_export(result)
+
+    run_guarded(go)
+
+
+@app.command()
+def validate(
+    onnx: Annotated[list[Path], typer.Option("--onnx", help="ONNX classifier(s) to validate; repeat for variants.")],
+    data: Annotated[str, typer.Option(help="Dataset spec; its test split is used.")],
+    teacher: Annotated[Path | None, typer.Option(help="Teacher (kdcompress .pt or .onnx), measured identically.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="The student's PyTorch checkpoint, for parity.")] = None,
+    provider: Provider = "cpu",
+    threads: Threads = None,
+    min_agreement: MinAgreement = None,
+    max_accuracy_drop: MaxAccuracyDrop = None,
+    budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Gate: latency <= X ms.")] = None,
+    stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50, p90 or p99.")] = "p50",
+    mean: Annotated[str | None, typer.Option(help="Normalisation mean, e.g. 0.485,0.456,0.406 (overrides metadata).")] = None,
+    std: Annotated[str | None, typer.Option(help="Normalisation std (overrides metadata).")] = None,
+    layout: Annotated[str | None, typer.Option(help="Input layout NCHW or NHWC (default: metadata or graph).")] = None,
+    throughput_batch: Annotated[int, typer.Option(help="Batch size for the throughput measurement.")] = 32,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write report.json, report.md and plots here.")] = None,
+    json_: Json = False,
+) -> None:
+    """Accuracy, parity, latency and gates of any ONNX image classifier in ONNX Runtime (exit 5: a gate failed)."""
+
+    def go():
+        from .config import RuntimeConfig
+        from .deploy import validate_job
+        from .errors import UsageError
+        from .gates import Gates, raise_for_gates
+
+        if throughput_batch < 1:
+            raise UsageError(f"--throughput-batch must be >= 1, got {throughput_batch}")
+        report = validate_job(files=list(onnx), data=data, teacher=teacher, checkpoint=checkpoint,
+                              runtime=RuntimeConfig("cpu", provider, threads),
+                              gates=Gates(min_agreement, max_accuracy_drop, budget_ms, stat),
+                              mean=_floats(mean, "--mean"), std=_floats(std, "--std"), layout=layout,
+                              throughput_batch=throughput_batch, out=out, console=_console())
+        if json_:
+            _print_json(report)
+        else:
+            _validation_table(report)
+        raise_for_gates(report)
+
+    run_guarded(go)
+
+
+def _validation_table(r: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"kdcompress validate on {r['data']['name']} ({r['provider']}, {r['threads']} thread(s))")
+    for col in ("model", "top-1", "p50 ms", "p90 ms", "p99 ms", "img/s", "max|diff|", "agree", "speed-up", "gates"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    rows = ([("teacher", r["teacher"], None)] if r.get("teacher") else []) + [(v["name"], v, v) for v in r["variants"]]
+    for name, m, v in rows:
+        lat, par = m["latency_ms"], (v or {}).get("parity") or {}
+        sp = (v or {}).get("speedup_vs_teacher")
+        t.add_row(name + (" *" if v and v["recommended"] else ""), f"{100 * m['accuracy']:.2f}%", f"{lat['p50']:.4f}",
+                  f"{lat['p90']:.4f}", f"{lat['p99']:.4f}", f"{m['throughput']['throughput']:,.0f}",
+                  f"{par['max_abs_diff']:.3g}" if par else "-", f"{100 * par['top1_agreement']:.2f}%" if par else "-",
+                  f"{sp:.2f}x" if sp else "-", "-" if v is None else ("pass" if v["passed"] else "[red]FAIL[/]"))
+    c = Console()
+    c.print(t)
+    c.print(f"recommended: {r['recommended'] or 'none (no variant passed every gate)'}")
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run directory (or a validate --out directory) holding report.json.")],
+    json_: Json = False,
+) -> None:
+    """Re-render report.md and the plots from report.json."""
+
+    def go():
+        from .report import rerender
+
+        r = rerender(run)
+        if json_:
+            _print_json(r)
+        else:
+            root = run if run.is_dir() else run.parent
+            typer.echo(f"wrote {root / 'report.md'}" + "".join(f", {root / p}" for p in r.get("plots", [])))
+
+    run_guarded(go)
 
 
 # ------------------------------------------------------------------------------------------ teacher

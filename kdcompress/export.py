@@ -1,8 +1,10 @@
-"""torch -> ONNX: the dynamo exporter, one self-contained file, a dynamic batch axis, metadata, checked.
+"""torch -> ONNX: the dynamo exporter, one self-contained file, a dynamic batch axis, metadata, checked;
+plus the fp16 / int8 variants (variants.py), each checked the same way.
 
 Facts from ENVIRONMENT.md §3: pass input/output names (dynamo otherwise names the output after the last
 node), `external_data=False` (dynamo otherwise writes weights to a side file), `verbose=False` (it prints
 progress to stdout otherwise), `dynamic_shapes` for the batch (a static batch breaks at batch != example).
+Opsets below 18 are refused: the dynamo exporter silently stays at 18 after a failed down-conversion.
 """
 
 from __future__ import annotations
@@ -11,67 +13,95 @@ import contextlib
 import hashlib
 import io
 import json
+import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .config import InputSpec
-from .errors import InputError
+from .errors import InputError, UsageError
 from .runio import atomic_write_bytes
+from .variants import TOLERANCES, VARIANTS, to_fp16, to_int8
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 20
+MIN_OPSET = 18
+CHECK_BATCHES = (1, 7)  # 1 and an odd size unlike the export example (2): proves the batch axis is dynamic
+DEFAULT_CALIB = 64
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    opset: int = DEFAULT_OPSET
+    fp16: bool = False
+    int8: bool = False
+    calib: int = DEFAULT_CALIB  # training images used to calibrate INT8 activations
+    simplify: bool = False  # run onnxslim on the fp32 graph (the variants inherit it)
+
+    def __post_init__(self) -> None:
+        import onnx
+
+        top = onnx.defs.onnx_opset_version()
+        if not MIN_OPSET <= self.opset <= top:
+            raise UsageError(f"--opset {self.opset} is not supported; choose {MIN_OPSET}..{top} "
+                             f"(the dynamo exporter cannot go below {MIN_OPSET})")
+        if self.calib < 1:
+            raise UsageError(f"--calib must be >= 1, got {self.calib}")
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return tuple(v for v in VARIANTS if v == "fp32" or getattr(self, v))
 
 
 @dataclass(frozen=True)
 class OnnxArtifact:
+    variant: str
     path: Path
     opset: int
     sha256: str
     bytes: int
     metadata: dict[str, str]
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"variant": self.variant, "onnx": str(self.path), "opset": self.opset, "sha256": self.sha256,
+                "bytes": self.bytes, "checks": self.checks}
 
 
-def onnx_bytes(model: nn.Module, spec: InputSpec, *, opset: int = DEFAULT_OPSET,
-               metadata: dict[str, Any] | None = None) -> bytes:
-    """Export `model` (fp32, eval, CPU copy) and return the serialised, checked ModelProto."""
-    import copy
+# ------------------------------------------------------------------------------------------ metadata
 
-    import onnx
 
-    m = copy.deepcopy(model).float().cpu().eval()
-    example = torch.zeros((2, *spec.shape))
-    buf = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(
-            m, (example,), f=None, dynamo=True, external_data=False, verbose=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: "batch"},),
-        )
-    proto = prog.model_proto
-    for k, v in (metadata or {}).items():
-        entry = proto.metadata_props.add()
+def build_metadata(*, arch: str, classes: tuple[str, ...] | list[str], spec: InputSpec, preset: str | None,
+                   teacher_sha256: str | None, val_accuracy: float | None = None) -> dict[str, Any]:
+    """The self-description every kdcompress ONNX file carries (values JSON-encoded unless strings)."""
+    from . import __version__
+
+    meta: dict[str, Any] = {
+        "kdcompress_version": __version__, "arch": arch, "classes": list(classes), "mean": list(spec.mean),
+        "std": list(spec.std), "input_shape": list(spec.shape), "layout": "NCHW", "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME, "preset": preset or "", "teacher_sha256": teacher_sha256 or "",
+    }
+    if val_accuracy is not None:
+        meta["val_accuracy"] = round(val_accuracy, 6)
+    return meta
+
+
+def _encode(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _set_metadata(proto, metadata: dict[str, Any]) -> None:
+    existing = {p.key: p for p in proto.metadata_props}
+    for k, v in metadata.items():
+        entry = existing.get(k) or proto.metadata_props.add()
         entry.key = k
-        entry.value = v if isinstance(v, str) else json.dumps(v)
-    data = proto.SerializeToString()
-    try:
-        onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
-    except Exception as e:  # the exporter produced something ORT may choke on: say so, do not ship it
-        raise InputError(f"exported ONNX model failed onnx.checker: {str(e).splitlines()[0][:300]}") from None
-    return data
-
-
-def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, opset: int = DEFAULT_OPSET,
-                metadata: dict[str, Any] | None = None) -> OnnxArtifact:
-    data = onnx_bytes(model, spec, opset=opset, metadata=metadata)
-    atomic_write_bytes(path, data)
-    meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (metadata or {}).items()}
-    return OnnxArtifact(Path(path), opset, hashlib.sha256(data).hexdigest(), len(data), meta)
+        entry.value = _encode(v)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -79,3 +109,177 @@ def read_metadata(path: Path) -> dict[str, str]:
 
     m = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in m.metadata_props}
+
+
+def stamp_metadata(path: Path, updates: dict[str, Any]) -> tuple[str, int]:
+    """Add or replace metadata entries of an ONNX file in place (atomically); returns (sha256, bytes)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    _set_metadata(proto, updates)
+    data = proto.SerializeToString()
+    atomic_write_bytes(Path(path), data)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+# ------------------------------------------------------------------------------------------ fp32
+
+
+def _checked(proto, what: str) -> bytes:
+    import onnx
+
+    data = proto.SerializeToString()
+    try:
+        onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    except Exception as e:  # the exporter produced something ORT may choke on: say so, do not ship it
+        raise InputError(f"{what} failed onnx.checker: {str(e).strip().splitlines()[0][:300]}") from None
+    return data
+
+
+def _simplify(proto):
+    try:
+        import onnxslim
+    except ImportError:
+        raise InputError("--simplify needs onnxslim (pip install onnxslim)") from None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            slim = onnxslim.slim(proto)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"onnxslim could not simplify the model: {first[:300]}") from None
+    names = ([i.name for i in slim.graph.input], [o.name for o in slim.graph.output])
+    if names != ([INPUT_NAME], [OUTPUT_NAME]):
+        raise InputError(f"onnxslim renamed the graph inputs/outputs to {names}; export without --simplify")
+    return slim
+
+
+def onnx_proto(model: nn.Module, spec: InputSpec, *, opset: int = DEFAULT_OPSET, simplify: bool = False):
+    """Export `model` (fp32, eval, CPU copy) to a ModelProto with a dynamic batch axis."""
+    import copy
+
+    m = copy.deepcopy(model).float().cpu().eval()
+    example = torch.zeros((2, *spec.shape))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            m, (example,), f=None, dynamo=True, external_data=False, verbose=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: "batch"},),
+        )
+    proto = prog.model_proto
+    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != opset:
+        raise UsageError(f"the exporter produced opset {got} instead of the requested --opset {opset}")
+    return _simplify(proto) if simplify else proto
+
+
+def onnx_bytes(model: nn.Module, spec: InputSpec, *, opset: int = DEFAULT_OPSET,
+               metadata: dict[str, Any] | None = None, simplify: bool = False) -> bytes:
+    """Export and return the serialised ModelProto, checked with onnx.checker (full_check)."""
+    proto = onnx_proto(model, spec, opset=opset, simplify=simplify)
+    _set_metadata(proto, metadata or {})
+    return _checked(proto, "exported ONNX model")
+
+
+def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, opset: int = DEFAULT_OPSET,
+                metadata: dict[str, Any] | None = None) -> OnnxArtifact:
+    data = onnx_bytes(model, spec, opset=opset, metadata=metadata)
+    atomic_write_bytes(path, data)
+    meta = {k: _encode(v) for k, v in (metadata or {}).items()}
+    return OnnxArtifact("fp32", Path(path), opset, hashlib.sha256(data).hexdigest(), len(data), meta)
+
+
+# ------------------------------------------------------------------------------------------ variants
+
+
+def variant_path(fp32_path: Path, variant: str) -> Path:
+    """student.onnx -> student.fp16.onnx / student.int8.onnx (fp32 keeps the plain name)."""
+    p = Path(fp32_path)
+    return p if variant == "fp32" else p.with_name(f"{p.stem}.{variant}{p.suffix}")
+
+
+def calibration_images(x: torch.Tensor, spec: InputSpec, n: int, seed: int = 0) -> np.ndarray:
+    """`n` images drawn (seeded, without replacement) from `x` (N, C, H, W in [0, 1]), normalised."""
+    from .data import normalize
+
+    if len(x) == 0:
+        raise InputError("no training images to calibrate INT8 with")
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    return normalize(x[idx].float(), spec).numpy().astype(np.float32)
+
+
+def check_batches(data: bytes, model: nn.Module, probe: np.ndarray, variant: str) -> dict[str, Any]:
+    """Run the ONNX bytes in ORT at every CHECK_BATCHES size on `probe` (normalised images) and compare
+    with PyTorch. A batch size that fails to run or gives the wrong output shape is an error; so is an
+    fp32 file whose outputs differ from PyTorch beyond the fp32 tolerance (a broken export)."""
+    from .ortbench import make_session
+
+    sess = make_session(data, "cpu", 1)
+    ref = model.float().cpu().eval()(torch.from_numpy(probe)).detach().numpy()
+    diffs, per_batch = [], {}
+    for b in CHECK_BATCHES:
+        x = probe[:b]
+        try:
+            out = sess.run(None, {INPUT_NAME: x})[0]
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise InputError(f"the exported {variant} model does not run at batch {b}: {first[:300]}") from None
+        if out.shape != ref[:b].shape:
+            raise InputError(f"the exported {variant} model returns shape {out.shape} at batch {b}, "
+                             f"expected {ref[:b].shape}")
+        per_batch[b] = out
+        diffs.append(float(np.abs(out.astype(np.float32) - ref[:b]).max()))
+    consistency = float(np.abs(per_batch[CHECK_BATCHES[0]][0] - per_batch[CHECK_BATCHES[-1]][0]).max())
+    scale = max(1.0, float(np.abs(ref).max()))
+    tol = TOLERANCES[variant].max_abs_diff_rel * scale
+    if variant == "fp32" and max(diffs) > tol:
+        raise InputError(f"the exported fp32 model differs from PyTorch by {max(diffs):.3g} "
+                         f"(tolerance {tol:.3g}); the export is broken")
+    return {"batches": list(CHECK_BATCHES), "max_abs_diff_vs_torch": max(diffs), "tolerance": tol,
+            "within_tolerance": max(diffs) <= tol, "batch_consistency_max_abs_diff": consistency}
+
+
+def export_variants(model: nn.Module, spec: InputSpec, fp32_path: Path, opts: ExportOptions,
+                    metadata: dict[str, Any], *, calib: np.ndarray | None = None,
+                    probe: np.ndarray | None = None) -> list[OnnxArtifact]:
+    """Write the fp32 file and each requested variant beside it; every file passes onnx.checker
+    (full_check) and runs at batch 1 and 7 in ONNX Runtime, compared with PyTorch on `probe` images
+    (default: seeded N(0, 1) in the normalised space)."""
+    import onnx
+
+    from .variants import topological_sort
+
+    if opts.int8 and calib is None:
+        raise UsageError("--int8 needs training images to calibrate on: give --data (or export a run)")
+    if probe is None:
+        probe = np.random.default_rng(0).standard_normal((max(CHECK_BATCHES), *spec.shape)).astype(np.float32)
+    probe = probe[:max(CHECK_BATCHES)]
+    if len(probe) < max(CHECK_BATCHES):
+        probe = np.concatenate([probe] * (-(-max(CHECK_BATCHES) // len(probe))))[:max(CHECK_BATCHES)]
+
+    base = onnx_proto(model, spec, opset=opts.opset, simplify=opts.simplify)
+    out: list[OnnxArtifact] = []
+    for variant in opts.variants:
+        path = variant_path(fp32_path, variant)
+        meta = {**metadata, "variant": variant, "opset": opts.opset, "simplified": opts.simplify}
+        if variant == "fp32":
+            proto = base
+        elif variant == "fp16":
+            proto = to_fp16(onnx.load_from_string(base.SerializeToString()))
+        else:
+            with tempfile.TemporaryDirectory(prefix="kdc-export-") as tmp:
+                src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+                src.write_bytes(base.SerializeToString())
+                to_int8(src, dst, calib, INPUT_NAME)
+                proto = onnx.load(str(dst))
+            topological_sort(proto)
+            # quant_pre_process stamps its own keys; ours describe the file that ships
+            keep = [p for p in proto.metadata_props if not p.key.startswith("onnx.")]
+            del proto.metadata_props[:]
+            proto.metadata_props.extend(keep)
+        _set_metadata(proto, meta)
+        data = _checked(proto, f"the {variant} ONNX model")
+        checks = check_batches(data, model, probe, variant)
+        atomic_write_bytes(path, data)
+        out.append(OnnxArtifact(variant, path, opts.opset, hashlib.sha256(data).hexdigest(), len(data),
+                                {k: _encode(v) for k, v in meta.items()}, checks))
+    return out

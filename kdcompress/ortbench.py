@@ -133,7 +133,9 @@ def measure_latency(session, shape: tuple[int, ...], *, warmup: int = 20, min_it
     seconds (capped at `max_iters`), so the percentiles of fast models rest on thousands of samples.
     """
     inp = session.get_inputs()[0]
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    # fed in the graph input's own type (a third-party fp16 model may take float16)
+    dtype = {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(inp.type, np.float32)
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
     feed = {inp.name: x}
     out_names = [session.get_outputs()[0].name]
     run = session.run

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from typing import Any
 
 import torch
 from rich.console import Console
 
-from . import __version__
 from .config import RunConfig, preset_to_json
 from .data import DataSplits, align_classes, load_data
 from .errors import InputError
-from .export import export_onnx, read_metadata
+from .deploy import data_json, export_and_validate, header
 from .distributed import setup as setup_distributed
-from .ortbench import machine_fingerprint
-from .report import SCHEMA_VERSION, write_report
+from .export import ExportOptions, build_metadata, read_metadata
+from .gates import Gates
+from .report import write_report
 from .runio import RunDir, atomic_write_bytes, atomic_write_json
 from .select import Selection, select
 from .students import capacity
 from .teacher import Teacher, load_checkpoint, load_teacher, teacher_onnx_bytes
 from .train import TrainResult, resolve_device, train
-from .validate import evaluate_onnx, parity
+from .validate import describe, effective_threads
 
 
 def check_compatible(teacher: Teacher, splits: DataSplits, console: Console) -> DataSplits:
@@ -38,15 +37,18 @@ def check_compatible(teacher: Teacher, splits: DataSplits, console: Console) -> 
 
 
 def onnx_metadata(*, arch: str, splits: DataSplits, teacher: Teacher, preset: str, val_acc: float) -> dict[str, Any]:
-    spec = teacher.input_spec
-    return {"kdcompress_version": __version__, "arch": arch, "classes": list(splits.classes),
-            "mean": list(spec.mean), "std": list(spec.std), "input_shape": list(spec.shape),
-            "layout": "NCHW", "preset": preset, "teacher_sha256": teacher.sha256,
-            "val_accuracy": round(val_acc, 6)}
+    return build_metadata(arch=arch, classes=splits.classes, spec=teacher.input_spec, preset=preset,
+                          teacher_sha256=teacher.sha256, val_accuracy=val_acc)
 
 
-def distill(cfg: RunConfig, console: Console | None = None) -> dict[str, Any]:
+def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: ExportOptions | None = None,
+            gates: Gates | None = None) -> dict[str, Any]:
+    """The whole job. `export_opts` picks the ONNX variants (fp32 only by default); `gates` defaults to
+    the parity gate alone. The report says whether the gates passed; the CLI turns a failure into exit 5."""
     console = console or Console(stderr=True)
+    export_opts = export_opts or ExportOptions()
+    gates = gates or Gates(budget_stat=cfg.budget.stat)
+    runtime = effective_threads(cfg.runtime, lambda m: console.print(f"[yellow]warning:[/] {m}"))
     run = RunDir(cfg.out)
     ddp, device = setup_distributed(cfg.runtime.device)  # torchrun: rank 0 writes files, all ranks train
     if not ddp.is_main:
@@ -83,54 +85,52 @@ def distill(cfg: RunConfig, console: Console | None = None) -> dict[str, Any]:
         return {}  # export, validation and the report are rank 0's
     atomic_write_json(run.train_result, result.to_json())
 
-    with console.status("exporting to ONNX and validating in ONNX Runtime"):
+    with console.status("exporting to ONNX and validating in ONNX Runtime") as status:
         student, _ = load_checkpoint(run.student)
         meta = onnx_metadata(arch=arch, splits=splits, teacher=teacher, preset=cfg.preset.name,
                              val_acc=result.best_val_accuracy)
-        export_onnx(student, spec, run.onnx, metadata=meta)
         if not run.teacher_onnx.exists() or read_metadata(run.teacher_onnx).get("teacher_sha256") != teacher.sha256:
-            atomic_write_bytes(run.teacher_onnx, teacher_onnx_bytes(
-                teacher, {"arch": teacher.arch, "teacher_sha256": teacher.sha256, "role": "teacher"}))
-        s_eval = evaluate_onnx(run.onnx, splits.test, spec, cfg.runtime, cfg.budget.batch)
-        t_eval = evaluate_onnx(run.teacher_onnx, splits.test, spec, cfg.runtime, cfg.budget.batch)
-        par = parity(s_eval.logits, student, splits.test, spec)
+            t_meta = {**onnx_metadata(arch=teacher.arch, splits=splits, teacher=teacher, preset=None, val_acc=None),
+                      "role": "teacher"}
+            atomic_write_bytes(run.teacher_onnx, teacher_onnx_bytes(teacher, t_meta))
+        t_input = describe(run.teacher_onnx, data_shape=spec.shape, mean=spec.mean, std=spec.std)
+        artifacts, val = export_and_validate(
+            model=student, spec=spec, splits=splits, fp32_path=run.onnx, opts=export_opts, metadata=meta,
+            runtime=runtime, gates=gates, teacher=(run.teacher_onnx, t_input), batch=cfg.budget.batch,
+            progress=status.update)
 
+    fp32 = val.variant("fp32")
+    s_eval, t_eval = fp32.eval, val.teacher
     s_cap = capacity(student, spec)
     s_stat = s_eval.latency.stat(cfg.budget.stat)
     report = {
-        "schema_version": SCHEMA_VERSION,
-        "kdcompress_version": __version__,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **header("distill"),
         "run_dir": str(run.root),
         "preset": {k: v for k, v in preset_to_json(cfg.preset).items() if k != "train"},
-        "data": {"spec": cfg.data, "name": splits.name, "classes": list(splits.classes),
-                 "sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}},
+        "data": data_json(cfg.data, splits),
         "budget_ms": cfg.budget.ms,
         "budget_stat": cfg.budget.stat,
-        "teacher": {"path": str(teacher.path), "sha256": teacher.sha256, "arch": teacher.arch,
-                    "params": teacher.params, "flops": teacher.flops, "format": teacher.format,
-                    "accuracy": t_eval.accuracy,
-                    "latency_ms": t_eval.latency.to_json(), "onnx": str(run.teacher_onnx)},
-        "student": {"arch": arch, "params": s_cap.params, "flops": s_cap.flops, "accuracy": s_eval.accuracy,
+        "teacher": {"path": str(teacher.path), "arch": teacher.arch, "params": teacher.params,
+                    "flops": teacher.flops, "format": teacher.format,
+                    **t_eval.to_json(), "sha256": teacher.sha256, "onnx_sha256": t_eval.sha256},
+        "student": {"arch": arch, "params": s_cap.params, "flops": s_cap.flops, **s_eval.to_json(),
                     "val_accuracy_best": result.best_val_accuracy,
                     "val_accuracy_final": result.final_val_accuracy, "best_epoch": result.best_epoch,
-                    "latency_ms": s_eval.latency.to_json(), "onnx": str(run.onnx),
                     "checkpoint": str(run.student),
                     "meets_budget": cfg.budget.ms is None or s_stat <= cfg.budget.ms},
-        "parity": par.to_json(),
-        "speedup": t_eval.latency.p50 / s_eval.latency.p50,
-        "accuracy_delta": s_eval.accuracy - t_eval.accuracy,
-        "accuracy_ratio": s_eval.accuracy / t_eval.accuracy if t_eval.accuracy else None,
+        "parity": fp32.parity.to_json(),
+        "speedup": fp32.speedup,
+        "accuracy_delta": fp32.accuracy_delta,
+        "accuracy_ratio": s_eval.accuracy.top1 / t_eval.accuracy.top1 if t_eval.accuracy.top1 else None,
         "epochs": result.epochs,
         "device": str(device),
-        "provider": cfg.runtime.provider,
-        "threads": cfg.runtime.threads or 1,
+        **val.to_json(),
+        "artifacts": [a.to_json() for a in artifacts],
         "training": {k: v for k, v in result.to_json().items() if k not in ("arch", "checkpoint")},
         "selection": selection.to_json(),
-        "machine": machine_fingerprint() | {"torch": torch.__version__},
     }
-    write_report(report, run.report_json, run.report_md)
-    return json.loads(json.dumps(report))
+    report = write_report(json.loads(json.dumps(report)), run.root)
+    return report
 
 
 def train_teacher(*, data: str, arch: str, preset, out, device: str, console: Console) -> dict[str, Any]:

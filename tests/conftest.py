@@ -33,3 +33,26 @@ def tiny_teacher(tmp_path_factory) -> Path:
                   console=Console(stderr=True, quiet=True))
     assert old == os.environ.get("KDCOMPRESS_CACHE")
     return out
+
+
+def assert_valid_report(path: Path) -> dict:
+    """Validate a report.json against the schema shipped in the package (jsonschema, a dev dependency)."""
+    import json
+
+    import jsonschema
+
+    from kdcompress.report import load_schema
+
+    report = json.loads(Path(path).read_text())
+    jsonschema.validate(report, load_schema(), cls=jsonschema.Draft202012Validator)
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _reports_match_schema(request):
+    """Every report.json a test leaves in its tmp_path must validate against report.schema.json."""
+    yield
+    tmp = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
+    if tmp is not None:
+        for path in Path(tmp).rglob("report.json"):
+            assert_valid_report(path)
