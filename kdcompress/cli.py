@@ -330,6 +330,45 @@ def report(
     run_guarded(go)
 
 
+# ------------------------------------------------------------------------------------------ select
+
+
+@app.command("select")
+def select_cmd(
+    teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (kdcompress format); sets the input shape.")],
+    budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per batch, ms; "
+                                                    "without it the measured ladder is printed, nothing chosen.")] = None,
+    stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50 or p90.")] = "p50",
+    batch: Annotated[int, typer.Option(help="Batch size the latency is measured at.")] = 1,
+    provider: Provider = "cpu",
+    threads: Annotated[int | None, typer.Option(help="ORT intra-op threads (default 1; capped at the CPU limit).")] = None,
+    candidates: Annotated[str | None, typer.Option(help="Comma-separated student names to measure instead of "
+                                                   "the whole plausible zoo.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-measure everything; neither read nor write the latency cache.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for selection.json and selection.png.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(help="Allow pickled (code-carrying) checkpoints.")] = False,
+    json_: Json = False,
+) -> None:
+    """Measure every plausible student in ONNX Runtime at the teacher's input shape and pick the most
+    capable one (FLOPs, then params) that meets the budget."""
+
+    def go():
+        from .config import Budget, RuntimeConfig
+        from .selection_view import print_table, run_select
+
+        names = tuple(n.strip() for n in (candidates or "").split(",") if n.strip())
+        sel, title = run_select(teacher=teacher, budget=Budget(budget_ms, stat, batch),
+                                runtime=RuntimeConfig(provider=provider, threads=threads), candidates=names,
+                                use_cache=not no_cache, out=out, trust_checkpoint=trust_checkpoint,
+                                console=_console())
+        if json_:
+            _print_json(sel.to_json())
+        else:
+            print_table(sel, title)
+
+    run_guarded(go)
+
+
 # ------------------------------------------------------------------------------------------ teacher
 
 

@@ -18,6 +18,7 @@ from .gates import Gates
 from .report import write_report
 from .runio import RunDir, atomic_write_bytes, atomic_write_json
 from .select import Selection, select
+from .selection_view import save_pareto_plot
 from .students import capacity
 from .teacher import Teacher, load_checkpoint, load_teacher, teacher_onnx_bytes
 from .train import TrainResult, resolve_device, train
@@ -70,6 +71,7 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
             on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({cfg.runtime.provider})")))
     if ddp.is_main:
         atomic_write_json(run.selection, selection.to_json())
+        save_pareto_plot(selection, run.root / "selection.png")
     arch = selection.chosen.name
     console.print(f"selected [bold]{arch}[/] ({selection.chosen.flops:,} FLOPs, p50 "
                   f"{selection.chosen.latency.p50:.4f} ms; budget {cfg.budget.ms} ms)")

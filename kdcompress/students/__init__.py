@@ -24,7 +24,14 @@ class StudentSpec:
     family: str
     builder: Callable[..., nn.Module]
     kwargs: dict[str, Any] = field(default_factory=dict)
-    max_input: int | None = None  # largest sensible input side (CIFAR-style nets: small images)
+    # The input regime, on the image's larger side: CIFAR-style nets suit small images (max_input=64),
+    # the torchvision families large ones (min_input=65). One side for both bounds leaves no gap between.
+    max_input: int | None = None
+    min_input: int | None = None
+
+    def suits(self, spec: InputSpec) -> bool:
+        side = max(spec.shape[1:])
+        return (self.max_input is None or side <= self.max_input) and (self.min_input is None or side >= self.min_input)
 
     def build(self, num_classes: int, spec: InputSpec) -> nn.Module:
         return self.builder(num_classes=num_classes, in_channels=spec.shape[0], **self.kwargs)
@@ -39,6 +46,12 @@ def register(spec: StudentSpec) -> None:
 
 def build_student(name: str, num_classes: int, spec: InputSpec) -> nn.Module:
     return STUDENTS.get(name).build(num_classes, spec)
+
+
+def width_tag(w: float) -> str:
+    """0.5 -> '0_5', 1.0 -> '1_0', 0.25 -> '0_25': width multipliers in registered names."""
+    s = f"{w:g}"
+    return (s if "." in s else s + ".0").replace(".", "_")
 
 
 def logits_and_embed(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -66,4 +79,4 @@ def capacity(model: nn.Module, spec: InputSpec) -> Capacity:
     return Capacity(params, int(fc.get_total_flops()))
 
 
-from . import cifar_resnet, tiny  # noqa: E402,F401  (registration side effect)
+from . import cifar_resnet, mobilenetv2, shufflenetv2, tiny, torchvision_zoo, vgg, wrn  # noqa: E402,F401  (registration side effect)
