@@ -17,8 +17,8 @@ ALL = STUDENTS.names()
 SMALL = [n for n in ALL if STUDENTS.get(n).min_input is None]
 LARGE = [n for n in ALL if STUDENTS.get(n).min_input is not None]
 # One per family, cheap to export, always exported; the rest of the zoo only with `pytest -m slow`.
-EXPORT_FAST = ["resnet8", "wrn10_1", "mobilenetv2_x0_25", "shufflenetv2_x0_5", "vgg8_x0_25", "tinycnn_w8",
-               "squeezenet1_1"]
+# (TinyCNN is exported by test_select's real measurement and by the distill tests.)
+EXPORT_FAST = ["resnet8", "wrn10_1", "mobilenetv2_x0_25", "shufflenetv2_x0_5", "vgg8_x0_25", "squeezenet1_1"]
 
 
 def smallest_spec(name: str, channels: int = 1) -> InputSpec:
@@ -140,6 +140,6 @@ def test_onnx_export_parity_representatives(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in ALL if n not in EXPORT_FAST])
+@pytest.mark.parametrize("name", [n for n in ALL if n not in EXPORT_FAST and n != "tinycnn_w8"])
 def test_onnx_export_parity_whole_zoo(name):
     _export_parity(name)
