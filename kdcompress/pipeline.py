@@ -162,6 +162,11 @@ def train_teacher(*, data: str, arch: str, preset, out, device: str, console: Co
 
 DEMO_TEACHER_ARCH = "resnet8x4"
 DEMO_TEACHER_EPOCHS = 15
+# The demo's candidate ladder: the CIFAR ResNets and TinyCNNs below the teacher. `distill` without
+# --student measures the whole zoo (about 30 small-input models, 1-6 s of dynamo export each on 2 cores);
+# the demo must finish in a couple of minutes on a fresh machine with a cold latency cache.
+DEMO_CANDIDATES = ("tinycnn_w8", "tinycnn_w16", "tinycnn_w32", "resnet8", "resnet14", "resnet20", "resnet32",
+                   "resnet44", "resnet56", "resnet8x2", "resnet20x2")
 
 
 def run_demo(*, out, epochs: int, console: Console) -> dict[str, Any]:
@@ -186,5 +191,5 @@ def run_demo(*, out, epochs: int, console: Console) -> dict[str, Any]:
     console.print(f"teacher p50 {t_lat.p50:.4f} ms in ONNX Runtime -> budget {budget} ms")
     preset = apply_overrides(load_preset("kd"), [f"train.epochs={epochs}"])
     cfg = RunConfig(teacher=teacher_path, data="digits", preset=preset, budget=Budget(budget),
-                    runtime=runtime, out=out / "distill")
+                    runtime=runtime, out=out / "distill", candidates=DEMO_CANDIDATES)
     return distill(cfg, console)
