@@ -221,8 +221,21 @@ def _from_state_dict(path: Path, state: dict[str, Tensor], rec: Recorded, opt: T
             errors.append(f"{label}: {' '.join(str(e).split())[:220]}")
             continue
         return _finish(path, model.eval(), fmt, label, rec, opt, spec=spec)
+    bare = arch.rpartition(":")[2]
+    if spec.shape[0] != 3 and not arch.startswith(("zoo:", "kdcompress:")) and _is_torchvision(bare):
+        # the zoo has a model of this name too (it adapts to any channel count) and it did not fit: these are
+        # most likely torchvision weights, which need 3-channel input
+        raise UsageError(f"torchvision's {bare} takes 3-channel images but the input shape has {spec.shape[0]} "
+                         f"channel(s); give --input-shape 3,H,W (the kdcompress zoo's {bare} did not fit these "
+                         "weights either)")
     raise InputError(f"teacher {path}: the weights do not fit --teacher-arch {arch} with {len(classes)} "
                      f"classes ({errors[0]})")
+
+
+def _is_torchvision(name: str) -> bool:
+    import torchvision
+
+    return name in torchvision.models.list_models(module=torchvision.models)
 
 
 def build_arch(name: str, num_classes: int, spec: InputSpec) -> list[tuple[str, nn.Module]]:
