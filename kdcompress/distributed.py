@@ -116,24 +116,16 @@ class Dist:
     def on_main(self, fn: Callable[[], T]) -> T:
         """Run `fn` on rank 0 only and hand its result to every rank. If it fails there, every rank raises
         the same error (quiet on the others)."""
-        if not self.enabled:
-            return fn()
-        if self.is_main:
-            try:
-                out = fn()
-            except BaseException as e:
-                self.broadcast(_failure(e))
-                raise
-            self.broadcast(("ok", out))
-            return out
-        status = self.broadcast()
-        if status[0] != "ok":
-            raise _follow(status)
-        return status[1]
+        return self._main_then_others(fn, share=True)
 
     def main_first(self, fn: Callable[[], T]) -> T:
         """Run `fn` on rank 0, then (if it succeeded) on the others: downloads, caches and the first
         error happen once."""
+        return self._main_then_others(fn, share=False)
+
+    def _main_then_others(self, fn: Callable[[], T], share: bool) -> T:
+        """Rank 0 runs `fn` and broadcasts its outcome; the others re-raise its failure, then either take
+        rank 0's result (`share`) or run `fn` themselves."""
         if not self.enabled:
             return fn()
         if self.is_main:
@@ -142,12 +134,12 @@ class Dist:
             except BaseException as e:
                 self.broadcast(_failure(e))
                 raise
-            self.broadcast(("ok", None))
+            self.broadcast(("ok", out if share else None))
             return out
         status = self.broadcast()
         if status[0] != "ok":
             raise _follow(status)
-        return fn()
+        return status[1] if share else fn()
 
     def quiet(self, err: KdError) -> KdError:
         """`err` marked quiet on ranks other than 0: a decision all ranks took together is reported once."""
