@@ -64,7 +64,7 @@ def _child(args) -> None:
     if spec["engine"] == "torch":
         import torch
 
-        from kdcompress.ortbench import measure_latency
+        from kdcompress.core.ortbench import measure_latency
 
         torch.set_num_threads(1)
         model = _build(spec["model"], spec["classes"], shape)
@@ -73,7 +73,7 @@ def _child(args) -> None:
     else:
         import onnxruntime as ort
 
-        from kdcompress.ortbench import make_session, measure_latency
+        from kdcompress.core.ortbench import make_session, measure_latency
 
         if spec.get("level"):
             so = ort.SessionOptions()
@@ -110,8 +110,8 @@ def _build(name: str, classes: int, shape):
         import torchvision
 
         return torchvision.models.get_model(name[3:], weights=None, num_classes=classes)
-    from kdcompress.config import InputSpec
-    from kdcompress.students import build_student
+    from kdcompress.core.spec import InputSpec
+    from kdcompress.students.registry import build_student
 
     c = shape[0]
     return build_student(name, classes, InputSpec(tuple(shape), (0.5,) * c, (0.25,) * c))
@@ -130,7 +130,7 @@ def _randomise_bn(model) -> None:
 def _digits_students(tmp: Path) -> list[tuple[str, Path]]:
     from rich.console import Console
 
-    from kdcompress.config import apply_overrides, load_preset
+    from kdcompress.core.config import apply_overrides, load_preset
     from kdcompress.pipeline import train_teacher
 
     out = []
@@ -146,8 +146,8 @@ def _digits_students(tmp: Path) -> list[tuple[str, Path]]:
 def _export_plain(name: str, model, shape, tmp: Path) -> tuple[Path, Path]:
     import torch
 
-    from kdcompress.config import InputSpec
-    from kdcompress.export import onnx_bytes
+    from kdcompress.core.onnxio import onnx_bytes
+    from kdcompress.core.spec import InputSpec
 
     c = shape[0]
     path = tmp / f"{name.replace(':', '_')}.onnx"
@@ -166,7 +166,7 @@ ZOO = [("tinycnn_w16", 10, (3, 32, 32)), ("resnet8", 100, (3, 32, 32)), ("resnet
 
 
 def bench_ratio(tmp: Path, digits: list[tuple[str, Path]]) -> None:
-    from kdcompress.teacher import load_checkpoint
+    from kdcompress.students.checkpoint import load_checkpoint
 
     rows = []
     for arch, ck in digits:
@@ -194,7 +194,7 @@ def bench_ratio(tmp: Path, digits: list[tuple[str, Path]]) -> None:
 
 
 def bench_sweep(tmp: Path, rows) -> None:
-    from kdcompress.ortbench import cpu_limit
+    from kdcompress.core.system import cpu_limit
 
     pick = [r for r in rows if r[0] in ("digits student resnet8", "resnet20", "tv:mobilenet_v3_small", "tv:resnet18")]
     threads = list(range(1, cpu_limit() + 1))
@@ -215,12 +215,13 @@ def bench_int8(tmp: Path, digits: list[tuple[str, Path]]) -> None:
     import numpy as np
     import torch
 
-    from kdcompress.config import InputSpec
-    from kdcompress.data import load_data
-    from kdcompress.export import ExportOptions, build_metadata, calibration_images, export_variants
-    from kdcompress.ortbench import make_session
-    from kdcompress.teacher import load_checkpoint
-    from kdcompress.validate import accuracy_metrics, describe, onnx_logits
+    from kdcompress.core.onnxio import build_metadata
+    from kdcompress.core.ortbench import make_session
+    from kdcompress.core.spec import InputSpec
+    from kdcompress.data.specs import load_data
+    from kdcompress.export.onnx import ExportOptions, calibration_images, export_variants
+    from kdcompress.students.checkpoint import load_checkpoint
+    from kdcompress.validate.models import accuracy_metrics, describe, onnx_logits
 
     print("\n### INT8 (static QDQ, per-channel, U8 activations / S8 weights) vs FP32, batch 1, 1 thread\n")
     print("| model | input | calib images | FP32 p50 ms | INT8 p50 ms | INT8/FP32 | FP32 top-1 | INT8 top-1 | drop (pts) |")
@@ -267,7 +268,7 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from kdcompress.ortbench import machine_fingerprint
+    from kdcompress.core.system import machine_fingerprint
 
     m = machine_fingerprint()
     print(f"## export_validate benchmarks — {datetime.date.today().isoformat()}, {m['cpu']}, {m['cpus']} CPU(s) "

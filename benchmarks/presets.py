@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from kdcompress.config import apply_overrides, builtin_preset_names, load_preset
-from kdcompress.data import load_data
-from kdcompress.infer import accuracy, predict
-from kdcompress.ortbench import machine_fingerprint
+from kdcompress.core.config import apply_overrides, builtin_preset_names, load_preset
+from kdcompress.core.infer import accuracy, predict
+from kdcompress.core.runio import RunDir
+from kdcompress.core.system import machine_fingerprint
+from kdcompress.data.specs import load_data
 from kdcompress.pipeline import train_teacher
-from kdcompress.runio import RunDir
-from kdcompress.teacher import load_teacher
-from kdcompress.train import train
+from kdcompress.teacher.formats import load_teacher
+from kdcompress.train.loop import train
 
 QUIET = Console(stderr=True, quiet=True)
 

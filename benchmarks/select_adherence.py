@@ -31,7 +31,7 @@ def parse_shape(s: str) -> tuple[int, int, int]:
 
 
 def spec_for(shape):
-    from kdcompress.config import InputSpec
+    from kdcompress.core.spec import InputSpec
 
     return InputSpec(shape, (0.5,) * shape[0], (0.25,) * shape[0])
 
@@ -41,9 +41,9 @@ def remeasure(args) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from kdcompress.config import RuntimeConfig
-    from kdcompress.select import measure_model
-    from kdcompress.students import build_student
+    from kdcompress.core.config import RuntimeConfig
+    from kdcompress.select.search import measure_model
+    from kdcompress.students.registry import build_student
 
     spec = spec_for(parse_shape(args.shape))
     model = build_student(args.remeasure, args.classes, spec).eval()
@@ -72,10 +72,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from kdcompress.config import Budget, RuntimeConfig
-    from kdcompress.ortbench import machine_fingerprint
-    from kdcompress.select import select
-    from kdcompress.students import build_student
+    from kdcompress.core.config import Budget, RuntimeConfig
+    from kdcompress.core.system import machine_fingerprint
+    from kdcompress.select.search import select
+    from kdcompress.students.registry import build_student
 
     shape = parse_shape(args.shape)
     spec = spec_for(shape)

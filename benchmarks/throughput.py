@@ -34,13 +34,15 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from kdcompress.config import InputSpec, load_preset
-from kdcompress.data import TensorSplit, normalize
-from kdcompress.losses import LossContext, Objective, PrepareContext
-from kdcompress.students import build_student
-from kdcompress.teacher import EMBED_TIMM, Teacher
-from kdcompress.train import _optimizer
-from kdcompress.trainstep import Feeder, StepEngine
+from kdcompress.core.config import load_preset
+from kdcompress.core.spec import InputSpec
+from kdcompress.core.splits import TensorSplit, normalize
+from kdcompress.core.types import LossContext, PrepareContext
+from kdcompress.losses.base import Objective
+from kdcompress.students.registry import build_student
+from kdcompress.teacher.model import EMBED_TIMM, Teacher
+from kdcompress.train.loop import _optimizer
+from kdcompress.train.step import Feeder, StepEngine
 
 CLASSES = 100
 SPEC = InputSpec((3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))  # CIFAR-100 statistics

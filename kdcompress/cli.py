@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import KdError
+from .core.errors import KdError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil an image classifier into a small student that meets a measured latency budget.")
@@ -90,24 +90,13 @@ MaxAccuracyDrop = Annotated[float | None, typer.Option(
     "--max-accuracy-drop", help="Gate: teacher top-1 minus variant top-1 <= X (fraction; 0.01 = 1 point).")]
 
 
-def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
-    from .errors import UsageError
-
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UsageError(f"{flag} expects comma-separated numbers, got '{text}'") from None
-
-
 def _preset(name: str, epochs: int | None, overrides: list[str] | None):
-    from .config import apply_overrides, load_preset
+    from .losses import load_checked_preset
 
     sets = list(overrides or [])
     if epochs is not None:
         sets.append(f"train.epochs={epochs}")
-    return apply_overrides(load_preset(name), sets)
+    return load_checked_preset(name, sets)
 
 
 # ------------------------------------------------------------------------------------------ distill
@@ -152,8 +141,8 @@ def distill(
     On several GPUs or machines: torchrun --nproc_per_node N -m kdcompress distill ... (docs/distributed.md)."""
 
     def go():
-        from .config import Budget, RunConfig, RuntimeConfig, TeacherOptions
-        from .errors import UsageError
+        from .core.config import Budget, RunConfig, RuntimeConfig, TeacherOptions
+        from .core.errors import UsageError
 
         if budget_ms is None and student is None:
             raise UsageError("give --budget-ms (to select a student) or --student NAME")
@@ -164,8 +153,8 @@ def distill(
                         out=out, student=student, trust_checkpoint=trust_checkpoint, restart=restart,
                         teacher_options=topts, download=download)
         from .export import ExportOptions
-        from .gates import Gates, raise_for_gates
         from .pipeline import distill as run_distill
+        from .validate import Gates, raise_for_gates
 
         gates = Gates(min_agreement, max_accuracy_drop, budget_ms, stat)
         opts = ExportOptions(fp16=fp16, int8=int8, calib=calib, simplify=simplify)
@@ -228,7 +217,7 @@ def export(
     """Export a student to ONNX (dynamic batch, metadata, checked) with optional fp16/int8 variants."""
 
     def go():
-        from .deploy import export_job, raise_for_export
+        from .commands.export import export_job, raise_for_export
         from .export import ExportOptions
 
         opts = ExportOptions(opset=opset, fp16=fp16, int8=int8, calib=calib, simplify=simplify)
@@ -269,17 +258,18 @@ def validate(
     """Accuracy, parity, latency and gates of any ONNX image classifier in ONNX Runtime (exit 5: a gate failed)."""
 
     def go():
-        from .config import RuntimeConfig
-        from .deploy import validate_job
-        from .errors import UsageError
-        from .gates import Gates, raise_for_gates
+        from .commands.validate import validate_job
+        from .core.build import parse_floats
+        from .core.config import RuntimeConfig
+        from .core.errors import UsageError
+        from .validate import Gates, raise_for_gates
 
         if throughput_batch < 1:
             raise UsageError(f"--throughput-batch must be >= 1, got {throughput_batch}")
         report = validate_job(files=list(onnx), data=data, teacher=teacher, checkpoint=checkpoint,
                               runtime=RuntimeConfig("cpu", provider, threads),
                               gates=Gates(min_agreement, max_accuracy_drop, budget_ms, stat),
-                              mean=_floats(mean, "--mean"), std=_floats(std, "--std"), layout=layout,
+                              mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), layout=layout,
                               throughput_batch=throughput_batch, out=out, console=_console())
         if json_:
             _print_json(report)
@@ -353,8 +343,9 @@ def select_cmd(
     capable one (FLOPs, then params) that meets the budget."""
 
     def go():
-        from .config import Budget, RuntimeConfig
-        from .selection_view import print_table, run_select
+        from .commands.select import run_select
+        from .core.config import Budget, RuntimeConfig
+        from .select import print_table
 
         names = tuple(n.strip() for n in (candidates or "").split(",") if n.strip())
         sel, title = run_select(teacher=teacher, budget=Budget(budget_ms, stat, batch),
@@ -414,8 +405,8 @@ def teacher_inspect(
     """Format, architecture, size, classes, input spec, features, and latency measured in ONNX Runtime."""
 
     def go():
-        from .config import TeacherOptions
-        from .teacher import inspect_teacher
+        from .commands.inspect import inspect_teacher
+        from .core.config import TeacherOptions
 
         opts = TeacherOptions.from_flags(arch=teacher_arch, num_classes=num_classes, classes=classes,
                                          input_shape=input_shape, mean=mean, std=std)
@@ -455,7 +446,7 @@ def doctor(json_: Json = False) -> None:
     """Versions, GPUs, ONNX Runtime providers (and which really start), faiss, CPU limits, conflicts."""
 
     def go():
-        from .doctor import diagnose, render
+        from .commands.doctor import diagnose, render
 
         info = diagnose()
         if json_:
@@ -497,7 +488,7 @@ def presets_list(json_: Json = False) -> None:
     """Every built-in preset with its description."""
 
     def go():
-        from .config import builtin_preset_names, load_preset
+        from .core.config import builtin_preset_names, load_preset
 
         rows = [load_preset(n) for n in builtin_preset_names()]
         if json_:
@@ -525,7 +516,8 @@ def presets_show(name: str, json_: Json = False) -> None:
     def go():
         from dataclasses import asdict
 
-        from .config import build_dataclass, load_preset, preset_to_json
+        from .core.build import build_dataclass
+        from .core.config import load_preset, preset_to_json
         from .losses import LOSSES
 
         p = load_preset(name)

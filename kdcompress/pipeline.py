@@ -3,26 +3,79 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 
-from .config import RunConfig, preset_to_json
-from .data import DataSplits, align_classes, load_data
-from .errors import InputError
-from .deploy import data_json, export_and_validate, header
-from .distributed import setup as setup_distributed
-from .export import ExportOptions, build_metadata, read_metadata
-from .gates import Gates
-from .report import write_report
-from .runio import RunDir, atomic_write_bytes, atomic_write_json
-from .select import Selection, select
-from .selection_view import save_pareto_plot
-from .students import capacity
-from .teacher import Teacher, load_checkpoint, load_teacher, teacher_onnx_bytes
-from .train import TrainResult, resolve_device, train
-from .validate import describe, effective_threads
+from . import losses, students
+from .core.config import RunConfig, RuntimeConfig, preset_to_json
+from .core.errors import InputError
+from .core.onnxio import build_metadata, read_metadata, stamp_metadata
+from .core.runio import RunDir, atomic_write_bytes, atomic_write_json
+from .core.spec import InputSpec
+from .core.splits import DataSplits, images, normalize
+from .core.system import process_settings, resolve_device
+from .data import align_classes, load_data
+from .export import CHECK_BATCHES, ExportOptions, OnnxArtifact, calibration_images, export_variants
+from .report import data_json, header, write_report
+from .select import Selection, save_pareto_plot, select
+from .teacher import Teacher, load_teacher, teacher_onnx_bytes
+from .train import TrainResult, setup_distributed, train
+from .validate import (
+    THROUGHPUT_BATCH,
+    Gates,
+    ModelInput,
+    Validation,
+    describe,
+    effective_threads,
+    reference_logits,
+    validate_models,
+)
+
+
+def check_fit(what: str, classes: tuple[str, ...], spec: InputSpec, splits: DataSplits, warn) -> None:
+    if len(classes) != splits.num_classes:
+        raise InputError(f"{what} has {len(classes)} classes but data '{splits.name}' has {splits.num_classes}")
+    if tuple(spec.shape) != tuple(splits.shape):
+        raise InputError(f"{what} expects input {spec.shape} but data '{splits.name}' has images of {splits.shape}")
+    if tuple(classes) != tuple(splits.classes) and warn:
+        warn(f"class names differ between {what} and the data; assuming the same order")
+
+
+def probe_batch(splits: DataSplits | None, spec: InputSpec) -> np.ndarray | None:
+    if splits is None or len(splits.test) == 0:
+        return None
+    return normalize(images(splits.test, max(CHECK_BATCHES)), spec).numpy()
+
+
+def export_and_validate(*, model: torch.nn.Module, spec: InputSpec, splits: DataSplits, fp32_path: Path,
+                        opts: ExportOptions, metadata: dict[str, Any], runtime: RuntimeConfig, gates: Gates,
+                        teacher: tuple[Path | bytes, ModelInput] | None, batch: int = 1,
+                        throughput_batch: int = THROUGHPUT_BATCH,
+                        progress=None) -> tuple[list[OnnxArtifact], Validation]:
+    """Export fp32 (+ variants), validate each against the PyTorch model and the teacher, then stamp each
+    file's test accuracy into its metadata (the report records the stamped files' checksums)."""
+    calib = calibration_images(splits.train, spec, opts.calib) if opts.int8 else None
+    arts = export_variants(model, spec, fp32_path, opts, metadata, calib=calib, probe=probe_batch(splits, spec))
+    inputs = [describe(a.path, data_shape=spec.shape) for a in arts]
+    ref = reference_logits(model, splits.test, spec)
+    val = validate_models([a.path for a in arts], inputs, splits.test, splits.classes, runtime, gates,
+                          reference=ref, teacher=teacher, batch=batch, throughput_batch=throughput_batch,
+                          progress=progress)
+    return stamp_accuracy(arts, val)
+
+
+def stamp_accuracy(arts: list[OnnxArtifact], val: Validation) -> tuple[list[OnnxArtifact], Validation]:
+    stamped, rows = [], []
+    for a, v in zip(arts, val.variants, strict=True):
+        sha, size = stamp_metadata(a.path, {"test_accuracy": round(v.eval.accuracy.top1, 6)})
+        stamped.append(replace(a, sha256=sha, bytes=size))
+        rows.append(replace(v, eval=replace(v.eval, sha256=sha, bytes=size)))
+    return stamped, replace(val, variants=tuple(rows))
 
 
 def check_compatible(teacher: Teacher, splits: DataSplits, console: Console) -> DataSplits:
@@ -55,7 +108,8 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
     if not ddp.is_main:
         console = Console(stderr=True, quiet=True)
     teacher = ddp.main_first(lambda: load_teacher(cfg.teacher, trust=cfg.trust_checkpoint, options=cfg.teacher_options))
-    teacher.check_preset(cfg.preset)  # a logits-only teacher with a feature-based preset fails here, in seconds
+    # a logits-only teacher with a feature-based preset fails here, in seconds
+    teacher.check_needs(losses.preset_needs(cfg.preset), cfg.preset.name)
     splits = ddp.main_first(lambda: load_data(cfg.data, teacher.input_spec, download=cfg.download))
     splits = check_compatible(teacher, splits, console)
     spec = teacher.input_spec
@@ -80,15 +134,18 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
 
     fingerprint = {"arch": arch, "data": cfg.data, "teacher": teacher.sha256,
                    "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json()}
-    result: TrainResult = train(arch=arch, splits=splits, spec=spec, preset=cfg.preset, teacher=teacher, run=run,
-                                device=device, fingerprint=fingerprint, console=console, restart=cfg.restart,
-                                dist=ddp, compile=cfg.runtime.compile)
+    with process_settings(device):
+        result: TrainResult = train(
+            arch=arch, splits=splits, spec=spec, preset=cfg.preset, teacher=teacher, run=run, device=device,
+            fingerprint=fingerprint, console=console, restart=cfg.restart, dist=ddp, compile=cfg.runtime.compile,
+            make_student=lambda: students.build_student(arch, splits.num_classes, spec),
+            make_objective=lambda ctx: losses.Objective(cfg.preset.terms, ctx))
     if not ddp.is_main:
         return {}  # export, validation and the report are rank 0's
     atomic_write_json(run.train_result, result.to_json())
 
     with console.status("exporting to ONNX and validating in ONNX Runtime") as status:
-        student, _ = load_checkpoint(run.student)
+        student, _ = students.load_checkpoint(run.student)
         meta = onnx_metadata(arch=arch, splits=splits, teacher=teacher, preset=cfg.preset.name,
                              val_acc=result.best_val_accuracy)
         if not run.teacher_onnx.exists() or read_metadata(run.teacher_onnx).get("teacher_sha256") != teacher.sha256:
@@ -103,7 +160,7 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
 
     fp32 = val.variant("fp32")
     s_eval, t_eval = fp32.eval, val.teacher
-    s_cap = capacity(student, spec)
+    s_cap = students.capacity(student, spec)
     s_stat = s_eval.latency.stat(cfg.budget.stat)
     report = {
         **header("distill"),
@@ -139,8 +196,8 @@ def train_teacher(*, data: str, arch: str, preset, out, device: str, console: Co
     """Train a reference teacher with CE; save it (with its test accuracy) as a kdcompress checkpoint."""
     from pathlib import Path
 
-    from .infer import accuracy, predict
-    from .teacher import save_checkpoint
+    from .core.checkpoint import save_checkpoint
+    from .core.infer import accuracy, predict
 
     out = Path(out)
     if out.exists() and out.is_dir():
@@ -150,9 +207,12 @@ def train_teacher(*, data: str, arch: str, preset, out, device: str, console: Co
     run = RunDir(out.parent / f".{out.stem}.run")
     dev = resolve_device(device)
     fingerprint = {"arch": arch, "data": data, "teacher": None, "preset": preset_to_json(preset)}
-    result = train(arch=arch, splits=splits, spec=spec, preset=preset, teacher=None, run=run, device=dev,
-                   fingerprint=fingerprint, console=console)
-    model, obj = load_checkpoint(run.student)
+    with process_settings(dev):
+        result = train(arch=arch, splits=splits, spec=spec, preset=preset, teacher=None, run=run, device=dev,
+                       fingerprint=fingerprint, console=console,
+                       make_student=lambda: students.build_student(arch, splits.num_classes, spec),
+                       make_objective=lambda ctx: losses.Objective(preset.terms, ctx))
+    model, obj = students.load_checkpoint(run.student)
     test_acc = accuracy(predict(model, splits.test, spec, torch.device("cpu")), splits.test.y)
     metrics = {**obj["metrics"], "test_accuracy": test_acc}
     save_checkpoint(out, model, arch, splits.classes, spec, metrics=metrics)
@@ -174,14 +234,14 @@ def run_demo(*, out, epochs: int, console: Console) -> dict[str, Any]:
     measured ORT latency, and the kd preset."""
     from pathlib import Path
 
-    from .config import Budget, RuntimeConfig, apply_overrides, load_preset
+    from .core.config import Budget, RuntimeConfig
     from .select import measure_cached
 
     out = Path(out)
     teacher_path = out / "teacher.pt"
     if not teacher_path.exists():
         console.print(f"training the demo teacher ({DEMO_TEACHER_ARCH}, {DEMO_TEACHER_EPOCHS} epochs on digits)")
-        ce = apply_overrides(load_preset("ce"), [f"train.epochs={DEMO_TEACHER_EPOCHS}", "train.schedule=cosine"])
+        ce = losses.load_checked_preset("ce", [f"train.epochs={DEMO_TEACHER_EPOCHS}", "train.schedule=cosine"])
         train_teacher(data="digits", arch=DEMO_TEACHER_ARCH, preset=ce, out=teacher_path, device="auto",
                       console=console)
     teacher = load_teacher(teacher_path)
@@ -189,7 +249,7 @@ def run_demo(*, out, epochs: int, console: Console) -> dict[str, Any]:
     t_lat = measure_cached("__teacher__", teacher.model, teacher.input_spec, teacher.num_classes, runtime, 1)
     budget = round(t_lat.p50 / 3, 4)
     console.print(f"teacher p50 {t_lat.p50:.4f} ms in ONNX Runtime -> budget {budget} ms")
-    preset = apply_overrides(load_preset("kd"), [f"train.epochs={epochs}"])
+    preset = losses.load_checked_preset("kd", [f"train.epochs={epochs}"])
     cfg = RunConfig(teacher=teacher_path, data="digits", preset=preset, budget=Budget(budget),
                     runtime=runtime, out=out / "distill", candidates=DEMO_CANDIDATES)
     return distill(cfg, console)

@@ -22,13 +22,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
     """A resnet8 teacher trained for 2 epochs on TINY_DATA, saved in kdcompress's checkpoint format."""
-    from kdcompress.config import apply_overrides, load_preset
-    from kdcompress.pipeline import train_teacher
     from rich.console import Console
+
+    from kdcompress.losses import load_checked_preset
+    from kdcompress.pipeline import train_teacher
 
     out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     old = os.environ.get("KDCOMPRESS_CACHE")
-    preset = apply_overrides(load_preset("ce"), ["train.epochs=2", "train.batch_size=16", "train.schedule=cosine"])
+    preset = load_checked_preset("ce", ["train.epochs=2", "train.batch_size=16", "train.schedule=cosine"])
     train_teacher(data=TINY_DATA, arch="resnet8", preset=preset, out=out, device="cpu",
                   console=Console(stderr=True, quiet=True))
     assert old == os.environ.get("KDCOMPRESS_CACHE")
@@ -41,7 +42,7 @@ def assert_valid_report(path: Path) -> dict:
 
     import jsonschema
 
-    from kdcompress.report import load_schema
+    from kdcompress.report.markdown import load_schema
 
     report = json.loads(Path(path).read_text())
     jsonschema.validate(report, load_schema(), cls=jsonschema.Draft202012Validator)

@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
-from kdcompress.errors import BudgetError, EnvironmentProblem, InputError, TrainingError, UsageError
+from kdcompress.core.errors import BudgetError, EnvironmentProblem, InputError, TrainingError, UsageError
 
 from .conftest import TINY_DATA
 
@@ -81,7 +81,8 @@ def _folder(root: Path, classes: tuple[str, ...], per_class: int = 10) -> Path:
 
 
 def _teacher_onnx(e: Env) -> Path:
-    from kdcompress.teacher import load_teacher, teacher_onnx_bytes
+    from kdcompress.teacher.formats import load_teacher
+    from kdcompress.teacher.model import teacher_onnx_bytes
 
     return _write(e.root / "teacher.onnx", teacher_onnx_bytes(load_teacher(e.teacher), {"role": "teacher"}))
 

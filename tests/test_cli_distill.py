@@ -9,9 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
-from kdcompress.errors import BudgetError, InputError, UsageError
-
-from kdcompress.students import STUDENTS
+from kdcompress.core.errors import BudgetError, InputError, UsageError
+from kdcompress.students.registry import STUDENTS
 
 from .conftest import TINY_DATA
 
@@ -126,7 +125,7 @@ def test_impossible_budget_names_fastest_before_training(tiny_teacher, tmp_path)
     # the named candidate and figure are the minimum of what was measured (and cached) for this run
     m = re.search(r"fastest candidate, (\S+), measured ([0-9.]+) ms", r.stderr)
     assert m, r.stderr
-    from kdcompress.select import cache_path
+    from kdcompress.select.search import cache_path
 
     cached = json.loads(cache_path().read_text())
     fastest = min(v["p50"] for v in cached.values())

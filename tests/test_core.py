@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from kdcompress.config import InputSpec, apply_overrides, builtin_preset_names, load_preset
-from kdcompress.data import augment, load_data
-from kdcompress.errors import InputError, UsageError
-from kdcompress.losses import LOSSES, LossContext, ModelOut, Objective, warmup_factor
+from kdcompress.core.config import apply_overrides, builtin_preset_names
+from kdcompress.core.errors import InputError, UsageError
+from kdcompress.core.registry import Registry
+from kdcompress.core.spec import InputSpec
+from kdcompress.core.types import LossContext, ModelOut
+from kdcompress.data.specs import load_data
+from kdcompress.losses import load_checked_preset
+from kdcompress.losses.base import LOSSES, Objective, warmup_factor
 from kdcompress.losses.kd import kd_loss
-from kdcompress.registry import Registry
-
+from kdcompress.train.augment import augment
 
 # ------------------------------------------------------------------------------------------ KD maths
 
@@ -90,7 +93,7 @@ def test_warmup_is_one_indexed():
 
 
 def test_objective_combines_weights_and_warmup():
-    preset = apply_overrides(load_preset("kd"), ["kd.warmup_epochs=4"])
+    preset = load_checked_preset("kd", ["kd.warmup_epochs=4"])
     obj = Objective(preset.terms, LossContext(num_classes=5))
     g = torch.Generator().manual_seed(3)
     s, t = ModelOut(torch.randn(6, 5, generator=g)), ModelOut(torch.randn(6, 5, generator=g))
@@ -121,7 +124,7 @@ def test_registry_duplicates_and_did_you_mean():
 
 @pytest.mark.parametrize("name", builtin_preset_names())
 def test_every_builtin_preset_loads_and_builds(name):
-    p = load_preset(name)
+    p = load_checked_preset(name)
     assert p.terms and p.reference and p.description
     Objective(p.terms, LossContext(num_classes=10, student_embed_dim=16, teacher_embed_dim=32))
     for t in p.terms:
@@ -129,7 +132,7 @@ def test_every_builtin_preset_loads_and_builds(name):
 
 
 def test_overrides_reach_params_and_train():
-    p = apply_overrides(load_preset("kd"), ["kd.T=2", "kd.weight=0.5", "train.lr=0.1", "train.epochs=7"])
+    p = load_checked_preset("kd", ["kd.T=2", "kd.weight=0.5", "train.lr=0.1", "train.epochs=7"])
     kd = {t.key: t for t in p.terms}["kd"]
     assert kd.params["T"] == 2 and kd.weight == 0.5 and p.train.lr == 0.1 and p.train.epochs == 7
     assert p.train.scaled_milestones() == [4, 5, 6]  # 150/180/210 of 240, scaled to 7 epochs
@@ -142,16 +145,16 @@ def test_overrides_reach_params_and_train():
 def test_user_preset_file_and_malformed_toml(tmp_path):
     good = tmp_path / "mine.toml"
     good.write_text('name = "mine"\n[[loss]]\nkind = "ce"\n[[loss]]\nkind = "kd"\nweight = 2.0\nparams = { T = 3.0 }\n')
-    p = load_preset(str(good))
+    p = load_checked_preset(str(good))
     assert p.name == "mine" and p.terms[1].weight == 2.0
     bad = tmp_path / "bad.toml"
     bad.write_text("[[loss]\nkind=")
     with pytest.raises(InputError, match="not valid TOML"):
-        load_preset(str(bad))
+        load_checked_preset(str(bad))
     unknown = tmp_path / "unknown.toml"
     unknown.write_text('[[loss]]\nkind = "kdd"\n')
     with pytest.raises(UsageError, match="did you mean 'kd'"):
-        load_preset(str(unknown))
+        load_checked_preset(str(unknown))
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -198,8 +201,9 @@ def test_bad_synthetic_spec():
 # ------------------------------------------------------------------------------------------ checkpoints / export
 
 def test_checkpoint_round_trip_weights_only(tmp_path):
-    from kdcompress.students import build_student
-    from kdcompress.teacher import load_teacher, save_checkpoint
+    from kdcompress.core.checkpoint import save_checkpoint
+    from kdcompress.students.registry import build_student
+    from kdcompress.teacher.formats import load_teacher
 
     spec = InputSpec((1, 8, 8), (0.3,), (0.4,))
     m = build_student("resnet8", 4, spec).eval()
@@ -216,8 +220,9 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
 def test_onnx_export_parity_dynamic_batch_and_metadata(tmp_path):
     import onnxruntime as ort
 
-    from kdcompress.export import export_onnx, read_metadata
-    from kdcompress.students import build_student
+    from kdcompress.core.onnxio import read_metadata
+    from kdcompress.export.onnx import export_onnx
+    from kdcompress.students.registry import build_student
 
     spec = InputSpec((1, 8, 8), (0.3,), (0.4,))
     torch.manual_seed(0)
@@ -241,9 +246,10 @@ def test_onnx_export_parity_dynamic_batch_and_metadata(tmp_path):
 
 
 def test_latency_harness_percentiles_ordered():
-    from kdcompress.export import onnx_bytes
-    from kdcompress.ortbench import cpu_limit, make_session, measure_latency
-    from kdcompress.students import build_student
+    from kdcompress.core.onnxio import onnx_bytes
+    from kdcompress.core.ortbench import make_session, measure_latency
+    from kdcompress.core.system import cpu_limit
+    from kdcompress.students.registry import build_student
 
     spec = InputSpec((1, 8, 8), (0.0,), (1.0,))
     sess = make_session(onnx_bytes(build_student("tinycnn_w8", 3, spec), spec))
@@ -254,9 +260,9 @@ def test_latency_harness_percentiles_ordered():
 
 
 def test_unknown_provider_and_missing_cuda():
-    from kdcompress.errors import EnvironmentProblem
-    from kdcompress.ortbench import make_session
-    from kdcompress.train import resolve_device
+    from kdcompress.core.errors import EnvironmentProblem
+    from kdcompress.core.ortbench import make_session
+    from kdcompress.core.system import resolve_device
 
     with pytest.raises(EnvironmentProblem):
         make_session(b"", provider="npu")

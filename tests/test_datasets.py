@@ -15,11 +15,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
-from kdcompress.config import InputSpec
-from kdcompress.data import TensorSplit, align_classes, load_data
-from kdcompress.datasets import conform_splits
-from kdcompress.errors import InputError, UsageError
-from kdcompress.imagesplits import ArraySplit, FileSplit, conform, decode
+from kdcompress.core.errors import InputError, UsageError
+from kdcompress.core.spec import InputSpec
+from kdcompress.core.splits import TensorSplit
+from kdcompress.data.files import conform_splits
+from kdcompress.data.imagesplits import ArraySplit, FileSplit, conform, decode
+from kdcompress.data.specs import align_classes, load_data
 
 runner = CliRunner()
 RGB8 = InputSpec((3, 8, 8), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -328,7 +329,7 @@ def test_cli_distill_on_imagefolder_and_one_line_errors(tmp_path, tiny_teacher):
 
 
 def test_auto_load_streams_above_the_memory_limit(tmp_path, monkeypatch):
-    from kdcompress import datasets
+    from kdcompress.data import files as datasets
 
     root = _folder(tmp_path / "pets")
     assert isinstance(load_data(f"imagefolder:{root}", RGB8).train, TensorSplit)

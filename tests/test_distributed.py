@@ -17,7 +17,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
-from kdcompress.runio import safe_torch_load
+from kdcompress.core.runio import safe_torch_load
 
 from .conftest import TINY_DATA
 

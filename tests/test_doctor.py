@@ -9,9 +9,9 @@ import onnxruntime as ort
 import torch
 from typer.testing import CliRunner
 
-from kdcompress import doctor
 from kdcompress.cli import app
-from kdcompress.ortbench import cpu_limit
+from kdcompress.commands import doctor
+from kdcompress.core.system import cpu_limit
 
 runner = CliRunner()
 

@@ -13,8 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
-from kdcompress.errors import GateError, InputError, UsageError
-from kdcompress.variants import TOLERANCES
+from kdcompress.core.errors import GateError, InputError, UsageError
+from kdcompress.core.onnxio import TOLERANCES
 
 from .conftest import TINY_DATA, assert_valid_report
 
@@ -40,14 +40,14 @@ def trained(tmp_path_factory):
     """A resnet8 trained on TINY_DATA well enough that wrong normalisation visibly changes its answers."""
     from rich.console import Console
 
-    from kdcompress.config import apply_overrides, load_preset
+    from kdcompress.losses import load_checked_preset
     from kdcompress.pipeline import train_teacher
 
     out = tmp_path_factory.mktemp("student") / "student.pt"
     old = os.environ.get("KDCOMPRESS_CACHE")
     os.environ["KDCOMPRESS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     try:
-        preset = apply_overrides(load_preset("ce"), ["train.epochs=6", "train.batch_size=16"])
+        preset = load_checked_preset("ce", ["train.epochs=6", "train.batch_size=16"])
         info = train_teacher(data=TINY_DATA, arch="resnet8", preset=preset, out=out, device="cpu",
                              console=Console(stderr=True, quiet=True))
     finally:
@@ -70,11 +70,11 @@ def exported(trained, tmp_path_factory):
 
 
 def _torch_logits(ck, x01):
-    from kdcompress.data import normalize
-    from kdcompress.teacher import load_checkpoint
+    from kdcompress.core.splits import normalize
+    from kdcompress.students.checkpoint import load_checkpoint
 
     model, obj = load_checkpoint(ck)
-    from kdcompress.config import InputSpec
+    from kdcompress.core.spec import InputSpec
 
     spec = InputSpec.from_json(obj["input_spec"])
     with torch.no_grad():
@@ -103,13 +103,13 @@ def test_export_writes_three_checked_variants(exported):
 
 @pytest.mark.parametrize("name", ["student.onnx", "student.fp16.onnx", "student.int8.onnx"])
 def test_dynamic_batch_really_works(exported, trained, name):
-    from kdcompress.data import load_data
-    from kdcompress.ortbench import make_session
+    from kdcompress.core.ortbench import make_session
+    from kdcompress.data.specs import load_data
 
     _, d = exported
     x01 = load_data(TINY_DATA).test.x[:7]
     ref, spec = _torch_logits(trained, x01)
-    from kdcompress.data import normalize
+    from kdcompress.core.splits import normalize
 
     x = normalize(x01, spec).numpy()
     sess = make_session(d / name)
@@ -126,8 +126,9 @@ def test_dynamic_batch_really_works(exported, trained, name):
 
 def test_metadata_round_trip(exported, trained):
     from kdcompress import __version__
-    from kdcompress.export import read_metadata
-    from kdcompress.teacher import file_sha256, load_checkpoint
+    from kdcompress.core.checkpoint import file_sha256
+    from kdcompress.core.onnxio import read_metadata
+    from kdcompress.students.checkpoint import load_checkpoint
 
     result, d = exported
     _, obj = load_checkpoint(trained)
@@ -230,7 +231,7 @@ def test_wrong_normalisation_fails_agreement_gate(exported, trained, tmp_path):
 
 
 def test_model_with_wrong_metadata_mean_fails_gate(exported, trained, tmp_path):
-    from kdcompress.export import stamp_metadata
+    from kdcompress.core.onnxio import stamp_metadata
 
     _, d = exported
     bad = tmp_path / "bad.onnx"
@@ -250,8 +251,8 @@ def test_third_party_nhwc_static_batch_without_metadata(trained, tmp_path):
     import io
     import warnings
 
-    from kdcompress.data import load_data
-    from kdcompress.teacher import load_checkpoint
+    from kdcompress.data.specs import load_data
+    from kdcompress.students.checkpoint import load_checkpoint
 
     model, obj = load_checkpoint(trained)
 
@@ -366,7 +367,7 @@ def test_report_rerender_errors(tmp_path_factory):
 
 
 def test_accuracy_metrics_hand_computed():
-    from kdcompress.validate import accuracy_metrics
+    from kdcompress.validate.models import accuracy_metrics
 
     classes = tuple(str(i) for i in range(10))
     logits = np.tile(np.arange(10, dtype=np.float32)[::-1], (4, 1))  # ranking: 0 > 1 > ... > 9
@@ -387,16 +388,16 @@ def test_accuracy_metrics_hand_computed():
     ([("int8", "int8", 2.0, True), ("fp16", "fp16", 3.0, True)], "int8"),  # no fp32 given: fastest passing
 ])
 def test_recommend(rows, expected):
-    from kdcompress.gates import recommend
+    from kdcompress.validate.gates import recommend
 
     assert recommend(rows) == expected
 
 
 def test_topological_sort_repairs_fp16_graph():
-    from kdcompress.config import InputSpec
-    from kdcompress.export import onnx_proto
-    from kdcompress.students import build_student
-    from kdcompress.variants import to_fp16
+    from kdcompress.core.onnxio import onnx_proto
+    from kdcompress.core.spec import InputSpec
+    from kdcompress.export.variants import to_fp16
+    from kdcompress.students.registry import build_student
 
     spec = InputSpec((1, 8, 8), (0.5,), (0.25,))
     half = to_fp16(onnx_proto(build_student("tinycnn_w8", 3, spec), spec))

@@ -13,16 +13,19 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
-from kdcompress.config import LossTerm, apply_overrides, load_preset
-from kdcompress.data import Batch, load_data
-from kdcompress.losses import LossContext, ModelOut, Objective, PrepareContext
+from kdcompress.core.config import LossTerm
+from kdcompress.core.runio import RunDir, safe_torch_load
+from kdcompress.core.splits import Batch
+from kdcompress.core.types import LossContext, ModelOut, PrepareContext
+from kdcompress.data.specs import load_data
+from kdcompress.losses import load_checked_preset
+from kdcompress.losses.base import Objective
 from kdcompress.losses.nd import ND, NDParams, class_centres, nd_loss
-from kdcompress.runio import RunDir, safe_torch_load
-from kdcompress.teacher import load_teacher
-from kdcompress.train import train
+from kdcompress.teacher.formats import load_teacher
+from kdcompress.train.loop import train
 
 from .conftest import TINY_DATA
-from .test_memory import make_ctx
+from .helpers import make_ctx, train_factories
 
 runner = CliRunner()
 
@@ -68,15 +71,15 @@ def test_class_centres_are_per_class_sum_then_divide():
 
 
 def test_nd_prepare_uses_the_teacher_and_warns_about_missing_classes():
-    from kdcompress.data import normalize
-    from kdcompress.students import logits_and_embed
+    from kdcompress.core.splits import normalize
+    from kdcompress.core.types import logits_and_embed
 
     labels = torch.tensor([0, 2] * 10)  # class 1 has no training sample
     ctx = make_ctx(labels=labels)
     loss = ND(NDParams(), LossContext(3, 16, 16))
     loss.prepare(ctx)
     with torch.no_grad():
-        _, f = logits_and_embed(ctx.teacher, normalize(ctx.train_split.x, ctx.spec))
+        _, f = logits_and_embed(ctx.teacher.model, normalize(ctx.train_split.x, ctx.spec))  # a zoo model
     torch.testing.assert_close(loss.centres[0], f[labels == 0].mean(0))
     torch.testing.assert_close(loss.centres[2], f[labels == 2].mean(0))
     assert loss.valid.tolist() == [True, False, True]
@@ -122,10 +125,10 @@ def test_projector_only_when_sizes_differ_and_in_objective_parameters():
 def _train(preset_name: str, teacher_path, out, *sets: str, fingerprint: dict | None = None):
     splits = load_data(TINY_DATA)
     teacher = load_teacher(teacher_path)
-    preset = apply_overrides(load_preset(preset_name), ["train.epochs=2", "train.batch_size=16", *sets])
+    preset = load_checked_preset(preset_name, ["train.epochs=2", "train.batch_size=16", *sets])
     return train(arch="tinycnn_w8", splits=splits, spec=teacher.input_spec, preset=preset, teacher=teacher,
                  run=RunDir(out), device=torch.device("cpu"), fingerprint=fingerprint or {"preset": preset_name},
-                 console=Console(file=io.StringIO()))
+                 console=Console(file=io.StringIO()), **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
 
 
 def _count_teacher_passes(monkeypatch) -> list[int]:
@@ -142,10 +145,10 @@ def test_prepared_state_is_saved_and_reused_on_resume(tiny_teacher, tmp_path, mo
     # a run interrupted during epoch 2: prepare ran once, its state and the epoch-1 checkpoint are on disk
     orig_forward = Objective.forward
 
-    def crash_in_epoch_2(self, s, t, batch, epoch):
+    def crash_in_epoch_2(self, s, t, batch, epoch, **kw):
         if epoch == 2:
             raise KeyboardInterrupt
-        return orig_forward(self, s, t, batch, epoch)
+        return orig_forward(self, s, t, batch, epoch, **kw)
 
     monkeypatch.setattr(Objective, "forward", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
@@ -206,7 +209,7 @@ def _initializers(model_proto) -> list[tuple[int, ...]]:
 def test_nd_preset_end_to_end_and_projector_not_exported(tiny_teacher, tmp_path):
     import onnx
 
-    from kdcompress.export import onnx_bytes
+    from kdcompress.core.onnxio import onnx_bytes
 
     r = _distill(tiny_teacher, tmp_path, "nd")
     assert r.exit_code == 0, r.output
@@ -218,8 +221,8 @@ def test_nd_preset_end_to_end_and_projector_not_exported(tiny_teacher, tmp_path)
     # the exported graph is the student's alone: the same initializers as exporting student.pt by itself, at
     # most the student's parameter count (BatchNorm folds into the convolutions; the projector's 1,120
     # parameters would exceed it), and no projector weight (64 x 16)
-    from kdcompress.students import capacity
-    from kdcompress.teacher import load_checkpoint
+    from kdcompress.students.checkpoint import load_checkpoint
+    from kdcompress.students.registry import capacity
 
     exported = onnx.load(str(tmp_path / "student.onnx"))
     student, _ = load_checkpoint(tmp_path / "student.pt")

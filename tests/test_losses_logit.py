@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdcompress.config import build_dataclass
-from kdcompress.data import Batch
-from kdcompress.errors import UsageError
-from kdcompress.losses import LOSSES, LossContext, ModelOut
+from kdcompress.core.build import build_dataclass
+from kdcompress.core.errors import UsageError
+from kdcompress.core.splits import Batch
+from kdcompress.core.types import LossContext, ModelOut
+from kdcompress.losses.base import LOSSES
 from kdcompress.losses.bickd import bickd_terms
 from kdcompress.losses.dist import dist_terms, pearson
 from kdcompress.losses.dkd import dkd_loss, dkd_terms

@@ -8,37 +8,20 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 
-from kdcompress import memory
-from kdcompress.config import InputSpec, LossTerm
-from kdcompress.data import Batch, TensorSplit
-from kdcompress.errors import UsageError
-from kdcompress.losses import LossContext, ModelOut, Objective, PrepareContext
-from kdcompress.losses.base import TeacherOutputs
+from kdcompress.core.config import LossTerm
+from kdcompress.core.errors import UsageError
+from kdcompress.core.splits import Batch
+from kdcompress.core.types import LossContext, ModelOut, PrepareContext, TeacherOutputs
+from kdcompress.losses import memory
+from kdcompress.losses.base import Objective
 from kdcompress.losses.ickd import nicd_loss, picd_loss, positive_target
 from kdcompress.losses.kd import kd_loss
-from kdcompress.memory import MemoryBank, drop_own
-from kdcompress.students.tiny import TinyCNN
+from kdcompress.losses.memory import MemoryBank, drop_own
+
+from .helpers import make_ctx, random_outputs
 
 BACKENDS = ["faiss", "torch"]
-
-
-def random_outputs(n: int = 60, d: int = 16, c: int = 3, seed: int = 0) -> TeacherOutputs:
-    g = torch.Generator().manual_seed(seed)
-    return TeacherOutputs(torch.randn(n, d, generator=g), torch.randn(n, c, generator=g) * 3,
-                          torch.arange(n) % c)
-
-
-def make_ctx(n: int = 40, classes: int = 3, seed: int = 0, labels: torch.Tensor | None = None) -> PrepareContext:
-    """A real PrepareContext: a small random TinyCNN teacher over random 1x8x8 images."""
-    torch.manual_seed(seed)
-    teacher = TinyCNN(classes, in_channels=1, width=8).eval()
-    y = labels if labels is not None else torch.arange(n) % classes
-    split = TensorSplit(torch.rand(len(y), 1, 8, 8, generator=torch.Generator().manual_seed(seed)), y)
-    spec = InputSpec((1, 8, 8), (0.5,), (0.25,))
-    return PrepareContext(teacher, split, spec, torch.device("cpu"), classes,
-                          Console(file=io.StringIO(), width=200), batch_size=16)
 
 
 # ------------------------------------------------------------------------------------------------ retrieval
@@ -92,11 +75,18 @@ def test_faiss_ids_equal_torch_mm_topk(monkeypatch):
     torch.testing.assert_close(s_c, s_t)
 
 
-def test_faiss_blas_threshold_is_lowered():
+def test_faiss_blas_threshold_is_lowered_for_the_search_and_restored(monkeypatch):
     import faiss
 
-    MemoryBank.from_teacher(random_outputs(), backend="faiss")
-    assert faiss.cvar.distance_compute_blas_threshold == memory.FAISS_BLAS_THRESHOLD == 20
+    bank = MemoryBank.from_teacher(random_outputs(), backend="faiss")
+    seen = []
+    real = type(bank._index).search
+    monkeypatch.setattr(type(bank._index), "search",
+                        lambda self, q, k: seen.append(faiss.cvar.distance_compute_blas_threshold) or real(self, q, k))
+    before = faiss.cvar.distance_compute_blas_threshold
+    bank.search(torch.randn(4, bank.dim), 3)
+    assert seen == [memory.FAISS_BLAS_THRESHOLD] == [20]  # BLAS path for batched queries during the search
+    assert faiss.cvar.distance_compute_blas_threshold == before  # the process-wide setting comes back
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -225,12 +215,12 @@ def ickd_terms(w_p: float = 1.0, w_n: float = 1.0, mode: str = "dynamic", k: int
 
 
 def step_inputs(ctx: PrepareContext, idx: torch.Tensor) -> tuple[ModelOut, ModelOut, Batch]:
-    from kdcompress.data import normalize
-    from kdcompress.students import logits_and_embed
+    from kdcompress.core.splits import normalize
 
     x = ctx.train_split.x[idx]
     with torch.no_grad():
-        zt, ft = logits_and_embed(ctx.teacher, normalize(x, ctx.spec))
+        t = ctx.teacher.outputs(normalize(x, ctx.spec), want_embed=True)
+        zt, ft = t.logits, t.embed
     g = torch.Generator().manual_seed(int(idx[0]))
     s = ModelOut(torch.randn(len(idx), ctx.num_classes, generator=g, requires_grad=True))
     return s, ModelOut(zt, ft), Batch(x, ctx.train_split.y[idx], idx)
@@ -299,7 +289,8 @@ def test_k_larger_than_the_split_is_a_usage_error():
 @pytest.mark.parametrize("bad, needle", [({"mode": "stat"}, "mode must be one of"), ({"k": 0}, "k must be >= 1"),
                                          ({"weighting": "max"}, "weighting must be one of")])
 def test_bad_params_are_usage_errors(bad, needle):
-    from kdcompress.config import preset_from_dict
+    from kdcompress.core.config import preset_from_dict
+    from kdcompress.losses import check_terms
 
     with pytest.raises(UsageError, match=needle):
-        preset_from_dict({"loss": [{"kind": "picd", "params": bad}]})
+        check_terms(preset_from_dict({"loss": [{"kind": "picd", "params": bad}]}))

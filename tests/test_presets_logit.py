@@ -12,15 +12,17 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
-from kdcompress.config import apply_overrides, load_preset
-from kdcompress.data import load_data
-from kdcompress.errors import UsageError
-from kdcompress.losses import LossContext, ModelOut, Objective
-from kdcompress.runio import RunDir
-from kdcompress.teacher import load_teacher
-from kdcompress.train import train
+from kdcompress.core.errors import UsageError
+from kdcompress.core.runio import RunDir
+from kdcompress.core.types import LossContext, ModelOut
+from kdcompress.data.specs import load_data
+from kdcompress.losses import load_checked_preset
+from kdcompress.losses.base import Objective
+from kdcompress.teacher.formats import load_teacher
+from kdcompress.train.loop import train
 
 from .conftest import TINY_DATA
+from .helpers import train_factories
 
 runner = CliRunner()
 
@@ -37,7 +39,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_preset_loads_with_documented_defaults(name):
-    p = load_preset(name)
+    p = load_checked_preset(name)
     weights, warmup, params = EXPECTED[name]
     assert p.name == name and p.source == f"builtin:{name}"
     assert {t.key: t.weight for t in p.terms} == weights
@@ -57,28 +59,28 @@ def test_preset_loads_with_documented_defaults(name):
 
 
 def test_set_reaches_the_loss_params():
-    p = apply_overrides(load_preset("dkd"), ["dkd.beta=2", "dkd.warmup_epochs=5"])
+    p = load_checked_preset("dkd", ["dkd.beta=2", "dkd.warmup_epochs=5"])
     obj = Objective(p.terms, LossContext(3))
     assert obj.losses["dkd"].params.beta == 2.0 and obj.losses["dkd"].params.alpha == 1.0
     assert obj.weights(1)["dkd"] == pytest.approx(0.2)
-    p = apply_overrides(load_preset("bickd"), ["bickd.lambda_=0.25", "bickd.tau=0.2"])
+    p = load_checked_preset("bickd", ["bickd.lambda_=0.25", "bickd.tau=0.2"])
     params = Objective(p.terms, LossContext(3)).losses["bickd"].params
     assert (params.lambda_, params.tau) == (0.25, 0.2)
     with pytest.raises(UsageError, match=r"dkd.betta.*did you mean 'beta'"):
-        apply_overrides(load_preset("dkd"), ["dkd.betta=2"])
+        load_checked_preset("dkd", ["dkd.betta=2"])
     with pytest.raises(UsageError, match=r"gdkd.*strategy"):
-        apply_overrides(load_preset("gdkd"), ["gdkd.strategy=median"])
+        load_checked_preset("gdkd", ["gdkd.strategy=median"])
 
 
 def test_gdkd_preset_k5_fits_ten_classes_and_is_refused_on_three():
-    obj = Objective(load_preset("gdkd").terms, LossContext(10))  # 10-class digits
+    obj = Objective(load_checked_preset("gdkd").terms, LossContext(10))  # 10-class digits
     g = torch.Generator().manual_seed(0)
     z_s, z_t = torch.randn(4, 10, generator=g), torch.randn(4, 10, generator=g)
     batch = type("B", (), {"y": torch.tensor([0, 1, 2, 3])})()
     total, parts = obj(ModelOut(z_s), ModelOut(z_t), batch, epoch=20)
     assert math.isfinite(float(total)) and {"gdkd.high", "gdkd.top", "gdkd.other"} <= set(parts)
     with pytest.raises(UsageError, match=r"k=5 must be between 1 and C-1=2 for 3 classes"):
-        Objective(load_preset("gdkd").terms, LossContext(3))
+        Objective(load_checked_preset("gdkd").terms, LossContext(3))
 
 
 def test_presets_show_dkd():
@@ -102,10 +104,10 @@ def tiny_setup(tiny_teacher):
 ])
 def test_each_preset_trains_one_epoch(tiny_setup, tmp_path, name, sets):
     teacher, splits = tiny_setup
-    preset = apply_overrides(load_preset(name), [*sets, "train.epochs=1", "train.batch_size=16"])
+    preset = load_checked_preset(name, [*sets, "train.epochs=1", "train.batch_size=16"])
     result = train(arch="tinycnn_w8", splits=splits, spec=teacher.input_spec, preset=preset, teacher=teacher,
                    run=RunDir(tmp_path), device=torch.device("cpu"), fingerprint={"preset": name},
-                   console=Console(stderr=True, quiet=True))
+                   console=Console(stderr=True, quiet=True), **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
     row = result.history[0]
     assert result.epochs == 1 and (tmp_path / "student.pt").is_file()
     assert math.isfinite(row["loss"]) and row[name] > 0
@@ -117,10 +119,10 @@ def test_each_preset_trains_one_epoch(tiny_setup, tmp_path, name, sets):
 
 def test_gdkd_default_k_refused_before_training(tiny_setup, tmp_path):
     teacher, splits = tiny_setup
-    preset = apply_overrides(load_preset("gdkd"), ["train.epochs=1"])
+    preset = load_checked_preset("gdkd", ["train.epochs=1"])
     with pytest.raises(UsageError, match=r"k=5"):
         train(arch="tinycnn_w8", splits=splits, spec=teacher.input_spec, preset=preset, teacher=teacher,
-              run=RunDir(tmp_path), device=torch.device("cpu"), fingerprint={}, console=Console(stderr=True, quiet=True))
+              run=RunDir(tmp_path), device=torch.device("cpu"), fingerprint={}, console=Console(stderr=True, quiet=True), **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 

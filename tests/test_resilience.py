@@ -19,13 +19,14 @@ import torch
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
-from kdcompress.distributed import Dist, env_world
-from kdcompress.errors import Interrupted, KdError, TrainingError, UsageError
-from kdcompress.losses import Objective
-from kdcompress.runio import RunDir, safe_torch_load
-from kdcompress.trainstep import StepEngine, prefetch
+from kdcompress.core.errors import Interrupted, KdError, TrainingError, UsageError
+from kdcompress.core.runio import RunDir, safe_torch_load
+from kdcompress.losses.base import Objective
+from kdcompress.train.distributed import Dist, env_world
+from kdcompress.train.step import StepEngine, prefetch
 
 from .conftest import TINY_DATA
+from .helpers import train_factories
 
 runner = CliRunner()
 BIG_DATA = "synthetic:classes=3,size=8,n=2000"  # ~90 steps of 16 per epoch: a signal lands mid-epoch
@@ -65,16 +66,16 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def _train(teacher_path: Path, out: Path, preset: str = "kd", epochs: int = 3, **kw):
     from rich.console import Console
 
-    from kdcompress.config import apply_overrides, load_preset
-    from kdcompress.data import load_data
-    from kdcompress.teacher import load_teacher
-    from kdcompress.train import train
+    from kdcompress.data.specs import load_data
+    from kdcompress.losses import load_checked_preset
+    from kdcompress.teacher.formats import load_teacher
+    from kdcompress.train.loop import train
 
     teacher = load_teacher(teacher_path)
-    p = apply_overrides(load_preset(preset), [f"train.epochs={epochs}", "train.batch_size=16"])
+    p = load_checked_preset(preset, [f"train.epochs={epochs}", "train.batch_size=16"])
     return train(arch="tinycnn_w8", splits=load_data(TINY_DATA, teacher.input_spec), spec=teacher.input_spec,
                  preset=p, teacher=teacher, run=RunDir(out), device=torch.device("cpu"), fingerprint={"p": preset},
-                 console=Console(file=io.StringIO()), **kw)
+                 console=Console(file=io.StringIO()), **kw, **train_factories("tinycnn_w8", load_data(TINY_DATA, teacher.input_spec).num_classes, teacher.input_spec, p))
 
 
 @pytest.mark.parametrize("preset", ["kd", "nd", "ickd"])  # nd: a projector with dropout; ickd: the bank
@@ -178,8 +179,8 @@ def test_sigkill_then_sigterm_of_real_training_processes_resume_each_time(tiny_t
 def test_nan_loss_stops_with_exit_6_and_keeps_the_last_good_checkpoint(tiny_teacher, tmp_path, monkeypatch):
     orig = Objective.forward
 
-    def diverge_in_epoch_2(self, s, t, batch, epoch):
-        total, parts = orig(self, s, t, batch, epoch)
+    def diverge_in_epoch_2(self, s, t, batch, epoch, **kw):
+        total, parts = orig(self, s, t, batch, epoch, **kw)
         return (total * float("nan"), parts) if epoch == 2 else (total, parts)
 
     monkeypatch.setattr(Objective, "forward", diverge_in_epoch_2)
@@ -214,8 +215,8 @@ def test_compile_keeps_checkpoints_plain(tiny_teacher, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(kw) or orig(m, **kw))
     result = _train(tiny_teacher, tmp_path, epochs=1, compile=True)
     assert compiled == [{"backend": "aot_eager"}] and result.best_val_accuracy >= 0
-    from kdcompress.config import InputSpec
-    from kdcompress.students import build_student
+    from kdcompress.core.spec import InputSpec
+    from kdcompress.students.registry import build_student
 
     plain = build_student("tinycnn_w8", 3, InputSpec((1, 8, 8), (0.5,), (0.25,))).state_dict()
     assert _weights(tmp_path / "student.pt").keys() == plain.keys()  # no _orig_mod. / module. prefixes

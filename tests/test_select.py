@@ -9,14 +9,15 @@ from dataclasses import replace
 import pytest
 from typer.testing import CliRunner
 
-import kdcompress.select as sel_mod
+import kdcompress.select.search as sel_mod
 from kdcompress.cli import app
-from kdcompress.config import Budget, InputSpec, RuntimeConfig
-from kdcompress.errors import BudgetError, UsageError
-from kdcompress.ortbench import LatencyStats
-from kdcompress.select import Candidate, LatencyCache, Selection, cache_path, select
-from kdcompress.selection_view import pareto_front
-from kdcompress.students import STUDENTS
+from kdcompress.core.config import Budget, RuntimeConfig
+from kdcompress.core.errors import BudgetError, UsageError
+from kdcompress.core.ortbench import LatencyStats
+from kdcompress.core.spec import InputSpec
+from kdcompress.select.search import Candidate, LatencyCache, Selection, cache_path, select
+from kdcompress.select.view import pareto_front
+from kdcompress.students.registry import STUDENTS
 
 SPEC = InputSpec((1, 8, 8), (0.5,), (0.25,))
 NAMES = ("tinycnn_w8", "vgg8_x0_25", "wrn10_1", "resnet8")
@@ -246,7 +247,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def teacher_ckpt(tmp_path):
-    from kdcompress.teacher import save_checkpoint
+    from kdcompress.core.checkpoint import save_checkpoint
 
     path = tmp_path / "teacher.pt"
     save_checkpoint(path, STUDENTS.get("resnet8x2").build(3, SPEC), "resnet8x2", ("a", "b", "c"), SPEC)
@@ -303,7 +304,7 @@ def test_cli_impossible_budget_one_line_exit_4(clock, teacher_ckpt):
 @pytest.mark.parametrize("args, code, needle", [
     (["--candidates", "resnet9"], 2, "did you mean"),
     (["--stat", "p75"], 2, "--stat must be p50 or p90"),
-    (["--budget-ms", "-1"], 2, "--budget-ms must be > 0"),
+    (["--budget-ms", "-1"], 2, "--budget-ms must be a finite number > 0"),
     (["--threads", "0"], 2, "--threads must be >= 1"),
 ])
 def test_cli_bad_flags(clock, teacher_ckpt, args, code, needle):

@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from kdcompress.config import InputSpec, LossTerm
-from kdcompress.data import load_data
-from kdcompress.distributed import Dist
-from kdcompress.imagesplits import ArraySplit, FileSplit
-from kdcompress.infer import accuracy, predict
-from kdcompress.losses import LossContext, Objective
-from kdcompress.students import build_student
-from kdcompress.train import epoch_seed, evaluate
-from kdcompress.trainstep import Feeder, StepEngine
+from kdcompress.core.config import LossTerm
+from kdcompress.core.infer import accuracy, predict
+from kdcompress.core.spec import InputSpec
+from kdcompress.core.types import LossContext
+from kdcompress.data.imagesplits import ArraySplit, FileSplit
+from kdcompress.data.specs import load_data
+from kdcompress.losses.base import Objective
+from kdcompress.students.registry import build_student
+from kdcompress.train.distributed import Dist
+from kdcompress.train.loop import epoch_seed, evaluate
+from kdcompress.train.step import Feeder, StepEngine
 
 from .conftest import TINY_DATA
 
@@ -109,13 +111,13 @@ def test_a_step_reads_nothing_back_and_updates_the_student():
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
 
     def t_out(x, want_embed):
-        from kdcompress.losses import ModelOut
+        from kdcompress.core.types import ModelOut
 
         return ModelOut(teacher(x))
 
     engine = StepEngine(student=student, objective=obj, opt=opt, teacher=t_out, spec=SPEC,
                         device=torch.device("cpu"), aug_mode="shift")
-    assert not engine.amp and not engine.channels_last and obj.host_parts is False
+    assert not engine.amp and not engine.channels_last
     batch = next(load_data(TINY_DATA).train.batches(8))
     before = [p.detach().clone() for p in student.parameters()]
     loss, parts = engine.step(batch, 1, torch.Generator().manual_seed(0))

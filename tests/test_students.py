@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdcompress.config import InputSpec
-from kdcompress.students import STUDENTS, capacity, logits_and_embed, width_tag
+from kdcompress.core.spec import InputSpec
+from kdcompress.core.types import logits_and_embed
+from kdcompress.students.registry import STUDENTS, capacity, width_tag
 from kdcompress.students.torchvision_zoo import LARGE_MIN_INPUT
 
 ALL = STUDENTS.names()
@@ -116,7 +117,7 @@ def test_torchvision_three_channels_keeps_the_stock_stem(name):
 def _export_parity(name: str) -> None:
     import onnxruntime as ort
 
-    from kdcompress.export import INPUT_NAME, onnx_bytes
+    from kdcompress.core.onnxio import INPUT_NAME, onnx_bytes
 
     spec = smallest_spec(name)
     model = calibrated(STUDENTS.get(name).build(6, spec))

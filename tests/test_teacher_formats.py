@@ -12,12 +12,15 @@ import torch
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
-from kdcompress.config import InputSpec, TeacherOptions
-from kdcompress.errors import InputError, UsageError
-from kdcompress.export import export_onnx
-from kdcompress.losses.base import NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS
-from kdcompress.students import build_student, logits_and_embed
-from kdcompress.teacher import load_teacher, save_checkpoint, teacher_onnx_bytes
+from kdcompress.core.checkpoint import save_checkpoint
+from kdcompress.core.config import TeacherOptions
+from kdcompress.core.errors import InputError, UsageError
+from kdcompress.core.spec import InputSpec
+from kdcompress.core.types import NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS, logits_and_embed
+from kdcompress.export.onnx import export_onnx
+from kdcompress.students.registry import build_student
+from kdcompress.teacher.formats import load_teacher
+from kdcompress.teacher.model import teacher_onnx_bytes
 
 from .conftest import TINY_DATA
 
@@ -283,7 +286,7 @@ def test_teacher_inspect_json_and_table(tmp_path, model):
 
 
 def test_distill_from_onnx_teacher_trains_on_ort_logits(tmp_path, tiny_teacher):
-    from kdcompress.teacher import load_checkpoint
+    from kdcompress.students.checkpoint import load_checkpoint
 
     m, obj = load_checkpoint(tiny_teacher)
     onnx_path = tmp_path / "teacher.onnx"
@@ -303,7 +306,7 @@ def test_distill_from_onnx_teacher_trains_on_ort_logits(tmp_path, tiny_teacher):
 
 
 def test_feature_preset_refuses_logits_only_teacher_before_training(tmp_path, tiny_teacher, monkeypatch, model):
-    from kdcompress.losses import LOSSES
+    from kdcompress.losses.base import LOSSES
 
     export_onnx(model, SPEC, tmp_path / "t.onnx", metadata=META)
     kd = LOSSES.get("kd")

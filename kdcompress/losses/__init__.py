@@ -1,6 +1,35 @@
-"""Loss registry. Importing this package registers every built-in loss (one method per module)."""
+"""The losses stage: one method per module, registered in LOSSES, combined by `Objective`.
 
+Importing this package registers every built-in loss. It also owns preset validation: core.config parses a
+preset's TOML into LossTerms without knowing the losses; `load_checked_preset` adds the check of each
+term's kind and params against this registry (imports torch).
+"""
+
+from __future__ import annotations
+
+from ..core.build import build_dataclass
+from ..core.config import Preset, apply_overrides, load_preset
 from . import bickd, ce, dist, dkd, gdkd, ickd, kd, nd, nkd  # noqa: F401  (registration side effect)
-from .base import LOSSES, Loss, LossContext, ModelOut, Objective, PrepareContext, warmup_factor
+from .base import LOSSES, Loss, Objective, warmup_factor
 
-__all__ = ["LOSSES", "Loss", "LossContext", "ModelOut", "Objective", "PrepareContext", "warmup_factor"]
+__all__ = ["LOSSES", "Loss", "Objective", "check_terms", "load_checked_preset", "preset_needs", "warmup_factor"]
+
+
+def check_terms(preset: Preset) -> Preset:
+    """Each term's kind exists and its params build the loss's Params (unknown keys, wrong types)."""
+    for t in preset.terms:
+        build_dataclass(LOSSES.get(t.kind).Params, t.params, prefix=t.key)
+    return preset
+
+
+def load_checked_preset(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Preset:
+    """A built-in name or a .toml path, `--set` overrides applied, every term checked."""
+    return check_terms(apply_overrides(check_terms(load_preset(name)), overrides))
+
+
+def preset_needs(preset: Preset) -> frozenset[str]:
+    """What the preset's losses need from the trainer and the teacher (core.types NEED_* names)."""
+    out: set[str] = set()
+    for term in preset.terms:
+        out |= set(LOSSES.get(term.kind).NEEDS)
+    return frozenset(out)

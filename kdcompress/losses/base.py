@@ -2,7 +2,7 @@
 
 A loss is an nn.Module registered under its kind with:
   * `Params`: a frozen dataclass of hyperparameters (what a preset's `params` table and `--set` fill);
-  * `NEEDS`: what the trainer must supply (see NEED_* below); the trainer never branches on loss types;
+  * `NEEDS`: what the trainer must supply (core.types NEED_*); the trainer never branches on loss types;
   * `forward(s, t, batch) -> (value, parts)`: the unweighted value and named sub-terms;
   * optionally `prepare(ctx)`: work over the training set before epoch 1 (ND centres, IC-KD bank). A loss
     that defines it also defines `prepared_state() -> dict[str, Tensor]` and `load_prepared(state, ctx)`;
@@ -14,105 +14,15 @@ Weights and warm-up live in `Objective`, never inside a loss. All maths runs in 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ..config import LossTerm, build_dataclass
-from ..registry import Registry
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from ..config import InputSpec
-    from ..data import TensorSplit
-
-NEED_LOGITS = "logits"  # student logits (always available)
-NEED_LABELS = "labels"  # ground-truth class indices
-NEED_TEACHER_LOGITS = "teacher_logits"
-NEED_STUDENT_EMBED = "student_embed"  # penultimate (pooled) feature of the student
-NEED_TEACHER_EMBED = "teacher_embed"  # penultimate (pooled) feature of the teacher
-NEED_INDEX = "index"  # dataset index of each sample in the training split
-
-
-@dataclass(frozen=True)
-class ModelOut:
-    logits: Tensor
-    embed: Tensor | None = None
-
-    def float(self) -> ModelOut:
-        return ModelOut(self.logits.float(), None if self.embed is None else self.embed.float())
-
-
-@dataclass(frozen=True)
-class LossContext:
-    """Facts a loss may need at construction: sizes, to build projectors and buffers."""
-
-    num_classes: int
-    student_embed_dim: int | None = None
-    teacher_embed_dim: int | None = None
-
-
-@dataclass(frozen=True)
-class TeacherOutputs:
-    """The frozen teacher over the whole un-augmented training split, row n = dataset index n (CPU, fp32)."""
-
-    embed: Tensor  # (N, d) penultimate (pooled) features
-    logits: Tensor  # (N, C)
-    labels: Tensor  # (N,) int64
-
-
-@dataclass(frozen=True)
-class PrepareContext:
-    """What `prepare(ctx)` may use: the teacher (eval mode, on `device`), the training split (images in
-    [0, 1], never augmented here; `spec` normalises them as the teacher expects) and a console for progress.
-
-    `cached(key, build)` shares one object between the losses of an Objective (the teacher pass, the IC-KD
-    bank): the first caller builds it, later callers get the same object.
-    """
-
-    teacher: nn.Module
-    train_split: TensorSplit
-    spec: InputSpec
-    device: torch.device
-    num_classes: int
-    console: Console
-    batch_size: int
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    def cached(self, key: str, build: Callable[[], Any]) -> Any:
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
-
-    def teacher_outputs(self) -> TeacherOutputs:
-        """One full-precision pass of the teacher over the training split (computed once per context)."""
-        return self.cached("teacher_outputs", self._teacher_pass)
-
-    def _teacher_pass(self) -> TeacherOutputs:
-        import time
-
-        from ..data import normalize
-        from ..students import logits_and_embed
-
-        t0 = time.perf_counter()
-        was_training = self.teacher.training
-        self.teacher.eval()
-        embeds, logits = [], []
-        # fp32, no autocast: the centres and the bank are computed once and must not carry bf16 error.
-        with torch.inference_mode():
-            for b in self.train_split.batches(self.batch_size):
-                z, f = logits_and_embed(self.teacher, normalize(b.x.to(self.device), self.spec))
-                embeds.append(f.float().cpu())
-                logits.append(z.float().cpu())
-        self.teacher.train(was_training)
-        out = TeacherOutputs(torch.cat(embeds), torch.cat(logits), self.train_split.y.clone())
-        self.console.print(f"teacher pass over {len(out.labels)} training images "
-                           f"({time.perf_counter() - t0:.1f} s)")
-        return out
+from ..core.build import build_dataclass
+from ..core.config import LossTerm
+from ..core.registry import Registry
+from ..core.types import NEED_LOGITS, LossContext, ModelOut, PrepareContext
 
 
 class Loss(nn.Module):
@@ -187,16 +97,15 @@ class Objective(nn.Module):
     def weights(self, epoch: int) -> dict[str, float]:
         return {t.key: t.weight * warmup_factor(epoch, t.warmup_epochs) for t in self.terms}
 
-    # True: parts are Python floats. The trainer sets False and gets detached 0-d tensors, which it sums
-    # on the device, because reading a GPU value every step stalls the host on the GPU.
-    host_parts = True
-
-    def forward(self, s: ModelOut, t: ModelOut | None, batch: Any, epoch: int) -> tuple[Tensor, dict[str, Any]]:
+    def forward(self, s: ModelOut, t: ModelOut | None, batch: Any, epoch: int,
+                host_parts: bool = True) -> tuple[Tensor, dict[str, Any]]:
+        """host_parts=True: parts are Python floats. The step engine passes False and gets detached 0-d
+        tensors, which it sums on the device, because reading a GPU value every step stalls the host."""
         s32 = s.float()
         t32 = t.float() if t is not None else None
         total = s.logits.new_zeros((), dtype=torch.float32)
         parts: dict[str, Any] = {}
-        read = (lambda v: float(v.detach())) if self.host_parts else (lambda v: v.detach())
+        read = (lambda v: float(v.detach())) if host_parts else (lambda v: v.detach())
         for key, w in self.weights(epoch).items():
             value, sub = self.losses[key](s32, t32, batch)
             parts[key] = read(value)

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES, NEED_LOGITS, NEED_TEACHER_LOGITS, Loss, ModelOut
+from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
+from .base import LOSSES, Loss
 from .kd import kd_loss
 from .logspace import check_number, upcast
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES, NEED_LABELS, NEED_LOGITS, Loss, ModelOut
+from ..core.types import NEED_LABELS, NEED_LOGITS, ModelOut
+from .base import LOSSES, Loss
 
 
 @dataclass(frozen=True)

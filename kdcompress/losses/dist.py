@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import LOSSES, NEED_LOGITS, NEED_TEACHER_LOGITS, Loss, ModelOut
+from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
+from .base import LOSSES, Loss
 from .logspace import check_number, upcast
 
 PEARSON_EPS = 1e-8

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import UsageError
-from .base import LOSSES, NEED_LOGITS, NEED_TEACHER_LOGITS, Loss, LossContext, ModelOut
+from ..core.errors import UsageError
+from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, LossContext, ModelOut
+from .base import LOSSES, Loss
 from .logspace import binary_log_probs, check_number, kl_rows, masked_log_softmax, upcast
 
 STRATEGIES = ("best", "worst")

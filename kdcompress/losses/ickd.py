@@ -30,19 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import UsageError
-from ..memory import MemoryBank
-from .base import (
-    LOSSES,
-    NEED_INDEX,
-    NEED_LABELS,
-    NEED_LOGITS,
-    NEED_TEACHER_EMBED,
-    Loss,
-    LossContext,
-    ModelOut,
-    PrepareContext,
-)
+from ..core.errors import UsageError
+from ..core.types import NEED_INDEX, NEED_LABELS, NEED_LOGITS, NEED_TEACHER_EMBED, LossContext, ModelOut, PrepareContext
+from .base import LOSSES, Loss
+from .memory import MemoryBank
 
 BANK_KEY = "ickd.bank"
 SIM_TAU = 0.1  # temperature of the optional similarity weighting of positives (methods.md §6.4)

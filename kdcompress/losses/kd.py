@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES, NEED_LOGITS, NEED_TEACHER_LOGITS, Loss, ModelOut
+from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
+from .base import LOSSES, Loss
 
 
 def kd_loss(z_s: Tensor, z_t: Tensor, T: float) -> Tensor:

@@ -26,18 +26,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..errors import UsageError
-from .base import (
-    LOSSES,
+from ..core.errors import UsageError
+from ..core.types import (
     NEED_LABELS,
     NEED_LOGITS,
     NEED_STUDENT_EMBED,
     NEED_TEACHER_EMBED,
-    Loss,
     LossContext,
     ModelOut,
     PrepareContext,
 )
+from .base import LOSSES, Loss
 
 _EPS = 1e-12  # only guards an all-zero pair of features; any real feature norm is far above it
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import UsageError
-from .base import LOSSES, NEED_LABELS, NEED_LOGITS, NEED_TEACHER_LOGITS, Loss, LossContext, ModelOut
+from ..core.errors import UsageError
+from ..core.types import NEED_LABELS, NEED_LOGITS, NEED_TEACHER_LOGITS, LossContext, ModelOut
+from .base import LOSSES, Loss
 from .logspace import check_number, hard_labels, masked_log_softmax, one_hot_mask, upcast
 
 

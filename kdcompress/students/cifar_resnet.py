@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from . import StudentSpec, register
+from .registry import StudentSpec, register
 
 
 class BasicBlock(nn.Module):

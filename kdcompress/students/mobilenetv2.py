@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from . import StudentSpec, register, width_tag
+from .registry import StudentSpec, register, width_tag
 
 # (expansion t, output channels c, repeats n, first stride s); stage 2's stride is 1 for small inputs
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import StudentSpec, register, width_tag
+from .registry import StudentSpec, register, width_tag
 
 STAGE_REPEATS = (4, 8, 4)
 # the paper's Table 5: stage output channels and the final 1x1 conv, per width multiplier

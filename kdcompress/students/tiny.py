@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from . import StudentSpec, register
+from .registry import StudentSpec, register
 
 
 class TinyCNN(nn.Module):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torchvision.models as tvm
 from torch import Tensor, nn
 
-from . import StudentSpec, register
+from .registry import StudentSpec, register
 
 LARGE_MIN_INPUT = 65  # the larger image side above which the torchvision families are plausible
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from . import StudentSpec, register, width_tag
+from .registry import StudentSpec, register, width_tag
 
 CONFIGS = {
     8: ((64,), (128,), (256,), (512,), (512,)),

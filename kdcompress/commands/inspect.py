@@ -1,0 +1,26 @@
+"""`kdcompress teacher inspect`: what a teacher file is, what it gives, and how fast it runs in ORT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.config import TeacherOptions
+from ..core.ortbench import make_session, measure_latency
+from ..teacher import load_teacher, teacher_onnx_bytes
+
+
+def inspect_teacher(path: Path, *, options: TeacherOptions | None = None, trust: bool = False,
+                    provider: str = "cpu", threads: int | None = None, batch: int = 1) -> dict[str, Any]:
+    """Everything `kdcompress teacher inspect` prints: arch, format, size, classes, input spec, whether it
+    gives features, and its latency measured in ONNX Runtime with the one harness."""
+    t = load_teacher(path, trust=trust, options=options)
+    sess = make_session(teacher_onnx_bytes(t), provider, threads)
+    lat = measure_latency(sess, (batch, *t.input_spec.shape))
+    return {
+        "path": str(t.path), "format": t.format, "arch": t.arch, "sha256": t.sha256,
+        "params": t.params, "flops": t.flops, "num_classes": t.num_classes, "classes": list(t.classes),
+        "input_spec": t.input_spec.to_json(), "embed_dim": t.embed_dim, "logits_only": t.logits_only,
+        "features": t.embed_via, "metrics": t.metrics,
+        "latency_ms": lat.to_json(), "provider": provider, "threads": threads or 1,
+    }

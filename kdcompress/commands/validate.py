@@ -1,0 +1,88 @@
+"""`kdcompress validate`: any ONNX classifier on a dataset's test split, gated, with a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.config import RuntimeConfig
+from ..core.errors import UsageError
+from ..core.spec import InputSpec
+from ..core.splits import DataSplits
+from ..data.specs import load_data
+from ..pipeline import check_fit
+from ..report import data_json, header
+from ..validate.gates import Gates
+from ..validate.models import (
+    THROUGHPUT_BATCH,
+    ModelInput,
+    describe,
+    effective_threads,
+    reference_logits,
+    validate_models,
+)
+
+
+def _teacher_source(teacher: Path, splits: DataSplits, mean, std, layout, warn):
+    from ..core.onnxio import INPUT_NAME, onnx_bytes
+    from ..teacher import load_teacher
+
+    if Path(teacher).suffix.lower() == ".onnx":
+        try:
+            mi = describe(teacher, data_shape=splits.shape, layout=layout)
+        except UsageError:  # no normalisation metadata: assume the student's flags apply to it too
+            mi = describe(teacher, data_shape=splits.shape, mean=mean, std=std, layout=layout)
+        info = {"path": str(teacher)}
+        return (Path(teacher), mi), info
+    t = load_teacher(Path(teacher))
+    check_fit(f"teacher {teacher}", t.classes, t.input_spec, splits, warn)
+    data = onnx_bytes(t.model, t.input_spec)
+    mi = ModelInput(INPUT_NAME, "NCHW", t.input_spec, "tensor(float)", None, t.classes, "fp32", {})
+    return (data, mi), {"path": str(teacher), "arch": t.arch, "sha256_checkpoint": t.sha256, "params": t.params}
+
+
+def validate_job(*, files: list[Path], data: str, teacher: Path | None, checkpoint: Path | None,
+                 runtime: RuntimeConfig, gates: Gates, mean: tuple[float, ...] | None = None,
+                 std: tuple[float, ...] | None = None, layout: str | None = None, batch: int = 1,
+                 throughput_batch: int = THROUGHPUT_BATCH, out: Path | None = None, console) -> dict[str, Any]:
+    """`kdcompress validate`: measure ONNX classifiers (any, including third-party) on a dataset's test
+    split, gate them and write report.json/report.md/plots into `out` when given. Returns the report;
+    the caller raises GateError (gates.raise_for_gates) after printing it."""
+    from ..students.checkpoint import load_checkpoint
+
+    if not files:
+        raise UsageError("give at least one --onnx FILE")
+    gates.require(has_reference=checkpoint is not None, has_teacher=teacher is not None)
+
+    def warn(m: str) -> None:
+        console.print(f"[yellow]warning:[/] {m}")
+
+    runtime = effective_threads(runtime, warn)
+    splits = load_data(data)
+    inputs = [describe(Path(f), data_shape=splits.shape, mean=mean, std=std, layout=layout) for f in files]
+    for f, mi in zip(files, inputs, strict=True):
+        if mi.classes is not None and tuple(mi.classes) != tuple(splits.classes):
+            warn(f"class names in {f} differ from the data's; assuming the same order")
+    reference = None
+    if checkpoint is not None:
+        model, obj = load_checkpoint(Path(checkpoint))
+        ck_spec = InputSpec.from_json(obj["input_spec"])
+        check_fit(str(checkpoint), tuple(str(c) for c in obj["classes"]), ck_spec, splits, warn)
+        reference = reference_logits(model, splits.test, ck_spec)  # with the normalisation it was trained on
+    t_src, t_info = (None, None)
+    if teacher is not None:
+        t_src, t_info = _teacher_source(Path(teacher), splits, mean, std, layout, warn)
+    with console.status("validating in ONNX Runtime") as status:
+        val = validate_models([Path(f) for f in files], inputs, splits.test, splits.classes, runtime, gates,
+                              reference=reference, teacher=t_src, batch=batch, throughput_batch=throughput_batch,
+                              progress=status.update)
+    report = {**header("validate"), "provider": val.provider, "threads": val.threads, "data": data_json(data, splits),
+              "checkpoint": None if checkpoint is None else str(checkpoint),
+              "teacher": None if val.teacher is None else {**val.teacher.to_json(), **t_info},
+              **val.to_json()}
+    if out is not None:
+        from ..report.markdown import write_report
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        report = write_report(report, Path(out))
+    return report

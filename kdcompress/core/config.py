@@ -1,0 +1,359 @@
+"""Frozen configuration dataclasses, preset loading (stdlib tomllib) and `--set key=value` overrides.
+
+A preset is data: a TOML file with a list of `[[loss]]` terms and `[train]` defaults. Nothing in a preset
+is imported or evaluated; every key is checked against the dataclasses below or the loss's own Params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .build import build_dataclass, coerce, parse_floats, parse_value
+from .errors import InputError, UsageError
+from .registry import did_you_mean
+from .spec import InputSpec
+
+# --------------------------------------------------------------------------------------------- train
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule. Step milestones are given for `milestone_epochs` and scale with --epochs."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | constant
+    milestones: tuple[int, ...] = (150, 180, 210)
+    milestone_epochs: int = 240
+    gamma: float = 0.1
+    augment: str = "auto"  # auto | none | shift | crop_flip
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (math.isfinite(self.lr) and self.lr > 0, "lr", "must be a finite number > 0"),
+            (math.isfinite(self.momentum) and 0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
+            (math.isfinite(self.gamma) and self.gamma > 0, "gamma", "must be a finite number > 0"),
+            (0 <= self.seed < 2**32, "seed", "must be in [0, 2**32)"),
+            (self.optimizer in ("sgd", "adamw"), "optimizer", "must be 'sgd' or 'adamw'"),
+            (self.schedule in ("cosine", "step", "constant"), "schedule", "must be cosine, step or constant"),
+            (self.augment in ("auto", "none", "shift", "crop_flip"), "augment",
+             "must be auto, none, shift or crop_flip"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be a finite number >= 0"),
+            (self.milestone_epochs >= 1, "milestone_epochs", "must be >= 1"),
+            (self.num_workers >= 0, "num_workers", "must be >= 0"),
+        ]
+        for ok, name, msg in checks:
+            if not ok:
+                raise UsageError(f"train.{name}={getattr(self, name)!r} {msg}")
+
+    def scaled_milestones(self) -> list[int]:
+        """Milestones rescaled from the recipe's length to this run's, e.g. 150/240 of 30 epochs -> 19."""
+        scale = self.epochs / self.milestone_epochs
+        return sorted({max(1, round(m * scale)) for m in self.milestones})
+
+
+# --------------------------------------------------------------------------------------------- losses
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted term of the objective: `weight * omega(epoch) * loss(kind, params)`."""
+
+    kind: str
+    weight: float = 1.0
+    warmup_epochs: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    reference: str
+    terms: tuple[LossTerm, ...]
+    train: TrainConfig
+    variant: bool = False  # True: not the paper's confirmed form ("kdcompress variant")
+    source: str = ""
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.kind != "ce" for t in self.terms)
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+@dataclass(frozen=True)
+class Budget:
+    ms: float | None
+    stat: str = "p50"  # p50 | p90
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.ms is not None and not (math.isfinite(self.ms) and self.ms > 0):
+            raise UsageError(f"--budget-ms must be a finite number > 0, got {self.ms}")
+        if self.stat not in ("p50", "p90"):
+            raise UsageError(f"--stat must be p50 or p90, got '{self.stat}'")
+        if self.batch < 1:
+            raise UsageError(f"--batch must be >= 1, got {self.batch}")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how to run: the device for training, the ORT provider and threads for measurement."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    provider: str = "cpu"  # cpu | cuda | tensorrt
+    threads: int | None = None  # ORT intra-op threads; None = 1 (latency of small models, see ortbench)
+    compile: bool = False  # torch.compile the student's training forward (trainstep.py)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UsageError(f"--device must be auto, cpu or cuda, got '{self.device}'")
+        if self.provider not in ("cpu", "cuda", "tensorrt"):
+            raise UsageError(f"unknown --provider '{self.provider}'{did_you_mean(self.provider, ['cpu', 'cuda', 'tensorrt'])}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class TeacherOptions:
+    """What the teacher flags say (--teacher-arch, --num-classes, --classes, --input-shape, --mean, --std).
+
+    Each value, when given, overrides what the checkpoint records; a format that records nothing (a plain
+    state_dict, TorchScript, ONNX without metadata) needs them, and the loader names the missing flag.
+    """
+
+    arch: str | None = None
+    num_classes: int | None = None
+    classes: tuple[str, ...] | None = None
+    input_shape: tuple[int, int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_classes is not None and self.num_classes < 2:
+            raise UsageError(f"--num-classes must be >= 2, got {self.num_classes}")
+        if self.classes is not None:
+            if len(self.classes) < 2:
+                raise UsageError(f"--classes needs at least 2 names, got {len(self.classes)}")
+            if len(set(self.classes)) != len(self.classes):
+                dup = next(c for c in self.classes if self.classes.count(c) > 1)
+                raise UsageError(f"--classes names '{dup}' twice")
+            if self.num_classes is not None and self.num_classes != len(self.classes):
+                raise UsageError(f"--num-classes {self.num_classes} disagrees with the {len(self.classes)} "
+                                 "names given by --classes")
+        if self.input_shape is not None and (len(self.input_shape) != 3 or min(self.input_shape) < 1):
+            raise UsageError(f"--input-shape must be C,H,W with positive sizes, got {self.input_shape}")
+        if self.input_shape is not None:
+            InputSpec(self.input_shape, (0.0,) * self.input_shape[0], (1.0,) * self.input_shape[0])  # size limits
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise UsageError(f"--std values must be > 0, got {','.join(map(str, self.std))}")
+
+    @classmethod
+    def from_flags(cls, *, arch: str | None = None, num_classes: int | None = None, classes: str | None = None,
+                   input_shape: str | None = None, mean: str | None = None,
+                   std: str | None = None) -> TeacherOptions:
+        """Parse the CLI strings: `--classes cat,dog` (or a text file, one name per line),
+        `--input-shape 3,224,224` (or 3x224x224), `--mean 0.485,0.456,0.406`."""
+        names = None
+        if classes is not None:
+            p = Path(classes)
+            lines = p.read_text().splitlines() if p.is_file() else classes.split(",")
+            names = tuple(n.strip() for n in lines if n.strip())
+        shape = None
+        if input_shape is not None:
+            parts = input_shape.replace("x", ",").split(",")
+            try:
+                shape = tuple(int(v) for v in parts)
+            except ValueError:
+                raise UsageError(f"--input-shape must be C,H,W integers, got '{input_shape}'") from None
+        return cls(arch=arch, num_classes=num_classes, classes=names, input_shape=shape,  # type: ignore[arg-type]
+                   mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    teacher: Path
+    data: str
+    preset: Preset
+    budget: Budget
+    runtime: RuntimeConfig
+    out: Path
+    student: str | None = None
+    candidates: tuple[str, ...] = ()
+    trust_checkpoint: bool = False
+    restart: bool = False
+    teacher_options: TeacherOptions = field(default_factory=TeacherOptions)
+    download: bool = False  # let torchvision datasets (cifar10:, mnist:, ...) download into their root
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "teacher": str(self.teacher),
+            "teacher_options": self.teacher_options.to_json(),
+            "data": self.data,
+            "preset": preset_to_json(self.preset),
+            "budget": dataclasses.asdict(self.budget),
+            "runtime": dataclasses.asdict(self.runtime),
+            "out": str(self.out),
+            "student": self.student,
+            "candidates": list(self.candidates),
+        }
+
+
+def preset_to_json(p: Preset) -> dict[str, Any]:
+    d = dataclasses.asdict(p)
+    d["terms"] = [dataclasses.asdict(t) for t in p.terms]
+    d["train"]["milestones"] = list(p.train.milestones)
+    return d
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def builtin_preset_names() -> list[str]:
+    files = resources.files("kdcompress.presets")
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """A built-in name (`kd`, `dkd`, ...) or a path to the user's own TOML file."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.exists():
+        if not path.is_file():
+            raise InputError(f"preset file not found: {path}")
+        text, source = path.read_text(), str(path)
+    else:
+        names = builtin_preset_names()
+        if name_or_path not in names:
+            raise UsageError(
+                f"unknown preset '{name_or_path}'{did_you_mean(name_or_path, names)}; "
+                f"choose from: {', '.join(names)}, or give a .toml path"
+            )
+        text = resources.files("kdcompress.presets").joinpath(f"{name_or_path}.toml").read_text()
+        source = f"builtin:{name_or_path}"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"preset {source} is not valid TOML: {e}") from None
+    return preset_from_dict(raw, default_name=path.stem, source=source)
+
+
+_PRESET_KEYS = {"name", "description", "reference", "variant", "train", "loss"}
+_TERM_KEYS = {"kind", "weight", "warmup_epochs", "params", "name"}
+
+
+def check_term(term: LossTerm, where: str = "") -> None:
+    """A weight is finite and >= 0, a warm-up >= 0: a negative weight would train the student away
+    from the teacher, and a NaN one would poison every step."""
+    if not (math.isfinite(term.weight) and term.weight >= 0):
+        raise UsageError(f"{where}{term.key}.weight={term.weight!r} must be a finite number >= 0")
+    if term.warmup_epochs < 0:
+        raise UsageError(f"{where}{term.key}.warmup_epochs={term.warmup_epochs} must be >= 0")
+
+
+def preset_from_dict(raw: dict[str, Any], default_name: str = "custom", source: str = "") -> Preset:
+    where = source or default_name
+    unknown = set(raw) - _PRESET_KEYS
+    if unknown:
+        k = sorted(unknown)[0]
+        raise UsageError(f"preset {where}: unknown key '{k}'{did_you_mean(k, sorted(_PRESET_KEYS))}")
+    losses = raw.get("loss")
+    if not isinstance(losses, list) or not losses:
+        raise UsageError(f"preset {where}: needs at least one [[loss]] table")
+    terms = []
+    for i, t in enumerate(losses):
+        if not isinstance(t, dict) or "kind" not in t:
+            raise UsageError(f"preset {where}: [[loss]] #{i + 1} needs a 'kind'")
+        bad = set(t) - _TERM_KEYS
+        if bad:
+            k = sorted(bad)[0]
+            raise UsageError(f"preset {where}: [[loss]] '{t['kind']}' has unknown key '{k}'{did_you_mean(k, sorted(_TERM_KEYS))}")
+        term = LossTerm(
+            kind=str(t["kind"]),
+            weight=coerce(float, t.get("weight", 1.0), f"{t['kind']}.weight"),
+            warmup_epochs=coerce(int, t.get("warmup_epochs", 0), f"{t['kind']}.warmup_epochs"),
+            params=dict(t.get("params", {})),
+            name=str(t.get("name", "")),
+        )
+        check_term(term, where=f"preset {where}: ")
+        terms.append(term)
+    keys = [t.key for t in terms]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise UsageError(f"preset {where}: term '{sorted(dup)[0]}' appears twice; give one a distinct `name`")
+    train = build_dataclass(TrainConfig, raw.get("train", {}), prefix="train")
+    preset = Preset(
+        name=str(raw.get("name", default_name)),
+        description=str(raw.get("description", "")),
+        reference=str(raw.get("reference", "")),
+        terms=tuple(terms),
+        train=train,
+        variant=bool(raw.get("variant", False)),
+        source=source,
+    )
+    return preset
+
+
+def apply_overrides(preset: Preset, overrides: list[str] | tuple[str, ...]) -> Preset:
+    """`--set train.lr=0.1`, `--set kd.T=2`, `--set kd.weight=0.5`, `--set dkd.warmup_epochs=5`."""
+    train_updates: dict[str, Any] = {}
+    terms = {t.key: t for t in preset.terms}
+    order = [t.key for t in preset.terms]
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"--set expects key=value, got '{item}'")
+        key, _, raw_value = item.partition("=")
+        key = key.strip()
+        value = parse_value(raw_value.strip())
+        head, dot, tail = key.partition(".")
+        if not dot or not tail:
+            raise UsageError(f"--set key '{key}' must look like train.lr or <term>.<param>")
+        if head == "train":
+            train_updates[tail] = value
+            continue
+        if head not in terms:
+            choices = ["train", *order]
+            raise UsageError(f"--set {key}: no term '{head}' in preset '{preset.name}'{did_you_mean(head, choices)}; "
+                             f"terms: {', '.join(order)}")
+        t = terms[head]
+        if tail == "weight":
+            t = replace(t, weight=coerce(float, value, key))
+        elif tail == "warmup_epochs":
+            t = replace(t, warmup_epochs=coerce(int, value, key))
+        else:
+            t = replace(t, params={**t.params, tail: value})
+        check_term(t, where="--set ")
+        terms[head] = t
+    train = preset.train
+    if train_updates:
+        current = {f.name: getattr(train, f.name) for f in fields(TrainConfig)}
+        for k in train_updates:
+            if k not in current:
+                raise UsageError(f"unknown key 'train.{k}'{did_you_mean(k, list(current))}; train has: {', '.join(current)}")
+        train = build_dataclass(TrainConfig, {**current, **train_updates}, prefix="train")
+    out = replace(preset, terms=tuple(terms[k] for k in order), train=train)
+    return out

@@ -1,0 +1,118 @@
+"""ONNX Runtime session factory and the one latency harness (used by select, validate and benchmarks).
+
+Settings follow what was measured on the project's machines (ENVIRONMENT.md §4): the provider named
+explicitly and checked after creation (onnxruntime-gpu lists CUDA even where it cannot run), intra-op
+threads 1 by default (small models gain nothing from 2 at batch 1), inter-op 1, sequential execution,
+ORT_ENABLE_ALL, spinning left on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EnvironmentProblem, InputError
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def check_onnx(path: Path) -> None:
+    """Validate an ONNX file before anything loads it: exists, parses, passes the full checker."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ONNX file not found: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"ONNX file is empty: {path}")
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # onnx raises ValidationError, DecodeError, InferenceError, OSError ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{path} is not a valid ONNX model: {first[:300]}") from None
+
+
+def make_session(model: Path | bytes, provider: str = "cpu", threads: int | None = None):
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise EnvironmentProblem(f"unknown provider '{provider}'; choose cpu, cuda or tensorrt")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # failed-provider fallbacks are reported by us, in one line
+    wanted = PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if wanted[0] not in available:
+        raise EnvironmentProblem(
+            f"ONNX Runtime provider {wanted[0]} is not installed (available: {', '.join(available)}); "
+            "for cuda install the `gpu` extra (onnxruntime-gpu) instead of onnxruntime")
+    src = str(model) if isinstance(model, Path) else model
+    try:
+        sess = ort.InferenceSession(src, sess_options=so, providers=[p for p in wanted if p in available])
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"ONNX Runtime cannot load the model: {first[:300]}") from None
+    if sess.get_providers()[0] != wanted[0]:
+        raise EnvironmentProblem(
+            f"{wanted[0]} is installed but could not start here (no GPU or missing CUDA libraries); "
+            f"ONNX Runtime fell back to {sess.get_providers()[0]}")
+    return sess
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    min: float
+    iters: int
+    batch: int
+    throughput: float  # images per second at this batch size (batch / mean latency)
+
+    def to_json(self) -> dict[str, float | int]:
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    def stat(self, name: str) -> float:
+        return float(getattr(self, name))
+
+
+def measure_latency(session, shape: tuple[int, ...], *, warmup: int = 20, min_iters: int = 100,
+                    min_time_s: float = 0.3, max_iters: int = 5000, seed: int = 0) -> LatencyStats:
+    """Wall-clock latency of `session.run` on one fixed random input of `shape` (batch first).
+
+    Warm-up first (at least `warmup` runs), then at least `min_iters` runs and at least `min_time_s`
+    seconds (capped at `max_iters`), so the percentiles of fast models rest on thousands of samples.
+    """
+    inp = session.get_inputs()[0]
+    # fed in the graph input's own type (a third-party fp16 model may take float16)
+    dtype = {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(inp.type, np.float32)
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    feed = {inp.name: x}
+    out_names = [session.get_outputs()[0].name]
+    run = session.run
+    for _ in range(warmup):
+        run(out_names, feed)
+    times: list[float] = []
+    t_start = time.perf_counter()
+    while len(times) < max_iters:
+        t0 = time.perf_counter_ns()
+        run(out_names, feed)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+        if len(times) >= min_iters and time.perf_counter() - t_start >= min_time_s:
+            break
+    arr = np.asarray(times)
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    mean = float(arr.mean())
+    return LatencyStats(float(p50), float(p90), float(p99), mean, float(arr.min()), len(arr), shape[0],
+                        shape[0] * 1000.0 / mean)

@@ -1,0 +1,49 @@
+"""InputSpec: what a model eats. Validated where it is built: every value finite, std > 0."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InputError
+
+MAX_PIXELS = 4096 * 4096  # one image's H*W above this is refused (a typo such as 3,22400,224)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model eats: one image's shape (C, H, W), NCHW layout, and per-channel normalisation.
+
+    Images are scaled to [0, 1] and then normalised as (x - mean) / std; an exported ONNX model takes the
+    normalised tensor and carries mean/std in its metadata.
+    """
+
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        c = self.shape[0]
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise InputError(f"input shape must be (C, H, W) with positive sizes, got {self.shape}")
+        if len(self.mean) != c or len(self.std) != c:
+            raise InputError(f"mean/std need {c} values for {c} channels, got {len(self.mean)}/{len(self.std)}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise InputError(f"mean/std must be finite numbers, got mean {self.mean} std {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise InputError(f"std must be > 0, got {self.std}")
+        if self.shape[1] * self.shape[2] > MAX_PIXELS or self.shape[0] > 64:
+            raise InputError(f"input shape {self.shape} is beyond kdcompress's limits (at most 64 channels and "
+                             f"{MAX_PIXELS:,} pixels per image); check --input-shape")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "mean": list(self.mean), "std": list(self.std), "layout": "NCHW"}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> InputSpec:
+        try:
+            return cls(tuple(int(v) for v in d["shape"]), tuple(float(v) for v in d["mean"]),
+                       tuple(float(v) for v in d["std"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"malformed input spec {d!r}: {e}") from None

@@ -1,0 +1,71 @@
+"""Facts about this machine and process: the CPUs it may use, its fingerprint, the training device."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from .errors import EnvironmentProblem
+
+
+def cpu_limit() -> int:
+    """CPUs this process may really use: the affinity mask, capped by a cgroup v2/v1 CPU quota."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = None
+    try:
+        q, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if q != "max":
+            quota = float(q) / float(period)
+    except (OSError, ValueError):
+        try:
+            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+            period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            if q > 0:
+                quota = q / period
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        n = min(n, max(1, int(quota)))
+    return max(1, n)
+
+
+def machine_fingerprint() -> dict[str, object]:
+    import onnxruntime as ort
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus": cpu_limit(), "machine": platform.machine(), "system": platform.system(),
+            "python": platform.python_version(), "onnxruntime": ort.__version__}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EnvironmentProblem(f"--device {name} was requested but no CUDA GPU is available here")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def process_settings(device: torch.device) -> Iterator[None]:
+    """The process-wide switches a training run wants, set once by the entry point and restored on exit
+    (a library caller's process is left as it was): cuDNN autotuning on CUDA (training shapes are fixed by
+    drop_last, so convolutions are tuned once). faiss's BLAS threshold is scoped to each bank search."""
+    old_bench = torch.backends.cudnn.benchmark
+    try:
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old_bench

@@ -1,0 +1,16 @@
+"""The export stage: fp32 ONNX (core.onnxio's conversion) plus fp16/int8 variants, each checked against
+PyTorch at batch 1 and 7."""
+
+from .onnx import (
+           CHECK_BATCHES,
+           DEFAULT_CALIB,
+           ExportOptions,
+           OnnxArtifact,
+           calibration_images,
+           export_onnx,
+           export_variants,
+           variant_path,
+)
+
+__all__ = ["CHECK_BATCHES", "DEFAULT_CALIB", "ExportOptions", "OnnxArtifact", "calibration_images", "export_onnx",
+           "export_variants", "variant_path"]

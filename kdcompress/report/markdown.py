@@ -1,0 +1,190 @@
+"""report.json (versioned schema, for pipelines), report.md and plots (for people).
+
+The schema is kdcompress/report/report.schema.json (shipped in the wheel). `schema_version` changes only when a
+field is removed, renamed or changes type; new fields keep the version (consumers ignore unknown keys).
+Two kinds share it: `distill` (the whole job) and `validate` (ONNX files measured on their own).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import InputError
+from ..core.runio import atomic_write_json, atomic_write_text, read_json
+from .plots import render_plots
+
+SCHEMA_VERSION = 1
+KINDS = ("distill", "validate")
+
+
+def load_schema() -> dict[str, Any]:
+    return json.loads(resources.files("kdcompress.report").joinpath("report.schema.json").read_text())
+
+
+def _ms(d: dict[str, Any] | None, k: str) -> str:
+    return "–" if not d or d.get(k) is None else f"{d[k]:.4f}"
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _models_table(r: dict[str, Any]) -> list[str]:
+    stat = r["gates"]["thresholds"]["budget_stat"]
+    lines = [
+        "| model | file | size | top-1 | top-5 | p50 ms | p90 ms | p99 ms | throughput img/s (batch) "
+        "| max abs diff | agreement | speed-up | Δ acc (pts) | gates |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+    ]
+    t = r.get("teacher")
+    if t:
+        lat, thr = t["latency_ms"], t.get("throughput") or {}
+        lines.append(f"| teacher | `{Path(t.get('onnx') or '').name}` | {_size(t.get('bytes'))} | {_pct(t['accuracy'])} | "
+                     f"{_pct(t.get('accuracy_top5'))} | {_ms(lat, 'p50')} | {_ms(lat, 'p90')} | {_ms(lat, 'p99')} | "
+                     f"{_num(thr.get('throughput'), ',.0f')} ({thr.get('batch', '–')}) | | | 1.00x | | |")
+    for v in r["variants"]:
+        lat, thr, par = v["latency_ms"], v["throughput"], v.get("parity") or {}
+        name = f"**{v['name']}** (recommended)" if v["recommended"] else v["name"]
+        delta = v.get("accuracy_delta_vs_teacher")
+        lines.append(
+            f"| {name} | `{Path(v['onnx']).name}` | {_size(v['bytes'])} | {_pct(v['accuracy'])} | "
+            f"{_pct(v.get('accuracy_top5'))} | {_ms(lat, 'p50')} | {_ms(lat, 'p90')} | {_ms(lat, 'p99')} | "
+            f"{thr['throughput']:,.0f} ({thr['batch']}) | {_num(par.get('max_abs_diff'), '.3g')} | "
+            f"{_pct(par.get('top1_agreement'))} | {_num(v.get('speedup_vs_teacher'), '.2f')}x | "
+            f"{_num(None if delta is None else 100 * delta, '+.2f')} | {'pass' if v['passed'] else '**FAIL**'} |")
+    lines += ["", f"Latency is batch {r['variants'][0]['latency_ms']['batch'] if r['variants'] else 1}; gates use "
+              f"{stat}. Speed-up is the teacher's p50 over the model's."]
+    return lines
+
+
+def _size(b: int | None) -> str:
+    if b is None:
+        return "–"
+    return f"{b / 1e6:.2f} MB" if b >= 1e6 else f"{b / 1e3:.1f} kB"
+
+
+def _gates_section(r: dict[str, Any]) -> list[str]:
+    g = r["gates"]
+    th = g["thresholds"]
+    set_ = [f"{k} = {v}" for k, v in th.items() if v is not None and k != "budget_stat"]
+    lines = ["## Gates", "",
+             f"Thresholds: {', '.join(set_) or 'none given'} (stat {th['budget_stat']}); the parity gate applies "
+             "per-variant tolerances whenever the PyTorch model is at hand.", ""]
+    rec = r.get("recommended")
+    lines.append(f"**Result: {'PASS' if g['passed'] else 'FAIL'}.** " + (
+        f"Recommended variant: **{rec}** (the fastest that passes every gate, never slower than fp32)."
+        if rec else "No variant passes every gate; the command exits with code 5."))
+    if g["failed"]:
+        lines += ["", "| variant | gate | value | threshold | detail |", "|---|---|---:|---:|---|"]
+        lines += [f"| {f['variant']} | {f['gate']} | {f['value']:.4g} | {f['threshold']:.4g} | {f['detail']} |"
+                  for f in g["failed"]]
+    return lines
+
+
+def _per_class(r: dict[str, Any], limit: int = 40) -> list[str]:
+    classes = r["data"]["classes"]
+    cols = ([("teacher", r["teacher"])] if r.get("teacher") else []) + [(v["name"], v) for v in r["variants"]]
+    if not classes or not cols:
+        return []
+    lines = ["## Per-class test accuracy", "", "| class | " + " | ".join(c for c, _ in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for c in classes[:limit]:
+        lines.append(f"| {c} | " + " | ".join(_pct((m.get("per_class_accuracy") or {}).get(c)) for _, m in cols) + " |")
+    if len(classes) > limit:
+        lines.append(f"| … {len(classes) - limit} more in report.json | " + " | ".join("" for _ in cols) + " |")
+    return lines
+
+
+def _distill_section(r: dict[str, Any]) -> list[str]:
+    s, t, p = r["student"], r["teacher"], r["parity"]
+    budget = r.get("budget_ms")
+    lines = [
+        f"Preset **{r['preset']['name']}**"
+        + (" (kdcompress variant: the paper's exact form is unconfirmed)" if r['preset'].get('variant') else "")
+        + f": {r['preset']['description']}  ",
+        f"Reference: {r['preset']['reference']}",
+        "",
+        f"- Teacher {t['arch']} ({t['params']:,} params, {'unknown' if t.get('flops') is None else format(t['flops'], ',')} FLOPs) -> student {s['arch']} "
+        f"({s['params']:,} params, {s['flops']:,} FLOPs).",
+        f"- Budget: {'none' if budget is None else f'{budget:g} ms'} ({r['budget_stat']}, batch "
+        f"{s['latency_ms']['batch']}); the fp32 student {'meets' if s.get('meets_budget') else 'MISSES'} it.",
+        f"- fp32 speed-up over the teacher (p50): {r['speedup']:.2f}x; accuracy change: "
+        f"{100 * r['accuracy_delta']:+.2f} points"
+        + (f" ({100 * r['accuracy_ratio']:.1f}% of the teacher's)." if r.get("accuracy_ratio") else "."),
+        f"- fp32 ONNX Runtime vs PyTorch on {p['samples']} test images: max |diff| {p['max_abs_diff']:.3g}, "
+        f"top-1 agreement {_pct(p['top1_agreement'])}.",
+        f"- Training: {r['epochs']} epochs in {r['training']['seconds']:.1f} s; best validation accuracy "
+        f"{_pct(s.get('val_accuracy_best'))} at epoch {s.get('best_epoch')} (final epoch "
+        f"{_pct(s.get('val_accuracy_final'))}); the shipped weights are the best-validation epoch's.",
+        "",
+        "## Candidates measured for selection",
+        "",
+        "| candidate | params | FLOPs | p50 ms | p90 ms | fits | chosen |",
+        "|---|---:|---:|---:|---:|:-:|:-:|",
+    ]
+    sel = r.get("selection") or {}
+    chosen = (sel.get("chosen") or {}).get("name")
+    for c in sel.get("candidates", []):
+        lat = c["latency_ms"]
+        lines.append(f"| {c['name']} | {c['params']:,} | {c['flops']:,} | {lat['p50']:.4f} | {lat['p90']:.4f} | "
+                     f"{'yes' if c['fits'] else 'no'} | {'**yes**' if c['name'] == chosen else ''} |")
+    if sel.get("teacher_meets_budget"):
+        lines += ["", "> Warning: the teacher itself meets this budget; a student buys speed you may not need."]
+    return lines
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    title = (f"# kdcompress report: {r['preset']['name']} on {r['data']['name']}" if r["kind"] == "distill"
+             else f"# kdcompress validation on {r['data']['name']}")
+    lines = [title, "",
+             f"Created {r['created']} by kdcompress {r['kdcompress_version']} on {m.get('cpu', '?')} "
+             f"({m.get('cpus', '?')} CPUs), ONNX Runtime {m.get('onnxruntime', '?')} `{r['provider']}` with "
+             f"{r['threads']} thread(s)" + (f"; training device `{r['device']}`." if r.get("device") else "."), ""]
+    if r["kind"] == "distill":
+        lines += _distill_section(r) + [""]
+    lines += ["## Models in ONNX Runtime", ""] + _models_table(r) + [""] + _gates_section(r) + [""]
+    plots = r.get("plots") or []
+    if plots:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    lines += _per_class(r) + [""]
+    files = [f"- `{v['onnx']}` ({v['name']}, sha256 `{v['sha256'][:16]}…`)" for v in r["variants"]]
+    if r["kind"] == "distill":
+        files.append(f"- `{r['student']['checkpoint']}` (PyTorch checkpoint)")
+    lines += ["## Files", "", *files, ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Plots, then report.json (naming them), then report.md, all into `root`. Returns the report."""
+    root = Path(root)
+    report = {**report, "plots": render_plots(report, root)}
+    atomic_write_json(root / "report.json", report)
+    atomic_write_text(root / "report.md", render_markdown(report))
+    return report
+
+
+def rerender(root: Path) -> dict[str, Any]:
+    """Redraw report.md and the plots of a run (or a `validate --out` directory) from its report.json."""
+    root = Path(root)
+    path = root / "report.json" if root.is_dir() else root
+    report = read_json(path)
+    if not isinstance(report, dict):
+        raise InputError(f"{path} does not hold a kdcompress report (not a JSON object)")
+    version = report.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise InputError(f"{path} has schema_version {version!r}; this kdcompress reads up to {SCHEMA_VERSION}")
+    if report.get("kind", "distill") not in KINDS:
+        raise InputError(f"{path}: unknown report kind {report.get('kind')!r}")
+    report.setdefault("kind", "distill")
+    try:
+        return write_report(report, path.parent)
+    except (KeyError, TypeError) as e:
+        raise InputError(f"{path} lacks a field the report needs: {e}") from None

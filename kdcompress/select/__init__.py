@@ -1,0 +1,8 @@
+"""The select stage: candidates x InputSpec x Budget -> Selection, measured in ONNX Runtime (cached per
+machine fingerprint); the Pareto plot and the table of the ladder."""
+
+from .search import Candidate, LatencyCache, Selection, measure_cached, measure_model, plausible, select
+from .view import pareto_front, print_table, save_pareto_plot
+
+__all__ = ["Candidate", "LatencyCache", "Selection", "measure_cached", "measure_model", "pareto_front", "plausible",
+           "print_table", "save_pareto_plot", "select"]

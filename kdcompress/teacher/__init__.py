@@ -1,0 +1,7 @@
+"""The teacher stage: every teacher file format -> one `Teacher` (logits, the embedding where reachable,
+classes, input spec). `load_teacher` is the one entry point; `teacher_onnx_bytes` gives it as ONNX."""
+
+from .formats import load_teacher
+from .model import Teacher, teacher_onnx_bytes
+
+__all__ = ["Teacher", "load_teacher", "teacher_onnx_bytes"]

@@ -1,0 +1,428 @@
+"""Reading teachers in the formats people already have, into one `Teacher`.
+
+    *.onnx                     ONNX, checked with onnx.checker, run in ONNX Runtime (logits only)
+    TorchScript archive        torch.jit.load (a zip with code/); features when forward_features survives
+    torch.save'd dict          kdcompress checkpoint; a plain state_dict (needs --teacher-arch); a dict
+                               with the weights under state_dict / model / model_state_dict
+    pickled nn.Module          only with --trust-checkpoint (unpickling can run arbitrary code)
+
+Everything torch.save wrote is read with weights_only=True unless the user trusts the file, so a
+malicious pickle cannot run. TorchScript archives hold TorchScript code and tensors, not Python pickles
+of arbitrary classes, so they load without the flag.
+
+Input shape, mean/std and class names come from the flags (they win) or what the file records; a
+missing one is a one-line error naming its flag. The class count of a complete model is its output width.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..core.checkpoint import FORMAT, file_sha256
+from ..core.config import TeacherOptions
+from ..core.errors import InputError, UsageError
+from ..core.registry import did_you_mean
+from ..core.runio import safe_torch_load
+from ..core.spec import InputSpec
+from ..students.checkpoint import model_from_kdcompress_dict
+from .model import EMBED_HOOK, EMBED_TIMM, Teacher, forward_with_embed
+
+WEIGHT_KEYS = ("state_dict", "model_state_dict", "model")
+STRIP_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
+TORCHSCRIPT_META = "kdcompress.json"  # optional extra file in a TorchScript archive: classes, input_spec
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a file says about itself (any of it may be missing)."""
+
+    arch: str | None = None
+    classes: tuple[str, ...] | None = None
+    num_classes: int | None = None
+    shape: tuple[int, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    metrics: dict[str, Any] | None = None
+
+
+def detect_format(path: Path) -> str:
+    if not path.exists():
+        raise InputError(f"teacher file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"expected a teacher file, got a directory: {path}")
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            names = []
+        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+    return "torch"
+
+
+def load_any(path: Path, options: TeacherOptions, *, trust: bool) -> Teacher:
+    fmt = detect_format(path)
+    if fmt == "onnx":
+        return _load_onnx(path, options)
+    if fmt == "torchscript":
+        return _load_torchscript(path, options)
+    with warnings.catch_warnings():
+        # torch warns about the protocol of plain (non-zip) pickles before refusing or reading them; the
+        # outcome is reported in one line, the warning would be a second one
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        obj = safe_torch_load(path, trust=trust)
+    if isinstance(obj, nn.Module):  # only reachable with trust=True
+        return _finish(path, obj, "pickle", type(obj).__name__, _recorded_from_module(obj), options)
+    if not isinstance(obj, dict):
+        raise InputError(f"{path} holds a {type(obj).__name__}, not a model or its weights")
+    if obj.get("format") == FORMAT:
+        model = model_from_kdcompress_dict(path, obj)
+        rec = Recorded(arch=str(obj["arch"]), classes=tuple(str(c) for c in obj["classes"]),
+                       metrics=dict(obj.get("metrics", {})), **_spec_fields(obj.get("input_spec")))
+        return _finish(path, model, "kdcompress", rec.arch or "", rec, options)
+    if _is_state_dict(obj):
+        return _from_state_dict(path, obj, Recorded(), options, "state_dict")
+    rec = _recorded_from_dict(obj)
+    for key in WEIGHT_KEYS:
+        v = obj.get(key)
+        if isinstance(v, nn.Module):  # {'model': module}: pickled code, so trust was given
+            return _finish(path, v, "pickle", type(v).__name__, rec, options)
+        if isinstance(v, dict) and _is_state_dict(v):
+            return _from_state_dict(path, v, rec, options, "checkpoint")
+    raise InputError(f"{path} holds a dict without model weights: expected a state_dict or weights under "
+                     f"one of {', '.join(WEIGHT_KEYS)} (keys found: {', '.join(map(str, list(obj)[:8]))})")
+
+
+# --------------------------------------------------------------------------------- recorded metadata
+
+
+def _spec_fields(d: Any) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for src, dst in (("shape", "shape"), ("input_shape", "shape"), ("input_size", "shape"),
+                     ("mean", "mean"), ("std", "std")):
+        v = d.get(src)
+        if isinstance(v, (list, tuple)) and v and all(isinstance(e, (int, float)) for e in v):
+            out[dst] = tuple(int(e) for e in v) if dst == "shape" else tuple(float(e) for e in v)
+    return out
+
+
+def _class_names(v: Any) -> tuple[str, ...] | None:
+    if isinstance(v, (list, tuple)) and v:
+        return tuple(str(c) for c in v)
+    if isinstance(v, dict) and v:  # class_to_idx {name: i} or idx_to_class {i: name}
+        items = list(v.items())
+        if all(isinstance(i, int) for _, i in items):
+            return tuple(str(n) for n, _ in sorted(items, key=lambda kv: kv[1]))
+        if all(isinstance(i, int) for i, _ in items):
+            return tuple(str(n) for _, n in sorted(items))
+    return None
+
+
+def _recorded_from_dict(obj: dict[str, Any]) -> Recorded:
+    classes = None
+    for key in ("classes", "class_names", "class_to_idx", "idx_to_class"):
+        classes = classes or _class_names(obj.get(key))
+    nc = obj.get("num_classes")
+    arch = obj.get("arch")
+    fields = _spec_fields(obj.get("input_spec")) or _spec_fields(obj)
+    return Recorded(arch=arch if isinstance(arch, str) else None, classes=classes,
+                    num_classes=nc if isinstance(nc, int) and not isinstance(nc, bool) else None, **fields)
+
+
+def _recorded_from_module(m: nn.Module) -> Recorded:
+    classes = None
+    for key in ("classes", "class_names"):
+        classes = classes or _class_names(getattr(m, key, None))
+    return Recorded(classes=classes)
+
+
+def _is_state_dict(d: dict[str, Any]) -> bool:
+    return bool(d) and all(isinstance(k, str) for k in d) and all(isinstance(v, Tensor) for v in d.values())
+
+
+def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    for prefix in STRIP_PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+# --------------------------------------------------------------------------------- resolution
+
+
+def _resolve_spec(path: Path, rec: Recorded, opt: TeacherOptions) -> InputSpec:
+    shape = opt.input_shape or rec.shape
+    mean = opt.mean or rec.mean
+    std = opt.std or rec.std
+    missing = [flag for flag, v in (("--input-shape C,H,W", shape), ("--mean", mean), ("--std", std)) if v is None]
+    if missing:
+        raise UsageError(f"teacher {path} does not record its input " + ("shape and normalisation" if len(missing) > 1
+                         else "shape" if shape is None else "normalisation")
+                         + f"; give {' and '.join(missing)}")
+    if len(shape) != 3:
+        raise InputError(f"teacher {path}: input shape {shape} is not (C, H, W)")
+    c = shape[0]
+    mean = mean * c if len(mean) == 1 else mean  # one value for every channel
+    std = std * c if len(std) == 1 else std
+    if len(mean) != c or len(std) != c:
+        raise UsageError(f"teacher {path} takes {c} channel(s): --mean/--std need 1 or {c} values, "
+                         f"got {len(mean)}/{len(std)}")
+    return InputSpec(tuple(shape), tuple(mean), tuple(std))  # type: ignore[arg-type]
+
+
+def _resolve_classes(path: Path, rec: Recorded, opt: TeacherOptions, outputs: int | None) -> tuple[str, ...]:
+    """Names from --classes or the file; a count from --num-classes, the file or the model's output width.
+    Without names the classes are "0".."K-1" (index names: only the count is checked against the data)."""
+    names = opt.classes or rec.classes
+    count = opt.num_classes or (len(names) if names else None) or rec.num_classes or outputs
+    if count is None:
+        raise UsageError(f"teacher {path} does not record its classes; give --num-classes N or --classes a,b,...")
+    if names is not None and len(names) != count:
+        raise UsageError(f"teacher {path}: --num-classes gives {count} classes but "
+                         f"{'--classes' if opt.classes else 'the file'} names {len(names)}")
+    if outputs is not None and outputs != count:
+        src = "--classes" if opt.classes else "--num-classes" if opt.num_classes else "the checkpoint"
+        raise InputError(f"teacher {path} outputs {outputs} logits but {src} gives {count} classes")
+    return names or tuple(str(i) for i in range(count))
+
+
+# --------------------------------------------------------------------------------- torch formats
+
+
+def _from_state_dict(path: Path, state: dict[str, Tensor], rec: Recorded, opt: TeacherOptions,
+                     fmt: str) -> Teacher:
+    arch = opt.arch or rec.arch
+    if not arch:
+        raise UsageError(f"teacher {path} holds only weights; give --teacher-arch NAME (a torchvision model "
+                         "such as resnet18, or a kdcompress zoo name such as resnet8x4)")
+    spec = _resolve_spec(path, rec, opt)
+    if not (opt.classes or opt.num_classes or rec.classes or rec.num_classes):  # needed to build the model
+        raise UsageError(f"teacher {path} does not record its classes; give --num-classes N or --classes a,b,...")
+    classes = _resolve_classes(path, rec, opt, None)
+    state = _strip_prefixes(state)
+    errors = []
+    for label, model in build_arch(arch, len(classes), spec):
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            errors.append(f"{label}: {' '.join(str(e).split())[:220]}")
+            continue
+        return _finish(path, model.eval(), fmt, label, rec, opt, spec=spec)
+    bare = arch.rpartition(":")[2]
+    if spec.shape[0] != 3 and not arch.startswith(("zoo:", "kdcompress:")) and _is_torchvision(bare):
+        # the zoo has a model of this name too (it adapts to any channel count) and it did not fit: these are
+        # most likely torchvision weights, which need 3-channel input
+        raise UsageError(f"torchvision's {bare} takes 3-channel images but the input shape has {spec.shape[0]} "
+                         f"channel(s); give --input-shape 3,H,W (the kdcompress zoo's {bare} did not fit these "
+                         "weights either)")
+    raise InputError(f"teacher {path}: the weights do not fit --teacher-arch {arch} with {len(classes)} "
+                     f"classes ({errors[0]})")
+
+
+def _is_torchvision(name: str) -> bool:
+    import torchvision
+
+    return name in torchvision.models.list_models(module=torchvision.models)
+
+
+def build_arch(name: str, num_classes: int, spec: InputSpec) -> list[tuple[str, nn.Module]]:
+    """Candidate models for an architecture name: the kdcompress zoo, then torchvision (weights=None,
+    nothing downloaded). `torchvision:NAME` or `zoo:NAME` picks one side when a name exists in both."""
+    import torchvision
+
+    from ..students.registry import STUDENTS
+
+    side, _, bare = name.rpartition(":")
+    tv_names = torchvision.models.list_models(module=torchvision.models)
+    zoo_names = list(STUDENTS.names())
+    out: list[tuple[str, nn.Module]] = []
+    if side in ("", "zoo", "kdcompress") and bare in zoo_names:
+        out.append((bare, STUDENTS.get(bare).build(num_classes, spec)))
+    if side in ("", "torchvision") and bare in tv_names:
+        if spec.shape[0] != 3:
+            if not out:
+                raise UsageError(f"torchvision's {bare} takes 3-channel images but the input shape has "
+                                 f"{spec.shape[0]} channel(s); give --input-shape 3,H,W")
+        else:
+            try:
+                model = torchvision.models.get_model(bare, weights=None, num_classes=num_classes)
+            except (TypeError, ValueError) as e:
+                raise UsageError(f"torchvision cannot build {bare}: {e}") from None
+            out.append((f"torchvision:{bare}", model))
+    if not out:
+        raise UsageError(f"unknown --teacher-arch '{name}'{did_you_mean(bare, zoo_names + tv_names)}; "
+                         "give a torchvision classification model or a kdcompress zoo name")
+    return out
+
+
+def _load_torchscript(path: Path, opt: TeacherOptions) -> Teacher:
+    extra = {TORCHSCRIPT_META: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": not the user's to act on
+            model = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as e:  # RuntimeError for a corrupt archive, others from the deserialiser
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{path} is not a loadable TorchScript model: {first[:200]}") from None
+    rec = Recorded()
+    if extra[TORCHSCRIPT_META]:
+        try:
+            rec = _recorded_from_dict(json.loads(extra[TORCHSCRIPT_META]))
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise InputError(f"{path}: its {TORCHSCRIPT_META} entry is not a JSON object") from None
+    name = getattr(model, "original_name", type(model).__name__)
+    return _finish(path, model.eval(), "torchscript", f"torchscript:{name}", rec, opt)
+
+
+def _finish(path: Path, model: nn.Module, fmt: str, arch: str, rec: Recorded, opt: TeacherOptions,
+            spec: InputSpec | None = None) -> Teacher:
+    """Probe the model once: it must take the input shape and return (batch, classes) logits; find how to
+    reach its penultimate embedding (timm-style methods, else the classifier Linear's input); count FLOPs."""
+    from ..students.registry import capacity
+
+    spec = spec or _resolve_spec(path, rec, opt)
+    model = model.float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.zeros((2, *spec.shape))
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"teacher {path} does not accept input of shape {tuple(x.shape)}: {first[:200]}; "
+                         "check --input-shape") from None
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise InputError(f"teacher {path} returns {shape}, not logits of shape (batch, classes)")
+    classes = _resolve_classes(path, rec, opt, int(logits.shape[1]))
+    via, head, dim = _find_embedding(model, x, logits)
+    flops: int | None = None
+    if not isinstance(model, OrtTeacher):  # ORT runs outside torch: its FLOPs cannot be counted here
+        try:
+            flops = capacity(model, spec).flops
+        except Exception:  # some scripted or exotic modules defeat the FLOP counter; leave it unknown
+            flops = None
+    return Teacher(model=model, arch=arch, classes=classes, input_spec=spec, embed_dim=dim,
+                   params=sum(p.numel() for p in model.parameters()), path=path, sha256=file_sha256(path),
+                   metrics=dict(rec.metrics or {}), format=fmt, flops=flops, embed_via=via, head=head)
+
+
+def _find_embedding(model: nn.Module, x: Tensor, logits: Tensor) -> tuple[str | None, str | None, int | None]:
+    """An embedding counts only if the logits computed from it equal the model's own output."""
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        try:
+            with torch.no_grad():
+                lg, emb = forward_with_embed(model, x, EMBED_TIMM, None)
+            if lg.shape == logits.shape and torch.allclose(lg, logits, atol=1e-5) and emb.dim() == 2:
+                return EMBED_TIMM, None, int(emb.shape[1])
+        except Exception:  # the methods exist but take other arguments: try the hook
+            pass
+    if isinstance(model, torch.jit.ScriptModule):
+        return None, None, None  # hooks do not run inside TorchScript
+    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == logits.shape[1]]
+    for name, _ in reversed(heads):
+        try:
+            with torch.no_grad():
+                lg, emb = forward_with_embed(model, x, EMBED_HOOK, name)
+        except Exception:
+            continue
+        if torch.allclose(lg, logits, atol=1e-5) and emb.shape[0] == x.shape[0]:
+            return EMBED_HOOK, name, int(emb.shape[1])
+    return None, None, None
+
+
+# --------------------------------------------------------------------------------- ONNX
+
+
+class OrtTeacher(nn.Module):
+    """An ONNX teacher behind nn.Module's forward (logits only), so training calls it like any teacher.
+
+    Runs on the CPU provider with all the CPUs this process may use; a CUDA input is run with the CUDA
+    provider when it starts here. A model exported with a fixed batch is fed in chunks of that batch."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+        self._sessions: dict[str, Any] = {}
+        sess = self._session("cpu")
+        inp = sess.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_name = sess.get_outputs()[0].name
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+
+    def _session(self, kind: str):
+        if kind not in self._sessions:
+            from ..core.errors import EnvironmentProblem
+            from ..core.ortbench import make_session
+            from ..core.system import cpu_limit
+
+            if kind == "cuda":
+                try:
+                    self._sessions[kind] = make_session(self.path, "cuda")
+                except EnvironmentProblem:
+                    self._sessions[kind] = self._session("cpu")
+            else:
+                self._sessions[kind] = make_session(self.path, "cpu", cpu_limit())
+        return self._sessions[kind]
+
+    def forward(self, x: Tensor) -> Tensor:
+        sess = self._session("cuda" if x.is_cuda else "cpu")
+        arr = x.detach().float().cpu().numpy()
+        step = self.fixed_batch or max(len(arr), 1)
+        outs = [sess.run([self.output_name], {self.input_name: arr[i:i + step]})[0] for i in range(0, len(arr), step)]
+        return torch.from_numpy(np.concatenate(outs)).to(x.device)
+
+    def __deepcopy__(self, memo):  # an ORT session cannot be copied; a fresh one over the same file is equal
+        return OrtTeacher(self.path)
+
+
+def _load_onnx(path: Path, opt: TeacherOptions) -> Teacher:
+    import onnx
+
+    from ..core.ortbench import check_onnx
+
+    check_onnx(path)
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    raw: dict[str, Any] = {}
+    for key in ("classes", "mean", "std", "input_shape"):
+        if key in meta:
+            try:
+                raw[key] = json.loads(meta[key])
+            except json.JSONDecodeError:
+                raw[key] = None
+    graph_in = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    if len(graph_in) != 1:
+        raise InputError(f"ONNX teacher {path} has {len(graph_in)} inputs; expected one image tensor")
+    dims = graph_in[0].type.tensor_type.shape.dim
+    if "input_shape" not in raw and len(dims) == 4 and all(d.HasField("dim_value") for d in dims[1:]):
+        raw["input_shape"] = [d.dim_value for d in dims[1:]]
+    rec = _recorded_from_dict(raw)
+    spec = _resolve_spec(path, rec, opt)
+    t = _finish(path, OrtTeacher(path), "onnx", f"onnx:{proto.graph.name or path.stem}", rec, opt, spec=spec)
+    params = sum(math.prod(init.dims) for init in proto.graph.initializer)
+    return replace(t, params=params)
+
+
+def load_teacher(path: Path, *, trust: bool = False, options: TeacherOptions | None = None) -> Teacher:
+    """Load a teacher in any supported format (see this module); flags in `options` override what
+    the file records. Pickled code runs only with trust=True (--trust-checkpoint)."""
+    from .formats import load_any
+
+    return load_any(Path(path), options or TeacherOptions(), trust=trust)

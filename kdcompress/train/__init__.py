@@ -1,0 +1,9 @@
+"""The train stage: the loop (loop.py), the step engine (step.py), augmentation on the device, torchrun/DDP
+(distributed.py) and SIGINT/SIGTERM handling (interrupt.py). It trains whatever student and objective the
+pipeline hands it; it imports no other stage."""
+
+from .distributed import SINGLE, Dist
+from .distributed import setup as setup_distributed
+from .loop import TrainResult, evaluate, train
+
+__all__ = ["SINGLE", "Dist", "TrainResult", "evaluate", "setup_distributed", "train"]

@@ -1,0 +1,356 @@
+"""The training loop: distillation (or plain CE for teachers), validation each epoch, best weights kept,
+checkpoints and resume, NaN guard, SIGINT/SIGTERM, torchrun, progress. The step itself (bf16 autocast,
+channels_last, DDP, torch.compile) is trainstep.py's.
+
+Epochs are 1-indexed everywhere (warm-up omega(e) = min(e/E_w, 1) and the LR schedule), and the learning
+rate is derived from the epoch number, so a resumed run needs no scheduler state; bf16 needs no GradScaler.
+
+Never lose a run. `checkpoints/last.pt` (student, optimizer, objective incl. a projector, epoch, RNG states,
+history, best) is written atomically after every epoch and when SIGINT/SIGTERM arrives: the current step
+finishes and the checkpoint records the step boundary reached (`step` batches of the next epoch). A resumed
+run skips exactly those batches of the same deterministic permutation and restores every RNG state and the
+epoch's partial loss sums, so an interrupted run ends with the weights an uninterrupted one would have.
+(Mid-epoch resume needs the same number of processes; epoch-boundary resume works with any.) The global
+torch RNG and the augmentation generator are re-seeded from (seed, epoch, rank) at each epoch start, so an
+epoch-boundary checkpoint needs no RNG state at all. A NaN/inf loss stops the run (exit 6) before any
+checkpoint of the diverged weights is written. Under torchrun, rank 0 alone reads and writes the run
+directory and broadcasts what the others need (distributed.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from ..core.checkpoint import save_checkpoint
+from ..core.config import Preset, TrainConfig
+from ..core.errors import InputError, Interrupted, TrainingError, UsageError
+from ..core.runio import RunDir, atomic_torch_save, safe_torch_load
+from ..core.spec import InputSpec
+from ..core.splits import DataSplits
+from ..core.types import LossContext, PrepareContext, TeacherLike
+from .distributed import SINGLE, Dist
+from .interrupt import GracefulStop, signal_name
+from .step import Feeder, StepEngine
+
+POLL_STEPS = 16  # GPU or torchrun: steps between looks at the NaN guard and stop requests (each is a sync)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    arch: str
+    checkpoint: Path
+    epochs: int
+    best_epoch: int
+    best_val_accuracy: float
+    final_val_accuracy: float
+    history: tuple[dict[str, Any], ...]
+    seconds: float
+    device: str
+    resumed_from_epoch: int
+    world_size: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arch": self.arch, "checkpoint": str(self.checkpoint), "epochs": self.epochs,
+                "best_epoch": self.best_epoch, "best_val_accuracy": self.best_val_accuracy,
+                "final_val_accuracy": self.final_val_accuracy, "history": list(self.history),
+                "seconds": round(self.seconds, 3), "device": self.device,
+                "resumed_from_epoch": self.resumed_from_epoch, "world_size": self.world_size}
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """Learning rate for 1-indexed `epoch`. step: x gamma for each milestone already passed (epochs
+    151-180 of mdistiller's 240 run at lr/10); cosine: half-cosine from lr to 0 over the run."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** sum(epoch > m for m in cfg.scaled_milestones())
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / cfg.epochs))
+
+
+def _optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
+    """Independent seeds per (run seed, epoch, rank, stream): 0 the global torch RNG, 1 augmentation."""
+    h = hashlib.blake2b(f"{seed}:{epoch}:{rank}:{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & (2**63 - 1)
+
+
+def _prepare(objective: nn.Module, ctx: PrepareContext, run: RunDir, fingerprint: dict[str, Any]) -> Any:
+    """Run the losses' prepare() once and save the result, or load what an earlier run of the same
+    configuration saved (the fingerprint guards a prepared.pt left by a different configuration; an
+    unreadable one is recomputed: it is derived data). Returns the prepared state (CPU tensors)."""
+    if run.prepared.exists():
+        try:
+            saved = safe_torch_load(run.prepared)
+        except InputError as e:
+            ctx.console.print(f"[yellow]warning:[/] {e.message}; recomputing it")
+            saved = None
+        if isinstance(saved, dict) and saved.get("fingerprint") == fingerprint:
+            objective.load_prepared(saved["losses"], ctx)
+            ctx.console.print(f"[dim]reusing prepared state from {run.prepared}[/]")
+            return saved["losses"]
+    objective.prepare(ctx)
+    state = objective.prepared_state()
+    atomic_torch_save({"fingerprint": fingerprint, "losses": state}, run.prepared)
+    return state
+
+
+def _read_checkpoint(run: RunDir, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    if not run.last_checkpoint.exists():
+        return None
+    try:
+        ck = safe_torch_load(run.last_checkpoint)
+    except InputError as e:
+        raise InputError(f"{e.message}; use --restart to start over") from None
+    if not isinstance(ck, dict) or not {"fingerprint", "epoch", "student", "optimizer"} <= set(ck):
+        raise InputError(f"{run.last_checkpoint} is not a kdcompress training checkpoint; use --restart to start over")
+    if ck.get("fingerprint") != fingerprint:
+        raise UsageError(f"{run.root} holds a run with a different configuration; "
+                         "use --restart to start over or another --out")
+    return ck
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "aug": gen.get_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _accumulate(sums: dict[str, torch.Tensor], loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+    """Running sums on the device, in float64; nothing is read back to the host here."""
+    for k, v in (("loss", loss), *parts.items()):
+        v = torch.as_tensor(v, device=loss.device).double()
+        sums[k] = sums[k] + v if k in sums else v
+
+
+def _elapsed(since: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the step's kernels are asynchronous: count them finished
+    return time.perf_counter() - since
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: Any, spec: InputSpec, device: torch.device, dist: Dist = SINGLE,
+             batch_size: int = 256) -> float:
+    """Top-1 accuracy (fp32, eval mode) over `split`, each rank scoring its shard; a sample a rank saw twice
+    (shards are padded to equal length) counts once, so the result equals a single process's."""
+    was_training = model.training
+    model.eval()
+    n = len(split)
+    hit = torch.zeros(n, dtype=torch.float64)
+    mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
+    for b in split.batches(batch_size, rank=dist.rank, world=dist.world):
+        x = (b.x.to(device, non_blocking=True) - mean) / std
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        pred = model(x).argmax(1).cpu()
+        hit[b.index.cpu()] = (pred == b.y.cpu()).double()
+    model.train(was_training)
+    if n == 0:
+        return float("nan")
+    return float(dist.max(hit).sum() / n)
+
+
+def train(*, arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, teacher: TeacherLike | None,
+          run: RunDir, device: torch.device, fingerprint: dict[str, Any], make_student: Callable[[], nn.Module],
+          make_objective: Callable[[LossContext], nn.Module], console: Console | None = None,
+          restart: bool = False, dist: Dist = SINGLE, compile: bool = False) -> TrainResult:
+    """Train `make_student()` (built after seeding) against `make_objective(ctx)` (the losses stage's
+    Objective, composed by the pipeline: the trainer never imports a loss or a zoo model)."""
+    console = console or Console(stderr=True)
+    if preset.needs_teacher and teacher is None:
+        raise UsageError(f"preset '{preset.name}' distils from a teacher; give --teacher")
+    if teacher is not None and teacher.num_classes != splits.num_classes:
+        raise InputError(f"teacher has {teacher.num_classes} classes but the data has {splits.num_classes}")
+    if len(splits.train) < 2:
+        raise InputError(f"training split of {splits.name} has {len(splits.train)} sample(s); need at least 2")
+
+    with contextlib.ExitStack() as held:
+
+        def setup_dir() -> None:  # rank 0: the run directory, locked for the whole training
+            run.prepare()
+            held.enter_context(run.lock())
+            if restart and run.checkpoints.exists():
+                shutil.rmtree(run.checkpoints)
+                run.prepare()
+            run.remove_stale_tmp()
+
+        dist.on_main(setup_dir)
+        with GracefulStop() as stop:
+            return _train(arch, splits, spec, preset, teacher, run, device, fingerprint, console, dist, compile, stop,
+                          make_student, make_objective)
+
+
+def _train(arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, teacher: TeacherLike | None, run: RunDir,
+           device: torch.device, fingerprint: dict[str, Any], console: Console, dist: Dist, compile: bool,
+           stop: GracefulStop, make_student: Callable[[], nn.Module],
+           make_objective: Callable[[LossContext], nn.Module]) -> TrainResult:
+    cfg = preset.train
+    cuda = device.type == "cuda"
+    torch.manual_seed(cfg.seed)
+    student = make_student().to(device)
+    if cuda:
+        student = student.to(memory_format=torch.channels_last)
+    if teacher is not None:
+        teacher = teacher.to(device)  # eval mode, channels_last on CUDA
+    ctx = LossContext(splits.num_classes, getattr(student, "embed_dim", None),
+                      teacher.embed_dim if teacher is not None else None)
+    objective = make_objective(ctx).to(device)
+    if teacher is not None:
+        teacher.check_needs(objective.needs, preset.name)
+    opt = _optimizer(cfg, [p for p in student.parameters()] + [p for p in objective.parameters()])
+    gen = torch.Generator()
+
+    start_epoch, skip, history, best, partial = 1, 0, [], {"acc": -1.0, "epoch": 0}, None
+    ck = dist.on_main(lambda: _read_checkpoint(run, fingerprint))
+    if ck is not None:
+        skip = int(ck.get("step", 0))
+        if skip and ck.get("world", 1) != dist.world:
+            raise dist.quiet(UsageError(
+                f"{run.last_checkpoint} was written mid-epoch by {ck.get('world', 1)} process(es); resume it "
+                f"with that many (this run has {dist.world}) or use --restart"))
+        student.load_state_dict(ck["student"])
+        objective.load_state_dict(ck["objective"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch, history, best = ck["epoch"] + 1, list(ck["history"]), dict(ck["best"])
+        if skip:
+            rng = ck["rng"]
+            torch.set_rng_state(rng["torch"][dist.rank])
+            gen.set_state(rng["aug"][dist.rank])
+            if cuda and rng["cuda"][dist.rank] is not None:
+                torch.cuda.set_rng_state(rng["cuda"][dist.rank], device)
+            partial = {"sums": ck["partial"]["sums"][dist.rank], "seconds": ck["partial"]["seconds"]}
+        where = f"epoch {ck['epoch'] + 1} step {skip}" if skip else f"after epoch {ck['epoch']}"
+        console.print(f"[dim]resuming {run.root} {where}[/]")
+    resumed_from = start_epoch - 1
+
+    aug_mode = splits.default_augment if cfg.augment == "auto" else cfg.augment
+    bs = min(cfg.batch_size, len(splits.train))
+    if objective.needs_prepare and start_epoch <= cfg.epochs:
+        assert teacher is not None  # preparing losses distil, and needs_teacher was checked above
+        pctx = PrepareContext(teacher, splits.train, spec, device, splits.num_classes, console, bs)
+        state = dist.on_main(lambda: _prepare(objective, pctx, run, fingerprint))
+        if not dist.is_main:
+            objective.load_prepared(state, pctx)
+    engine = StepEngine(student=student, objective=objective, opt=opt,
+                        teacher=teacher.outputs if teacher is not None else None, spec=spec, device=device,
+                        aug_mode=aug_mode, dist=dist, compile=compile)
+    feeder = Feeder(splits.train, device, bs, cfg.seed, dist)
+    steps = splits.train.num_batches(bs, drop_last=True, world=dist.world)
+    poll = POLL_STEPS if (cuda or dist.enabled) else 1
+    t0 = time.perf_counter()
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console,
+                        transient=False, disable=console.quiet or not console.is_terminal)
+
+    def save(epoch_done: int, step: int, sums: dict[str, torch.Tensor], seconds: float) -> None:
+        rngs = dist.gather(_rng_state(gen, device))
+        part = dist.gather({k: float(v) for k, v in sums.items()}) if step else None
+        if dist.is_main:
+            atomic_torch_save({
+                "format": "kdcompress.train-state", "fingerprint": fingerprint, "epoch": epoch_done,
+                "step": step, "world": dist.world, "student": student.state_dict(),
+                "objective": objective.state_dict(), "optimizer": opt.state_dict(),
+                "rng": {k: [r[k] for r in rngs] for k in ("torch", "aug", "cuda")},
+                "partial": {"sums": part, "seconds": seconds} if step else None,
+                "history": history, "best": best,
+            }, run.last_checkpoint)
+
+    with progress, stop.deferring():
+        task = progress.add_task(f"train {arch}", total=cfg.epochs * steps,
+                                 completed=(start_epoch - 1) * steps + skip, status="")
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            lr = lr_at(cfg, epoch)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            sums: dict[str, torch.Tensor] = {}
+            seconds = 0.0
+            if skip and partial is not None:
+                sums = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in partial["sums"].items()}
+                seconds = partial["seconds"]
+            else:
+                torch.manual_seed(epoch_seed(cfg.seed, epoch, dist.rank, 0))
+                gen.manual_seed(epoch_seed(cfg.seed, epoch, dist.rank, 1))
+            student.train()
+            objective.train()
+            t_epoch = time.perf_counter()
+            done = skip
+            for batch in feeder.epoch(epoch, skip):
+                loss, parts = engine.step(batch, epoch, gen)
+                _accumulate(sums, loss, parts)
+                done += 1
+                progress.advance(task)
+                if done % poll and done != steps:
+                    continue
+                bad, stopping = (bool(v) for v in dist.max(torch.stack([
+                    (~torch.isfinite(sums["loss"])).double().cpu(), torch.tensor(float(stop.requested),
+                                                                             dtype=torch.float64)])))
+                if bad:
+                    kept = (f"the last good checkpoint is kept at {run.last_checkpoint}"
+                            if run.last_checkpoint.exists() else "no epoch had finished, so there is no checkpoint")
+                    raise dist.quiet(TrainingError(
+                        f"loss became {float(loss)} at epoch {epoch} (step {done}/{steps}; terms: "
+                        + ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+                        + f"); stopped; {kept}; lower train.lr or check the data"))
+                if stopping and done < steps:
+                    save(epoch - 1, done, sums, seconds + _elapsed(t_epoch, device))
+                    raise dist.quiet(Interrupted(
+                        f"interrupted by {signal_name(stop.signum or 15)} at epoch {epoch} step {done}/{steps}; "
+                        f"checkpoint saved to {run.last_checkpoint}; rerun the same command to resume",
+                        stop.signum or 15))
+            skip, partial = 0, None
+            seconds += _elapsed(t_epoch, device)
+            keys = list(sums)
+            totals = dist.sum(torch.stack([sums[k].cpu() for k in keys])) if keys else torch.zeros(0)
+            dist.broadcast_buffers(student)
+            val_acc = evaluate(student, splits.val, spec, device, dist)
+            row = {"epoch": epoch, "lr": lr, "val_accuracy": round(val_acc, 6),
+                   **{k: round(float(v) / (steps * dist.world), 6) for k, v in zip(keys, totals, strict=True)},
+                   "train_seconds": round(seconds, 4)}
+            history.append(row)
+            if val_acc > best["acc"]:
+                best = {"acc": val_acc, "epoch": epoch}
+                if dist.is_main:
+                    atomic_torch_save({k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
+                                      run.checkpoints / "best.pt")
+            save(epoch, 0, {}, seconds)
+            progress.update(task, status=f"epoch {epoch}/{cfg.epochs} loss {row.get('loss', 0):.3f} val {val_acc:.3f}")
+            if not console.is_terminal:
+                console.print(f"epoch {epoch}/{cfg.epochs}  loss {row.get('loss', 0):.4f}  val_acc {val_acc:.4f}")
+            if dist.max(torch.tensor([float(stop.requested)]))[0]:
+                raise dist.quiet(Interrupted(
+                    f"interrupted by {signal_name(stop.signum or 15)} after epoch {epoch}; checkpoint saved to "
+                    f"{run.last_checkpoint}; rerun the same command to resume", stop.signum or 15))
+
+    if not history:
+        raise InputError(f"{run.last_checkpoint} has no completed epoch")
+
+    def finish() -> None:
+        student.load_state_dict(safe_torch_load(run.checkpoints / "best.pt"))
+        save_checkpoint(run.student, student, arch, splits.classes, spec,
+                        metrics={"val_accuracy": best["acc"], "best_epoch": best["epoch"],
+                                 "final_val_accuracy": history[-1]["val_accuracy"], "preset": preset.name,
+                                 "data": splits.name})
+
+    dist.on_main(finish)
+    return TrainResult(arch, run.student, cfg.epochs, int(best["epoch"]), float(best["acc"]),
+                       float(history[-1]["val_accuracy"]), tuple(history), time.perf_counter() - t0, str(device),
+                       resumed_from, dist.world)

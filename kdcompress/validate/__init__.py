@@ -1,0 +1,19 @@
+"""The validate stage: any ONNX classifier in ONNX Runtime (accuracy, parity, latency) and the gates."""
+
+from .gates import GateResult, Gates, check_gates, raise_for_gates, recommend
+from .models import (
+                     THROUGHPUT_BATCH,
+                     ModelInput,
+                     Validation,
+                     accuracy_metrics,
+                     describe,
+                     effective_threads,
+                     onnx_logits,
+                     parity,
+                     reference_logits,
+                     validate_models,
+)
+
+__all__ = ["THROUGHPUT_BATCH", "GateResult", "Gates", "ModelInput", "Validation", "accuracy_metrics", "check_gates",
+           "describe", "effective_threads", "onnx_logits", "parity", "raise_for_gates", "recommend",
+           "reference_logits", "validate_models"]

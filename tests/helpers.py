@@ -1,0 +1,49 @@
+"""Helpers shared by several test modules (kept out of the test files so none imports another)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from kdcompress import losses, students
+from kdcompress.core.config import Preset
+from kdcompress.core.spec import InputSpec
+from kdcompress.core.splits import TensorSplit
+from kdcompress.core.types import PrepareContext, TeacherOutputs
+from kdcompress.students.tiny import TinyCNN
+from kdcompress.teacher.model import EMBED_TIMM, Teacher
+
+
+def train_factories(arch: str, num_classes: int, spec: InputSpec, preset: Preset) -> dict:
+    """The make_student / make_objective arguments train() takes (the pipeline composes the same)."""
+    return {"make_student": lambda: students.build_student(arch, num_classes, spec),
+            "make_objective": lambda ctx: losses.Objective(preset.terms, ctx)}
+
+
+def zoo_teacher(model: nn.Module, arch: str, spec: InputSpec, classes: tuple[str, ...]) -> Teacher:
+    """A zoo module wrapped as the Teacher every stage sees (the timm-style embedding route)."""
+    return Teacher(model=model.eval(), arch=arch, classes=classes, input_spec=spec, embed_dim=model.embed_dim,
+                   params=sum(p.numel() for p in model.parameters()), path=Path("<memory>"), sha256="0" * 64,
+                   embed_via=EMBED_TIMM)
+
+
+def random_outputs(n: int = 60, d: int = 16, c: int = 3, seed: int = 0) -> TeacherOutputs:
+    g = torch.Generator().manual_seed(seed)
+    return TeacherOutputs(torch.randn(n, d, generator=g), torch.randn(n, c, generator=g) * 3,
+                          torch.arange(n) % c)
+
+
+def make_ctx(n: int = 40, classes: int = 3, seed: int = 0, labels: torch.Tensor | None = None) -> PrepareContext:
+    """A real PrepareContext: a small random TinyCNN teacher over random 1x8x8 images."""
+    torch.manual_seed(seed)
+    spec = InputSpec((1, 8, 8), (0.5,), (0.25,))
+    teacher = zoo_teacher(TinyCNN(classes, in_channels=1, width=8), "tinycnn_w8", spec,
+                          tuple(str(i) for i in range(classes)))
+    y = labels if labels is not None else torch.arange(n) % classes
+    split = TensorSplit(torch.rand(len(y), 1, 8, 8, generator=torch.Generator().manual_seed(seed)), y)
+    return PrepareContext(teacher, split, spec, torch.device("cpu"), classes,
+                          Console(file=io.StringIO(), width=200), batch_size=16)
