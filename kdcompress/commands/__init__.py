@@ -1,2 +1,41 @@
-"""The standalone subcommands (select, export, validate, teacher inspect, doctor): each reads its inputs
-from files, calls stages (or pipeline helpers) and returns a JSON-able result for the CLI to print."""
+"""The subcommands. Each is `run(flags, console) -> Outcome`: it reads its inputs from files, calls stages
+(or the pipeline), and returns the JSON-able result plus how to show it. cli.py only parses flags and
+looks the command up in COMMANDS; it never imports a stage itself (so `--help` stays instant)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command hands back: `result` (printed by --json, strict JSON), `show` (the human view on
+    stdout) and `check` (raises the documented error after the result was printed, e.g. a failed gate)."""
+
+    result: Any
+    show: Callable[[], None] | None = None
+    check: Callable[[], None] | None = field(default=None)
+
+
+# command name -> "module:function" under kdcompress.commands
+COMMANDS = {
+    "distill": "distill:run_distill",
+    "demo": "distill:run_demo",
+    "teacher train": "distill:run_teacher_train",
+    "export": "export:run_export",
+    "validate": "validate:run_validate",
+    "report": "report:run_report",
+    "select": "select:run_select_command",
+    "teacher inspect": "inspect:run_inspect",
+    "doctor": "doctor:run_doctor",
+    "presets list": "presets:run_list",
+    "presets show": "presets:run_show",
+}
+
+
+def resolve(name: str) -> Callable[..., Outcome]:
+    module, _, func = COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), func)

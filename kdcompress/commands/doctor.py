@@ -154,35 +154,10 @@ def diagnose() -> dict[str, Any]:
     }
 
 
-def render(info: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
-    c = Console()
-    t, o, f, cpu = info["torch"], info["onnxruntime"], info["faiss"], info["cpu"]
-    tab = Table(title=f"kdcompress {info['kdcompress']} doctor", show_header=False)
-    tab.add_column("item")
-    tab.add_column("value")
-    gpus = ", ".join(f"{g['name']} ({g['memory_gib']} GiB, sm {g['capability']})" for g in t["gpus"]) or "none"
-    rows = [
-        ("python", f"{info['python']} on {info['platform']}"),
-        ("torch", f"{t['version']} (CUDA build {t['cuda_build'] or 'none'}, cuDNN {t['cudnn'] or 'none'}); "
-                  f"torchvision {t['torchvision']}"),
-        ("GPUs", gpus),
-        ("onnxruntime", f"{o['version']} from {', '.join(f'{k} {v}' for k, v in o['distributions'].items()) or '?'}"),
-        *((f"  {p['provider']}", ("[green]starts[/]" if p["starts"] else "[red]does not start[/]")
-           + (f" ({p['note']})" if p["note"] else "")) for p in o["providers"]),
-        ("faiss", "not installed" if not f["installed"] else
-         f"{f['version']} ({'GPU build, ' + str(f['gpus']) + ' GPU(s)' if f['gpu_build'] else 'CPU build'})"),
-        ("CPUs", f"{cpu['count']} online, {cpu['usable']} usable"
-                 + (" (container / affinity limit)" if cpu["container_limited"] else "")),
-    ]
-    for k, v in rows:
-        tab.add_row(k, v)
-    c.print(tab)
-    for n in info["notes"]:
-        c.print(f"note: {n}")
-    for w in info["warnings"]:
-        c.print(f"[yellow]warning:[/] {w}")
-    if not info["warnings"]:
-        c.print("[green]no known problems[/]")
+
+def run_doctor(f: dict[str, Any], console):
+    from . import Outcome, render
+
+    info = diagnose()
+    return Outcome(info, lambda: render.doctor_table(info))

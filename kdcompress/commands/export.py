@@ -21,6 +21,7 @@ from ..validate.models import (
     parity,
     reference_logits,
 )
+from . import Outcome, render
 
 
 def _run_provenance(rd: RunDir) -> tuple[str | None, str | None, str | None]:
@@ -95,3 +96,10 @@ def raise_for_export(result: dict[str, Any]) -> None:
     if bad:
         raise GateError(f"variant(s) {', '.join(bad)} differ from PyTorch beyond their tolerance on the test "
                         "split (see the parity entries); not fit to ship")
+
+
+def run_export(f: dict[str, Any], console) -> Outcome:
+    opts = ExportOptions(opset=f["opset"], fp16=f["fp16"], int8=f["int8"], calib=f["calib"], simplify=f["simplify"])
+    result = export_job(run=f["run"], checkpoint=f["checkpoint"], out=f["out"], data=f["data"], teacher=f["teacher"],
+                        opts=opts, console=console)
+    return Outcome(result, lambda: render.export_lines(result), lambda: raise_for_export(result))

@@ -8,6 +8,7 @@ from typing import Any
 from ..core.config import TeacherOptions
 from ..core.ortbench import make_session, measure_latency
 from ..teacher import load_teacher, teacher_onnx_bytes
+from . import Outcome, render
 
 
 def inspect_teacher(path: Path, *, options: TeacherOptions | None = None, trust: bool = False,
@@ -24,3 +25,11 @@ def inspect_teacher(path: Path, *, options: TeacherOptions | None = None, trust:
         "features": t.embed_via, "metrics": t.metrics,
         "latency_ms": lat.to_json(), "provider": provider, "threads": threads or 1,
     }
+
+
+def run_inspect(f: dict[str, Any], console) -> Outcome:
+    from .distill import teacher_options
+
+    info = inspect_teacher(f["teacher"], options=teacher_options(f), trust=f["trust_checkpoint"],
+                           provider=f["provider"], threads=f["threads"])
+    return Outcome(info, lambda: render.teacher_table(info))

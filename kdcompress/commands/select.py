@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -11,6 +12,7 @@ from ..core.errors import InputError
 from ..core.runio import atomic_write_json
 from ..select import Selection, save_pareto_plot, select
 from ..teacher import load_teacher
+from . import Outcome, render
 
 
 def run_select(*, teacher: Path, budget: Budget, runtime: RuntimeConfig, candidates: tuple[str, ...] = (),
@@ -36,3 +38,13 @@ def run_select(*, teacher: Path, budget: Budget, runtime: RuntimeConfig, candida
         save_pareto_plot(sel, out / "selection.png", title)
         console.print(f"wrote {out / 'selection.json'} and {out / 'selection.png'}")
     return sel, title
+
+
+def run_select_command(f: dict[str, Any], console) -> Outcome:
+    names = tuple(n.strip() for n in (f["candidates"] or "").split(",") if n.strip())
+    sel, title = run_select(teacher=f["teacher"], budget=Budget(f["budget_ms"], f["stat"], f["batch"]),
+                            runtime=RuntimeConfig(provider=f["provider"], threads=f["threads"]), candidates=names,
+                            use_cache=not f["no_cache"], out=f["out"], trust_checkpoint=f["trust_checkpoint"],
+                            console=console)
+    result = sel.to_json()
+    return Outcome(result, lambda: render.selection_table(result, title))

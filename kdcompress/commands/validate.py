@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..core.build import parse_floats
 from ..core.config import RuntimeConfig
 from ..core.errors import UsageError
 from ..core.spec import InputSpec
@@ -12,6 +13,7 @@ from ..core.splits import DataSplits
 from ..data.specs import load_data
 from ..pipeline import check_fit
 from ..report import data_json, header
+from ..validate import raise_for_gates
 from ..validate.gates import Gates
 from ..validate.models import (
     THROUGHPUT_BATCH,
@@ -21,6 +23,7 @@ from ..validate.models import (
     reference_logits,
     validate_models,
 )
+from . import Outcome, render
 
 
 def _teacher_source(teacher: Path, splits: DataSplits, mean, std, layout, warn):
@@ -86,3 +89,14 @@ def validate_job(*, files: list[Path], data: str, teacher: Path | None, checkpoi
         Path(out).mkdir(parents=True, exist_ok=True)
         report = write_report(report, Path(out))
     return report
+
+
+def run_validate(f: dict[str, Any], console) -> Outcome:
+    if f["throughput_batch"] < 1:
+        raise UsageError(f"--throughput-batch must be >= 1, got {f['throughput_batch']}")
+    report = validate_job(files=list(f["onnx"]), data=f["data"], teacher=f["teacher"], checkpoint=f["checkpoint"],
+                          runtime=RuntimeConfig("cpu", f["provider"], f["threads"]),
+                          gates=Gates(f["min_agreement"], f["max_accuracy_drop"], f["budget_ms"], f["stat"]),
+                          mean=parse_floats(f["mean"], "--mean"), std=parse_floats(f["std"], "--std"),
+                          layout=f["layout"], throughput_batch=f["throughput_batch"], out=f["out"], console=console)
+    return Outcome(report, lambda: render.validation_table(report), lambda: raise_for_gates(report))

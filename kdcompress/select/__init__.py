@@ -2,7 +2,7 @@
 machine fingerprint); the Pareto plot and the table of the ladder."""
 
 from .search import Candidate, LatencyCache, Selection, measure_cached, measure_model, plausible, select
-from .view import pareto_front, print_table, save_pareto_plot
+from .view import pareto_front, save_pareto_plot
 
 __all__ = ["Candidate", "LatencyCache", "Selection", "measure_cached", "measure_model", "pareto_front", "plausible",
-           "print_table", "save_pareto_plot", "select"]
+           "save_pareto_plot", "select"]

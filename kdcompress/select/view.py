@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from rich.console import Console
-
 from ..core.runio import atomic_write_bytes
 from .search import Candidate, Selection
 
@@ -73,37 +71,5 @@ def save_pareto_plot(sel: Selection, path: Path, title: str = "") -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic_write_bytes(Path(path), buf.getvalue())
-
-
-def print_table(sel: Selection, title: str, console: Console | None = None) -> None:
-    from rich.table import Table
-
-    stat = sel.budget.stat
-    budget = "none (ladder only)" if sel.budget.ms is None else f"{sel.budget.ms:g} ms {stat}"
-    t = Table(title=f"{title}\nbudget {budget}, batch {sel.budget.batch}, {sel.provider}, {sel.threads} thread(s)",
-              caption="\n".join(f"warning: {w}" for w in sel.warnings) or None, caption_style="yellow")
-    for col in ("name", "params", "FLOPs", "p50 ms", "p90 ms", "fits", "chosen"):
-        t.add_column(col, justify="left" if col in ("name", "fits", "chosen") else "right", no_wrap=col == "name")
-    chosen = sel.chosen.name if sel.chosen else None
-
-    def fits(c: Candidate) -> str:
-        return "-" if sel.budget.ms is None else ("yes" if c.fits else "no")
-
-    for c in sel.candidates:
-        mark = c.name == chosen
-        t.add_row(c.name, f"{c.params:,}", human(c.flops), f"{c.latency.p50:.4f}", f"{c.latency.p90:.4f}",
-                  fits(c), "[bold green]<- chosen[/]" if mark else "", style="bold" if mark else None)
-    if sel.teacher is not None:
-        c = sel.teacher
-        t.add_section()
-        t.add_row(f"{c.name} (teacher)", f"{c.params:,}", human(c.flops), f"{c.latency.p50:.4f}",
-                  f"{c.latency.p90:.4f}", fits(c) + (" [yellow](!)[/]" if sel.teacher_meets_budget else ""), "",
-                  style="italic")
-    if console is None:
-        import sys
-
-        # piped output (a file, a log) gets a table wide enough for the names instead of 80 columns
-        console = Console() if sys.stdout.isatty() else Console(width=120)
-    console.print(t)
 
 

@@ -1,0 +1,58 @@
+"""`kdcompress distill`, `demo` and `teacher train`: the flags become one RunConfig for the pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.config import Budget, RunConfig, RuntimeConfig, TeacherOptions
+from ..core.errors import UsageError
+from ..export import ExportOptions
+from ..losses import load_checked_preset
+from ..pipeline import distill, train_teacher
+from ..pipeline import run_demo as demo
+from ..validate import Gates, raise_for_gates
+from . import Outcome, render
+
+
+def preset_from_flags(name: str, epochs: int | None, overrides: list[str] | None):
+    sets = list(overrides or [])
+    if epochs is not None:
+        sets.append(f"train.epochs={epochs}")
+    return load_checked_preset(name, sets)
+
+
+def teacher_options(f: dict[str, Any]) -> TeacherOptions:
+    return TeacherOptions.from_flags(arch=f["teacher_arch"], num_classes=f["num_classes"], classes=f["classes"],
+                                     input_shape=f["input_shape"], mean=f["mean"], std=f["std"])
+
+
+def run_config(f: dict[str, Any]) -> RunConfig:
+    if f["budget_ms"] is None and f["student"] is None:
+        raise UsageError("give --budget-ms (to select a student) or --student NAME")
+    return RunConfig(teacher=f["teacher"], data=f["data"], preset=preset_from_flags(f["preset"], f["epochs"], f["set_"]),
+                     budget=Budget(f["budget_ms"], f["stat"]),
+                     runtime=RuntimeConfig(f["device"], f["provider"], f["threads"], f["compile_"]),
+                     out=f["out"], student=f["student"], trust_checkpoint=f["trust_checkpoint"], restart=f["restart"],
+                     teacher_options=teacher_options(f), download=f["download"])
+
+
+def run_distill(f: dict[str, Any], console) -> Outcome:
+    cfg = run_config(f)
+    gates = Gates(f["min_agreement"], f["max_accuracy_drop"], f["budget_ms"], f["stat"])
+    opts = ExportOptions(fp16=f["fp16"], int8=f["int8"], calib=f["calib"], simplify=f["simplify"])
+    report = distill(cfg, console, export_opts=opts, gates=gates)
+    if not report:  # a torchrun process other than rank 0: rank 0 reports
+        return Outcome(None)
+    return Outcome(report, lambda: render.distill_summary(report), lambda: raise_for_gates(report))
+
+
+def run_demo(f: dict[str, Any], console) -> Outcome:
+    report = demo(out=f["out"], epochs=f["epochs"], console=console)
+    return Outcome(report, lambda: render.distill_summary(report))
+
+
+def run_teacher_train(f: dict[str, Any], console) -> Outcome:
+    preset = preset_from_flags("ce", f["epochs"], ["train.schedule=cosine", *(f["set_"] or [])])
+    info = train_teacher(data=f["data"], arch=f["arch"], preset=preset, out=f["out"], device=f["device"],
+                         console=console)
+    return Outcome(info, lambda: render.teacher_trained(info))

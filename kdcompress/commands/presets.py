@@ -1,0 +1,23 @@
+"""`kdcompress presets list|show`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from ..core.build import build_dataclass
+from ..core.config import builtin_preset_names, preset_to_json
+from ..losses import LOSSES, load_checked_preset
+from . import Outcome, render
+
+
+def run_list(f: dict[str, Any], console) -> Outcome:
+    rows = [load_checked_preset(n) for n in builtin_preset_names()]
+    result = [{"name": p.name, "description": p.description, "variant": p.variant} for p in rows]
+    return Outcome(result, lambda: render.presets_table(rows))
+
+
+def run_show(f: dict[str, Any], console) -> Outcome:
+    p = load_checked_preset(f["name"])
+    params = [asdict(build_dataclass(LOSSES.get(t.kind).Params, t.params, t.key)) for t in p.terms]
+    return Outcome(preset_to_json(p), lambda: render.preset_detail(p, params))

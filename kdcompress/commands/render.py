@@ -1,0 +1,192 @@
+"""Every rich table and summary kdcompress prints on stdout, in one place. Each takes the JSON-able result
+a command returned (the same object `--json` prints), so the table and the JSON never disagree."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _console() -> Console:
+    # piped output (a file, a log) gets a table wide enough for the names instead of 80 columns
+    return Console() if sys.stdout.isatty() else Console(width=120)
+
+
+def human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def distill_summary(r: dict[str, Any]) -> None:
+    t = Table(title=f"kdcompress {r['preset']['name']}: {r['teacher']['arch']} -> {r['student']['arch']}")
+    for col in ("", "arch", "params", "test acc", "p50 ms", "p90 ms", "p99 ms"):
+        t.add_column(col, justify="right" if col not in ("", "arch") else "left")
+    for role in ("teacher", "student"):
+        m = r[role]
+        lat = m["latency_ms"]
+        t.add_row(role, m["arch"], f"{m['params']:,}", f"{100 * m['accuracy']:.2f}%", f"{lat['p50']:.4f}",
+                  f"{lat['p90']:.4f}", f"{lat['p99']:.4f}")
+    c = _console()
+    c.print(t)
+    budget = r["budget_ms"]
+    ok = r["student"]["meets_budget"]
+    c.print(f"budget {budget if budget is not None else '-'} ms ({r['budget_stat']}): "
+            f"{'[green]met[/]' if ok else '[red]missed[/]'}; speed-up {r['speedup']:.2f}x; "
+            f"student reaches {100 * r['accuracy_ratio']:.1f}% of the teacher's accuracy; "
+            f"parity max|diff| {r['parity']['max_abs_diff']:.2e}, agreement {100 * r['parity']['top1_agreement']:.2f}%")
+    for v in r.get("variants", []):
+        c.print(f"  {v['name']:5s} {v['onnx']}: top-1 {100 * v['accuracy']:.2f}%, p50 {v['latency_ms']['p50']:.4f} ms, "
+                f"gates {'pass' if v['passed'] else '[red]FAIL[/]'}" + (" [bold](recommended)[/]" if v["recommended"] else ""))
+    c.print(f"outputs in {r['run_dir']}/: student.onnx, student.pt, report.json, report.md, plots/")
+
+
+def validation_table(r: dict[str, Any]) -> None:
+    t = Table(title=f"kdcompress validate on {r['data']['name']} ({r['provider']}, {r['threads']} thread(s))")
+    for col in ("model", "top-1", "p50 ms", "p90 ms", "p99 ms", "img/s", "max|diff|", "agree", "speed-up", "gates"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    rows = ([("teacher", r["teacher"], None)] if r.get("teacher") else []) + [(v["name"], v, v) for v in r["variants"]]
+    for name, m, v in rows:
+        lat, par = m["latency_ms"], (v or {}).get("parity") or {}
+        sp = (v or {}).get("speedup_vs_teacher")
+        t.add_row(name + (" *" if v and v["recommended"] else ""), f"{100 * m['accuracy']:.2f}%", f"{lat['p50']:.4f}",
+                  f"{lat['p90']:.4f}", f"{lat['p99']:.4f}", f"{m['throughput']['throughput']:,.0f}",
+                  f"{par['max_abs_diff']:.3g}" if par else "-", f"{100 * par['top1_agreement']:.2f}%" if par else "-",
+                  f"{sp:.2f}x" if sp else "-", "-" if v is None else ("pass" if v["passed"] else "[red]FAIL[/]"))
+    c = _console()
+    c.print(t)
+    c.print(f"recommended: {r['recommended'] or 'none (no variant passed every gate)'}")
+
+
+def export_lines(result: dict[str, Any]) -> None:
+    c = _console()
+    for a in result["artifacts"]:
+        par = a.get("parity")
+        extra = (f"  test acc {100 * a['accuracy']:.2f}%  max|diff| {par['max_abs_diff']:.3g}  "
+                 f"agreement {100 * par['top1_agreement']:.2f}%" if par else "")
+        c.print(f"{a['variant']:5s} {a['onnx']}  {a['bytes']:,} bytes{extra}", markup=False, highlight=False)
+
+
+def report_lines(r: dict[str, Any]) -> None:
+    root = r["_root"]
+    _console().print(f"wrote {root}/report.md" + "".join(f", {root}/{p}" for p in r.get("plots", [])),
+                     markup=False, highlight=False)
+
+
+def teacher_trained(info: dict[str, Any]) -> None:
+    _console().print(f"teacher {info['arch']}: test accuracy {100 * info['test_accuracy']:.2f}% -> {info['path']}",
+                     markup=False, highlight=False)
+
+
+def teacher_table(info: dict[str, Any]) -> None:
+    spec, lat = info["input_spec"], info["latency_ms"]
+    names = info["classes"]
+    t = Table(title=f"teacher {info['path']}", show_header=False)
+    t.add_column("key")
+    t.add_column("value")
+    for k, v in (
+        ("format", info["format"]), ("arch", info["arch"]), ("params", f"{info['params']:,}"),
+        ("FLOPs (batch 1)", "unknown" if info["flops"] is None else f"{info['flops']:,}"),
+        ("classes", f"{info['num_classes']}: " + ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")),
+        ("input", f"{'x'.join(map(str, spec['shape']))} NCHW, mean {spec['mean']}, std {spec['std']}"),
+        ("features", "logits only" if info["logits_only"] else f"embedding of {info['embed_dim']} ({info['features']})"),
+        (f"ORT latency ({info['provider']}, {info['threads']} thr, batch 1)",
+         f"p50 {lat['p50']:.4f} ms, p90 {lat['p90']:.4f} ms, p99 {lat['p99']:.4f} ms"),
+        ("sha256", info["sha256"]),
+    ):
+        t.add_row(k, v)
+    _console().print(t)
+
+
+def presets_table(rows: list) -> None:
+    t = Table(title="kdcompress presets")
+    t.add_column("name")
+    t.add_column("terms")
+    t.add_column("description")
+    for p in rows:
+        t.add_row(p.name, " + ".join(x.key for x in p.terms),
+                  p.description + (" (kdcompress variant)" if p.variant else ""))
+    _console().print(t)
+
+
+def preset_detail(p, params: list[dict[str, Any]]) -> None:
+    """A Preset and, per term, its Params with the defaults filled in."""
+    c = _console()
+    c.print(f"[bold]{p.name}[/]{' (kdcompress variant)' if p.variant else ''}: {p.description}")
+    c.print(f"reference: {p.reference}")
+    t = Table(title="loss terms")
+    for col in ("term", "kind", "weight", "warm-up epochs", "params (defaults filled in)"):
+        t.add_column(col)
+    for term, values in zip(p.terms, params, strict=True):
+        t.add_row(term.key, term.kind, f"{term.weight:g}", str(term.warmup_epochs),
+                  ", ".join(f"{k}={v}" for k, v in values.items()) or "-")
+    c.print(t)
+    tr = Table(title="training defaults")
+    tr.add_column("key")
+    tr.add_column("value")
+    for k, v in asdict(p.train).items():
+        tr.add_row(k, str(v))
+    c.print(tr)
+
+
+def selection_table(sel: dict[str, Any], title: str) -> None:
+    """The measured ladder of a selection.json object (Selection.to_json), the teacher's row last."""
+    budget = "none (ladder only)" if sel["budget_ms"] is None else f"{sel['budget_ms']:g} ms {sel['stat']}"
+    t = Table(title=f"{title}\nbudget {budget}, batch {sel['batch']}, {sel['provider']}, {sel['threads']} thread(s)",
+              caption="\n".join(f"warning: {w}" for w in sel["warnings"]) or None, caption_style="yellow")
+    for col in ("name", "params", "FLOPs", "p50 ms", "p90 ms", "fits", "chosen"):
+        t.add_column(col, justify="left" if col in ("name", "fits", "chosen") else "right", no_wrap=col == "name")
+    chosen = (sel["chosen"] or {}).get("name")
+
+    def fits(c: dict[str, Any]) -> str:
+        return "-" if sel["budget_ms"] is None else ("yes" if c["fits"] else "no")
+
+    for c in sel["candidates"]:
+        mark = c["name"] == chosen
+        lat = c["latency_ms"]
+        t.add_row(c["name"], f"{c['params']:,}", human(c["flops"]), f"{lat['p50']:.4f}", f"{lat['p90']:.4f}",
+                  fits(c), "[bold green]<- chosen[/]" if mark else "", style="bold" if mark else None)
+    if sel["teacher"] is not None:
+        c = sel["teacher"]
+        lat = c["latency_ms"]
+        t.add_section()
+        t.add_row(f"{c['name']} (teacher)", f"{c['params']:,}", human(c["flops"]), f"{lat['p50']:.4f}",
+                  f"{lat['p90']:.4f}", fits(c) + (" [yellow](!)[/]" if sel["teacher_meets_budget"] else ""), "",
+                  style="italic")
+    _console().print(t)
+
+
+def doctor_table(info: dict[str, Any]) -> None:
+    c = _console()
+    t, o, f, cpu = info["torch"], info["onnxruntime"], info["faiss"], info["cpu"]
+    tab = Table(title=f"kdcompress {info['kdcompress']} doctor", show_header=False)
+    tab.add_column("item")
+    tab.add_column("value")
+    gpus = ", ".join(f"{g['name']} ({g['memory_gib']} GiB, sm {g['capability']})" for g in t["gpus"]) or "none"
+    rows = [
+        ("python", f"{info['python']} on {info['platform']}"),
+        ("torch", f"{t['version']} (CUDA build {t['cuda_build'] or 'none'}, cuDNN {t['cudnn'] or 'none'}); "
+                  f"torchvision {t['torchvision']}"),
+        ("GPUs", gpus),
+        ("onnxruntime", f"{o['version']} from {', '.join(f'{k} {v}' for k, v in o['distributions'].items()) or '?'}"),
+        *((f"  {p['provider']}", ("[green]starts[/]" if p["starts"] else "[red]does not start[/]")
+           + (f" ({p['note']})" if p["note"] else "")) for p in o["providers"]),
+        ("faiss", "not installed" if not f["installed"] else
+         f"{f['version']} ({'GPU build, ' + str(f['gpus']) + ' GPU(s)' if f['gpu_build'] else 'CPU build'})"),
+        ("CPUs", f"{cpu['count']} online, {cpu['usable']} usable"
+                 + (" (container / affinity limit)" if cpu["container_limited"] else "")),
+    ]
+    for k, v in rows:
+        tab.add_row(k, v)
+    c.print(tab)
+    for n in info["notes"]:
+        c.print(f"note: {n}")
+    for w in info["warnings"]:
+        c.print(f"[yellow]warning:[/] {w}")
+    if not info["warnings"]:
+        c.print("[green]no known problems[/]")
