@@ -1,0 +1,138 @@
+"""The package's shape, checked from the source with the standard library (ast): dependencies flow one way
+(cli -> commands/pipeline -> stages -> core), no import cycles, small modules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "kdcompress"
+CORE = "core"
+STAGES = {"data", "teacher", "students", "select", "losses", "train", "export", "validate", "report"}
+COMPOSERS = {"pipeline", "commands", "cli", "__main__"}
+# Stage -> stage imports that are allowed, with the reason. Nothing else may cross between stages.
+ALLOWED = {
+    ("teacher", "students"): "a kdcompress checkpoint (and --teacher-arch zoo:NAME) names a zoo architecture; "
+                             "the teacher loader builds it with the zoo's builders",
+    ("select", "students"): "the candidates of a selection are the zoo's students (builders and capacity)",
+}
+MAX_LINES = 420  # DESIGN: "files you can read in one sitting: ~400 lines at most"
+
+
+def _module_name(path: Path, root: Path = PKG) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path, root: Path = PKG) -> set[str]:
+    """Every kdcompress module this file imports (at any depth: top level, in functions, under TYPE_CHECKING),
+    as dotted names relative to the package."""
+    mod = _module_name(path, root)
+    package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+    if mod == "":
+        package = []
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            elif (node.module or "").startswith("kdcompress"):
+                target = node.module[len("kdcompress"):].lstrip(".")
+            else:
+                continue
+            for alias in node.names:  # `from . import files` imports a module
+                sub = f"{target}.{alias.name}" if target else alias.name
+                out.add(sub if (root / Path(*sub.split("."))).with_suffix(".py").exists()
+                        or (root / Path(*sub.split("."))).is_dir() else target)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("kdcompress."):
+                    out.add(alias.name[len("kdcompress."):])
+    out.discard(mod)
+    return out
+
+
+def _graph(root: Path = PKG) -> dict[str, set[str]]:
+    return {_module_name(p, root): _imports(p, root) for p in root.rglob("*.py")}
+
+
+def _top(mod: str) -> str:
+    return mod.split(".")[0] if mod else ""
+
+
+def test_core_imports_no_stage():
+    bad = [(m, d) for m, deps in _graph().items() if _top(m) == CORE
+           for d in deps if _top(d) not in (CORE, "")]
+    assert not bad, f"core must import only core: {bad}"
+
+
+def test_a_stage_imports_core_and_itself_only():
+    bad = []
+    for m, deps in _graph().items():
+        src = _top(m)
+        if src not in STAGES:
+            continue
+        for d in deps:
+            dst = _top(d)
+            if dst in (src, CORE, ""):
+                continue
+            if (src, dst) not in ALLOWED:
+                bad.append(f"{m} -> {d}")
+    assert not bad, "stage -> stage imports (compose them in pipeline.py or commands/): " + ", ".join(bad)
+
+
+def test_only_composers_import_composers():
+    bad = [f"{m} -> {d}" for m, deps in _graph().items() for d in deps
+           if _top(d) in COMPOSERS and _top(m) not in COMPOSERS]
+    assert not bad, bad
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            if d not in graph:
+                continue
+            if state.get(d) == 1:
+                cycles.append([*stack[stack.index(d):], d])
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    return cycles
+
+
+def test_no_import_cycles():
+    cycles = _cycles(_graph())
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_checker_sees_a_cycle_and_a_wrong_way_import(tmp_path):
+    """The checks can fail: in a fake package, core.a -> data.b -> core.a is both a cycle and a wrong way."""
+    pkg = tmp_path / "kdcompress"
+    for sub in ("core", "data"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "core" / "a.py").write_text("from ..data import b\n")
+    (pkg / "data" / "b.py").write_text("def f():\n    from ..core import a\n")
+    g = _graph(pkg)
+    assert g["core.a"] == {"data.b"} and g["data.b"] == {"core.a"}
+    assert _cycles(g) == [["core.a", "data.b", "core.a"]]
+
+
+def test_modules_stay_small():
+    big = {_module_name(p): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not big, f"modules over {MAX_LINES} lines (split them by job): {big}"
