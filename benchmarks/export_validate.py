@@ -130,13 +130,13 @@ def _randomise_bn(model) -> None:
 def _digits_students(tmp: Path) -> list[tuple[str, Path]]:
     from rich.console import Console
 
-    from kdcompress.core.config import apply_overrides, load_preset
+    from kdcompress.losses import load_checked_preset
     from kdcompress.pipeline import train_teacher
 
     out = []
     for arch in ("tinycnn_w16", "resnet8", "resnet8x4"):
         ck = tmp / f"digits_{arch}.pt"
-        preset = apply_overrides(load_preset("ce"), ["train.epochs=15", "train.schedule=cosine"])
+        preset = load_checked_preset("ce", ["train.epochs=15", "train.schedule=cosine"])
         train_teacher(data="digits", arch=arch, preset=preset, out=ck, device="cpu",
                       console=Console(stderr=True, quiet=True))
         out.append((arch, ck))

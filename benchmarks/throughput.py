@@ -3,7 +3,7 @@
     python benchmarks/throughput.py                  # CPU: a small batch and a few steps (minutes)
     python benchmarks/throughput.py --device cuda    # GPU: batch 128, 100 timed steps, a 50,000-image bank
 
-Rows: kdcompress's own training step (trainstep.StepEngine, exactly what `kdcompress distill` runs: on-device
+Rows: kdcompress's own training step (train.step.StepEngine, exactly what `kdcompress distill` runs: on-device
 crop+flip augmentation, normalisation, teacher under inference_mode, bf16 autocast + channels_last on CUDA,
 losses in fp32, loss parts kept on the device) for the kd, dkd, nd and ickd presets, beside a plain fp32 loop
 written the way mdistiller's trainer works: fp32 NCHW models, teacher forward under no_grad, a separate CE

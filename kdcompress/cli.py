@@ -158,7 +158,7 @@ def distill(
     preset: Annotated[str, typer.Option(help="Preset name or a .toml path.")] = "kd",
     student: Annotated[str | None, typer.Option(help="Skip selection and use this student.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the preset's).")] = None,
-    stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50 or p90.")] = "p50",
+    stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50, p90 or p99.")] = "p50",
     device: Device = "auto",
     provider: Provider = "cpu",
     threads: Threads = None,
@@ -252,7 +252,7 @@ def select_cmd(
     teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (kdcompress format); sets the input shape.")],
     budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per batch, ms; "
                                                     "without it the measured ladder is printed, nothing chosen.")] = None,
-    stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50 or p90.")] = "p50",
+    stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50, p90 or p99.")] = "p50",
     batch: Annotated[int, typer.Option(help="Batch size the latency is measured at.")] = 1,
     provider: Provider = "cpu",
     threads: Annotated[int | None, typer.Option(help="ORT intra-op threads (default 1; capped at the CPU limit).")] = None,

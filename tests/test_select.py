@@ -303,7 +303,7 @@ def test_cli_impossible_budget_one_line_exit_4(clock, teacher_ckpt):
 
 @pytest.mark.parametrize("args, code, needle", [
     (["--candidates", "resnet9"], 2, "did you mean"),
-    (["--stat", "p75"], 2, "--stat must be p50 or p90"),
+    (["--stat", "p75"], 2, "--stat must be one of p50, p90, p99"),
     (["--budget-ms", "-1"], 2, "--budget-ms must be a finite number > 0"),
     (["--threads", "0"], 2, "--threads must be >= 1"),
 ])

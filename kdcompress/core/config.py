@@ -16,6 +16,7 @@ from typing import Any
 
 from .build import build_dataclass, coerce, parse_floats, parse_value
 from .errors import InputError, UsageError
+from .ortbench import STATS
 from .registry import did_you_mean
 from .spec import InputSpec
 
@@ -106,14 +107,14 @@ class Preset:
 @dataclass(frozen=True)
 class Budget:
     ms: float | None
-    stat: str = "p50"  # p50 | p90
+    stat: str = "p50"  # one of ortbench.STATS
     batch: int = 1
 
     def __post_init__(self) -> None:
         if self.ms is not None and not (math.isfinite(self.ms) and self.ms > 0):
             raise UsageError(f"--budget-ms must be a finite number > 0, got {self.ms}")
-        if self.stat not in ("p50", "p90"):
-            raise UsageError(f"--stat must be p50 or p90, got '{self.stat}'")
+        if self.stat not in STATS:
+            raise UsageError(f"--stat must be one of {', '.join(STATS)}, got '{self.stat}'")
         if self.batch < 1:
             raise UsageError(f"--batch must be >= 1, got {self.batch}")
 

@@ -16,6 +16,9 @@ import numpy as np
 
 from .errors import EnvironmentProblem, InputError
 
+# The latency statistics a budget or a gate may name: one list for select, distill and validate alike.
+STATS = ("p50", "p90", "p99")
+
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -84,6 +87,8 @@ class LatencyStats:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
     def stat(self, name: str) -> float:
+        if name not in STATS:
+            raise ValueError(f"unknown latency statistic {name!r}; one of {', '.join(STATS)}")
         return float(getattr(self, name))
 
 

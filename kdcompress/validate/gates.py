@@ -6,7 +6,7 @@ Every variant (fp32, fp16, int8, or each file given to `validate`) is checked ag
 - min_agreement: top-1 agreement with the PyTorch model >= X (needs the checkpoint);
 - max_accuracy_drop: teacher top-1 - variant top-1 <= X, a fraction (0.01 = one percentage point; needs
   the teacher);
-- budget_ms: the variant's latency statistic (p50 or p90, batch 1 by default) <= X ms.
+- budget_ms: the variant's latency statistic (p50, p90 or p99; batch 1 by default) <= X ms.
 The recommended variant is the fastest one that passes every gate and is not slower than fp32. The run
 passes when there is one; a failed run exits with GateError's code (5) after its report is written, and
 report.json lists every failed (variant, gate) pair.
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import GateError, UsageError
+from ..core.ortbench import STATS
 
 GATE_NAMES = ("parity", "min_agreement", "max_accuracy_drop", "budget_ms")
 
@@ -36,8 +37,8 @@ class Gates:
             raise UsageError(f"--max-accuracy-drop must be in [0, 1] (0.01 = one point), got {self.max_accuracy_drop}")
         if self.budget_ms is not None and not self.budget_ms > 0:
             raise UsageError(f"--budget-ms must be > 0, got {self.budget_ms}")
-        if self.budget_stat not in ("p50", "p90", "p99"):
-            raise UsageError(f"--stat must be p50, p90 or p99, got '{self.budget_stat}'")
+        if self.budget_stat not in STATS:
+            raise UsageError(f"--stat must be one of {', '.join(STATS)}, got '{self.budget_stat}'")
 
     def require(self, *, has_reference: bool, has_teacher: bool) -> None:
         if self.min_agreement is not None and not has_reference:
