@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from typer.testing import CliRunner
 
+import kdcompress.core.system as system_mod
 import kdcompress.select.search as sel_mod
 from kdcompress.cli import app
 from kdcompress.core.config import Budget, RuntimeConfig
@@ -156,7 +157,7 @@ def test_plausible_filters_by_teacher_flops_and_regime(clock):
 
 
 def test_threads_default_one_and_capped_at_the_cpu_limit(clock, monkeypatch):
-    monkeypatch.setattr(sel_mod, "cpu_limit", lambda: 2)
+    monkeypatch.setattr(system_mod, "cpu_limit", lambda: 2)
     c = clock(LAT)
     assert run(0.045).threads == 1 and {t for _, t, *_ in c.calls} == {1}
     c.calls.clear()
@@ -170,7 +171,7 @@ def test_threads_default_one_and_capped_at_the_cpu_limit(clock, monkeypatch):
 
 
 def test_cache_hit_and_miss_on_threads_batch_provider(clock, monkeypatch):
-    monkeypatch.setattr(sel_mod, "cpu_limit", lambda: 4)
+    monkeypatch.setattr(system_mod, "cpu_limit", lambda: 4)
     c = clock(LAT)
     run(0.045)
     assert cache_path().is_file() and len(c.calls) == 6  # 4 candidates + teacher + 1 confirmation
@@ -284,7 +285,7 @@ def test_cli_table_and_ladder(clock, teacher_ckpt):
 
 
 def test_cli_threads_cap_warns(clock, teacher_ckpt, monkeypatch):
-    monkeypatch.setattr(sel_mod, "cpu_limit", lambda: 2)
+    monkeypatch.setattr(system_mod, "cpu_limit", lambda: 2)
     clock(LAT)
     r = cli("--teacher", str(teacher_ckpt), "--budget-ms", "0.045", "--candidates", "resnet8", "--threads", "64",
             "--json")

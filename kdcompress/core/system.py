@@ -57,6 +57,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cap_threads(requested: int | None) -> tuple[int, str | None]:
+    """ORT intra-op threads: 1 unless asked (batch-1 latency of small models is best there, ENVIRONMENT.md
+    §4), and never more than the CPUs this container may use: oversubscribed threads only add noise.
+    Returns (threads, a warning when the request was capped). The one rule for select, validate, distill."""
+    limit = cpu_limit()
+    if requested is None:
+        return 1, None
+    if requested > limit:
+        return limit, f"--threads {requested} exceeds this container's CPU limit ({limit}); using {limit}"
+    return requested, None
+
+
 @contextlib.contextmanager
 def process_settings(device: torch.device) -> Iterator[None]:
     """The process-wide switches a training run wants, set once by the entry point and restored on exit

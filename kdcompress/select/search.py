@@ -27,7 +27,7 @@ from ..core.errors import BudgetError, UsageError
 from ..core.ortbench import LatencyStats, make_session, measure_latency
 from ..core.runio import atomic_write_json
 from ..core.spec import InputSpec
-from ..core.system import cpu_limit, machine_fingerprint
+from ..core.system import cap_threads, machine_fingerprint
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,7 @@ class Selection:
 
 
 def resolve_threads(requested: int | None) -> tuple[int, str | None]:
-    """ORT intra-op threads: 1 unless asked (batch-1 latency of small models is best there, ENVIRONMENT.md
-    §4), and never more than the CPUs this container may use: oversubscribed threads only add noise."""
-    limit = cpu_limit()
-    if requested is None:
-        return 1, None
-    if requested > limit:
-        return limit, f"--threads {requested} exceeds this container's CPU limit ({limit}); using {limit}"
-    return requested, None
+    return cap_threads(requested)
 
 
 def cache_path() -> Path:

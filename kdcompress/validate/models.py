@@ -20,7 +20,7 @@ from ..core.onnxio import TOLERANCES, VARIANTS, Tolerance, detect_variant
 from ..core.ortbench import LatencyStats, check_onnx, make_session, measure_latency
 from ..core.spec import InputSpec
 from ..core.splits import Split, normalize
-from ..core.system import cpu_limit
+from ..core.system import cap_threads
 from .gates import GateResult, Gates, check_gates, recommend
 
 EVAL_BATCH = 256
@@ -305,13 +305,14 @@ class Validation:
 
 
 def effective_threads(runtime: RuntimeConfig, warn=None) -> RuntimeConfig:
-    """ORT threads capped at the CPUs this container may use (more only oversubscribes them)."""
-    limit = cpu_limit()
-    if runtime.threads and runtime.threads > limit:
-        if warn:
-            warn(f"--threads {runtime.threads} exceeds the {limit} CPU(s) available here; using {limit}")
-        return replace(runtime, threads=limit)
-    return runtime
+    """`runtime` with its ORT threads capped by core.system.cap_threads (a warning when capped); an unset
+    --threads stays None (= 1 at session creation)."""
+    if runtime.threads is None:
+        return runtime
+    threads, note = cap_threads(runtime.threads)
+    if note and warn:
+        warn(note)
+    return replace(runtime, threads=threads)
 
 
 def _names(inputs: list[ModelInput], files: list[Path]) -> list[str]:
