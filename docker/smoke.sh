@@ -160,7 +160,7 @@ if ! "${engine_build[@]}" "${build_args[@]}" -t "$IMAGE" -f Dockerfile . > "$log
 fi
 t1=$(now)
 BUILD_S=$(secs "$t0" "$t1")
-steps=$(grep -c -E '^STEP [0-9]+/|^#[0-9]+ \[' "$log" || true)
+steps=$(grep -E 'STEP [0-9]+/[0-9]+: |^#[0-9]+ \[' "$log" | grep -v -c -E ' FROM ' || true)   # FROM has no cache line
 cached=$(grep -c -E -- '^--> Using cache|^#[0-9]+ CACHED' "$log" || true)
 SIZE=$($ENGINE image inspect "$IMAGE" --format '{{.Size}}')
 
@@ -187,6 +187,10 @@ print(f"[docker-smoke] doctor: kdcompress {d['kdcompress']}, python {d['python']
 assert starts.get("CPUExecutionProvider"), "the CPU execution provider does not start"
 if sys.argv[2] == "gpu":
     assert "onnxruntime-gpu" in ort["distributions"] and "onnxruntime" not in ort["distributions"], ort["distributions"]
+    assert "CUDAExecutionProvider" in starts, "onnxruntime-gpu does not list the CUDA provider"
+    cuda = next(p for p in ort["providers"] if p["provider"] == "CUDAExecutionProvider")
+    print(f"[docker-smoke] doctor: CUDA provider starts={cuda['starts']} ({cuda.get('note') or 'no note'}); "
+          f"torch sees {len(d['torch']['gpus'])} GPU(s)", file=sys.stderr)
 EOF
 
 DEMO_S=skipped
