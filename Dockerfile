@@ -121,14 +121,14 @@ USER 10001:10001
 ENTRYPOINT ["kdcompress"]
 CMD ["--help"]
 
-# Labels last, so a new revision only adds a metadata layer. KDCOMPRESS_VERSION must equal the version in
-# pyproject.toml (tests/test_docker.py checks it); docker/smoke.sh passes SOURCE_URL and REVISION from git.
+# Labels last. KDCOMPRESS_VERSION must equal the version in pyproject.toml (tests/test_docker.py checks
+# it). The revision (and a source other than SOURCE_URL's) go on the command line:
+# `--label org.opencontainers.image.revision=$(git rev-parse HEAD)`, as docker/smoke.sh does; podman 4.3
+# reuses a cached LABEL step even when the build argument in it changed, so an ARG would go stale.
 ARG KDCOMPRESS_VERSION=0.1.0
 ARG SOURCE_URL=unknown
-ARG REVISION=unknown
 LABEL org.opencontainers.image.title="kdcompress" \
       org.opencontainers.image.description="Distil an image classifier into a small ONNX student that meets a latency budget (${VARIANT} image)" \
       org.opencontainers.image.version="${KDCOMPRESS_VERSION}" \
       org.opencontainers.image.source="${SOURCE_URL}" \
-      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -102,8 +102,8 @@ say "base image: $BASE"
 # ------------------------------------------------------------------------------------------------ build
 build_args=(--build-arg "VARIANT=$VARIANT"
             --build-arg "KDCOMPRESS_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)"
-            --build-arg "SOURCE_URL=$(git config --get remote.origin.url 2>/dev/null || echo "file://$ROOT")"
-            --build-arg "REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)")
+            --label "org.opencontainers.image.source=$(git config --get remote.origin.url 2>/dev/null || echo "file://$ROOT")"
+            --label "org.opencontainers.image.revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)")
 if [ "$VARIANT" = gpu ]; then build_args+=(--build-arg "CUDA_IMAGE=$BASE"); else build_args+=(--build-arg "CPU_IMAGE=$BASE"); fi
 [ -n "${KDC_TORCH_CPU_INDEX:-}" ] && build_args+=(--build-arg "TORCH_CPU_INDEX=$KDC_TORCH_CPU_INDEX")
 
@@ -163,6 +163,12 @@ BUILD_S=$(secs "$t0" "$t1")
 steps=$(grep -E 'STEP [0-9]+/[0-9]+: |^#[0-9]+ \[' "$log" | grep -v -c -E ' FROM ' || true)   # FROM has no cache line
 cached=$(grep -c -E -- '^--> Using cache|^#[0-9]+ CACHED' "$log" || true)
 SIZE=$($ENGINE image inspect "$IMAGE" --format '{{.Size}}')
+LABELS=$($ENGINE image inspect "$IMAGE" --format '{{json .Config.Labels}}' | python3 -c '
+import json, sys
+lab = json.load(sys.stdin) or {}
+get = lambda k: lab.get("org.opencontainers.image." + k, "")
+print("version %s, revision %s, source %s" % (get("version"), get("revision")[:12], get("source")))')
+case "$LABELS" in "version , "*) die "the image has no version label";; esac
 
 # ------------------------------------------------------------------------------------------------- runs
 run=("$ENGINE" run --rm --network none)
@@ -215,6 +221,7 @@ fi
 cat <<EOF
 docker-smoke: PASS ($ENGINE, $IMAGE, base $BASE)
   image size:   $(human "$SIZE")
+  labels:       $LABELS
   build time:   ${BUILD_S} s ($cached of $steps build steps from the cache)
   demo time:    ${DEMO_S} s (kdcompress demo in the container, as uid $user)
   outputs:      $SMOKE_DIR/doctor.json, $SMOKE_DIR/demo/distill/report.json
