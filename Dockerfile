@@ -122,9 +122,9 @@ ENTRYPOINT ["kdcompress"]
 CMD ["--help"]
 
 # Labels last. KDCOMPRESS_VERSION must equal the version in pyproject.toml (tests/test_docker.py checks
-# it). The revision (and a source other than SOURCE_URL's) go on the command line:
-# `--label org.opencontainers.image.revision=$(git rev-parse HEAD)`, as docker/smoke.sh does; podman 4.3
-# reuses a cached LABEL step even when the build argument in it changed, so an ARG would go stale.
+# it); docker/smoke.sh passes it and SOURCE_URL (the git remote) as build arguments. No revision label:
+# podman 4.3 reuses a cached LABEL step when only the build argument in it changed (the label goes stale),
+# and `--label` on the command line changes every step's cache key (every commit a full rebuild).
 ARG KDCOMPRESS_VERSION=0.1.0
 ARG SOURCE_URL=unknown
 LABEL org.opencontainers.image.title="kdcompress" \

@@ -102,8 +102,11 @@ say "base image: $BASE"
 # ------------------------------------------------------------------------------------------------ build
 build_args=(--build-arg "VARIANT=$VARIANT"
             --build-arg "KDCOMPRESS_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)"
-            --label "org.opencontainers.image.source=$(git config --get remote.origin.url 2>/dev/null || echo "file://$ROOT")"
-            --label "org.opencontainers.image.revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)")
+)
+# the source label: the git remote when there is one (a build argument, not --label, which would change
+# every step's cache key in podman); the Dockerfile's default otherwise
+SOURCE_URL=$(git config --get remote.origin.url 2>/dev/null || true)
+[ -n "$SOURCE_URL" ] && build_args+=(--build-arg "SOURCE_URL=$SOURCE_URL")
 if [ "$VARIANT" = gpu ]; then build_args+=(--build-arg "CUDA_IMAGE=$BASE"); else build_args+=(--build-arg "CPU_IMAGE=$BASE"); fi
 [ -n "${KDC_TORCH_CPU_INDEX:-}" ] && build_args+=(--build-arg "TORCH_CPU_INDEX=$KDC_TORCH_CPU_INDEX")
 
@@ -167,7 +170,7 @@ LABELS=$($ENGINE image inspect "$IMAGE" --format '{{json .Config.Labels}}' | pyt
 import json, sys
 lab = json.load(sys.stdin) or {}
 get = lambda k: lab.get("org.opencontainers.image." + k, "")
-print("version %s, revision %s, source %s" % (get("version"), get("revision")[:12], get("source")))')
+print("version %s, source %s" % (get("version"), get("source")))')
 case "$LABELS" in "version , "*) die "the image has no version label";; esac
 
 # ------------------------------------------------------------------------------------------------- runs
