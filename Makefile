@@ -26,6 +26,6 @@ clean:
 
 # Builds the CPU image for real with docker (or podman, installed when missing and root), runs doctor and
 # the demo in it, checks report.json and prints image size, build and demo time. Not part of `make test`
-# (minutes, and about 7 GB of disk). See docs/docker.md.
+# (minutes, and about 15 GB of disk: the 6.5 GB image plus its cached build stage). See docs/docker.md.
 docker-smoke:
 	bash docker/smoke.sh
