@@ -202,13 +202,13 @@ if sys.argv[2] == "gpu":
           f"torch sees {len(d['torch']['gpus'])} GPU(s)", file=sys.stderr)
 EOF
 
-DEMO_S=skipped
+DEMO_S="skipped (KDC_SKIP_DEMO=1)"
 if [ "${KDC_SKIP_DEMO:-0}" != 1 ]; then
     say "kdcompress demo --out /runs/demo (uid $user, host folder $SMOKE_DIR at /runs)"
     t0=$(now)
     rc=0; "${run[@]}" -v "$SMOKE_DIR:/runs" "$IMAGE" demo --out /runs/demo --json > "$SMOKE_DIR/demo.json" || rc=$?
     t1=$(now)
-    DEMO_S=$(secs "$t0" "$t1")
+    DEMO_S="$(secs "$t0" "$t1") s"
     [ "$rc" = 0 ] || die "demo exited with code $rc"
     report="$SMOKE_DIR/demo/distill/report.json"
     [ -e "$report" ] || die "no $report"
@@ -233,6 +233,6 @@ docker-smoke: PASS ($ENGINE, $IMAGE, base $BASE)
   image size:   $(human "$SIZE")
   labels:       $LABELS
   build time:   ${BUILD_S} s ($cached of $steps build steps from the cache)
-  demo time:    ${DEMO_S} s (kdcompress demo in the container, as uid $user)
+  demo time:    ${DEMO_S} (kdcompress demo in the container, as uid $user)
   outputs:      $SMOKE_DIR/doctor.json, $SMOKE_DIR/demo/distill/report.json
 EOF
