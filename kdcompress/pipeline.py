@@ -205,7 +205,8 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
                              val_acc=result.best_val_accuracy)
         if not run.teacher_onnx.exists() or read_metadata(run.teacher_onnx).get("teacher_sha256") != teacher.sha256:
             t_meta = {**onnx_metadata(arch=teacher.arch, splits=splits, teacher=teacher, preset=None, val_acc=None),
-                      "role": "teacher"}
+                      "role": "teacher",  # an ONNX teacher keeps its own graph, so its own layout (NHWC too)
+                      "layout": getattr(teacher.model, "layout", "NCHW")}
             atomic_write_bytes(run.teacher_onnx, teacher_onnx_bytes(teacher, t_meta))
         t_input = describe(run.teacher_onnx, data_shape=spec.shape, mean=spec.mean, std=spec.std)
         artifacts, val = export_and_validate(
