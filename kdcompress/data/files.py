@@ -9,6 +9,10 @@
     mnist:/root             idx files (MNIST/raw/, raw/ or the root itself; .gz too)
     fashionmnist:/root      idx files (FashionMNIST/raw/, raw/ or the root)
 
+Class names (the one rule of core.classes, the same for folders and CSV labels): names are strings;
+when all are integers they sort by value (folders 0..11 -> labels 0..11), otherwise as strings.
+16-bit grey images are brought to 8 bits by value / 257 (rounded), not clipped.
+
 Options follow the path after commas: `load=auto|memory|stream` and `workers=N` (decoding processes).
 Nothing is downloaded unless `--download` is given (torchvision's downloaders then fill the root).
 
