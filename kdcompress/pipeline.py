@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 
 from . import losses, students
-from .core.classes import match_classes
+from .core.classes import is_integer_name, match_classes
 from .core.config import RunConfig, RuntimeConfig, preset_to_json
 from .core.errors import InputError
 from .core.onnxio import build_metadata, read_metadata, stamp_metadata
@@ -131,11 +131,16 @@ def teacher_strength(teacher: Teacher, splits: DataSplits, device: torch.device,
     if bar >= 1.0:
         warn(f"the validation split ({n} images) is too small to tell the teacher from chance; not checked")
     elif acc <= bar and not allow_weak:
+        order = "name its outputs in order with --classes"
+        names = tuple(splits.classes)
+        if all(is_integer_name(c) for c in names) and tuple(sorted(names)) != names:
+            # numbered folders: torchvision's ImageFolder numbers them in string order ('0','1','10',...)
+            order = f"a teacher trained with string-sorted class folders needs --classes {','.join(sorted(names))}"
         raise InputError(
             f"teacher {teacher.path} scores {acc:.1%} on the validation split ({n} images), no better than "
             f"chance ({p0:.1%} + 3 standard errors = {bar:.1%}); likely causes: its class order differs from "
-            "the data's (name its outputs in order with --classes), the wrong normalisation (--mean/--std), or "
-            "the wrong --teacher-arch; --allow-weak-teacher distils from it anyway")
+            f"the data's ({order}), the wrong normalisation (--mean/--std), or the wrong --teacher-arch; "
+            "--allow-weak-teacher distils from it anyway")
     elif acc <= bar:
         warn(f"teacher scores {acc:.1%} on the validation split, no better than chance ({bar:.1%}); "
              "distilling anyway (--allow-weak-teacher)")

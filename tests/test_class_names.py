@@ -185,3 +185,32 @@ def test_sixteen_bit_grey_png_is_scaled_not_clipped(tmp_path):
     assert got.max() == round(63000 / 257) and len(np.unique(got)) > 32  # not 0/255 only
     rgb = decode(str(p), (3, 8, 8))
     assert np.array_equal(rgb[0], got) and np.array_equal(rgb[2], got)
+
+
+def test_index_only_teacher_trained_in_string_order_is_refused_then_fixed_with_classes(numeric_run, tmp_path):
+    """A plain state_dict (no class names) whose outputs are in torchvision's string order of the folders
+    ('0','1','10','11','2',...): assumed positional, it scores near chance and is refused with the exact
+    --classes that fixes it; with that flag it is mapped by name and scores what the named teacher does."""
+    from kdcompress.students.checkpoint import load_checkpoint
+
+    root, _, a, _ = numeric_run
+    model, obj = load_checkpoint(root / "teacher.pt")
+    string_order = sorted(NUMERIC)
+    rows = torch.tensor([NUMERIC.index(c) for c in string_order])  # output j carries class string_order[j]
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["fc.weight"], sd["fc.bias"] = sd["fc.weight"][rows], sd["fc.bias"][rows]
+    torch.save(sd, tmp_path / "sd.pt")
+    spec = obj["input_spec"]
+    flags = ["--teacher-arch", "tinycnn_w8", "--num-classes", "12", "--input-shape", "3,8,8",
+             "--mean", ",".join(map(str, spec["mean"])), "--std", ",".join(map(str, spec["std"]))]
+    data = f"imagefolder:{root / 'imgs'}"
+    r = runner.invoke(app, ["distill", "--teacher", str(tmp_path / "sd.pt"), "--data", data, "--student",
+                            "tinycnn_w8", "--device", "cpu", "--out", str(tmp_path / "run"), *flags])
+    assert r.exit_code == InputError.exit_code, r.output
+    assert f"--classes {','.join(string_order)}" in r.stderr and "no better than chance" in r.stderr
+    # (index names '0'..'11' coincide with the folder names, so the positional assumption is not warned
+    # about here; the weak-teacher refusal is what keeps it from being a silent wrong answer)
+    assert not (tmp_path / "run").exists()
+    rep = _distill(tmp_path / "sd.pt", data, tmp_path / "run", *flags, "--classes", ",".join(string_order))
+    assert rep["teacher"]["val_accuracy"] == a["teacher"]["val_accuracy"]
+    assert rep["teacher"]["accuracy"] == a["teacher"]["accuracy"]
