@@ -213,3 +213,31 @@ def test_index_only_teacher_trained_in_string_order_is_refused_then_fixed_with_c
     rep = _distill(tmp_path / "sd.pt", data, tmp_path / "run", *flags, "--classes", ",".join(string_order))
     assert rep["teacher"]["val_accuracy"] == a["teacher"]["val_accuracy"]
     assert rep["teacher"]["accuracy"] == a["teacher"]["accuracy"]
+
+
+def test_export_and_validate_map_a_checkpoint_in_another_class_order(numeric_run, tmp_path):
+    """The distilled student saved with its outputs (and recorded names) in string order: export checks
+    parity and accuracy against the numeric-order data by name, and validate --checkpoint agrees."""
+    from kdcompress.core.checkpoint import save_checkpoint
+    from kdcompress.core.spec import InputSpec
+    from kdcompress.students.checkpoint import load_checkpoint
+
+    root, _, a, _ = numeric_run
+    model, obj = load_checkpoint(root / "run_folder" / "student.pt")
+    string_order = tuple(sorted(NUMERIC))
+    rows = torch.tensor([NUMERIC.index(c) for c in string_order])
+    with torch.no_grad():
+        model.fc.weight.copy_(model.fc.weight[rows].clone())
+        model.fc.bias.copy_(model.fc.bias[rows].clone())
+    ck = tmp_path / "moved.pt"
+    save_checkpoint(ck, model, str(obj["arch"]), string_order, InputSpec.from_json(obj["input_spec"]))
+    data = f"imagefolder:{root / 'imgs'}"
+    r = runner.invoke(app, ["export", "--checkpoint", str(ck), "--data", data, "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)["artifacts"][0]
+    assert row["accuracy"] == a["student"]["accuracy"] and row["parity"]["passed"]
+    r = runner.invoke(app, ["validate", "--onnx", row["onnx"], "--checkpoint", str(ck), "--data", data, "--json"],
+                      catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    v = json.loads(r.stdout)["variants"][0]
+    assert v["accuracy"] == a["student"]["accuracy"] and v["parity"]["top1_agreement"] == 1.0
