@@ -180,6 +180,7 @@ def distill(
     simplify: Simplify = False,
     min_agreement: MinAgreement = None,
     max_accuracy_drop: MaxAccuracyDrop = None,
+    allow_weak_teacher: Annotated[bool, typer.Option("--allow-weak-teacher", help="Distil even from a teacher no better than chance on the validation split.")] = False,
     json_: Json = False,
 ) -> None:
     """The whole job: teacher -> select -> distill -> export -> validate -> report.

@@ -12,6 +12,7 @@ import torch
 from rich.console import Console
 
 from . import losses, students
+from .core.classes import is_integer_name, match_classes
 from .core.config import RunConfig, RuntimeConfig, preset_to_json
 from .core.errors import InputError
 from .core.onnxio import build_metadata, read_metadata, stamp_metadata
@@ -37,13 +38,25 @@ from .validate import (
 )
 
 
-def check_fit(what: str, classes: tuple[str, ...], spec: InputSpec, splits: DataSplits, warn) -> None:
+def check_fit(what: str, classes: tuple[str, ...], spec: InputSpec, splits: DataSplits, warn, *,
+              recorded: bool = True) -> list[int] | None:
+    """A model's classes and input shape against the data. Classes are matched by NAME (core.classes):
+    returns, for each data class, the model output that carries it (None: the same order). `recorded`:
+    the names come from a file kdcompress wrote (a student checkpoint), so "0".."K-1" are names too;
+    otherwise (a teacher perhaps known by its count only) index names are taken positionally, said in
+    `warn`."""
     if len(classes) != splits.num_classes:
         raise InputError(f"{what} has {len(classes)} classes but data '{splits.name}' has {splits.num_classes}")
     if tuple(spec.shape) != tuple(splits.shape):
         raise InputError(f"{what} expects input {spec.shape} but data '{splits.name}' has images of {splits.shape}")
-    if tuple(classes) != tuple(splits.classes) and warn:
-        warn(f"class names differ between {what} and the data; assuming the same order")
+    try:
+        cols, note = match_classes(tuple(classes), tuple(splits.classes), what, positional_ok=not recorded,
+                                   fix="use data whose classes carry its names")
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if note and warn:
+        warn(note)
+    return cols
 
 
 def probe_batch(splits: DataSplits | None, spec: InputSpec) -> np.ndarray | None:
@@ -81,7 +94,8 @@ def stamp_accuracy(arts: list[OnnxArtifact], val: Validation) -> tuple[list[Onnx
 def check_compatible(teacher: Teacher, splits: DataSplits, console: Console) -> DataSplits:
     """The data's classes against the teacher's (count; names when both name them; the same names in
     another order are renumbered to the teacher's order) and the image shape."""
-    aligned = align_classes(splits, teacher.classes, str(teacher.path))
+    aligned = align_classes(splits, teacher.classes, str(teacher.path),
+                            warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
     if aligned.classes != splits.classes:
         console.print("[dim]data classes renumbered to the teacher's order[/]")
     if tuple(teacher.input_spec.shape) != tuple(splits.shape):
@@ -90,13 +104,56 @@ def check_compatible(teacher: Teacher, splits: DataSplits, console: Console) -> 
     return aligned
 
 
+WEAK_TEACHER_Z = 3.0  # standard errors above chance a teacher must clear on the validation split
+
+
+def teacher_strength(teacher: Teacher, splits: DataSplits, device: torch.device, *, allow_weak: bool,
+                     warn) -> float | None:
+    """The teacher's fp32 top-1 on the validation split (data already aligned to its classes), before any
+    training. Rule: chance is p0 = max(1/C, the largest class share of the split) (what a constant guess
+    scores); with n images its standard error is se = sqrt(p0 (1 - p0) / n). A teacher at or below
+    p0 + 3 se is not clearly better than chance (one-sided, about p < 0.0015 under the normal
+    approximation of the binomial) and is refused with InputError unless `allow_weak`. When the split is
+    too small for even a perfect score to clear the bar, the check is skipped with a warning."""
+    from .core.infer import accuracy, predict
+
+    n = len(splits.val)
+    if n == 0:
+        return None
+    logits = predict(teacher.to(device).model, splits.val, teacher.input_spec, device)
+    if logits.shape[1] != splits.num_classes:
+        raise InputError(f"teacher {teacher.path} returns {logits.shape[1]} logits but the data has "
+                         f"{splits.num_classes} classes")
+    acc = accuracy(logits, splits.val.y)
+    share = float(torch.bincount(splits.val.y, minlength=splits.num_classes).max()) / n
+    p0 = max(1.0 / splits.num_classes, share)
+    bar = p0 + WEAK_TEACHER_Z * float(np.sqrt(p0 * (1.0 - p0) / n))
+    if bar >= 1.0:
+        warn(f"the validation split ({n} images) is too small to tell the teacher from chance; not checked")
+    elif acc <= bar and not allow_weak:
+        order = "name its outputs in order with --classes"
+        names = tuple(splits.classes)
+        if all(is_integer_name(c) for c in names) and tuple(sorted(names)) != names:
+            # numbered folders: torchvision's ImageFolder numbers them in string order ('0','1','10',...)
+            order = f"a teacher trained with string-sorted class folders needs --classes {','.join(sorted(names))}"
+        raise InputError(
+            f"teacher {teacher.path} scores {acc:.1%} on the validation split ({n} images), no better than "
+            f"chance ({p0:.1%} + 3 standard errors = {bar:.1%}); likely causes: its class order differs from "
+            f"the data's ({order}), the wrong normalisation (--mean/--std), or the wrong --teacher-arch; "
+            "--allow-weak-teacher distils from it anyway")
+    elif acc <= bar:
+        warn(f"teacher scores {acc:.1%} on the validation split, no better than chance ({bar:.1%}); "
+             "distilling anyway (--allow-weak-teacher)")
+    return acc
+
+
 def onnx_metadata(*, arch: str, splits: DataSplits, teacher: Teacher, preset: str, val_acc: float) -> dict[str, Any]:
     return build_metadata(arch=arch, classes=splits.classes, spec=teacher.input_spec, preset=preset,
                           teacher_sha256=teacher.sha256, val_accuracy=val_acc)
 
 
 def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: ExportOptions | None = None,
-            gates: Gates | None = None) -> dict[str, Any]:
+            gates: Gates | None = None, allow_weak_teacher: bool = False) -> dict[str, Any]:
     """The whole job. `export_opts` picks the ONNX variants (fp32 only by default); `gates` defaults to
     the parity gate alone. The report says whether the gates passed; the CLI turns a failure into exit 5."""
     console = console or Console(stderr=True)
@@ -113,6 +170,9 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
     splits = ddp.main_first(lambda: load_data(cfg.data, teacher.input_spec, download=cfg.download))
     splits = check_compatible(teacher, splits, console)
     spec = teacher.input_spec
+    # a teacher at chance level (class order, normalisation, architecture) is refused before --out is touched
+    t_val = teacher_strength(teacher, splits, device, allow_weak=allow_weak_teacher,
+                             warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
     if ddp.is_main:
         run.prepare()
         atomic_write_json(run.config, cfg.to_json())
@@ -150,7 +210,8 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
                              val_acc=result.best_val_accuracy)
         if not run.teacher_onnx.exists() or read_metadata(run.teacher_onnx).get("teacher_sha256") != teacher.sha256:
             t_meta = {**onnx_metadata(arch=teacher.arch, splits=splits, teacher=teacher, preset=None, val_acc=None),
-                      "role": "teacher"}
+                      "role": "teacher",  # an ONNX teacher keeps its own graph, so its own layout (NHWC too)
+                      "layout": getattr(teacher.model, "layout", "NCHW")}
             atomic_write_bytes(run.teacher_onnx, teacher_onnx_bytes(teacher, t_meta))
         t_input = describe(run.teacher_onnx, data_shape=spec.shape, mean=spec.mean, std=spec.std)
         artifacts, val = export_and_validate(
@@ -171,7 +232,7 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
         "budget_stat": cfg.budget.stat,
         "teacher": {"path": str(teacher.path), "arch": teacher.arch, "params": teacher.params,
                     "flops": teacher.flops, "format": teacher.format,
-                    **t_eval.to_json(), "sha256": teacher.sha256, "onnx_sha256": t_eval.sha256},
+                    **t_eval.to_json(), "val_accuracy": t_val, "sha256": teacher.sha256, "onnx_sha256": t_eval.sha256},
         "student": {"arch": arch, "params": s_cap.params, "flops": s_cap.flops, **s_eval.to_json(),
                     "val_accuracy_best": result.best_val_accuracy,
                     "val_accuracy_final": result.final_val_accuracy, "best_epoch": result.best_epoch,

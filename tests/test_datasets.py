@@ -267,7 +267,7 @@ def test_align_classes_count_names_and_reordering():
     assert align_classes(s, ("0", "1", "2"), "T") is s  # a teacher known only by count: count checked
     rev = align_classes(s, ("class_2", "class_1", "class_0"), "T")
     assert rev.classes == ("class_2", "class_1", "class_0") and torch.equal(rev.train.y, 2 - s.train.y)
-    with pytest.raises(InputError, match="the data has 'class_0'"):
+    with pytest.raises(InputError, match="does not know the data's class 'class_0'"):
         align_classes(s, ("cat", "class_1", "class_2"), "T")
 
 

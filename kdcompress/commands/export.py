@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,9 @@ def export_job(*, run: Path | None, checkpoint: Path | None, out: Path | None, d
     classes = tuple(str(c) for c in obj["classes"])
     preset = preset or (obj.get("metrics") or {}).get("preset")
     splits = load_data(data) if data else None
+    cols = None  # the checkpoint's outputs -> the data's classes, by name
     if splits is not None:
-        check_fit(str(checkpoint), classes, spec, splits, lambda m: console.print(f"[yellow]warning:[/] {m}"))
+        cols = check_fit(str(checkpoint), classes, spec, splits, lambda m: console.print(f"[yellow]warning:[/] {m}"))
     meta = build_metadata(arch=str(obj["arch"]), classes=classes, spec=spec, preset=preset,
                           teacher_sha256=teacher_sha, val_accuracy=(obj.get("metrics") or {}).get("val_accuracy"))
     calib = calibration_images(splits.train, spec, opts.calib) if opts.int8 and splits is not None else None
@@ -74,10 +76,12 @@ def export_job(*, run: Path | None, checkpoint: Path | None, out: Path | None, d
         arts = export_variants(model, spec, Path(out), opts, meta, calib=calib, probe=probe_batch(splits, spec))
     rows = []
     ref = reference_logits(model, splits.test, spec) if splits is not None else None
+    if ref is not None and cols is not None:
+        ref = ref[:, cols]
     for a in arts:
         row = a.to_json()
         if splits is not None:
-            mi = describe(a.path, data_shape=spec.shape)
+            mi = replace(describe(a.path, data_shape=spec.shape), columns=None if cols is None else tuple(cols))
             logits = onnx_logits(make_session(a.path), mi, splits.test)
             acc = accuracy_metrics(logits, splits.test.y.numpy(), splits.classes)
             par = parity(logits, ref, a.variant)

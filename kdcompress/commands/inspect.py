@@ -17,11 +17,13 @@ def inspect_teacher(path: Path, *, options: TeacherOptions | None = None, trust:
     gives features, and its latency measured in ONNX Runtime with the one harness."""
     t = load_teacher(path, trust=trust, options=options)
     sess = make_session(teacher_onnx_bytes(t), provider, threads)
-    lat = measure_latency(sess, (batch, *t.input_spec.shape))
+    layout = getattr(t.model, "layout", "NCHW")  # an ONNX teacher's graph input (OrtTeacher detects it)
+    c, h, w = t.input_spec.shape
+    lat = measure_latency(sess, (batch, h, w, c) if layout == "NHWC" else (batch, c, h, w))
     return {
         "path": str(t.path), "format": t.format, "arch": t.arch, "sha256": t.sha256,
         "params": t.params, "flops": t.flops, "num_classes": t.num_classes, "classes": list(t.classes),
-        "input_spec": t.input_spec.to_json(), "embed_dim": t.embed_dim, "logits_only": t.logits_only,
+        "input_spec": t.input_spec.to_json(), "layout": layout, "embed_dim": t.embed_dim, "logits_only": t.logits_only,
         "features": t.embed_via, "metrics": t.metrics,
         "latency_ms": lat.to_json(), "provider": provider, "threads": threads or 1,
     }

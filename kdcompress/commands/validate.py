@@ -20,6 +20,7 @@ from ..validate.models import (
     ModelInput,
     describe,
     effective_threads,
+    map_classes,
     reference_logits,
     validate_models,
 )
@@ -35,12 +36,14 @@ def _teacher_source(teacher: Path, splits: DataSplits, mean, std, layout, warn):
             mi = describe(teacher, data_shape=splits.shape, layout=layout)
         except UsageError:  # no normalisation metadata: assume the student's flags apply to it too
             mi = describe(teacher, data_shape=splits.shape, mean=mean, std=std, layout=layout)
+        mi = map_classes(mi, splits.classes, f"teacher {teacher}", warn)
         info = {"path": str(teacher)}
         return (Path(teacher), mi), info
     t = load_teacher(Path(teacher))
-    check_fit(f"teacher {teacher}", t.classes, t.input_spec, splits, warn)
+    cols = check_fit(f"teacher {teacher}", t.classes, t.input_spec, splits, warn, recorded=False)
     data = onnx_bytes(t.model, t.input_spec)
-    mi = ModelInput(INPUT_NAME, "NCHW", t.input_spec, "tensor(float)", None, t.classes, "fp32", {})
+    mi = ModelInput(INPUT_NAME, "NCHW", t.input_spec, "tensor(float)", None, t.classes, "fp32", {},
+                    None if cols is None else tuple(cols))
     return (data, mi), {"path": str(teacher), "arch": t.arch, "sha256_checkpoint": t.sha256, "params": t.params}
 
 
@@ -62,16 +65,17 @@ def validate_job(*, files: list[Path], data: str, teacher: Path | None, checkpoi
 
     runtime = effective_threads(runtime, warn)
     splits = load_data(data)
-    inputs = [describe(Path(f), data_shape=splits.shape, mean=mean, std=std, layout=layout) for f in files]
-    for f, mi in zip(files, inputs, strict=True):
-        if mi.classes is not None and tuple(mi.classes) != tuple(splits.classes):
-            warn(f"class names in {f} differ from the data's; assuming the same order")
+    # every model is scored against the data by class NAME (its metadata's classes -> the data's order)
+    inputs = [map_classes(describe(Path(f), data_shape=splits.shape, mean=mean, std=std, layout=layout),
+                          splits.classes, str(f), warn) for f in files]
     reference = None
     if checkpoint is not None:
         model, obj = load_checkpoint(Path(checkpoint))
         ck_spec = InputSpec.from_json(obj["input_spec"])
-        check_fit(str(checkpoint), tuple(str(c) for c in obj["classes"]), ck_spec, splits, warn)
+        cols = check_fit(str(checkpoint), tuple(str(c) for c in obj["classes"]), ck_spec, splits, warn)
         reference = reference_logits(model, splits.test, ck_spec)  # with the normalisation it was trained on
+        if cols is not None:
+            reference = reference[:, cols]  # the checkpoint's class order -> the data's
     t_src, t_info = (None, None)
     if teacher is not None:
         t_src, t_info = _teacher_source(Path(teacher), splits, mean, std, layout, warn)

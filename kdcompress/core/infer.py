@@ -6,11 +6,11 @@ import torch
 from torch import Tensor, nn
 
 from .spec import InputSpec
-from .splits import TensorSplit, normalize
+from .splits import Split, normalize
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, split: TensorSplit, spec: InputSpec, device: torch.device,
+def predict(model: nn.Module, split: Split, spec: InputSpec, device: torch.device,
             batch_size: int = 256) -> Tensor:
     """fp32 logits (N, C) on the CPU, model in eval mode; restores the model's train/eval mode."""
     was_training = model.training

@@ -9,6 +9,10 @@
     mnist:/root             idx files (MNIST/raw/, raw/ or the root itself; .gz too)
     fashionmnist:/root      idx files (FashionMNIST/raw/, raw/ or the root)
 
+Class names (the one rule of core.classes, the same for folders and CSV labels): names are strings;
+when all are integers they sort by value (folders 0..11 -> labels 0..11), otherwise as strings.
+16-bit grey images are brought to 8 bits by value / 257 (rounded), not clipped.
+
 Options follow the path after commas: `load=auto|memory|stream` and `workers=N` (decoding processes).
 Nothing is downloaded unless `--download` is given (torchvision's downloaders then fill the root).
 
@@ -29,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.classes import class_order
 from ..core.errors import InputError, UsageError
 from ..core.splits import DataSplits, TensorSplit
 from .imagesplits import IMAGE_EXTENSIONS, array_split, conform, file_split, image_shape
@@ -126,7 +131,7 @@ def _scan_imagefolder(root: Path) -> Listing:
             raise InputError(f"{root} has {'/'.join(d.name for d in split_dirs.values() if d)} but no train/ folder")
         split_dirs = {"all": root}
     base = split_dirs.get("train") or root
-    classes = tuple(d.name for d in _class_dirs(base))
+    classes = class_order(d.name for d in _class_dirs(base))  # the one rule (core.classes)
     index = {c: i for i, c in enumerate(classes)}
     listing: dict[str, list[tuple[Path, int]]] = {}
     counts: dict[str, int] = {}
@@ -167,9 +172,7 @@ def _read_csv(path: Path) -> Listing:
     labels = [str(r[keys["label"]] or "").strip() for r in rows]
     if any(not lab for lab in labels):
         raise InputError(f"{path}: row {labels.index('') + 2} has an empty label")
-    uniq = set(labels)
-    numeric = all(lab.lstrip("-").isdigit() for lab in uniq)
-    classes = tuple(sorted(uniq, key=int) if numeric else sorted(uniq))
+    classes = class_order(labels)  # the one rule (core.classes), as for image folders
     index = {c: i for i, c in enumerate(classes)}
     listing: dict[str, list[tuple[Path, int]]] = {}
     for n, (r, lab) in enumerate(zip(rows, labels, strict=True), start=2):

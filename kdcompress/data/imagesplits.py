@@ -26,7 +26,7 @@ from ..core.errors import InputError
 from ..core.splits import Batch, TensorSplit, batch_indices, count_batches
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
 
 
@@ -91,7 +91,7 @@ def decode(path: str, shape: tuple[int, int, int]) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. PIL's note on palette images with transparency
         with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB")
+            im = im.convert("L" if c == 1 else "RGB") if im.mode not in WIDE_GREY else _grey16_to_8(im, c)
             w, h = im.size
             nh, nw = cover_size(h, w, th, tw)
             if (nh, nw) != (h, w):
@@ -101,6 +101,21 @@ def decode(path: str, shape: tuple[int, int, int]) -> np.ndarray:
                 im = im.crop((left, top, left + tw, top + th))
             arr = np.asarray(im, dtype=np.uint8)
     return arr[None].copy() if c == 1 else arr.transpose(2, 0, 1).copy()
+
+
+WIDE_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # 16-bit grey PNG/TIFF (mode I: 32-bit ints)
+
+
+def _grey16_to_8(im, c: int):
+    """16-bit grey -> 8-bit by rounding value / 257, which maps 0..65535 onto 0..255 exactly (65535 -> 255,
+    257 k -> k); PIL's own convert("L") clips instead, so every value above 255 became white. A mode-I image
+    is read as 16-bit too (values clipped to 0..65535 first)."""
+    from PIL import Image
+
+    a = np.asarray(im).astype(np.float64)
+    a8 = np.rint(np.clip(a, 0, 65535) / 257.0).astype(np.uint8)
+    out = Image.fromarray(a8)  # a 2-D uint8 array is mode L
+    return out if c == 1 else out.convert("RGB")
 
 
 def _first(e: BaseException) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.classes import match_classes
 from ..core.errors import InputError, UsageError
 from ..core.registry import did_you_mean
 from ..core.spec import InputSpec
@@ -27,27 +28,23 @@ from . import files
 from .splitting import split_indices
 
 
-def is_index_names(classes: tuple[str, ...]) -> bool:
-    """"0".."K-1": classes known only by number (a teacher given --num-classes, MNIST, digits)."""
-    return tuple(classes) == tuple(str(i) for i in range(len(classes)))
-
-
-def align_classes(splits: DataSplits, teacher_classes: tuple[str, ...], teacher: str) -> DataSplits:
-    """Check the data's classes against the teacher's: the count always, the names when both sides name
-    them. The same names in another order are mapped onto the teacher's order (labels renumbered)."""
+def align_classes(splits: DataSplits, teacher_classes: tuple[str, ...], teacher: str, warn=None) -> DataSplits:
+    """Check the data's classes against the teacher's, by name (core.classes): the count always; the same
+    names in another order are mapped onto the teacher's order (labels renumbered), also when the names
+    are numbers; a teacher that records no names (or data named by numbers only) is assumed to agree by
+    position, and `warn` is told so, naming --classes."""
     t, d = tuple(teacher_classes), tuple(splits.classes)
     if len(t) != len(d):
         raise InputError(f"teacher {teacher} has {len(t)} classes but data '{splits.name}' has {len(d)}")
-    if t == d or is_index_names(t) or is_index_names(d):
+    try:
+        cols, note = match_classes(t, d, f"teacher {teacher}")
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if note and warn:
+        warn(note)
+    if cols is None:
         return splits
-    if set(t) != set(d):
-        extra = [c for c in d if c not in set(t)]
-        raise InputError(
-            f"class names differ between teacher {teacher} and data '{splits.name}': the data has "
-            f"{', '.join(repr(c) for c in extra[:3])}{' ...' if len(extra) > 3 else ''} that the teacher lacks "
-            f"(teacher: {', '.join(repr(c) for c in t[:3])}{' ...' if len(t) > 3 else ''}); if they are the "
-            "same classes, name the teacher's outputs with --classes")
-    perm = torch.tensor([t.index(c) for c in d], dtype=torch.long)  # data label -> teacher label
+    perm = torch.tensor(cols, dtype=torch.long)  # data label -> teacher label
 
     def remap(split):
         return replace(split, y=perm[split.y])

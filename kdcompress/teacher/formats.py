@@ -35,7 +35,7 @@ from ..core.runio import safe_torch_load
 from ..core.spec import InputSpec
 from ..students.checkpoint import model_from_kdcompress_dict
 from .model import EMBED_HOOK, EMBED_TIMM, Teacher, forward_with_embed
-from .ortteacher import OrtTeacher
+from .ortteacher import OrtTeacher, graph_layout
 
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model")
 STRIP_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
@@ -368,12 +368,13 @@ def _load_onnx(path: Path, opt: TeacherOptions) -> Teacher:
     graph_in = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     if len(graph_in) != 1:
         raise InputError(f"ONNX teacher {path} has {len(graph_in)} inputs; expected one image tensor")
-    dims = graph_in[0].type.tensor_type.shape.dim
-    if "input_shape" not in raw and len(dims) == 4 and all(d.HasField("dim_value") for d in dims[1:]):
-        raw["input_shape"] = [d.dim_value for d in dims[1:]]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_in[0].type.tensor_type.shape.dim]
+    layout = graph_layout(dims, meta.get("layout"))  # an NHWC graph takes (N, H, W, C): fed transposed
+    if "input_shape" not in raw and len(dims) == 4 and all(dims[1:]):
+        raw["input_shape"] = [dims[3], dims[1], dims[2]] if layout == "NHWC" else dims[1:]
     rec = _recorded_from_dict(raw)
     spec = _resolve_spec(path, rec, opt)
-    t = _finish(path, OrtTeacher(path), "onnx", f"onnx:{proto.graph.name or path.stem}", rec, opt, spec=spec)
+    t = _finish(path, OrtTeacher(path, layout), "onnx", f"onnx:{proto.graph.name or path.stem}", rec, opt, spec=spec)
     params = sum(math.prod(init.dims) for init in proto.graph.initializer)
     return replace(t, params=params)
 

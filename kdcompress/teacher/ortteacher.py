@@ -14,15 +14,28 @@ from ..core.ortbench import make_session
 from ..core.system import cpu_limit
 
 
+def graph_layout(dims: list[int | None], recorded: str | None = None) -> str:
+    """NCHW or NHWC for a rank-4 image input: the file's `layout` metadata when it has one, else the rule
+    validate uses (validate.models.describe): NHWC when the last axis is 1 or 3 channels and the second
+    is a known size that is not."""
+    if recorded and recorded.upper() in ("NCHW", "NHWC"):
+        return recorded.upper()
+    if len(dims) == 4 and dims[3] in (1, 3) and dims[1] is not None and dims[1] not in (1, 3):
+        return "NHWC"
+    return "NCHW"
+
+
 class OrtTeacher(nn.Module):
     """An ONNX teacher behind nn.Module's forward (logits only), so training calls it like any teacher.
 
     Runs on the CPU provider with all the CPUs this process may use; a CUDA input is run with the CUDA
-    provider when it starts here. A model exported with a fixed batch is fed in chunks of that batch."""
+    provider when it starts here. A model exported with a fixed batch is fed in chunks of that batch.
+    `layout` is the graph input's: "NHWC" graphs get the (N, C, H, W) batch transposed to (N, H, W, C)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, layout: str = "NCHW"):
         super().__init__()
         self.path = Path(path)
+        self.layout = layout
         self._sessions: dict[str, Any] = {}
         sess = self._session("cpu")
         inp = sess.get_inputs()[0]
@@ -43,10 +56,12 @@ class OrtTeacher(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         sess = self._session("cuda" if x.is_cuda else "cpu")
-        arr = x.detach().float().cpu().numpy()
+        if self.layout == "NHWC":
+            x = x.permute(0, 2, 3, 1)
+        arr = np.ascontiguousarray(x.detach().float().cpu().numpy())
         step = self.fixed_batch or max(len(arr), 1)
         outs = [sess.run([self.output_name], {self.input_name: arr[i:i + step]})[0] for i in range(0, len(arr), step)]
         return torch.from_numpy(np.concatenate(outs)).to(x.device)
 
     def __deepcopy__(self, memo):  # an ORT session cannot be copied; a fresh one over the same file is equal
-        return OrtTeacher(self.path)
+        return OrtTeacher(self.path, self.layout)

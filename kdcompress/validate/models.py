@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.classes import is_index_names, match_classes
 from ..core.config import RuntimeConfig
 from ..core.errors import InputError, UsageError
 from ..core.onnxio import TOLERANCES, VARIANTS, Tolerance, detect_variant
@@ -43,6 +44,7 @@ class ModelInput:
     classes: tuple[str, ...] | None  # from metadata
     variant: str
     metadata: dict[str, str]
+    columns: tuple[int, ...] | None = None  # output index of each data class (by name); None: same order
 
     def feed(self, x01: torch.Tensor) -> np.ndarray:
         x = normalize(x01.float(), self.spec)
@@ -53,6 +55,27 @@ class ModelInput:
     def batch_shape(self, b: int) -> tuple[int, ...]:
         c, h, w = self.spec.shape
         return (b, h, w, c) if self.layout == "NHWC" else (b, c, h, w)
+
+
+def map_classes(mi: ModelInput, data_classes: tuple[str, ...], what: str, warn=None) -> ModelInput:
+    """The model's outputs mapped onto the data's classes by NAME (core.classes.match_classes), from the
+    class names in its metadata (the same names in another order are reordered; any data class the file
+    lacks is an error); a file that names none is taken in the data's order, and `warn` is told so when
+    the data's classes have real names. One-line InputError when the names cannot be matched."""
+    if mi.classes is None:
+        if warn and not is_index_names(data_classes):
+            warn(f"{what} records no class names; assuming its output i is the data's class i "
+                 f"({', '.join(data_classes[:4])}{' ...' if len(data_classes) > 4 else ''})")
+        return mi
+    try:
+        # names a file records are names, also "0".."K-1": matched strictly, never assumed positional
+        cols, note = match_classes(tuple(mi.classes), tuple(data_classes), what, positional_ok=False,
+                                   fix="validate it on data whose classes carry its names")
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if note and warn:
+        warn(note)
+    return replace(mi, columns=None if cols is None else tuple(cols))
 
 
 def _json_list(meta: dict[str, str], key: str) -> list | None:
@@ -213,7 +236,13 @@ def onnx_logits(session, mi: ModelInput, split: Split) -> np.ndarray:
         out = np.asarray(session.run(None, {mi.name: feed})[0])
         if out.ndim != 2:
             raise InputError(f"the model returns an output of shape {out.shape}; expected (batch, classes)")
-        outs.append(out[:n].astype(np.float32))
+        out = out[:n]
+        if mi.columns is not None:  # the model's own class order -> the data's (by name)
+            if out.shape[1] <= max(mi.columns):
+                raise InputError(f"the model returns {out.shape[1]} outputs but its metadata names "
+                                 f"{len(mi.classes or ())} classes")
+            out = out[:, list(mi.columns)]
+        outs.append(out.astype(np.float32))
     return np.concatenate(outs)
 
 
