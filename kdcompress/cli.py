@@ -21,7 +21,7 @@ from typer._click import exceptions as click_errors  # typer 0.29 vendors click 
 from typer.core import TyperGroup
 
 from .core.errors import KdError
-from .core.runio import strict_json  # noqa: F401  (re-exported: cli.strict_json)
+from .core.runio import strict_json
 
 INTERNAL_ERROR = 70
 
@@ -225,7 +225,7 @@ def export(
     data: Annotated[str | None, typer.Option(help="Dataset spec for INT8 calibration and test-split checks "
                                                   "(default: the run's).")] = None,
     teacher: Annotated[Path | None, typer.Option(help="Teacher file, for the checksum in the metadata.")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).")] = 20,
+    opset: Annotated[int, typer.Option(help="ONNX opset: 18 up to the newest this ONNX Runtime runs.")] = 20,
     fp16: Fp16 = False,
     int8: Int8 = False,
     calib: Calib = 64,

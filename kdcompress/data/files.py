@@ -31,6 +31,7 @@ import torch
 
 from ..core.errors import InputError, UsageError
 from ..core.splits import DataSplits, TensorSplit
+from ..core.runio import regular_file
 from .imagesplits import IMAGE_EXTENSIONS, array_split, conform, file_split, image_shape
 from .splitting import carve, split_indices
 
@@ -150,6 +151,7 @@ def _scan_imagefolder(root: Path) -> Listing:
 
 
 def _read_csv(path: Path) -> Listing:
+    regular_file(path, "CSV file")  # a FIFO would block the reader
     if not path.is_file():
         raise InputError(f"CSV file not found: {path}")
     try:
@@ -271,6 +273,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> dict:
+    regular_file(path, "dataset file")
     try:
         with open(path, "rb") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore")
