@@ -31,7 +31,14 @@ def _fail(message: str, code: int) -> None:
     if not os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("RANK", "0") == "0":
         sys.stderr.write(f"kdcompress: error: {' '.join(message.split())}\n")
         sys.stderr.flush()
+    else:  # the silent ranks leave last: torchrun stops the others at the first exit, rank 0 must have spoken
+        import time
+
+        time.sleep(RANK_EXIT_DELAY_S)
     raise typer.Exit(code)
+
+
+RANK_EXIT_DELAY_S = 2.0
 
 
 PATH_FLAGS = ("--out", "-o", "--teacher", "--checkpoint", "--run", "--onnx")
@@ -253,6 +260,7 @@ def validate(
     layout: Annotated[str | None, typer.Option(help="Input layout NCHW or NHWC (default: metadata or graph).")] = None,
     throughput_batch: Annotated[int, typer.Option(help="Batch size for the throughput measurement.")] = 32,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write report.json, report.md and plots here.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress directory (nothing in it is deleted).")] = False,
     json_: Json = False,
 ) -> None:
     """Accuracy, parity, latency and gates of any ONNX image classifier in ONNX Runtime (exit 5: a gate failed)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EnvironmentProblem, InputError
+from .fsguard import regular_file
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -65,6 +66,7 @@ def check_onnx(path: Path) -> None:
     import onnx
 
     path = Path(path)
+    regular_file(path, "ONNX file")  # a FIFO or a device would block the reader
     if not path.is_file():
         raise InputError(f"ONNX file not found: {path}")
     if path.stat().st_size == 0:

@@ -31,6 +31,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     check_confined(path)
     if path.is_dir():
         raise InputError(f"{path} is a directory; give a file path")
+    if path.exists() and not path.is_symlink() and not path.is_file():  # a device or FIFO is never replaced
+        regular_file(path, "output")
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,7 +286,7 @@ class RunDir:
         except OSError as e:
             raise os_error(e, self.root, "creating run directory") from None
         with self.lock():
-            for d in (self.checkpoints, self.root / "plots"):
+            for d in (self.checkpoints, self.root / "plots", *self._ours()):
                 if d.is_symlink():
                     raise InputError(f"{d} is a symlink inside run directory {self.root}; kdcompress does not "
                                      "follow links out of a run directory: remove it or use another --out")
