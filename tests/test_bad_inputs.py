@@ -599,3 +599,41 @@ def test_refused_against_an_earlier_run(trained_run, tiny_teacher, tmp_path, nam
     for n in needles:
         assert n in errors[0], errors[0]
     assert after == before  # no file of the earlier run (nor any other here) changed, none appeared
+
+
+# a generator of refused commands: a flag of one command and a value it must refuse
+BAD_VALUES = {
+    "--budget-ms": ["nan", "inf", "-inf", "0", "-1", "1e999", "abc", ""],
+    "--epochs": ["0", "-1", "1.5", "x"],
+    "--threads": ["0", "-2", "many"],
+    "--stat": ["p0", "mean", ""],
+    "--mean": ["nan", "inf", "a,b", ""],
+    "--std": ["0", "-1", "nan", "inf"],
+    "--input-shape": ["1,8", "0,8,8", "1,-8,8", "1,1000000,1000000", "x"],
+    "--set": ["kd.T=0", "kd.T=-1", "kd.T=nan", "kd.T=inf", "kd.weight=-0.5", "kd.weight=nan", "train.lr=inf",
+              "train.lr=-1", "train.momentum=1", "train.momentum=-0.1", "train.batch_size=0", "train.seed=-5",
+              "train.weight_decay=-1", "train.epochs=0", "kd.TT=1"],
+    "--preset": ["kdd", "/nonexistent.toml"],
+    "--student": ["resnet9", ""],
+    "--provider": ["openvino", ""],
+}
+
+
+def test_property_a_run_directory_survives_any_refused_command(trained_run, tiny_teacher, tmp_path):
+    """A seeded random sequence of refused distill commands (a bad value for one flag each, sometimes with
+    --restart) aimed at a finished run: each exits non-zero with one line, and afterwards the run directory
+    is byte-identical, file for file, mode for mode."""
+    import shutil
+
+    c = Ctx(tmp_path, tmp_path / "run", tiny_teacher, [])
+    shutil.copytree(trained_run, c.run, symlinks=True)
+    before = snapshot(tmp_path)
+    rng = random.Random(12)
+    pairs = [(f, v) for f, vs in BAD_VALUES.items() for v in vs]
+    for flag, value in rng.sample(pairs, 24):
+        args = c.distill(flag, value) + (["--restart"] if rng.random() < 0.3 else [])
+        r = runner.invoke(app, args)
+        assert r.exit_code in (USAGE, INPUT), (flag, value, r.exit_code, r.output)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("kdcompress: error:"), (flag, value, r.stderr)
+        assert snapshot(tmp_path) == before, (flag, value)
