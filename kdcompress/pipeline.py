@@ -14,7 +14,7 @@ from rich.console import Console
 
 from . import losses, students
 from .core.config import RunConfig, RuntimeConfig, preset_to_json
-from .core.errors import InputError, KdError
+from .core.errors import InputError, KdError, UsageError
 from .core.onnxio import build_metadata, read_metadata, stamp_metadata
 from .core.runio import RunDir, atomic_write_bytes, atomic_write_json
 from .core.spec import InputSpec
@@ -130,6 +130,8 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
             num_classes=splits.num_classes, spec=spec, budget=cfg.budget, runtime=cfg.runtime,
             teacher_model=teacher.model if teacher.exportable else None, names=(cfg.student,) if cfg.student else cfg.candidates,
             on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({cfg.runtime.provider})")))
+    if selection.chosen is None:
+        raise UsageError("nothing was chosen: give --budget-ms (to select a student) or --student NAME")
     arch = selection.chosen.name
     fingerprint = {"arch": arch, "data": cfg.data, "teacher": teacher.sha256,
                    "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json()}

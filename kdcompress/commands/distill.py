@@ -27,6 +27,8 @@ def teacher_options(f: dict[str, Any]) -> TeacherOptions:
 
 
 def run_config(f: dict[str, Any]) -> RunConfig:
+    if f["student"] is not None and not f["student"].strip():
+        raise UsageError("--student is empty; give a student name (kdcompress students) or leave it out")
     if f["budget_ms"] is None and f["student"] is None:
         raise UsageError("give --budget-ms (to select a student) or --student NAME")
     return RunConfig(teacher=f["teacher"], data=f["data"], preset=preset_from_flags(f["preset"], f["epochs"], f["set_"]),
