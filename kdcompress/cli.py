@@ -26,15 +26,25 @@ from .core.runio import strict_json
 INTERNAL_ERROR = 70
 
 
-def _fail(message: str, code: int) -> None:
-    # under torchrun (TORCHELASTIC_RUN_ID set) the first process speaks for all; every process exits with the code
-    if not os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("RANK", "0") == "0":
-        sys.stderr.write(f"kdcompress: error: {' '.join(message.split())}\n")
-        sys.stderr.flush()
-    else:  # the silent ranks leave last: torchrun stops the others at the first exit, rank 0 must have spoken
+def _silent_rank() -> bool:
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID")) and os.environ.get("RANK", "0") != "0"
+
+
+def _leave_last() -> None:
+    """The silent ranks of a torchrun job exit last: torchrun stops the other workers at the first exit and
+    reports that one as the root cause, so rank 0 must have printed its line and exited first."""
+    if _silent_rank():
         import time
 
         time.sleep(RANK_EXIT_DELAY_S)
+
+
+def _fail(message: str, code: int) -> None:
+    # under torchrun (TORCHELASTIC_RUN_ID set) the first process speaks for all; every process exits with the code
+    if not _silent_rank():
+        sys.stderr.write(f"kdcompress: error: {' '.join(message.split())}\n")
+        sys.stderr.flush()
+    _leave_last()
     raise typer.Exit(code)
 
 
@@ -91,6 +101,7 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
         raise
     except KdError as e:
         if e.quiet:  # another process of a torchrun job reports it
+            _leave_last()
             raise typer.Exit(e.exit_code) from None
         _fail(e.message, e.exit_code)
     except KeyboardInterrupt:

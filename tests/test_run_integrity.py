@@ -343,3 +343,18 @@ def test_onnx_teacher_with_external_data_works_end_to_end(tmp_path):
     assert not (out / "teacher.onnx.data").exists()
     sess = make_session((out / "teacher.onnx").read_bytes())  # the run's copy stands alone
     assert sess.run(None, {"input": np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, 3)
+
+
+def test_torchrun_usage_error_is_printed_once_and_rank_0_is_the_root_cause(tiny_teacher, tmp_path):
+    """What docs/distributed.md says: one line from rank 0; torchrun exits 1 and names rank 0's exit code 2
+    as the root cause (the silent ranks leave last)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "kdcompress", *_distill(tiny_teacher, tmp_path / "r", "--budget-ms", "-1")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 1, p.stderr
+    assert [ln for ln in p.stderr.splitlines() if ln.startswith("kdcompress: error:")] == [
+        "kdcompress: error: --budget-ms must be a finite number > 0, got -1.0"]
+    root = p.stderr[p.stderr.index("Root Cause"):]
+    assert "rank      : 0" in root and "exitcode  : 2" in root, root
+    assert not (tmp_path / "r").exists()
