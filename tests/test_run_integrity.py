@@ -358,3 +358,15 @@ def test_torchrun_usage_error_is_printed_once_and_rank_0_is_the_root_cause(tiny_
     root = p.stderr[p.stderr.index("Root Cause"):]
     assert "rank      : 0" in root and "exitcode  : 2" in root, root
     assert not (tmp_path / "r").exists()
+
+
+def test_a_job_refused_after_the_claim_leaves_no_directory_it_created(tmp_path):
+    run = RunDir(tmp_path / "a" / "b" / "run")
+    with pytest.raises(UsageError), run.claim():
+        assert run.root.is_dir()
+        raise UsageError("refused later")
+    assert sorted(os.listdir(tmp_path)) == []
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(UsageError), RunDir(tmp_path / "kept").claim():
+        raise UsageError("refused later")
+    assert (tmp_path / "kept").is_dir()  # not created by the claim: stays

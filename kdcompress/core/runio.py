@@ -281,16 +281,25 @@ class RunDir:
             raise UsageError(f"--out {self.root} is a non-empty directory that is not a kdcompress run "
                              f"({len(foreign)} entries: {shown}); use a new or empty directory, or --force to "
                              "write the run beside them (kdcompress never deletes a file it did not write)")
+        made = [p for p in (self.root, *self.root.absolute().parents) if not p.exists()]  # leaf first
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise os_error(e, self.root, "creating run directory") from None
-        with self.lock():
-            for d in (self.checkpoints, self.root / "plots", *self._ours()):
-                if d.is_symlink():
-                    raise InputError(f"{d} is a symlink inside run directory {self.root}; kdcompress does not "
-                                     "follow links out of a run directory: remove it or use another --out")
-            yield
+        try:
+            with self.lock():
+                for d in (self.checkpoints, self.root / "plots", *self._ours()):
+                    if d.is_symlink():
+                        raise InputError(f"{d} is a symlink inside run directory {self.root}; kdcompress does "
+                                         "not follow links out of a run directory: remove it or use another --out")
+                yield
+        except BaseException:
+            for d in made:  # a job refused before its first write leaves no directory it created behind
+                try:
+                    d.rmdir()  # only an empty one
+                except OSError:
+                    break
+            raise
 
     def mark(self, command: str) -> None:
         """Write the run marker (the directory is now a kdcompress run); call holding the claim."""
