@@ -10,7 +10,6 @@ only the result: a table, or one strict-JSON object with --json.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -22,24 +21,54 @@ from typer._click import exceptions as click_errors  # typer 0.29 vendors click 
 from typer.core import TyperGroup
 
 from .core.errors import KdError
+from .core.runio import strict_json
 
 INTERNAL_ERROR = 70
 
 
+def _silent_rank() -> bool:
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID")) and os.environ.get("RANK", "0") != "0"
+
+
+def _leave_last() -> None:
+    """The silent ranks of a torchrun job exit last: torchrun stops the other workers at the first exit and
+    reports that one as the root cause, so rank 0 must have printed its line and exited first."""
+    if _silent_rank():
+        import time
+
+        time.sleep(RANK_EXIT_DELAY_S)
+
+
 def _fail(message: str, code: int) -> None:
     # under torchrun (TORCHELASTIC_RUN_ID set) the first process speaks for all; every process exits with the code
-    if not os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("RANK", "0") == "0":
+    if not _silent_rank():
         sys.stderr.write(f"kdcompress: error: {' '.join(message.split())}\n")
         sys.stderr.flush()
+    _leave_last()
     raise typer.Exit(code)
+
+
+RANK_EXIT_DELAY_S = 2.0
+
+
+PATH_FLAGS = ("--out", "-o", "--teacher", "--checkpoint", "--run", "--onnx")
+
+
+def _refuse_empty_paths(args: list[str]) -> None:
+    """`--out ""` would become Path("."), the current directory: an empty path flag is a usage error."""
+    for i, a in enumerate(args):
+        flag, eq, value = a.partition("=")
+        if flag in PATH_FLAGS and ((eq and not value.strip()) or (not eq and i + 1 < len(args) and not args[i + 1].strip())):
+            _fail(f"{flag} is empty; give a path", 2)
 
 
 class OneLineErrors(TyperGroup):
     """Flag errors (`--budget-ms abc`, an unknown option) as the same one line as every other error."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(self, args: Any = None, *rest: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            _refuse_empty_paths(sys.argv[1:] if args is None else list(args))
+            rv = super().main(args, *rest, standalone_mode=False, **kwargs)
         except click_errors.NoArgsIsHelpError as e:  # `kdcompress` alone: the help, as before
             e.show()
             rv = e.exit_code
@@ -50,6 +79,8 @@ class OneLineErrors(TyperGroup):
                 rv = x.exit_code
         except typer.Abort:
             rv = 130
+        except typer.Exit as x:
+            rv = x.exit_code
         if not standalone_mode:
             return rv
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -70,6 +101,7 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
         raise
     except KdError as e:
         if e.quiet:  # another process of a torchrun job reports it
+            _leave_last()
             raise typer.Exit(e.exit_code) from None
         _fail(e.message, e.exit_code)
     except KeyboardInterrupt:
@@ -77,20 +109,29 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
     except Exception as e:
         if os.environ.get("KDCOMPRESS_DEBUG"):
             raise
+        mapped = resource_error(e)
+        if mapped is not None:  # disk full, permission denied, a directory, out of memory: the documented code
+            _fail(mapped.message, mapped.exit_code)
         text = " ".join(str(e).split())
         _fail(f"internal error: {type(e).__name__}: {text[:2000]} (set KDCOMPRESS_DEBUG=1 for the traceback)",
               INTERNAL_ERROR)
 
 
-def strict_json(obj: Any) -> Any:
-    """NaN and +-inf become null: stdout and every file hold strict JSON, never a NaN token."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    return obj
+def resource_error(e: BaseException) -> KdError | None:
+    """An OS or allocation failure that escaped a stage, as the KdError of its documented exit code."""
+    from .core.errors import EnvironmentProblem
+    from .core.runio import os_error
+
+    if isinstance(e, OSError) and e.errno is not None:
+        return os_error(e, e.filename, "at")
+    if isinstance(e, MemoryError):
+        return EnvironmentProblem("out of memory; use smaller inputs or a smaller batch")
+    text = str(e)
+    if isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                        or "not enough memory" in text):
+        first = " ".join(text.split())[:300]
+        return EnvironmentProblem(f"out of memory: {first}; use smaller inputs or a smaller batch")
+    return None
 
 
 def _print_json(obj: Any) -> None:
@@ -165,7 +206,8 @@ def distill(
     out: Out = Path("runs/distill"),
     set_: SetOpt = None,
     trust_checkpoint: Trust = False,
-    restart: Annotated[bool, typer.Option(help="Discard this run directory's checkpoints and start over.")] = False,
+    restart: Annotated[bool, typer.Option(help="Discard this run directory's outputs and checkpoints (only files kdcompress wrote) and start over.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress run (nothing in it is deleted).")] = False,
     teacher_arch: TeacherArch = None,
     num_classes: NumClasses = None,
     classes: Classes = None,
@@ -202,7 +244,7 @@ def export(
     data: Annotated[str | None, typer.Option(help="Dataset spec for INT8 calibration and test-split checks "
                                                   "(default: the run's).")] = None,
     teacher: Annotated[Path | None, typer.Option(help="Teacher file, for the checksum in the metadata.")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).")] = 20,
+    opset: Annotated[int, typer.Option(help="ONNX opset: 18 up to the newest this ONNX Runtime runs.")] = 20,
     fp16: Fp16 = False,
     int8: Int8 = False,
     calib: Calib = 64,
@@ -230,6 +272,7 @@ def validate(
     layout: Annotated[str | None, typer.Option(help="Input layout NCHW or NHWC (default: metadata or graph).")] = None,
     throughput_batch: Annotated[int, typer.Option(help="Batch size for the throughput measurement.")] = 32,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write report.json, report.md and plots here.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress directory (nothing in it is deleted).")] = False,
     json_: Json = False,
 ) -> None:
     """Accuracy, parity, latency and gates of any ONNX image classifier in ONNX Runtime (exit 5: a gate failed)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.console import Console
 from . import losses, students
 from .core.classes import is_integer_name, match_classes
 from .core.config import RunConfig, RuntimeConfig, preset_to_json
-from .core.errors import InputError
+from .core.errors import InputError, KdError, UsageError
 from .core.onnxio import build_metadata, read_metadata, stamp_metadata
 from .core.runio import RunDir, atomic_write_bytes, atomic_write_json
 from .core.spec import InputSpec
@@ -25,7 +26,7 @@ from .export import CHECK_BATCHES, ExportOptions, OnnxArtifact, calibration_imag
 from .report import data_json, header, write_report
 from .select import Selection, save_pareto_plot, select
 from .teacher import Teacher, load_teacher, teacher_onnx_bytes
-from .train import TrainResult, setup_distributed, train
+from .train import TrainResult, check_resumable, setup_distributed, train
 from .validate import (
     THROUGHPUT_BATCH,
     Gates,
@@ -153,9 +154,11 @@ def onnx_metadata(*, arch: str, splits: DataSplits, teacher: Teacher, preset: st
 
 
 def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: ExportOptions | None = None,
-            gates: Gates | None = None, allow_weak_teacher: bool = False) -> dict[str, Any]:
+            gates: Gates | None = None, force: bool = False, allow_weak_teacher: bool = False) -> dict[str, Any]:
     """The whole job. `export_opts` picks the ONNX variants (fp32 only by default); `gates` defaults to
-    the parity gate alone. The report says whether the gates passed; the CLI turns a failure into exit 5."""
+    the parity gate alone. The report says whether the gates passed; the CLI turns a failure into exit 5.
+    `force`: write into a non-empty --out that is not a kdcompress run (its files stay untouched).
+    `allow_weak_teacher`: distil from a teacher that scores near chance on the validation split."""
     console = console or Console(stderr=True)
     export_opts = export_opts or ExportOptions()
     gates = gates or Gates(budget_stat=cfg.budget.stat)
@@ -164,6 +167,14 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
     ddp, device = setup_distributed(cfg.runtime.device)  # torchrun: rank 0 writes files, all ranks train
     if not ddp.is_main:
         console = Console(stderr=True, quiet=True)
+    with contextlib.ExitStack() as held:
+        # --out is checked and locked before any work; nothing in it changes until every check passed
+        ddp.on_main(lambda: held.enter_context(run.claim(force=force)))
+        return _distill(cfg, console, run, ddp, device, runtime, export_opts, gates, allow_weak_teacher)
+
+
+def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime: RuntimeConfig,
+             export_opts: ExportOptions, gates: Gates, allow_weak_teacher: bool) -> dict[str, Any]:
     teacher = ddp.main_first(lambda: load_teacher(cfg.teacher, trust=cfg.trust_checkpoint, options=cfg.teacher_options))
     # a logits-only teacher with a feature-based preset fails here, in seconds
     teacher.check_needs(losses.preset_needs(cfg.preset), cfg.preset.name)
@@ -173,9 +184,6 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
     # a teacher at chance level (class order, normalisation, architecture) is refused before --out is touched
     t_val = teacher_strength(teacher, splits, device, allow_weak=allow_weak_teacher,
                              warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
-    if ddp.is_main:
-        run.prepare()
-        atomic_write_json(run.config, cfg.to_json())
 
     # select: before any training, so an impossible budget costs seconds, not an epoch
     with console.status("measuring student candidates in ONNX Runtime") as status:
@@ -183,23 +191,51 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
             num_classes=splits.num_classes, spec=spec, budget=cfg.budget, runtime=cfg.runtime,
             teacher_model=teacher.model if teacher.exportable else None, names=(cfg.student,) if cfg.student else cfg.candidates,
             on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({cfg.runtime.provider})")))
-    if ddp.is_main:
+    if selection.chosen is None:
+        raise UsageError("nothing was chosen: give --budget-ms (to select a student) or --student NAME")
+    arch = selection.chosen.name
+    fingerprint = {"arch": arch, "data": cfg.data, "teacher": teacher.sha256,
+                   "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json()}
+
+    def begin() -> None:
+        """The first writes, once every check passed: a different configuration in the run directory is
+        refused before anything in it changes; --restart first removes every output of the old run. The
+        teacher's ONNX copy is made here, so a teacher that cannot be measured fails before training."""
+        if cfg.restart:
+            run.discard_previous()
+        else:
+            check_resumable(run, fingerprint)
+        t_onnx = None
+        if not run.teacher_onnx.exists() or read_metadata(run.teacher_onnx).get("teacher_sha256") != teacher.sha256:
+            t_meta = {**onnx_metadata(arch=teacher.arch, splits=splits, teacher=teacher, preset=None, val_acc=None),
+                      "role": "teacher",  # an ONNX teacher keeps its own graph, so its own layout (NHWC too)
+                      "layout": getattr(teacher.model, "layout", "NCHW")}
+            t_onnx = teacher_onnx_bytes(teacher, t_meta)
+        run.mark("distill")
+        run.prepare()
+        atomic_write_json(run.config, cfg.to_json())
         atomic_write_json(run.selection, selection.to_json())
         save_pareto_plot(selection, run.root / "selection.png")
-    arch = selection.chosen.name
+        if t_onnx is not None:
+            atomic_write_bytes(run.teacher_onnx, t_onnx)
+
+    ddp.on_main(begin)
     console.print(f"selected [bold]{arch}[/] ({selection.chosen.flops:,} FLOPs, p50 "
                   f"{selection.chosen.latency.p50:.4f} ms; budget {cfg.budget.ms} ms)")
     if selection.teacher_meets_budget:
         console.print("[yellow]warning:[/] the teacher itself meets this budget")
 
-    fingerprint = {"arch": arch, "data": cfg.data, "teacher": teacher.sha256,
-                   "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json()}
-    with process_settings(device):
-        result: TrainResult = train(
-            arch=arch, splits=splits, spec=spec, preset=cfg.preset, teacher=teacher, run=run, device=device,
-            fingerprint=fingerprint, console=console, restart=cfg.restart, dist=ddp, compile=cfg.runtime.compile,
-            make_student=lambda: students.build_student(arch, splits.num_classes, spec),
-            make_objective=lambda ctx: losses.Objective(cfg.preset.terms, ctx))
+    try:
+        with process_settings(device):
+            result: TrainResult = train(
+                arch=arch, splits=splits, spec=spec, preset=cfg.preset, teacher=teacher, run=run, device=device,
+                fingerprint=fingerprint, console=console, restart=False, dist=ddp, compile=cfg.runtime.compile,
+                make_student=lambda: students.build_student(arch, splits.num_classes, spec),
+                make_objective=lambda ctx: losses.Objective(cfg.preset.terms, ctx))
+    except KdError as e:
+        if cfg.restart:  # the old run is gone already: rerunning with --restart would discard the new one
+            e.message = e.message.replace("rerun the same command", "rerun the same command without --restart")
+        raise
     if not ddp.is_main:
         return {}  # export, validation and the report are rank 0's
     atomic_write_json(run.train_result, result.to_json())
@@ -208,11 +244,6 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
         student, _ = students.load_checkpoint(run.student)
         meta = onnx_metadata(arch=arch, splits=splits, teacher=teacher, preset=cfg.preset.name,
                              val_acc=result.best_val_accuracy)
-        if not run.teacher_onnx.exists() or read_metadata(run.teacher_onnx).get("teacher_sha256") != teacher.sha256:
-            t_meta = {**onnx_metadata(arch=teacher.arch, splits=splits, teacher=teacher, preset=None, val_acc=None),
-                      "role": "teacher",  # an ONNX teacher keeps its own graph, so its own layout (NHWC too)
-                      "layout": getattr(teacher.model, "layout", "NCHW")}
-            atomic_write_bytes(run.teacher_onnx, teacher_onnx_bytes(teacher, t_meta))
         t_input = describe(run.teacher_onnx, data_shape=spec.shape, mean=spec.mean, std=spec.std)
         artifacts, val = export_and_validate(
             model=student, spec=spec, splits=splits, fp32_path=run.onnx, opts=export_opts, metadata=meta,

@@ -319,3 +319,321 @@ def test_bad_input(tiny_teacher, tmp_path, name, make, code, needles):
     assert not (tmp_path / "pwned").exists()
     for p in made:  # the case's own inputs are left as they were
         assert p.exists()
+
+
+# ============================================================================ against an earlier run
+# Each case below runs a refused command while a finished run (one tiny distill, shared by the module and
+# copied per case) sits in the case's directory. Every file under that directory (the run, the case's own
+# inputs, a foreign directory) is hashed before and after: a refused command changes nothing.
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_teacher, tmp_path_factory, _module_cache_dir) -> Path:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KDCOMPRESS_CACHE", str(_module_cache_dir))
+    out = tmp_path_factory.mktemp("earlier") / "run"
+    r = runner.invoke(app, ["distill", "--teacher", str(tiny_teacher), "--data", TINY_DATA, "--student", "tinycnn_w8",
+                            "--epochs", "1", "--set", "train.batch_size=16", "--device", "cpu", "--out", str(out)])
+    mp.undo()
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@dataclass
+class Ctx:
+    root: Path  # the case's directory: everything under it is hashed
+    run: Path  # a copy of the finished run
+    teacher: Path
+    cleanup: list
+
+    def distill(self, *extra: str, out: Path | str | None = None) -> list[str]:
+        base = ["distill", "--teacher", str(self.teacher), "--data", TINY_DATA, "--student", "tinycnn_w8", "--epochs",
+                "1", "--set", "train.batch_size=16", "--device", "cpu", "--out", str(self.run if out is None else out)]
+        return _merge(base, list(extra))
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every file and link under root: content hash, mode; a link by its target."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = ("link", os.readlink(p))
+        elif p.is_file():
+            out[rel] = ("file", hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode)
+    return out
+
+
+def _hold_lock(c: Ctx) -> None:
+    import subprocess
+    import sys
+
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(300)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(c.run)], stdout=subprocess.PIPE, text=True)
+    c.cleanup.append(lambda: (p.kill(), p.wait()))
+    assert p.stdout.readline().strip() == "held"
+
+
+def _link(c: Ctx, name: str, target_is_dir: bool) -> None:
+    """Replace run/NAME by a symlink to a copy outside the run."""
+    import shutil
+
+    src, outside = c.run / name, c.root / "outside" / name.replace("/", "_")
+    outside.parent.mkdir(exist_ok=True)
+    (shutil.copytree if target_is_dir else shutil.copy2)(src, outside)
+    shutil.rmtree(src) if target_is_dir else src.unlink()
+    src.symlink_to(outside, target_is_directory=target_is_dir)
+
+
+def _foreign(c: Ctx, *names: str) -> Path:
+    d = c.root / "mine"
+    d.mkdir()
+    for n in names:
+        (d / n).write_text("the user's own file")
+    return d
+
+
+def _teacher_dict(c: Ctx) -> dict:
+    return torch.load(c.teacher, weights_only=True)
+
+
+def _broken_teacher(c: Ctx, value: float, where: str = "param") -> Path:
+    obj = _teacher_dict(c)
+    sd = obj["state_dict"]
+    key = next(k for k in sd if (k.endswith("running_var") if where == "buffer" else k.endswith("weight")))
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[0] = value
+    path = c.root / f"broken_{where}.pt"
+    torch.save(obj, path)
+    return path
+
+
+def _teacher_with_spec(c: Ctx, **spec) -> Path:
+    obj = _teacher_dict(c)
+    obj["input_spec"] = {**obj["input_spec"], **spec}
+    path = c.root / "spec.pt"
+    torch.save(obj, path)
+    return path
+
+
+def _tiny_onnx(c: Ctx, name: str, *, add: float | None = None, meta: dict | None = None, ir: int | None = None) -> Path:
+    """A plain ONNX classifier (1x8x8 -> 3) written with onnx.helper; `add` is added to every logit."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Flatten", ["input"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["z"])]
+    inits = [w]
+    if add is not None:
+        inits.append(numpy_helper.from_array(np.full((3,), add, np.float32), "b"))
+        nodes.append(helper.make_node("Add", ["z", "b"], ["logits"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["z"], ["logits"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=ir or 9)
+    for k, v in {"mean": "[0.5]", "std": "[0.25]", "classes": '["class_0", "class_1", "class_2"]', **(meta or {})}.items():
+        e = model.metadata_props.add()
+        e.key, e.value = k, v
+    path = c.root / name
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+ORT_TOO_NEW_IR = 14  # onnx 1.23's checker accepts IR 14; this ONNX Runtime runs up to IR 13
+
+
+def _fifo(c: Ctx, name: str) -> Path:
+    path = c.root / name
+    os.mkfifo(path)
+    return path
+
+
+def _validate(c: Ctx, onnx: Path, *extra: str) -> list[str]:
+    return ["validate", "--onnx", str(onnx), "--data", TINY_DATA, *extra]
+
+
+def _needs_non_root(c: Ctx) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("permissions are not enforced for root")
+
+
+def _readonly_dir(c: Ctx) -> Path:
+    _needs_non_root(c)
+    d = c.root / "ro"
+    d.mkdir()
+    d.chmod(0o500)
+    c.cleanup.append(lambda: d.chmod(0o700))
+    return d
+
+
+RunCase = Callable[[Ctx], list[str]]
+RUN_CASES: list[tuple[str, RunCase, int, tuple[str, ...]]] = [
+    # --- the run directory itself
+    ("resume with another student", lambda c: c.distill("--student", "tinycnn_w16"), USAGE, ("different configuration",)),
+    ("resume with another loss parameter", lambda c: c.distill("--set", "kd.T=2"), USAGE, ("different configuration",)),
+    ("resume with other data", lambda c: c.distill("--data", "synthetic:classes=3,size=8,n=120"), USAGE,
+     ("different configuration",)),
+    ("resume with another seed", lambda c: c.distill("--set", "train.seed=7"), USAGE, ("different configuration",)),
+    ("run directory busy", lambda c: (_hold_lock(c), c.distill())[1], USAGE, ("in use",)),
+    ("--restart of a busy run directory", lambda c: (_hold_lock(c), c.distill() + ["--restart"])[1], USAGE,
+     ("in use",)),
+    ("checkpoints/ links out of the run", lambda c: (_link(c, "checkpoints", True), c.distill())[1], INPUT,
+     ("symlink", "checkpoints")),
+    ("plots/ links out of the run", lambda c: (_link(c, "plots", True), c.distill())[1], INPUT, ("symlink", "plots")),
+    ("report.json links out of the run", lambda c: (_link(c, "report.json", False), c.distill())[1], INPUT,
+     ("symlink", "report.json")),
+    ("student.onnx links out of the run", lambda c: (_link(c, "student.onnx", False), c.distill())[1], INPUT,
+     ("symlink", "student.onnx")),
+    ("checkpoints/last.pt links out of the run", lambda c: (_link(c, "checkpoints/last.pt", False), c.distill())[1],
+     INPUT, ("symlink", "last.pt")),
+    ("--restart with a symlinked checkpoints/", lambda c: (_link(c, "checkpoints", True), c.distill() + ["--restart"])[1],
+     INPUT, ("symlink",)),
+    ("--out is a file of the run", lambda c: c.distill(out=c.run / "config.json"), INPUT, ("not a directory",)),
+    ("--out below a file", lambda c: c.distill(out=c.run / "report.md" / "sub"), INPUT, ("not a directory",)),
+    ("--out a foreign non-empty directory", lambda c: c.distill(out=_foreign(c, "notes.txt", "data.csv")), USAGE,
+     ("not a kdcompress run", "--force", "notes.txt")),
+    ("--out a directory holding only a dotfile", lambda c: c.distill(out=_foreign(c, ".gitignore")), USAGE,
+     ("not a kdcompress run",)),
+    ("--out empty", lambda c: c.distill(out=""), USAGE, ("--out is empty",)),
+    ("--out= empty", lambda c: [a for a in c.distill() if a not in ("--out", str(c.run))] + ["--out="], USAGE,
+     ("--out is empty",)),
+    ("--out /proc", lambda c: c.distill(out="/proc"), INPUT, ("/proc",)),
+    ("--out inside /proc", lambda c: c.distill(out="/proc/self/kdc"), INPUT, ("/proc",)),
+    ("--out /dev/null", lambda c: c.distill(out="/dev/null"), INPUT, ("/dev",)),
+    ("--out a dangling symlink", lambda c: (os.symlink(c.root / "nowhere", c.root / "dangling"),
+                                            c.distill(out=c.root / "dangling"))[1], INPUT, ("dangling",)),
+    ("--out in a read-only directory", lambda c: c.distill(out=_readonly_dir(c) / "run"), INPUT, ("not writable",)),
+    # --- values refused where they enter
+    ("--budget-ms nan", lambda c: c.distill("--budget-ms", "nan"), USAGE, ("--budget-ms",)),
+    ("--budget-ms inf", lambda c: c.distill("--budget-ms", "inf"), USAGE, ("--budget-ms",)),
+    ("--budget-ms not a number", lambda c: c.distill("--budget-ms", "abc"), USAGE, ("--budget-ms",)),
+    ("--epochs not a number", lambda c: c.distill("--epochs", "two"), USAGE, ("--epochs",)),
+    ("an unknown flag", lambda c: c.distill("--epoch", "2"), USAGE, ("--epoch",)),
+    ("kd.T zero", lambda c: c.distill("--set", "kd.T=0"), USAGE, ("T",)),
+    ("kd.T negative", lambda c: c.distill("--set", "kd.T=-2"), USAGE, ("T",)),
+    ("kd.T inf", lambda c: c.distill("--set", "kd.T=inf"), USAGE, ("T",)),
+    ("kd.T nan", lambda c: c.distill("--set", "kd.T=nan"), USAGE, ("T",)),
+    ("dkd T inf", lambda c: c.distill("--preset", "dkd", "--set", "dkd.T=inf"), USAGE, ("T",)),
+    ("kd.weight negative", lambda c: c.distill("--set", "kd.weight=-1"), USAGE, ("weight",)),
+    ("train.lr nan", lambda c: c.distill("--set", "train.lr=nan"), USAGE, ("lr",)),
+    ("train.momentum 1", lambda c: c.distill("--set", "train.momentum=1"), USAGE, ("momentum",)),
+    ("train.batch_size negative", lambda c: c.distill("--set", "train.batch_size=-4"), USAGE, ("batch_size",)),
+    ("train.seed negative", lambda c: c.distill("--set", "train.seed=-1"), USAGE, ("seed",)),
+    ("--mean nan", lambda c: c.distill("--mean", "nan"), USAGE, ("--mean",)),
+    ("--std inf", lambda c: c.distill("--std", "inf"), USAGE, ("--std",)),
+    ("--std zero", lambda c: c.distill("--std", "0"), USAGE, ("--std",)),
+    ("a huge --input-shape", lambda c: c.distill("--input-shape", "1,100000,100000"), INPUT, ("limits",)),
+    ("teacher weight NaN", lambda c: c.distill("--teacher", str(_broken_teacher(c, float("nan")))), INPUT,
+     ("NaN or infinite", "broken_param.pt")),
+    ("teacher weight inf", lambda c: c.distill("--teacher", str(_broken_teacher(c, float("inf")))), INPUT,
+     ("NaN or infinite",)),
+    ("teacher buffer inf", lambda c: c.distill("--teacher", str(_broken_teacher(c, float("inf"), "buffer"))), INPUT,
+     ("NaN or infinite", "running_var")),
+    ("teacher checkpoint std 0", lambda c: c.distill("--teacher", str(_teacher_with_spec(c, std=[0.0]))), INPUT,
+     ("std",)),
+    ("teacher checkpoint mean NaN", lambda c: c.distill("--teacher", str(_teacher_with_spec(c, mean=[float("nan")]))),
+     INPUT, ("finite",)),
+    ("ONNX teacher with NaN mean metadata", lambda c: c.distill("--teacher", str(_tiny_onnx(c, "t.onnx", meta={"mean": "[NaN]"}))),
+     INPUT, ("finite",)),
+    ("ONNX teacher with an IR version ORT cannot run", lambda c: c.distill("--teacher", str(_tiny_onnx(c, "t.onnx", ir=ORT_TOO_NEW_IR))),
+     INPUT, ("IR version",)),
+    # --- files that are not regular files
+    ("teacher is a FIFO", lambda c: c.distill("--teacher", str(_fifo(c, "t.pt"))), INPUT, ("FIFO",)),
+    ("teacher is a device", lambda c: c.distill("--teacher", "/dev/zero"), INPUT, ("device",)),
+    ("CSV data is a FIFO", lambda c: c.distill("--data", f"csv:{_fifo(c, 'list.csv')}"), INPUT, ("FIFO",)),
+    ("teacher inspect of a FIFO", lambda c: ["teacher", "inspect", str(_fifo(c, "t.pt"))], INPUT, ("FIFO",)),
+    ("validate a FIFO", lambda c: _validate(c, _fifo(c, "m.onnx")), INPUT, ("FIFO",)),
+    ("export a FIFO checkpoint", lambda c: ["export", "--checkpoint", str(_fifo(c, "s.pt"))], INPUT, ("FIFO",)),
+    # --- other commands against the run
+    ("export --out a directory", lambda c: ["export", "--run", str(c.run), "--out", str(c.run)], INPUT, ("directory",)),
+    ("export --opset beyond ONNX Runtime", lambda c: ["export", "--run", str(c.run), "--opset", "99"], USAGE, ("--opset",)),
+    ("export --opset below the exporter", lambda c: ["export", "--run", str(c.run), "--opset", "11"], USAGE, ("--opset",)),
+    ("validate an all-inf model", lambda c: _validate(c, _tiny_onnx(c, "inf.onnx", add=float("inf"))), 5,
+     ("finite",)),
+    ("validate an all-NaN model", lambda c: _validate(c, _tiny_onnx(c, "nan.onnx", add=float("nan"))), 5,
+     ("finite",)),
+    ("validate a model with NaN std metadata", lambda c: _validate(c, _tiny_onnx(c, "m.onnx", meta={"std": "[NaN]"})),
+     INPUT, ("m.onnx", "finite")),
+    ("validate an IR version ORT cannot run", lambda c: _validate(c, _tiny_onnx(c, "m.onnx", ir=ORT_TOO_NEW_IR)), INPUT,
+     ("IR version",)),
+    ("validate --budget-ms nan", lambda c: _validate(c, c.run / "student.onnx", "--budget-ms", "nan"), USAGE,
+     ("--budget-ms",)),
+    ("validate --throughput-batch 0", lambda c: _validate(c, c.run / "student.onnx", "--throughput-batch", "0"), USAGE,
+     ("--throughput-batch",)),
+    ("validate --out a foreign directory", lambda c: _validate(c, c.run / "student.onnx", "--out",
+                                                               str(_foreign(c, "report.txt"))), USAGE, ("--force",)),
+    ("validate --out a file", lambda c: _validate(c, c.run / "student.onnx", "--out", str(c.run / "report.json")), INPUT,
+     ("not a directory",)),
+    ("select --batch 0", lambda c: ["select", "--teacher", str(c.teacher), "--batch", "0", "--candidates", "tinycnn_w8"],
+     USAGE, ("--batch",)),
+]
+
+
+def test_the_run_corpus_is_large_enough():
+    assert len(RUN_CASES) >= 40
+    assert len({name for name, *_ in RUN_CASES}) == len(RUN_CASES)
+
+
+@pytest.mark.parametrize("name, make, code, needles", RUN_CASES, ids=[c[0] for c in RUN_CASES])
+def test_refused_against_an_earlier_run(trained_run, tiny_teacher, tmp_path, name, make, code, needles):
+    import shutil
+
+    c = Ctx(tmp_path, tmp_path / "run", tiny_teacher, [])
+    shutil.copytree(trained_run, c.run, symlinks=True)
+    try:
+        args = make(c)
+        before = snapshot(tmp_path)
+        r = runner.invoke(app, args)
+        after = snapshot(tmp_path)
+    finally:
+        for undo in c.cleanup:
+            undo()
+    assert r.exit_code == code, (r.exit_code, r.output)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("kdcompress: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], r.stderr
+    assert "Traceback" not in r.output and "internal error" not in errors[0]
+    for n in needles:
+        assert n in errors[0], errors[0]
+    assert after == before  # no file of the earlier run (nor any other here) changed, none appeared
+
+
+# a generator of refused commands: a flag of one command and a value it must refuse
+BAD_VALUES = {
+    "--budget-ms": ["nan", "inf", "-inf", "0", "-1", "1e999", "abc", ""],
+    "--epochs": ["0", "-1", "1.5", "x"],
+    "--threads": ["0", "-2", "many"],
+    "--stat": ["p0", "mean", ""],
+    "--mean": ["nan", "inf", "a,b", ""],
+    "--std": ["0", "-1", "nan", "inf"],
+    "--input-shape": ["1,8", "0,8,8", "1,-8,8", "1,1000000,1000000", "x"],
+    "--set": ["kd.T=0", "kd.T=-1", "kd.T=nan", "kd.T=inf", "kd.weight=-0.5", "kd.weight=nan", "train.lr=inf",
+              "train.lr=-1", "train.momentum=1", "train.momentum=-0.1", "train.batch_size=0", "train.seed=-5",
+              "train.weight_decay=-1", "train.epochs=0", "kd.TT=1"],
+    "--preset": ["kdd", "/nonexistent.toml"],
+    "--student": ["resnet9", ""],
+    "--provider": ["openvino", ""],
+}
+
+
+def test_property_a_run_directory_survives_any_refused_command(trained_run, tiny_teacher, tmp_path):
+    """A seeded random sequence of refused distill commands (a bad value for one flag each, sometimes with
+    --restart) aimed at a finished run: each exits non-zero with one line, and afterwards the run directory
+    is byte-identical, file for file, mode for mode."""
+    import shutil
+
+    c = Ctx(tmp_path, tmp_path / "run", tiny_teacher, [])
+    shutil.copytree(trained_run, c.run, symlinks=True)
+    before = snapshot(tmp_path)
+    rng = random.Random(12)
+    pairs = [(f, v) for f, vs in BAD_VALUES.items() for v in vs]
+    for flag, value in rng.sample(pairs, 24):
+        args = c.distill(flag, value) + (["--restart"] if rng.random() < 0.3 else [])
+        r = runner.invoke(app, args)
+        assert r.exit_code in (USAGE, INPUT), (flag, value, r.exit_code, r.output)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("kdcompress: error:"), (flag, value, r.stderr)
+        assert snapshot(tmp_path) == before, (flag, value)

@@ -200,7 +200,7 @@ def test_validate_variants_with_teacher_writes_schema_valid_report(exported, tra
     rec = report["recommended"]
     assert rec in names and lat[rec] <= lat["fp32"] and lat[rec] == min(lat.values())
     for v in report["variants"]:
-        assert {g["gate"] for g in v["gates"]} == {"parity", "min_agreement", "max_accuracy_drop", "budget_ms"}
+        assert {g["gate"] for g in v["gates"]} == {"finite", "parity", "min_agreement", "max_accuracy_drop", "budget_ms"}
         assert v["latency_ms"]["batch"] == 1 and v["throughput"]["batch"] == 8
         assert v["latency_ms"]["p50"] <= v["latency_ms"]["p90"] <= v["latency_ms"]["p99"]
         assert v["accuracy_top5"] is None  # 3 classes

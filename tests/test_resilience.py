@@ -5,6 +5,7 @@ checkpoints and export plain; the single-process face of distributed.py."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -196,10 +197,24 @@ def test_nan_loss_stops_with_exit_6_and_keeps_the_last_good_checkpoint(tiny_teac
     _no_tmp(out)
 
 
+@contextlib.contextmanager
+def _locked_elsewhere(root: Path):
+    """Another process holds the run directory's lock (the lock is re-entrant within one process)."""
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(120)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        yield
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_a_busy_run_directory_is_refused_and_stale_tmp_files_go(tiny_teacher, tmp_path):
     run = RunDir(tmp_path / "run")
     _train(tiny_teacher, run.root, epochs=1)
-    with run.lock(), pytest.raises(UsageError, match="in use by another kdcompress process"):
+    with _locked_elsewhere(run.root), pytest.raises(UsageError, match="in use by another kdcompress process"):
         _train(tiny_teacher, run.root, epochs=2, restart=True)
     assert safe_torch_load(run.last_checkpoint)["epoch"] == 1  # --restart deleted nothing of the busy run
     (run.checkpoints / ".last.pt.abc.tmp").write_bytes(b"half")  # left by a killed writer

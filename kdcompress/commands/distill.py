@@ -27,6 +27,8 @@ def teacher_options(f: dict[str, Any]) -> TeacherOptions:
 
 
 def run_config(f: dict[str, Any]) -> RunConfig:
+    if f["student"] is not None and not f["student"].strip():
+        raise UsageError("--student is empty; give a student name (kdcompress students) or leave it out")
     if f["budget_ms"] is None and f["student"] is None:
         raise UsageError("give --budget-ms (to select a student) or --student NAME")
     return RunConfig(teacher=f["teacher"], data=f["data"], preset=preset_from_flags(f["preset"], f["epochs"], f["set_"]),
@@ -40,7 +42,8 @@ def run_distill(f: dict[str, Any], console) -> Outcome:
     cfg = run_config(f)
     gates = Gates(f["min_agreement"], f["max_accuracy_drop"], f["budget_ms"], f["stat"])
     opts = ExportOptions(fp16=f["fp16"], int8=f["int8"], calib=f["calib"], simplify=f["simplify"])
-    report = distill(cfg, console, export_opts=opts, gates=gates, allow_weak_teacher=bool(f.get("allow_weak_teacher")))
+    report = distill(cfg, console, export_opts=opts, gates=gates, force=f["force"],
+                     allow_weak_teacher=bool(f.get("allow_weak_teacher")))
     if not report:  # a torchrun process other than rank 0: rank 0 reports
         return Outcome(None)
     return Outcome(report, lambda: render.distill_summary(report), lambda: raise_for_gates(report))

@@ -57,6 +57,8 @@ def export_job(*, run: Path | None, checkpoint: Path | None, out: Path | None, d
         data = data or run_data
     elif out is None:
         out = Path(checkpoint).with_suffix(".onnx")
+    if Path(out).is_dir():  # before any work
+        raise InputError(f"--out {out} is a directory; give the fp32 file path, e.g. {Path(out) / 'student.onnx'}")
     if teacher is not None:
         teacher_sha = file_sha256(Path(teacher)) if Path(teacher).is_file() else None
         if teacher_sha is None:

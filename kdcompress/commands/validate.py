@@ -8,6 +8,7 @@ from typing import Any
 from ..core.build import parse_floats
 from ..core.config import RuntimeConfig
 from ..core.errors import UsageError
+from ..core.runio import RunDir
 from ..core.spec import InputSpec
 from ..core.splits import DataSplits
 from ..data.specs import load_data
@@ -50,7 +51,8 @@ def _teacher_source(teacher: Path, splits: DataSplits, mean, std, layout, warn):
 def validate_job(*, files: list[Path], data: str, teacher: Path | None, checkpoint: Path | None,
                  runtime: RuntimeConfig, gates: Gates, mean: tuple[float, ...] | None = None,
                  std: tuple[float, ...] | None = None, layout: str | None = None, batch: int = 1,
-                 throughput_batch: int = THROUGHPUT_BATCH, out: Path | None = None, console) -> dict[str, Any]:
+                 throughput_batch: int = THROUGHPUT_BATCH, out: Path | None = None, console,
+                 force: bool = False) -> dict[str, Any]:
     """`kdcompress validate`: measure ONNX classifiers (any, including third-party) on a dataset's test
     split, gate them and write report.json/report.md/plots into `out` when given. Returns the report;
     the caller raises GateError (gates.raise_for_gates) after printing it."""
@@ -90,15 +92,19 @@ def validate_job(*, files: list[Path], data: str, teacher: Path | None, checkpoi
     if out is not None:
         from ..report.markdown import write_report
 
-        Path(out).mkdir(parents=True, exist_ok=True)
-        report = write_report(report, Path(out))
+        with RunDir(Path(out)).claim(force=force):
+            RunDir(Path(out)).mark("validate")
+            report = write_report(report, Path(out))
     return report
 
 
 def run_validate(f: dict[str, Any], console) -> Outcome:
     if f["throughput_batch"] < 1:
         raise UsageError(f"--throughput-batch must be >= 1, got {f['throughput_batch']}")
-    report = validate_job(files=list(f["onnx"]), data=f["data"], teacher=f["teacher"], checkpoint=f["checkpoint"],
+    if f["out"] is not None:  # before any work: an --out that cannot take the report is refused in seconds
+        with RunDir(Path(f["out"])).claim(force=f["force"]):
+            pass
+    report = validate_job(force=f["force"], files=list(f["onnx"]), data=f["data"], teacher=f["teacher"], checkpoint=f["checkpoint"],
                           runtime=RuntimeConfig("cpu", f["provider"], f["threads"]),
                           gates=Gates(f["min_agreement"], f["max_accuracy_drop"], f["budget_ms"], f["stat"]),
                           mean=parse_floats(f["mean"], "--mean"), std=parse_floats(f["std"], "--std"),

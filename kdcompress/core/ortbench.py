@@ -8,6 +8,7 @@ ORT_ENABLE_ALL, spinning left on.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EnvironmentProblem, InputError
+from .fsguard import regular_file
 
 # The latency statistics a budget or a gate may name: one list for select, distill and validate alike.
 STATS = ("p50", "p90", "p99")
@@ -26,11 +28,48 @@ PROVIDERS = {
 }
 
 
+def error_cause(e: BaseException, limit: int = 400) -> str:
+    """One line of an ONNX / ONNX Runtime error that keeps its cause: ORT's "[ONNXRuntimeError] : 1 : FAIL :"
+    prefix goes, whitespace collapses, and a long text keeps its end (where the reason is: "Unsupported
+    model IR version: 11, max supported IR version: 10") rather than being cut before it."""
+    import re
+
+    text = " ".join(str(e).split()) or type(e).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    if len(text) > limit:
+        text = f"{text[:limit // 3]} ... {text[-(limit - limit // 3):]}"
+    return text
+
+
+@functools.cache
+def ort_max_opset() -> int:
+    """The newest ai.onnx opset this ONNX Runtime loads, probed once with a one-node graph (ORT exposes no
+    such number; onnx's own newest opset is often beyond it)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    for opset in range(onnx.defs.onnx_opset_version(), 6, -1):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+        try:
+            ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+            return opset
+        except Exception:
+            continue
+    return 7
+
+
 def check_onnx(path: Path) -> None:
     """Validate an ONNX file before anything loads it: exists, parses, passes the full checker."""
     import onnx
 
     path = Path(path)
+    regular_file(path, "ONNX file")  # a FIFO or a device would block the reader
     if not path.is_file():
         raise InputError(f"ONNX file not found: {path}")
     if path.stat().st_size == 0:
@@ -38,8 +77,7 @@ def check_onnx(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # onnx raises ValidationError, DecodeError, InferenceError, OSError ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise InputError(f"{path} is not a valid ONNX model: {first[:300]}") from None
+        raise InputError(f"{path} is not a valid ONNX model: {error_cause(e)}") from None
 
 
 def make_session(model: Path | bytes, provider: str = "cpu", threads: int | None = None):
@@ -63,8 +101,8 @@ def make_session(model: Path | bytes, provider: str = "cpu", threads: int | None
     try:
         sess = ort.InferenceSession(src, sess_options=so, providers=[p for p in wanted if p in available])
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise InputError(f"ONNX Runtime cannot load the model: {first[:300]}") from None
+        where = f" {model}" if isinstance(model, Path) else ""
+        raise InputError(f"ONNX Runtime cannot load the model{where}: {error_cause(e)}") from None
     if sess.get_providers()[0] != wanted[0]:
         raise EnvironmentProblem(
             f"{wanted[0]} is installed but could not start here (no GPU or missing CUDA libraries); "

@@ -36,6 +36,7 @@ import torch
 from ..core.classes import class_order
 from ..core.errors import InputError, UsageError
 from ..core.splits import DataSplits, TensorSplit
+from ..core.runio import regular_file
 from .imagesplits import IMAGE_EXTENSIONS, array_split, conform, file_split, image_shape
 from .splitting import carve, split_indices
 
@@ -155,6 +156,7 @@ def _scan_imagefolder(root: Path) -> Listing:
 
 
 def _read_csv(path: Path) -> Listing:
+    regular_file(path, "CSV file")  # a FIFO would block the reader
     if not path.is_file():
         raise InputError(f"CSV file not found: {path}")
     try:
@@ -274,6 +276,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> dict:
+    regular_file(path, "dataset file")
     try:
         with open(path, "rb") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -52,10 +52,14 @@ class ExportOptions:
     def __post_init__(self) -> None:
         import onnx
 
-        top = onnx.defs.onnx_opset_version()
+        from ..core.ortbench import ort_max_opset
+
+        # only opsets both onnx and this ONNX Runtime know: a file ORT cannot load would fail its own checks
+        top = min(onnx.defs.onnx_opset_version(), ort_max_opset())
         if not MIN_OPSET <= self.opset <= top:
             raise UsageError(f"--opset {self.opset} is not supported; choose {MIN_OPSET}..{top} "
-                             f"(the dynamo exporter cannot go below {MIN_OPSET})")
+                             f"(the dynamo exporter cannot go below {MIN_OPSET}; this ONNX Runtime runs "
+                             f"up to opset {ort_max_opset()})")
         if self.calib < 1:
             raise UsageError(f"--calib must be >= 1, got {self.calib}")
 

@@ -33,6 +33,7 @@ from torch import Tensor
 from ..core.errors import UsageError
 from ..core.types import NEED_INDEX, NEED_LABELS, NEED_LOGITS, NEED_TEACHER_EMBED, LossContext, ModelOut, PrepareContext
 from .base import LOSSES, Loss
+from .logspace import check_number
 from .memory import MemoryBank
 
 BANK_KEY = "ickd.bank"
@@ -89,8 +90,7 @@ def nicd_loss(z_s: Tensor, nb_logits: Tensor, neg: Tensor, T: float) -> Tensor:
 def _check(k: int, T: float, mode: str) -> None:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if not T > 0:
-        raise ValueError(f"T must be > 0, got {T}")
+    check_number("T", T, positive=True)  # finite and > 0
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
 from .base import LOSSES, Loss
+from .logspace import check_number
 
 
 def kd_loss(z_s: Tensor, z_t: Tensor, T: float) -> Tensor:
@@ -28,8 +29,7 @@ class KDParams:
     T: float = 4.0
 
     def __post_init__(self) -> None:
-        if not self.T > 0:
-            raise ValueError(f"T must be > 0, got {self.T}")
+        check_number("T", self.T, positive=True)  # finite and > 0
 
 
 @LOSSES.register("kd")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import Budget, RuntimeConfig
-from ..core.errors import BudgetError, UsageError
+from ..core.errors import BudgetError, KdError, UsageError
 from ..core.ortbench import LatencyStats, make_session, measure_latency
 from ..core.runio import atomic_write_json
 from ..core.spec import InputSpec
@@ -131,7 +131,7 @@ class LatencyCache:
             try:
                 atomic_write_json(self.path, self.entries)
                 self.dirty = False
-            except OSError:
+            except (OSError, KdError):  # the cache is an optimisation: an unwritable one is skipped
                 pass
 
 

@@ -31,7 +31,7 @@ from ..core.checkpoint import FORMAT, file_sha256
 from ..core.config import TeacherOptions
 from ..core.errors import InputError, UsageError
 from ..core.registry import did_you_mean
-from ..core.runio import safe_torch_load
+from ..core.runio import regular_file, safe_torch_load
 from ..core.spec import InputSpec
 from ..students.checkpoint import model_from_kdcompress_dict
 from .model import EMBED_HOOK, EMBED_TIMM, Teacher, forward_with_embed
@@ -299,6 +299,7 @@ def _finish(path: Path, model: nn.Module, fmt: str, arch: str, rec: Recorded, op
     model = model.float().eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    _check_finite_weights(path, model)
     x = torch.zeros((2, *spec.shape))
     try:
         with torch.no_grad():
@@ -310,6 +311,9 @@ def _finish(path: Path, model: nn.Module, fmt: str, arch: str, rec: Recorded, op
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != 2:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise InputError(f"teacher {path} returns {shape}, not logits of shape (batch, classes)")
+    if not bool(torch.isfinite(logits).all()):
+        raise InputError(f"teacher {path} returns NaN or infinite logits (on an all-zero batch); its weights "
+                         "are broken: re-export or retrain it")
     classes = _resolve_classes(path, rec, opt, int(logits.shape[1]))
     via, head, dim = _find_embedding(model, x, logits)
     flops: int | None = None
@@ -379,7 +383,15 @@ def _load_onnx(path: Path, opt: TeacherOptions) -> Teacher:
     return replace(t, params=params)
 
 
+def _check_finite_weights(path: Path, model: nn.Module) -> None:
+    """Weights or buffers holding NaN/inf are refused at load (else training diverges, blamed on the lr)."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise InputError(f"teacher {path} has NaN or infinite values in '{name}'; the file is broken")
+
+
 def load_teacher(path: Path, *, trust: bool = False, options: TeacherOptions | None = None) -> Teacher:
     """Load a teacher in any supported format (see this module); flags in `options` override what
     the file records. Pickled code runs only with trust=True (--trust-checkpoint)."""
+    regular_file(Path(path), "teacher")  # a FIFO or a device would block the reader
     return load_any(Path(path), options or TeacherOptions(), trust=trust)

@@ -137,7 +137,7 @@ def teacher_onnx_bytes(teacher: Teacher, metadata: dict[str, Any] | None = None)
                 raise InputError(f"TorchScript teacher {teacher.path} cannot be exported to ONNX: {first[:200]}") from None
         data = buf.getvalue()
     elif teacher.format == "onnx":
-        data = _dynamic_batch(Path(teacher.path).read_bytes(), teacher)
+        data = _dynamic_batch(_inlined(Path(teacher.path)), teacher)
     else:
         from ..core.onnxio import onnx_bytes
 
@@ -151,6 +151,21 @@ def teacher_onnx_bytes(teacher: Teacher, metadata: dict[str, Any] | None = None)
         entry.key = k
         entry.value = v if isinstance(v, str) else json.dumps(v)
     return proto.SerializeToString()
+
+
+def _inlined(path: Path) -> bytes:
+    """The ONNX file with any external data (weights in files beside it, as torch.onnx.export(...,
+    external_data=True) writes) read in, so the copy in the run directory stands alone."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        return path.read_bytes()
+    try:
+        return onnx.load(str(path)).SerializeToString()
+    except (ValueError, OSError) as e:  # protobuf's 2 GiB limit, or a missing data file
+        raise InputError(f"ONNX teacher {path}: its external data cannot be read into one file "
+                         f"({' '.join(str(e).split())[:200]})") from None
 
 
 def _dynamic_batch(data: bytes, teacher: Teacher) -> bytes:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,6 +127,12 @@ def _read_checkpoint(run: RunDir, fingerprint: dict[str, Any]) -> dict[str, Any]
     return ck
 
 
+def check_resumable(run: RunDir, fingerprint: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a run directory whose checkpoint has another configuration
+    (or cannot be read): the same check training makes when it resumes."""
+    _read_checkpoint(run, fingerprint)
+
+
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "aug": gen.get_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
@@ -188,9 +193,8 @@ def train(*, arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, tea
         def setup_dir() -> None:  # rank 0: the run directory, locked for the whole training
             run.prepare()
             held.enter_context(run.lock())
-            if restart and run.checkpoints.exists():
-                shutil.rmtree(run.checkpoints)
-                run.prepare()
+            if restart:
+                run.discard_checkpoints()  # only the files training writes there
             run.remove_stale_tmp()
 
         dist.on_main(setup_dir)

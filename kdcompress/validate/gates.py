@@ -1,6 +1,8 @@
 """Gates a pipeline can rely on, and the recommended variant.
 
 Every variant (fp32, fp16, int8, or each file given to `validate`) is checked against:
+- finite: every output on the test split is a finite number (a model answering NaN or inf is broken,
+  whatever its argmax); always applies;
 - parity: its ORT logits agree with the PyTorch model within the variant's tolerance (variants.TOLERANCES);
   applies whenever the PyTorch checkpoint is at hand;
 - min_agreement: top-1 agreement with the PyTorch model >= X (needs the checkpoint);
@@ -20,7 +22,7 @@ from typing import Any
 from ..core.errors import GateError, UsageError
 from ..core.ortbench import STATS
 
-GATE_NAMES = ("parity", "min_agreement", "max_accuracy_drop", "budget_ms")
+GATE_NAMES = ("finite", "parity", "min_agreement", "max_accuracy_drop", "budget_ms")
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,11 @@ class GateResult:
 
 def check_gates(ev, par, teacher, gates: Gates) -> list[GateResult]:
     """GateResults for one variant: `ev` its ModelEval, `par` its Parity or None, `teacher` a ModelEval or None."""
-    out = []
+    import numpy as np
+
+    bad = int(np.size(ev.logits) - np.isfinite(ev.logits).sum())
+    out = [GateResult("finite", bad == 0, float(bad), 0.0,
+                      f"{bad} of {np.size(ev.logits)} outputs on the test split are NaN or infinite")]
     if par is not None:
         ok_diff = par.max_abs_diff <= par.max_abs_diff_limit
         ok_agree = par.top1_agreement >= par.tolerance.min_agreement
