@@ -79,9 +79,10 @@ def check_space(directory: Path, need: int, what: str) -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
-    if need + MARGIN_BYTES > free:
+    if 2 * need + MARGIN_BYTES > free:  # the temporary copy and the file exist at the moment of the rename
         raise EnvironmentProblem(
-            f"the teacher-output cache needs about {_human(need)} ({what}) but {probe} has {_human(free)} free; "
+            f"the teacher-output cache needs about {_human(need)} ({what}; twice that while it is written, "
+            f"plus {_human(MARGIN_BYTES)} headroom) but {probe} has {_human(free)} free; "
             "lower train.cache_views, set train.cache_topk, point KDCOMPRESS_CACHE at a larger disk, "
             "or use train.teacher_cache=off")
 
@@ -186,8 +187,7 @@ def load_or_build(teacher_fn, *, key: dict[str, Any], split: Split, spec: InputS
     if cache is None:
         n, v, k, c = key["n"], key["views"], key["k"], key["num_classes"]
         need = estimate_bytes(n, v, c, k, embed_dim if key["embed"] else None)
-        check_space(path.parent, 2 * need,  # the temporary copy and the file, at the moment of the rename
-                    f"{n} samples x {v} views x {k} of {c} logits" + (f" + {embed_dim}-d embeddings" if key["embed"] else ""))
+        check_space(path.parent, need, f"{n} samples x {v} views x {k} of {c} logits" + (f" + {embed_dim}-d embeddings" if key["embed"] else ""))
         t0 = time.perf_counter()
         cache = build(teacher_fn, split, spec, device, mode=key["augment"], views=v, seed=key["seed"], k=k,
                       num_classes=c, embed_dim=embed_dim if key["embed"] else None, batch_size=batch_size, amp=amp)
