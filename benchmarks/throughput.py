@@ -88,7 +88,7 @@ def kdcompress_step_time(method: str, split: TensorSplit, device: torch.device, 
     preset = load_preset(method)
     objective = Objective(preset.terms, LossContext(CLASSES, student.embed_dim, t_model.embed_dim)).to(device)
     if objective.needs_prepare:
-        objective.prepare(PrepareContext(t_model, split, SPEC, device, CLASSES, Console(file=io.StringIO()), 256))
+        objective.prepare(PrepareContext(teacher, split, SPEC, device, CLASSES, Console(file=io.StringIO()), 256))
     opt = _optimizer(preset.train, list(student.parameters()) + list(objective.parameters()))
     engine = StepEngine(student=student, objective=objective, opt=opt, teacher=teacher.outputs, spec=SPEC,
                         device=device, aug_mode="crop_flip", compile=compile)
