@@ -182,3 +182,26 @@ def test_a_cache_that_would_not_fit_is_refused_before_it_is_built(tiny_teacher, 
                                  "--set", "train.teacher_cache=views", "--set", "train.cache_views=3", "--json"])
     assert r.exit_code == EnvironmentProblem.exit_code, r.output
     assert "kdcompress: error: the teacher-output cache needs about" in r.stderr
+
+
+def test_the_benchmark_quick_mode_pairs_cached_runs_with_online_ones(tmp_path, capsys):
+    import sys as _sys
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    _sys.path.insert(0, str(root))
+    try:
+        import teacher_cache as bench
+    finally:
+        _sys.path.pop(0)
+    result = bench.main(["--quick", "--work", str(tmp_path), "--json-out", str(tmp_path / "r.json")])
+    runs, rows = result["runs"], result["rows"]
+    assert [(r["seed"], r["views"]) for r in runs] == [(0, 0), (0, 2), (1, 0), (1, 2)]
+    assert all(0 <= r["test_accuracy"] <= 1 and r["step_s"] > 0 for r in runs)
+    assert [r["mode"] for r in rows] == ["online", "cached N=2"]
+    diffs = [c["test_accuracy"] - o["test_accuracy"] for o, c in zip(runs[::2], runs[1::2], strict=True)]
+    assert rows[1]["diff"][0] == pytest.approx(sum(diffs) / 2)
+    assert rows[1]["build_s"] > 0 and json.loads((tmp_path / "r.json").read_text())["rows"]
+    out = capsys.readouterr().out
+    assert "| kd | cached N=2 | 2 |" in out and "smaller" in out
+    m, h = bench.mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / 3 ** 0.5)

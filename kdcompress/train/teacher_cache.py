@@ -184,6 +184,7 @@ def load_or_build(teacher_fn, *, key: dict[str, Any], split: Split, spec: InputS
     the size check) and written atomically. `record` (the run directory's teacher_cache.json) names it."""
     path = cache_root() / f"{key_digest(key)}.pt"
     cache = _read(path, key, console)
+    built = None
     if cache is None:
         n, v, k, c = key["n"], key["views"], key["k"], key["num_classes"]
         need = estimate_bytes(n, v, c, k, embed_dim if key["embed"] else None)
@@ -194,9 +195,11 @@ def load_or_build(teacher_fn, *, key: dict[str, Any], split: Split, spec: InputS
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"format": FORMAT, "key": key, "values": cache.values, "classes": cache.classes,
                            "embed": cache.embed}, path)
-        console.print(f"teacher-output cache: {n} x {v} views built in {time.perf_counter() - t0:.1f} s -> {path}")
+        built = round(time.perf_counter() - t0, 3)
+        console.print(f"teacher-output cache: {n} x {v} views built in {built:.1f} s -> {path}")
     if record is not None:
-        atomic_write_json(record, {"key": key, "path": str(path), "bytes": path.stat().st_size})
+        atomic_write_json(record, {"key": key, "path": str(path), "bytes": path.stat().st_size,
+                                   "built_seconds": built})
     return cache
 
 
