@@ -1,6 +1,6 @@
 """Online teacher vs the teacher-output cache (train.teacher_cache=views): step time and test accuracy.
 
-    python benchmarks/teacher_cache.py                          # digits, resnet8x4 -> resnet8, kd and dkd, N = 4, 8, 16, 3 seeds
+    python benchmarks/teacher_cache.py                          # digits, resnet8 -> tinycnn_w8, kd and dkd, N = 4, 8, 16, 3 seeds
     python benchmarks/teacher_cache.py --data mnist5k --epochs 10
     python benchmarks/teacher_cache.py --quick                  # tiny synthetic data, seconds (the test suite runs it)
 
@@ -129,13 +129,13 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="digits", help="dataset spec (digits, mnist5k where the spec exists, ...)")
-    ap.add_argument("--teacher-arch", default="resnet8x4")
-    ap.add_argument("--teacher-epochs", type=int, default=15)
-    ap.add_argument("--student", default="resnet8")
+    ap.add_argument("--teacher-arch", default="resnet8")
+    ap.add_argument("--teacher-epochs", type=int, default=10)
+    ap.add_argument("--student", default="tinycnn_w8")
     ap.add_argument("--presets", default="kd,dkd")
     ap.add_argument("--views", default="4,8,16")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--work", type=Path, default=Path("benchmarks/.teacher_cache_work"))
     ap.add_argument("--json-out", type=Path, default=None)
     ap.add_argument("--quick", action="store_true", help="tiny synthetic data, 1 epoch, 2 seeds, N=2 (seconds)")
@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
                 r = one_run(t_path, a.data, a.student, preset, seed, a.epochs, n,
                             a.work / "runs" / f"{preset}-s{seed}-n{n or 0}")
                 runs.append(r)
+                if a.json_out:  # after every run: an interrupted benchmark still leaves its finished pairs
+                    a.json_out.write_text(json.dumps({"header": head, "runs": runs}, indent=1))
                 print(f"  {preset} seed {seed} {'online' if not n else f'N={n}'}: acc {r['test_accuracy']:.4f}, "
                       f"step {1000 * r['step_s']:.2f} ms", file=sys.stderr, flush=True)
     rows = summarise(runs, presets, views)

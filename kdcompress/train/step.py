@@ -10,6 +10,8 @@ On CUDA (none of this changes the maths):
   * the training split resident on the GPU when it fits (RESIDENT_FRACTION of free memory), so a batch is a
     device-side gather; otherwise batches are sliced (or decoded by the split's DataLoader workers) and
     pinned in a background thread, then copied asynchronously.
+With a teacher-output cache (teacher_cache.py, `train.teacher_cache=views`) the step runs no teacher: the batch
+is augmented into this epoch's cached view of each sample and the teacher's outputs on it are looked up.
 `compile=True` wraps the student's training forward in torch.compile; the student module itself is what the
 trainer saves, so checkpoints and export never see the compiled wrapper. Under torchrun the forward is
 wrapped in DDP, and trainable parts of the losses (ND's projector) have their gradients averaged explicitly.
