@@ -57,6 +57,12 @@ def test_a_view_is_a_function_of_seed_sample_and_slot():
     assert not torch.equal(a, augment_view(x, idx, 3, seed=1, mode="crop_flip"))
     assert not torch.equal(a, augment_view(x, idx, 2, seed=2, mode="crop_flip"))
     assert torch.equal(augment_view(x, idx, 2, seed=1, mode="none"), x)
+    # the cache's precomputed draw tables give the same views as hashing per step
+    for mode in ("shift", "crop_flip", "none"):
+        cache = tc.TeacherCache(torch.zeros(10, 4, 3, dtype=torch.float16), None, None, 3, seed=1, mode=mode)
+        view = cache.epoch_views(idx, 5)
+        assert torch.equal(view, tc.mix(1, 5, idx, 7) % 4) and int(view.max()) < 4
+        assert torch.equal(cache.inputs(x, idx, view), augment_view(x, idx, view, 1, mode))
 
 
 def test_cached_logits_equal_the_online_teachers_on_the_same_view(tiny_teacher):
