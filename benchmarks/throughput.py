@@ -11,6 +11,9 @@ term and KD term summed, the loss read back to the host every step for its runni
 baseline is given its batches already augmented, normalised and pinned (mdistiller's DataLoader workers do
 that off the training thread), so its data cost is not counted while kdcompress's augmentation is.
 
+`--cache` adds a row per method with the teacher-output cache (train.teacher_cache=views): the same step with
+the teacher's outputs read from the cache instead of computed (its one-off build is not timed).
+
 Synthetic data: uniform random 3x32x32 images, 100 classes (CIFAR-100's shape). Weights are random: speed
 does not depend on them. ND and IC-KD run their prepare() (class centres, the memory bank) over the
 synthetic training split first; that one-off cost is not timed. Timing: `--warmup` untimed steps, then
@@ -42,7 +45,9 @@ from kdcompress.losses.base import Objective
 from kdcompress.students.registry import build_student
 from kdcompress.teacher.model import EMBED_TIMM, Teacher
 from kdcompress.train.loop import _optimizer
+from kdcompress.core.types import NEED_TEACHER_EMBED
 from kdcompress.train.step import Feeder, StepEngine
+from kdcompress.train.teacher_cache import build, stored_k
 
 CLASSES = 100
 SPEC = InputSpec((3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))  # CIFAR-100 statistics
@@ -77,7 +82,7 @@ def sync(device: torch.device) -> None:
 
 
 def kdcompress_step_time(method: str, split: TensorSplit, device: torch.device, batch: int, warmup: int,
-                         steps: int, compile: bool) -> float:
+                         steps: int, compile: bool, cached: bool = False) -> float:
     student, t_model = models(device)
     if device.type == "cuda":
         student = student.to(memory_format=torch.channels_last)
@@ -88,10 +93,17 @@ def kdcompress_step_time(method: str, split: TensorSplit, device: torch.device, 
     preset = load_preset(method)
     objective = Objective(preset.terms, LossContext(CLASSES, student.embed_dim, t_model.embed_dim)).to(device)
     if objective.needs_prepare:
-        objective.prepare(PrepareContext(t_model, split, SPEC, device, CLASSES, Console(file=io.StringIO()), 256))
+        objective.prepare(PrepareContext(teacher, split, SPEC, device, CLASSES, Console(file=io.StringIO()), 256))
     opt = _optimizer(preset.train, list(student.parameters()) + list(objective.parameters()))
+    cache = None
+    if cached:  # train.teacher_cache=views: the teacher's outputs read, not computed (the build is not timed;
+        # one view slot: a step's cost does not depend on how many slots there are to pick from)
+        cache = build(teacher.outputs, split, SPEC, device, mode="crop_flip", views=1, seed=0,
+                      k=stored_k(CLASSES, 0), num_classes=CLASSES, batch_size=256, amp=device.type == "cuda",
+                      embed_dim=t_model.embed_dim if NEED_TEACHER_EMBED in objective.needs else None)
+        cache = cache.to(device)
     engine = StepEngine(student=student, objective=objective, opt=opt, teacher=teacher.outputs, spec=SPEC,
-                        device=device, aug_mode="crop_flip", compile=compile)
+                        device=device, aug_mode="crop_flip", compile=compile, cache=cache)
     feeder = Feeder(split, device, batch, seed=0)
     gen = torch.Generator().manual_seed(0)
     student.train()
@@ -166,6 +178,8 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--rounds", type=int, default=3, help="repeat every loop this often; report the median")
     ap.add_argument("--compile", action="store_true", help="also time kdcompress's steps with torch.compile")
+    ap.add_argument("--cache", action="store_true",
+                    help="also time each method with the teacher-output cache (train.teacher_cache=views)")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -193,6 +207,10 @@ def main() -> None:
         for method in args.methods.split(","):
             loops.append((f"kdcompress {method}{' + compile' if compiled else ''}",
                           lambda m=method, c=compiled: kdcompress_step_time(m, split, device, batch, warmup, steps, c)))
+    if args.cache:
+        for method in args.methods.split(","):
+            loops.append((f"kdcompress {method} + teacher cache",
+                          lambda m=method: kdcompress_step_time(m, split, device, batch, warmup, steps, False, True)))
     times: dict[str, list[float]] = {name: [] for name, _ in loops}
     for _ in range(args.rounds):
         for name, fn in loops:
@@ -205,7 +223,7 @@ def main() -> None:
     for name, s in rows:
         print(f"| {name:44s} | {batch / s:9.1f} | {1000 * s:9.2f} | {base / s:10.2f} |")
     print()
-    for suffix in ("", " + compile"):
+    for suffix in ("", " + compile", " + teacher cache"):
         kd, ickd = dict(rows).get(f"kdcompress kd{suffix}"), dict(rows).get(f"kdcompress ickd{suffix}")
         if kd and ickd:
             print(f"IC-KD / KD step time{suffix}: {ickd / kd:.3f}")

@@ -1,6 +1,7 @@
 """The training loop: distillation (or plain CE for teachers), validation each epoch, best weights kept,
 checkpoints and resume, NaN guard, SIGINT/SIGTERM, torchrun, progress. The step itself (bf16 autocast,
-channels_last, DDP, torch.compile) is trainstep.py's.
+channels_last, DDP, torch.compile) is step.py's; `train.teacher_cache=views` replaces the teacher's forward
+by reads of its outputs on seeded views (teacher_cache.py). `_Session` holds a run's state, one job a method.
 
 Epochs are 1-indexed everywhere (warm-up omega(e) = min(e/E_w, 1) and the LR schedule), and the learning
 rate is derived from the epoch number, so a resumed run needs no scheduler state; bf16 needs no GradScaler.
@@ -34,15 +35,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from ..core.checkpoint import save_checkpoint
+from ..core.infer import shard_hits
 from ..core.config import Preset, TrainConfig
 from ..core.errors import InputError, Interrupted, TrainingError, UsageError
 from ..core.runio import RunDir, atomic_torch_save, safe_torch_load
 from ..core.spec import InputSpec
 from ..core.splits import DataSplits
-from ..core.types import LossContext, PrepareContext, TeacherLike
+from ..core.types import NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS, LossContext, PrepareContext, TeacherLike
 from .distributed import SINGLE, Dist
 from .interrupt import GracefulStop, signal_name
 from .step import Feeder, StepEngine
+from .teacher_cache import TeacherCache, cache_key, load_or_build, stored_k
 
 POLL_STEPS = 16  # GPU or torchrun: steps between looks at the NaN guard and stop requests (each is a sync)
 
@@ -151,27 +154,15 @@ def _elapsed(since: float, device: torch.device) -> float:
     return time.perf_counter() - since
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, split: Any, spec: InputSpec, device: torch.device, dist: Dist = SINGLE,
              batch_size: int = 256) -> float:
-    """Top-1 accuracy (fp32, eval mode) over `split`, each rank scoring its shard; a sample a rank saw twice
-    (shards are padded to equal length) counts once, so the result equals a single process's."""
-    was_training = model.training
-    model.eval()
-    n = len(split)
-    hit = torch.zeros(n, dtype=torch.float64)
-    mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
-    for b in split.batches(batch_size, rank=dist.rank, world=dist.world):
-        x = (b.x.to(device, non_blocking=True) - mean) / std
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        pred = model(x).argmax(1).cpu()
-        hit[b.index.cpu()] = (pred == b.y.cpu()).double()
-    model.train(was_training)
-    if n == 0:
+    """Top-1 accuracy (fp32, eval mode) over `split`, each rank scoring its shard (core.infer, the one
+    evaluation loop); a sample a rank saw twice (shards are padded to equal length) counts once, so the
+    result equals a single process's."""
+    hit = shard_hits(model, split, spec, device, batch_size, rank=dist.rank, world=dist.world)
+    if len(split) == 0:
         return float("nan")
-    return float(dist.max(hit).sum() / n)
+    return float(dist.max(hit).sum() / len(split))
 
 
 def train(*, arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, teacher: TeacherLike | None,
@@ -199,162 +190,228 @@ def train(*, arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, tea
 
         dist.on_main(setup_dir)
         with GracefulStop() as stop:
-            return _train(arch, splits, spec, preset, teacher, run, device, fingerprint, console, dist, compile, stop,
-                          make_student, make_objective)
+            session = _Session(arch=arch, splits=splits, spec=spec, preset=preset, teacher=teacher, run=run,
+                               device=device, fingerprint=fingerprint, console=console, dist=dist, stop=stop)
+            session.build(make_student, make_objective)
+            session.restore()
+            session.setup_steps(compile)
+            session.run_epochs()
+            return session.finish()
 
 
-def _train(arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, teacher: TeacherLike | None, run: RunDir,
-           device: torch.device, fingerprint: dict[str, Any], console: Console, dist: Dist, compile: bool,
-           stop: GracefulStop, make_student: Callable[[], nn.Module],
-           make_objective: Callable[[LossContext], nn.Module]) -> TrainResult:
-    cfg = preset.train
-    cuda = device.type == "cuda"
-    torch.manual_seed(cfg.seed)
-    student = make_student().to(device)
-    if cuda:
-        student = student.to(memory_format=torch.channels_last)
-    if teacher is not None:
-        teacher = teacher.to(device)  # eval mode, channels_last on CUDA
-    ctx = LossContext(splits.num_classes, getattr(student, "embed_dim", None),
-                      teacher.embed_dim if teacher is not None else None)
-    objective = make_objective(ctx).to(device)
-    if teacher is not None:
-        teacher.check_needs(objective.needs, preset.name)
-    opt = _optimizer(cfg, [p for p in student.parameters()] + [p for p in objective.parameters()])
-    gen = torch.Generator()
+class _Session:
+    """One training run, its jobs one method each: build (seeded models, optimizer), restore (the
+    checkpoint), setup_steps (losses' prepare, teacher cache, step engine), run_epochs / _epoch / _poll /
+    _end_epoch (the loop, the NaN and stop polling), save, finish (best weights -> student.pt)."""
 
-    start_epoch, skip, history, best, partial = 1, 0, [], {"acc": -1.0, "epoch": 0}, None
-    ck = dist.on_main(lambda: _read_checkpoint(run, fingerprint))
-    if ck is not None:
-        skip = int(ck.get("step", 0))
-        if skip and ck.get("world", 1) != dist.world:
-            raise dist.quiet(UsageError(
-                f"{run.last_checkpoint} was written mid-epoch by {ck.get('world', 1)} process(es); resume it "
-                f"with that many (this run has {dist.world}) or use --restart"))
-        student.load_state_dict(ck["student"])
-        objective.load_state_dict(ck["objective"])
-        opt.load_state_dict(ck["optimizer"])
-        start_epoch, history, best = ck["epoch"] + 1, list(ck["history"]), dict(ck["best"])
-        if skip:
-            rng = ck["rng"]
-            torch.set_rng_state(rng["torch"][dist.rank])
-            gen.set_state(rng["aug"][dist.rank])
-            if cuda and rng["cuda"][dist.rank] is not None:
-                torch.cuda.set_rng_state(rng["cuda"][dist.rank], device)
-            partial = {"sums": ck["partial"]["sums"][dist.rank], "seconds": ck["partial"]["seconds"]}
-        where = f"epoch {ck['epoch'] + 1} step {skip}" if skip else f"after epoch {ck['epoch']}"
-        console.print(f"[dim]resuming {run.root} {where}[/]")
-    resumed_from = start_epoch - 1
+    def __init__(self, *, arch: str, splits: DataSplits, spec: InputSpec, preset: Preset,
+                 teacher: TeacherLike | None, run: RunDir, device: torch.device, fingerprint: dict[str, Any],
+                 console: Console, dist: Dist, stop: GracefulStop):
+        self.arch, self.splits, self.spec, self.preset, self.teacher = arch, splits, spec, preset, teacher
+        self.run, self.device, self.fingerprint, self.console, self.dist, self.stop = (
+            run, device, fingerprint, console, dist, stop)
+        self.cfg: TrainConfig = preset.train
+        self.cuda = device.type == "cuda"
+        self.gen = torch.Generator()
+        self.start_epoch, self.skip, self.partial = 1, 0, None
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"acc": -1.0, "epoch": 0}
 
-    aug_mode = splits.default_augment if cfg.augment == "auto" else cfg.augment
-    bs = min(cfg.batch_size, len(splits.train))
-    if objective.needs_prepare and start_epoch <= cfg.epochs:
-        assert teacher is not None  # preparing losses distil, and needs_teacher was checked above
-        pctx = PrepareContext(teacher, splits.train, spec, device, splits.num_classes, console, bs)
-        state = dist.on_main(lambda: _prepare(objective, pctx, run, fingerprint))
-        if not dist.is_main:
-            objective.load_prepared(state, pctx)
-    engine = StepEngine(student=student, objective=objective, opt=opt,
-                        teacher=teacher.outputs if teacher is not None else None, spec=spec, device=device,
-                        aug_mode=aug_mode, dist=dist, compile=compile)
-    feeder = Feeder(splits.train, device, bs, cfg.seed, dist)
-    steps = splits.train.num_batches(bs, drop_last=True, world=dist.world)
-    poll = POLL_STEPS if (cuda or dist.enabled) else 1
-    t0 = time.perf_counter()
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console,
-                        transient=False, disable=console.quiet or not console.is_terminal)
+    def build(self, make_student: Callable[[], nn.Module], make_objective: Callable[[LossContext], nn.Module]) -> None:
+        torch.manual_seed(self.cfg.seed)
+        student = make_student().to(self.device)
+        self.student = student.to(memory_format=torch.channels_last) if self.cuda else student
+        if self.teacher is not None:
+            self.teacher = self.teacher.to(self.device)  # eval mode, channels_last on CUDA
+        t_dim = self.teacher.embed_dim if self.teacher is not None else None
+        ctx = LossContext(self.splits.num_classes, getattr(self.student, "embed_dim", None), t_dim)
+        self.objective = make_objective(ctx).to(self.device)
+        if self.teacher is not None:
+            self.teacher.check_needs(self.objective.needs, self.preset.name)
+        self.opt = _optimizer(self.cfg, [p for p in self.student.parameters()] + [p for p in self.objective.parameters()])
 
-    def save(epoch_done: int, step: int, sums: dict[str, torch.Tensor], seconds: float) -> None:
-        rngs = dist.gather(_rng_state(gen, device))
+    def restore(self) -> None:
+        dist, run = self.dist, self.run
+        ck = dist.on_main(lambda: _read_checkpoint(run, self.fingerprint))
+        if ck is not None:
+            self.skip = skip = int(ck.get("step", 0))
+            if skip and ck.get("world", 1) != dist.world:
+                raise dist.quiet(UsageError(
+                    f"{run.last_checkpoint} was written mid-epoch by {ck.get('world', 1)} process(es); resume it "
+                    f"with that many (this run has {dist.world}) or use --restart"))
+            self.student.load_state_dict(ck["student"])
+            self.objective.load_state_dict(ck["objective"])
+            self.opt.load_state_dict(ck["optimizer"])
+            self.start_epoch, self.history, self.best = ck["epoch"] + 1, list(ck["history"]), dict(ck["best"])
+            if skip:
+                rng = ck["rng"]
+                torch.set_rng_state(rng["torch"][dist.rank])
+                self.gen.set_state(rng["aug"][dist.rank])
+                if self.cuda and rng["cuda"][dist.rank] is not None:
+                    torch.cuda.set_rng_state(rng["cuda"][dist.rank], self.device)
+                self.partial = {"sums": ck["partial"]["sums"][dist.rank], "seconds": ck["partial"]["seconds"]}
+            where = f"epoch {ck['epoch'] + 1} step {skip}" if skip else f"after epoch {ck['epoch']}"
+            self.console.print(f"[dim]resuming {run.root} {where}[/]")
+        self.resumed_from = self.start_epoch - 1
+
+    def setup_steps(self, compile: bool) -> None:
+        cfg, splits, teacher, dist = self.cfg, self.splits, self.teacher, self.dist
+        self.aug_mode = splits.default_augment if cfg.augment == "auto" else cfg.augment
+        self.bs = bs = min(cfg.batch_size, len(splits.train))
+        if self.objective.needs_prepare and self.start_epoch <= cfg.epochs:
+            assert teacher is not None  # preparing losses distil, and needs_teacher was checked above
+            pctx = PrepareContext(teacher, splits.train, self.spec, self.device, splits.num_classes, self.console, bs)
+            state = dist.on_main(lambda: _prepare(self.objective, pctx, self.run, self.fingerprint))
+            if not dist.is_main:
+                self.objective.load_prepared(state, pctx)
+        self.engine = StepEngine(student=self.student, objective=self.objective, opt=self.opt,
+                                 teacher=teacher.outputs if teacher is not None else None, spec=self.spec,
+                                 device=self.device, aug_mode=self.aug_mode, dist=dist, compile=compile,
+                                 cache=self._teacher_cache())
+        self.feeder = Feeder(splits.train, self.device, bs, cfg.seed, dist)
+        self.steps = splits.train.num_batches(bs, drop_last=True, world=dist.world)
+        self.poll_every = POLL_STEPS if (self.cuda or dist.enabled) else 1
+        self.t0 = time.perf_counter()
+
+    def _teacher_cache(self) -> TeacherCache | None:
+        """train.teacher_cache=views: the teacher's outputs on the seeded views, read or built once."""
+        cfg, teacher, needs = self.cfg, self.teacher, self.objective.needs
+        if cfg.teacher_cache == "off" or teacher is None or self.start_epoch > cfg.epochs:
+            return None
+        if not needs & {NEED_TEACHER_LOGITS, NEED_TEACHER_EMBED}:
+            return None
+        sha = getattr(teacher, "sha256", None) or self.fingerprint.get("teacher")
+        if not sha:
+            raise UsageError("train.teacher_cache=views needs a teacher with a sha256 (a teacher file); "
+                             "use train.teacher_cache=off")
+        want_embed = NEED_TEACHER_EMBED in needs
+        c = self.splits.num_classes
+        key = cache_key(teacher_sha256=sha, data=self.fingerprint.get("data", self.splits.name),
+                        split=self.splits.train, spec=self.spec, mode=self.aug_mode, views=cfg.cache_views,
+                        seed=cfg.seed, k=stored_k(c, cfg.cache_topk), num_classes=c, embed=want_embed)
+        cache = self.dist.main_first(lambda: load_or_build(
+            teacher.outputs, key=key, split=self.splits.train, spec=self.spec, device=self.device,
+            embed_dim=teacher.embed_dim, batch_size=self.bs, amp=self.cuda, console=self.console,
+            record=self.run.root / "teacher_cache.json" if self.dist.is_main else None))
+        return cache.to(self.device) if self.cuda else cache
+
+    def save(self, epoch_done: int, step: int, sums: dict[str, torch.Tensor], seconds: float) -> None:
+        dist = self.dist
+        rngs = dist.gather(_rng_state(self.gen, self.device))
         part = dist.gather({k: float(v) for k, v in sums.items()}) if step else None
         if dist.is_main:
             atomic_torch_save({
-                "format": "kdcompress.train-state", "fingerprint": fingerprint, "epoch": epoch_done,
-                "step": step, "world": dist.world, "student": student.state_dict(),
-                "objective": objective.state_dict(), "optimizer": opt.state_dict(),
+                "format": "kdcompress.train-state", "fingerprint": self.fingerprint, "epoch": epoch_done,
+                "step": step, "world": dist.world, "student": self.student.state_dict(),
+                "objective": self.objective.state_dict(), "optimizer": self.opt.state_dict(),
                 "rng": {k: [r[k] for r in rngs] for k in ("torch", "aug", "cuda")},
                 "partial": {"sums": part, "seconds": seconds} if step else None,
-                "history": history, "best": best,
-            }, run.last_checkpoint)
+                "history": self.history, "best": self.best,
+            }, self.run.last_checkpoint)
 
-    with progress, stop.deferring():
-        task = progress.add_task(f"train {arch}", total=cfg.epochs * steps,
-                                 completed=(start_epoch - 1) * steps + skip, status="")
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            lr = lr_at(cfg, epoch)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            sums: dict[str, torch.Tensor] = {}
-            seconds = 0.0
-            if skip and partial is not None:
-                sums = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in partial["sums"].items()}
-                seconds = partial["seconds"]
-            else:
-                torch.manual_seed(epoch_seed(cfg.seed, epoch, dist.rank, 0))
-                gen.manual_seed(epoch_seed(cfg.seed, epoch, dist.rank, 1))
-            student.train()
-            objective.train()
-            t_epoch = time.perf_counter()
-            done = skip
-            for batch in feeder.epoch(epoch, skip):
-                loss, parts = engine.step(batch, epoch, gen)
-                _accumulate(sums, loss, parts)
-                done += 1
-                progress.advance(task)
-                if done % poll and done != steps:
-                    continue
-                bad, stopping = (bool(v) for v in dist.max(torch.stack([
-                    (~torch.isfinite(sums["loss"])).double().cpu(), torch.tensor(float(stop.requested),
-                                                                             dtype=torch.float64)])))
-                if bad:
-                    kept = (f"the last good checkpoint is kept at {run.last_checkpoint}"
-                            if run.last_checkpoint.exists() else "no epoch had finished, so there is no checkpoint")
-                    raise dist.quiet(TrainingError(
-                        f"loss became {float(loss)} at epoch {epoch} (step {done}/{steps}; terms: "
-                        + ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-                        + f"); stopped; {kept}; lower train.lr or check the data"))
-                if stopping and done < steps:
-                    save(epoch - 1, done, sums, seconds + _elapsed(t_epoch, device))
-                    raise dist.quiet(Interrupted(
-                        f"interrupted by {signal_name(stop.signum or 15)} at epoch {epoch} step {done}/{steps}; "
-                        f"checkpoint saved to {run.last_checkpoint}; rerun the same command to resume",
-                        stop.signum or 15))
-            skip, partial = 0, None
-            seconds += _elapsed(t_epoch, device)
-            keys = list(sums)
-            totals = dist.sum(torch.stack([sums[k].cpu() for k in keys])) if keys else torch.zeros(0)
-            dist.broadcast_buffers(student)
-            val_acc = evaluate(student, splits.val, spec, device, dist)
-            row = {"epoch": epoch, "lr": lr, "val_accuracy": round(val_acc, 6),
-                   **{k: round(float(v) / (steps * dist.world), 6) for k, v in zip(keys, totals, strict=True)},
-                   "train_seconds": round(seconds, 4)}
-            history.append(row)
-            if val_acc > best["acc"]:
-                best = {"acc": val_acc, "epoch": epoch}
-                if dist.is_main:
-                    atomic_torch_save({k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
-                                      run.checkpoints / "best.pt")
-            save(epoch, 0, {}, seconds)
-            progress.update(task, status=f"epoch {epoch}/{cfg.epochs} loss {row.get('loss', 0):.3f} val {val_acc:.3f}")
-            if not console.is_terminal:
-                console.print(f"epoch {epoch}/{cfg.epochs}  loss {row.get('loss', 0):.4f}  val_acc {val_acc:.4f}")
-            if dist.max(torch.tensor([float(stop.requested)]))[0]:
-                raise dist.quiet(Interrupted(
-                    f"interrupted by {signal_name(stop.signum or 15)} after epoch {epoch}; checkpoint saved to "
-                    f"{run.last_checkpoint}; rerun the same command to resume", stop.signum or 15))
+    def run_epochs(self) -> None:
+        cfg, console = self.cfg, self.console
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console,
+                            transient=False, disable=console.quiet or not console.is_terminal)
+        with progress, self.stop.deferring():
+            task = progress.add_task(f"train {self.arch}", total=cfg.epochs * self.steps,
+                                     completed=(self.start_epoch - 1) * self.steps + self.skip, status="")
+            for epoch in range(self.start_epoch, cfg.epochs + 1):
+                lr = lr_at(cfg, epoch)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                sums, seconds = self._epoch(epoch, lambda: progress.advance(task))
+                row = self._end_epoch(epoch, lr, sums, seconds)
+                progress.update(task, status=f"epoch {epoch}/{cfg.epochs} loss {row.get('loss', 0):.3f} "
+                                             f"val {row['val_accuracy']:.3f}")
+                if not console.is_terminal:
+                    console.print(f"epoch {epoch}/{cfg.epochs}  loss {row.get('loss', 0):.4f}  "
+                                  f"val_acc {row['val_accuracy']:.4f}")
+                if self.dist.max(torch.tensor([float(self.stop.requested)]))[0]:
+                    raise self.dist.quiet(Interrupted(
+                        f"interrupted by {signal_name(self.stop.signum or 15)} after epoch {epoch}; checkpoint "
+                        f"saved to {self.run.last_checkpoint}; rerun the same command to resume",
+                        self.stop.signum or 15))
+        if not self.history:
+            raise InputError(f"{self.run.last_checkpoint} has no completed epoch")
 
-    if not history:
-        raise InputError(f"{run.last_checkpoint} has no completed epoch")
+    def _epoch(self, epoch: int, advance: Callable[[], None]) -> tuple[dict[str, torch.Tensor], float]:
+        """The steps of one epoch (from the resumed step boundary on); returns the loss sums and seconds."""
+        sums: dict[str, torch.Tensor] = {}
+        seconds = 0.0
+        if self.skip and self.partial is not None:
+            sums = {k: torch.tensor(v, dtype=torch.float64, device=self.device)
+                    for k, v in self.partial["sums"].items()}
+            seconds = self.partial["seconds"]
+        else:
+            torch.manual_seed(epoch_seed(self.cfg.seed, epoch, self.dist.rank, 0))
+            self.gen.manual_seed(epoch_seed(self.cfg.seed, epoch, self.dist.rank, 1))
+        self.student.train()
+        self.objective.train()
+        t_epoch = time.perf_counter()
+        done = self.skip
+        for batch in self.feeder.epoch(epoch, self.skip):
+            loss, parts = self.engine.step(batch, epoch, self.gen)
+            _accumulate(sums, loss, parts)
+            done += 1
+            advance()
+            if done % self.poll_every == 0 or done == self.steps:
+                self._poll(epoch, done, sums, loss, parts, seconds, t_epoch)
+        self.skip, self.partial = 0, None
+        return sums, seconds + _elapsed(t_epoch, self.device)
 
-    def finish() -> None:
-        student.load_state_dict(safe_torch_load(run.checkpoints / "best.pt"))
-        save_checkpoint(run.student, student, arch, splits.classes, spec,
-                        metrics={"val_accuracy": best["acc"], "best_epoch": best["epoch"],
-                                 "final_val_accuracy": history[-1]["val_accuracy"], "preset": preset.name,
-                                 "data": splits.name})
+    def _poll(self, epoch: int, done: int, sums: dict[str, torch.Tensor], loss: torch.Tensor,
+              parts: dict[str, torch.Tensor], seconds: float, t_epoch: float) -> None:
+        """The NaN guard and the stop request, agreed over ranks (one host sync)."""
+        dist, run, steps = self.dist, self.run, self.steps
+        bad, stopping = (bool(v) for v in dist.max(torch.stack([
+            (~torch.isfinite(sums["loss"])).double().cpu(),
+            torch.tensor(float(self.stop.requested), dtype=torch.float64)])))
+        if bad:
+            kept = (f"the last good checkpoint is kept at {run.last_checkpoint}"
+                    if run.last_checkpoint.exists() else "no epoch had finished, so there is no checkpoint")
+            raise dist.quiet(TrainingError(
+                f"loss became {float(loss)} at epoch {epoch} (step {done}/{steps}; terms: "
+                + ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+                + f"); stopped; {kept}; lower train.lr or check the data"))
+        if stopping and done < steps:
+            self.save(epoch - 1, done, sums, seconds + _elapsed(t_epoch, self.device))
+            signum = self.stop.signum or 15
+            raise dist.quiet(Interrupted(
+                f"interrupted by {signal_name(signum)} at epoch {epoch} step {done}/{steps}; "
+                f"checkpoint saved to {run.last_checkpoint}; rerun the same command to resume", signum))
 
-    dist.on_main(finish)
-    return TrainResult(arch, run.student, cfg.epochs, int(best["epoch"]), float(best["acc"]),
-                       float(history[-1]["val_accuracy"]), tuple(history), time.perf_counter() - t0, str(device),
-                       resumed_from, dist.world)
+    def _end_epoch(self, epoch: int, lr: float, sums: dict[str, torch.Tensor], seconds: float) -> dict[str, Any]:
+        """Epoch means over ranks, validation, best weights, the epoch-boundary checkpoint."""
+        dist, steps = self.dist, self.steps
+        keys = list(sums)
+        totals = dist.sum(torch.stack([sums[k].cpu() for k in keys])) if keys else torch.zeros(0)
+        dist.broadcast_buffers(self.student)
+        val_acc = evaluate(self.student, self.splits.val, self.spec, self.device, dist)
+        row = {"epoch": epoch, "lr": lr, "val_accuracy": round(val_acc, 6),
+               **{k: round(float(v) / (steps * dist.world), 6) for k, v in zip(keys, totals, strict=True)},
+               "train_seconds": round(seconds, 4)}
+        self.history.append(row)
+        if val_acc > self.best["acc"]:
+            self.best = {"acc": val_acc, "epoch": epoch}
+            if dist.is_main:
+                atomic_torch_save({k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()},
+                                  self.run.checkpoints / "best.pt")
+        self.save(epoch, 0, {}, seconds)
+        return row
+
+    def finish(self) -> TrainResult:
+        run, history, best = self.run, self.history, self.best
+
+        def write() -> None:
+            self.student.load_state_dict(safe_torch_load(run.checkpoints / "best.pt"))
+            save_checkpoint(run.student, self.student, self.arch, self.splits.classes, self.spec,
+                            metrics={"val_accuracy": best["acc"], "best_epoch": best["epoch"],
+                                     "final_val_accuracy": history[-1]["val_accuracy"], "preset": self.preset.name,
+                                     "data": self.splits.name})
+
+        self.dist.on_main(write)
+        return TrainResult(self.arch, run.student, self.cfg.epochs, int(best["epoch"]), float(best["acc"]),
+                           float(history[-1]["val_accuracy"]), tuple(history), time.perf_counter() - self.t0,
+                           str(self.device), self.resumed_from, self.dist.world)

@@ -10,6 +10,8 @@ On CUDA (none of this changes the maths):
   * the training split resident on the GPU when it fits (RESIDENT_FRACTION of free memory), so a batch is a
     device-side gather; otherwise batches are sliced (or decoded by the split's DataLoader workers) and
     pinned in a background thread, then copied asynchronously.
+With a teacher-output cache (teacher_cache.py, `train.teacher_cache=views`) the step runs no teacher: the batch
+is augmented into this epoch's cached view of each sample and the teacher's outputs on it are looked up.
 `compile=True` wraps the student's training forward in torch.compile; the student module itself is what the
 trainer saves, so checkpoints and export never see the compiled wrapper. Under torchrun the forward is
 wrapped in DDP, and trainable parts of the losses (ND's projector) have their gradients averaged explicitly.
@@ -31,6 +33,7 @@ from ..core.splits import Batch, TensorSplit, batch_indices
 from ..core.types import NEED_STUDENT_EMBED, NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS, ModelOut, logits_and_embed
 from .augment import augment
 from .distributed import SINGLE, Dist
+from .teacher_cache import TeacherCache
 
 RESIDENT_FRACTION = 0.25  # of the GPU's free memory a training split may take to live on the device
 PREFETCH_DEPTH = 3
@@ -61,7 +64,7 @@ class StepEngine:
     def __init__(self, *, student: nn.Module, objective: nn.Module, opt: torch.optim.Optimizer,
                  teacher: TeacherFn | None, spec: InputSpec, device: torch.device, aug_mode: str,
                  dist: Dist = SINGLE, compile: bool = False, amp: bool | None = None,
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, cache: TeacherCache | None = None):
         cuda = device.type == "cuda"
         self.device = device
         self.amp = cuda if amp is None else amp
@@ -71,7 +74,9 @@ class StepEngine:
         needs = objective.needs
         self.s_embed = NEED_STUDENT_EMBED in needs
         self.t_embed = NEED_TEACHER_EMBED in needs
-        self.t_needed = teacher is not None and bool(needs & {NEED_TEACHER_LOGITS, NEED_TEACHER_EMBED})
+        wants_teacher = bool(needs & {NEED_TEACHER_LOGITS, NEED_TEACHER_EMBED})
+        self.cache = cache if wants_teacher else None  # the teacher's outputs are read, not computed
+        self.t_needed = teacher is not None and wants_teacher and self.cache is None
         net: nn.Module = StudentForward(student, self.s_embed)
         if dist.enabled:
             net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
@@ -86,10 +91,21 @@ class StepEngine:
         x = (augment(batch.x, self.aug_mode, gen) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def cached_inputs(self, batch: Batch, epoch: int) -> tuple[Tensor, ModelOut]:
+        """This epoch's view of each sample (the one the cached teacher saw) and the teacher's outputs on it."""
+        assert self.cache is not None
+        view = self.cache.epoch_views(batch.index, epoch)
+        x = (self.cache.inputs(batch.x, batch.index, view) - self.mean) / self.std
+        x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return x, self.cache.lookup(batch.index, view)
+
     def step(self, batch: Batch, epoch: int, gen: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
-        x = self.inputs(batch, gen)
+        t_out = None
+        if self.cache is not None:
+            x, t_out = self.cached_inputs(batch, epoch)
+        else:
+            x = self.inputs(batch, gen)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            t_out = None
             if self.t_needed:
                 assert self.teacher is not None
                 with torch.inference_mode():
