@@ -31,7 +31,7 @@ from torch import Tensor
 from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
 from .base import LOSSES, Loss
 from .kd import kd_loss
-from .logspace import check_number, upcast
+from .logspace import check_number, maybe_standardize, upcast
 
 NORM_EPS = 1e-12
 
@@ -61,6 +61,7 @@ class BicKDParams:
     T: float = 4.0
     tau: float = 0.1  # contrastive temperature on the cosine similarities
     lambda_: float = 1.0  # weight of (row + col) / 2 relative to KD
+    standardize: bool = False  # logit standardisation of KD and the contrast (Sun et al., CVPR 2024)
 
     def __post_init__(self) -> None:
         check_number("T", self.T, positive=True)
@@ -81,5 +82,5 @@ class BicKD(Loss):
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
         assert t is not None, "bickd needs teacher logits"
         p = self.params
-        kd, row, col = bickd_terms(s.logits, t.logits, p.T, p.tau)
+        kd, row, col = bickd_terms(maybe_standardize(s.logits, p.standardize), maybe_standardize(t.logits, p.standardize), p.T, p.tau)
         return kd + p.lambda_ * 0.5 * (row + col), {"kd": kd, "row": row, "col": col}

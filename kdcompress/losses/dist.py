@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
 from .base import LOSSES, Loss
-from .logspace import check_number, upcast
+from .logspace import check_number, maybe_standardize, upcast
 
 PEARSON_EPS = 1e-8
 
@@ -53,6 +53,7 @@ class DISTParams:
     beta: float = 2.0  # inter-class (row) relation weight
     gamma: float = 2.0  # intra-class (column) relation weight
     T: float = 4.0
+    standardize: bool = False  # logit standardisation before the softmax (Sun et al., CVPR 2024)
 
     def __post_init__(self) -> None:
         check_number("beta", self.beta)
@@ -72,7 +73,7 @@ class DIST(Loss):
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
         assert t is not None, "dist needs teacher logits"
         p = self.params
-        inter, intra = dist_terms(s.logits, t.logits, p.T)
+        inter, intra = dist_terms(maybe_standardize(s.logits, p.standardize), maybe_standardize(t.logits, p.standardize), p.T)
         scale = p.T * p.T
         inter_m, intra_m = inter * scale, intra * scale
         return p.beta * inter_m + p.gamma * intra_m, {"inter": inter_m, "intra": intra_m}

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..core.errors import UsageError
 from ..core.types import NEED_LABELS, NEED_LOGITS, NEED_TEACHER_LOGITS, LossContext, ModelOut
 from .base import LOSSES, Loss
-from .logspace import binary_log_probs, check_number, hard_labels, kl_rows, masked_log_softmax, one_hot_mask, upcast
+from .logspace import binary_log_probs, check_number, hard_labels, kl_rows, masked_log_softmax, maybe_standardize, one_hot_mask, upcast
 
 
 def dkd_terms(z_s: Tensor, z_t: Tensor, y: Tensor, T: float) -> tuple[Tensor, Tensor]:
@@ -50,6 +50,7 @@ class DKDParams:
     alpha: float = 1.0  # weight of TCKD
     beta: float = 8.0  # weight of NCKD
     T: float = 4.0
+    standardize: bool = False  # logit standardisation before the softmax (Sun et al., CVPR 2024)
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha)
@@ -75,5 +76,5 @@ class DKD(Loss):
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
         assert t is not None, "dkd needs teacher logits"
         p = self.params
-        value, tckd, nckd = dkd_loss(s.logits, t.logits, batch.y, p.alpha, p.beta, p.T)
+        value, tckd, nckd = dkd_loss(maybe_standardize(s.logits, p.standardize), maybe_standardize(t.logits, p.standardize), batch.y, p.alpha, p.beta, p.T)
         return value, {"tckd": tckd, "nckd": nckd}

@@ -29,7 +29,7 @@ from torch import Tensor
 from ..core.errors import UsageError
 from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, LossContext, ModelOut
 from .base import LOSSES, Loss
-from .logspace import binary_log_probs, check_number, kl_rows, masked_log_softmax, upcast
+from .logspace import binary_log_probs, check_number, kl_rows, masked_log_softmax, maybe_standardize, upcast
 
 STRATEGIES = ("best", "worst")
 KL_TYPES = ("forward", "reverse", "both")
@@ -78,6 +78,7 @@ class GDKDParams:
     T: float = 4.0
     strategy: str = "best"  # best | worst
     kl_type: str = "forward"  # forward | reverse | both
+    standardize: bool = False  # logit standardisation before the softmax (Sun et al., CVPR 2024)
 
     def __post_init__(self) -> None:
         for name in ("w0", "w1", "w2"):
@@ -107,7 +108,7 @@ class GDKD(Loss):
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
         assert t is not None, "gdkd needs teacher logits"
         p = self.params
-        high, top, other, _ = gdkd_terms(s.logits, t.logits, p.k, p.T, p.strategy, p.kl_type)
+        high, top, other, _ = gdkd_terms(maybe_standardize(s.logits, p.standardize), maybe_standardize(t.logits, p.standardize), p.k, p.T, p.strategy, p.kl_type)
         scale = p.T * p.T
         high_m, top_m, other_m = high.mean() * scale, top.mean() * scale, other.mean() * scale
         value = p.w0 * high_m + p.w1 * top_m + p.w2 * other_m

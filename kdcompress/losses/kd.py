@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
 from .base import LOSSES, Loss
+from .logspace import maybe_standardize
 
 
 def kd_loss(z_s: Tensor, z_t: Tensor, T: float) -> Tensor:
@@ -26,6 +27,7 @@ def kd_loss(z_s: Tensor, z_t: Tensor, T: float) -> Tensor:
 @dataclass(frozen=True)
 class KDParams:
     T: float = 4.0
+    standardize: bool = False  # logit standardisation before the softmax (Sun et al., CVPR 2024)
 
     def __post_init__(self) -> None:
         if not self.T > 0:
@@ -42,4 +44,5 @@ class KD(Loss):
 
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
         assert t is not None
-        return kd_loss(s.logits, t.logits, self.params.T), {}
+        on = self.params.standardize
+        return kd_loss(maybe_standardize(s.logits, on), maybe_standardize(t.logits, on), self.params.T), {}

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..core.errors import UsageError
 from ..core.types import NEED_LABELS, NEED_LOGITS, NEED_TEACHER_LOGITS, LossContext, ModelOut
 from .base import LOSSES, Loss
-from .logspace import check_number, hard_labels, masked_log_softmax, one_hot_mask, upcast
+from .logspace import check_number, hard_labels, masked_log_softmax, maybe_standardize, one_hot_mask, upcast
 
 
 def nkd_terms(z_s: Tensor, z_t: Tensor, y: Tensor, T: float, gamma: float) -> tuple[Tensor, Tensor]:
@@ -48,6 +48,7 @@ def nkd_terms(z_s: Tensor, z_t: Tensor, y: Tensor, T: float, gamma: float) -> tu
 class NKDParams:
     T: float = 1.0  # temperature of the non-target part only
     gamma: float = 1.5  # weight of the non-target part
+    standardize: bool = False  # logit standardisation of both parts (Sun et al., CVPR 2024)
 
     def __post_init__(self) -> None:
         check_number("T", self.T, positive=True)
@@ -70,5 +71,7 @@ class NKD(Loss):
 
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
         assert t is not None, "nkd needs teacher logits"
-        loss_t, loss_non = nkd_terms(s.logits, t.logits, batch.y, self.params.T, self.params.gamma)
+        p = self.params
+        loss_t, loss_non = nkd_terms(maybe_standardize(s.logits, p.standardize),
+                                     maybe_standardize(t.logits, p.standardize), batch.y, p.T, p.gamma)
         return loss_t + loss_non, {"target": loss_t, "nontarget": loss_non}
