@@ -154,3 +154,25 @@ def test_cli_gdkd_default_k_on_three_classes_is_one_line(tiny_teacher, tmp_path)
     assert len(errors) == 1 and "k=5" in errors[0] and "3 classes" in errors[0], r.stderr
     assert "Traceback" not in r.output
     assert not (tmp_path / "r" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("name, kind, weights, params", [
+    ("kd_ls", "kd", {"ce": 0.1, "kd": 9.0}, {"T": 2.0, "standardize": True}),
+    ("dkd_ls", "dkd", {"ce": 1.0, "dkd": 1.0}, {"alpha": 9.0, "beta": 81.0, "T": 4.0, "standardize": True}),
+])
+def test_logit_standardisation_presets(name, kind, weights, params):
+    """kd_ls / dkd_ls: the authors' recipe (Sun et al., CVPR 2024) with standardize on, cited."""
+    p = load_checked_preset(name)
+    assert {t.key: t.weight for t in p.terms} == weights and p.terms[-1].params == params
+    assert "arXiv:2403.01427" in p.reference and "--logit-stand --base-temp 2 --kd-weight 9" in p.reference
+    obj = Objective(p.terms, LossContext(10))
+    assert obj.losses[kind].params.standardize is True
+    g = torch.Generator().manual_seed(0)
+    z_s, z_t = torch.randn(4, 10, generator=g), torch.randn(4, 10, generator=g)
+    batch = type("B", (), {"y": torch.tensor([0, 1, 2, 3])})()
+    a, _ = obj(ModelOut(z_s), ModelOut(z_t), batch, epoch=30)
+    b, _ = obj(ModelOut(5 * z_s + 2), ModelOut(z_t), batch, epoch=30)
+    ce = torch.nn.functional.cross_entropy
+    # only the CE term sees the raw logits: the distillation term is unchanged under student shift + scale
+    assert float(a - weights["ce"] * ce(z_s, batch.y)) == pytest.approx(
+        float(b - weights["ce"] * ce(5 * z_s + 2, batch.y)), rel=1e-5)

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..core.errors import UsageError
-from ..core.types import NEED_LABELS, NEED_LOGITS, NEED_TEACHER_LOGITS, LossContext, ModelOut
-from .base import LOSSES, Loss
-from .logspace import binary_log_probs, check_number, hard_labels, kl_rows, masked_log_softmax, maybe_standardize, one_hot_mask, upcast
+from ..core.types import NEED_LABELS, NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
+from .base import LOSSES, LogitLoss
+from .logspace import binary_log_probs, check_number, hard_labels, kl_rows, masked_log_softmax, one_hot_mask, upcast
 
 
 def dkd_terms(z_s: Tensor, z_t: Tensor, y: Tensor, T: float) -> tuple[Tensor, Tensor]:
@@ -59,22 +58,17 @@ class DKDParams:
 
 
 @LOSSES.register("dkd")
-class DKD(Loss):
+class DKD(LogitLoss):
     """DKD: T^2 * (alpha * TCKD + beta * NCKD), batch mean (Zhao et al., CVPR 2022, arXiv:2203.08679).
 
     parts: `tckd` and `nckd`, each T^2 * batch mean, before alpha/beta."""
 
     Params = DKDParams
     NEEDS = frozenset({NEED_LOGITS, NEED_LABELS, NEED_TEACHER_LOGITS})
+    MIN_CLASSES = 2
     reference = "Zhao et al., Decoupled Knowledge Distillation, CVPR 2022, arXiv:2203.08679"
 
-    def __init__(self, params: DKDParams, ctx: LossContext):
-        super().__init__(params, ctx)
-        if ctx.num_classes < 2:
-            raise UsageError(f"dkd needs at least 2 classes, got {ctx.num_classes}")
-
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
-        assert t is not None, "dkd needs teacher logits"
         p = self.params
-        value, tckd, nckd = dkd_loss(maybe_standardize(s.logits, p.standardize), maybe_standardize(t.logits, p.standardize), batch.y, p.alpha, p.beta, p.T)
+        value, tckd, nckd = dkd_loss(*self.pair(s, t), batch.y, p.alpha, p.beta, p.T)
         return value, {"tckd": tckd, "nckd": nckd}

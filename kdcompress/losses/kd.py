@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
-from .base import LOSSES, Loss
-from .logspace import maybe_standardize
+from ..core.types import ModelOut
+from .base import LOSSES, LogitLoss
 
 
 def kd_loss(z_s: Tensor, z_t: Tensor, T: float) -> Tensor:
@@ -35,14 +34,11 @@ class KDParams:
 
 
 @LOSSES.register("kd")
-class KD(Loss):
+class KD(LogitLoss):
     """Hinton KD: T^2 * KL(teacher || student) at temperature T (arXiv:1503.02531)."""
 
     Params = KDParams
-    NEEDS = frozenset({NEED_LOGITS, NEED_TEACHER_LOGITS})
     reference = "Hinton et al. 2015, arXiv:1503.02531"
 
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
-        assert t is not None
-        on = self.params.standardize
-        return kd_loss(maybe_standardize(s.logits, on), maybe_standardize(t.logits, on), self.params.T), {}
+        return kd_loss(*self.pair(s, t), self.params.T), {}
