@@ -136,12 +136,17 @@ def test_cli_distill_dkd_with_override(tiny_teacher, tmp_path):
     report = json.loads(r.stdout)
     assert report["preset"]["name"] == "dkd"
     dkd_term = [t for t in report["preset"]["terms"] if t["kind"] == "dkd"][0]
-    assert dkd_term["params"]["beta"] == 2 and dkd_term["warmup_epochs"] == 20
+    # the recipe's 20 of 240 epochs scales to 1 epoch (no warm-up) in this 1-epoch run, as the milestones do
+    assert dkd_term["params"]["beta"] == 2 and dkd_term["warmup_epochs"] == 1 and dkd_term["recipe_warmup"] == 20
+    warm = {w["term"]: w for w in report["training"]["warmup"]}
+    assert warm["dkd"] == {"term": "dkd", "epochs": 1, "recipe_epochs": 20, "recipe_length": 240,
+                           "source": "recipe, scaled to the run"}
+    assert warm["ce"]["epochs"] == 0 and warm["ce"]["recipe_epochs"] is None
     hist = report["training"]["history"][0]
     assert {"dkd", "dkd.tckd", "dkd.nckd", "ce"} <= set(hist)
-    # epoch 1 of the 20-epoch warm-up: the total is CE + 0.05 * DKD, with DKD = tckd + 2 * nckd
+    # no warm-up left: the total is CE + 1.0 * DKD, with DKD = tckd + 2 * nckd
     assert hist["dkd"] == pytest.approx(hist["dkd.tckd"] + 2 * hist["dkd.nckd"], rel=1e-4, abs=1e-6)
-    assert hist["loss"] == pytest.approx(hist["ce"] + 0.05 * hist["dkd"], rel=1e-4, abs=1e-6)
+    assert hist["loss"] == pytest.approx(hist["ce"] + hist["dkd"], rel=1e-4, abs=1e-6)
 
 
 def test_cli_gdkd_default_k_on_three_classes_is_one_line(tiny_teacher, tmp_path):
