@@ -1,6 +1,7 @@
 """IC-KD, in-context knowledge distillation: PICD and NICD (kdcompress variant).
 
-Zhu, Li, Wang. "In-context Knowledge Distillation" (IC-KD). arXiv:2501.07040 (2025).
+Zhu, Li, Wang. "Rethinking 'Knowledge' in Distillation: An In-context Sample Retrieval Perspective" (IC-KD).
+arXiv:2501.07040 (2025).
 
 Only the abstract could be read (methods.md §6): a memory bank of teacher features supplies "in-context"
 samples for each training sample; PICD pulls the student's output towards the teacher's aggregated outputs of
