@@ -103,16 +103,19 @@ def run_one(name: str, seed: int, args, splits, teacher, root: Path) -> dict:
             "warmup": {t.key: t.warmup_epochs for t in preset.terms if t.warmup_epochs}}
 
 
-def summarise(rows: list[dict], teacher_acc: float, teacher_pred: torch.Tensor, seeds: list[int]) -> list[dict]:
+def summarise(rows: list[dict], teacher_acc: float, seeds: list[int]) -> list[dict]:
+    """Per preset with every seed present (ce first): the paired statistics against ce of the same seed."""
     by = {(r["preset"], r["seed"]): r for r in rows}
     ce = [by[("ce", s)]["test_acc"] for s in seeds]
     gap = teacher_acc - statistics.mean(ce)
     out = []
     for name in dict.fromkeys(r["preset"] for r in rows):
+        if any((name, s) not in by for s in seeds):
+            continue  # an interrupted grid: only complete presets are compared
         accs = [by[(name, s)]["test_acc"] for s in seeds]
         diffs = [a - c for a, c in zip(accs, ce, strict=True)]
         m, lo, hi = paired_stats(diffs)
-        agree = [float((by[(name, s)]["pred"] == teacher_pred).float().mean()) for s in seeds]
+        agree = [by[(name, s)]["agreement"] for s in seeds]
         out.append({"preset": name, "mean": statistics.mean(accs),
                     "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0, "diff": m, "lo": lo, "hi": hi,
                     "gap_closed": m / gap if gap > 0 else math.nan, "agreement": statistics.mean(agree),
@@ -149,6 +152,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "kdcompress-bench")
     ap.add_argument("--json", type=Path, default=None, help="also write the per-seed numbers here")
+    ap.add_argument("--from-json", type=Path, default=None, help="print the table of a (partial) --json file")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: digits, resnet8 teacher (1 epoch), 1 epoch, 2 seeds, ce/kd/kd_ls")
     args = ap.parse_args(argv)
@@ -161,8 +165,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def from_json(path: Path) -> str:
+    """The table of a (partial) --json file: the presets whose every seed finished."""
+    data = json.loads(path.read_text())
+    runs = data["runs"]
+    seeds = sorted({r["seed"] for r in runs if r["preset"] == "ce"})
+    return table(summarise(runs, data["teacher_test_acc"], seeds)) + "\n"
+
+
 def main(argv: list[str] | None = None) -> str:
     args = parse(argv)
+    if args.from_json:
+        text = from_json(args.from_json)
+        print(text)
+        return text
     torch.set_num_threads(args.threads)
     started = dt.datetime.now(dt.UTC)
     teacher_path, info = cached_teacher(args, args.cache_dir)
@@ -176,10 +192,15 @@ def main(argv: list[str] | None = None) -> str:
         for name in args.presets:
             for seed in args.seeds:
                 r = run_one(name, seed, args, splits, teacher, Path(tmp))
+                r["agreement"] = float((r["pred"] == t_logits.argmax(1)).float().mean())
                 rows.append(r)
-                print(f"run {name} seed {seed}: test {100 * r['test_acc']:.2f}% (best val epoch {r['best_epoch']}, "
-                      f"{r['seconds']:.0f} s)", flush=True)
-    summary = summarise(rows, t_acc, t_logits.argmax(1), args.seeds)
+                print(f"run {name} seed {seed}: test {100 * r['test_acc']:.2f}% agreement {100 * r['agreement']:.2f}% "
+                      f"(best val epoch {r['best_epoch']}, {r['seconds']:.0f} s)", flush=True)
+                if args.json:  # partial results survive an interrupted grid
+                    args.json.with_suffix(".partial.json").write_text(json.dumps(
+                        {"teacher_test_acc": t_acc, "runs": [{k: v for k, v in x.items() if k != "pred"} for x in rows]},
+                        indent=1, default=str))
+    summary = summarise(rows, t_acc, args.seeds)
     fp = machine_fingerprint()
     ce = next(r for r in summary if r["preset"] == "ce")
     head = [f"# presets benchmark, {started:%Y-%m-%d %H:%M} UTC ({(dt.datetime.now(dt.UTC) - started).seconds // 60} min)",

@@ -46,5 +46,9 @@ def test_quick_run_prints_the_protocol_table(bench, tmp_path, capsys):
     assert len(data["runs"]) == 6 and {r["seed"] for r in data["runs"]} == {0, 1}
     by = {r["preset"]: r for r in data["summary"]}
     assert by["ce"]["diff"] == 0.0 and 0.0 <= by["kd"]["agreement"] <= 1.0
+    # the table can be rebuilt from the per-seed file (also from the .partial.json of an interrupted grid)
+    assert bench.from_json(out_json).strip() in text
+    partial = json.loads(out_json.with_suffix(".partial.json").read_text())
+    assert len(partial["runs"]) == 6
     # the teacher is cached: a second run does not train it again
     assert list((tmp_path / "cache").glob("teacher-digits-resnet8-1ep.pt"))
