@@ -277,7 +277,8 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
         "device": str(device),
         **val.to_json(),
         "artifacts": [a.to_json() for a in artifacts],
-        "training": {k: v for k, v in result.to_json().items() if k not in ("arch", "checkpoint")},
+        "training": {**{k: v for k, v in result.to_json().items() if k not in ("arch", "checkpoint")},
+                     "warmup": [t.warmup_json(cfg.preset.train) for t in cfg.preset.terms]},
         "selection": selection.to_json(),
     }
     report = write_report(json.loads(json.dumps(report)), run.root)

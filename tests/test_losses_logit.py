@@ -451,3 +451,69 @@ def test_needs_declared():
     for kind in NEW:
         assert {"logits", "teacher_logits"} <= LOSSES.get(kind).NEEDS
     assert "labels" not in LOSSES.get("gdkd").NEEDS  # the partition comes from the teacher
+
+
+# --------------------------------------------------------------------------------------------- logit standardisation
+
+LS_KINDS = ("kd", "dkd", "gdkd", "dist", "nkd", "bickd")
+
+
+def test_standardized_kd_hand_computed():
+    """z^t = [3, 1, 0]: mean 4/3, unbiased var (25 + 1 + 16)/9/2 = 7/3, so z^t' = [5, -1, -4]/sqrt(21);
+    z^s = [1, 2, 0]: mean 1, var 1, z^s' = [0, 1, -1]. KL(softmax(z^t') || softmax(z^s')) at T=1 is 0.5257772,
+    and T^2 * KL at T=2 is 0.5176764 (computed here with math.exp/log, not torch)."""
+    from kdcompress.losses.logspace import standardize
+
+    zt, zs = t64([[3.0, 1.0, 0.0]]), t64([[1.0, 2.0, 0.0]])
+    torch.testing.assert_close(standardize(zt), t64([[5.0, -1.0, -4.0]]) / math.sqrt(21), rtol=1e-6, atol=0)
+    torch.testing.assert_close(standardize(zs), t64([[0.0, 1.0, -1.0]]), rtol=1e-6, atol=0)
+    kd = make("kd", 3, T=1.0, standardize=True)
+    assert run(kd, zs, zt, torch.tensor([0]))[0].item() == pytest.approx(0.5257772, abs=1e-6)
+    kd2 = make("kd", 3, T=2.0, standardize=True)
+    assert run(kd2, zs, zt, torch.tensor([0]))[0].item() == pytest.approx(0.5176764, abs=1e-6)
+    # hand check of the T=1 value from the standardised vectors
+    pt = [math.exp(v / math.sqrt(21)) for v in (5, -1, -4)]
+    ps = [math.exp(v) for v in (0, 1, -1)]
+    pt, ps = [v / sum(pt) for v in pt], [v / sum(ps) for v in ps]
+    assert sum(a * math.log(a / b) for a, b in zip(pt, ps, strict=True)) == pytest.approx(0.5257772, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", LS_KINDS)
+def test_standardized_losses_ignore_student_shift_and_positive_scale(kind):
+    """Adding a per-sample constant to, or multiplying by a positive per-sample factor, the student's (or the
+    teacher's) logits leaves every standardised loss unchanged; without standardisation scaling does not."""
+    g = torch.Generator().manual_seed(4)
+    z_s = torch.randn(6, 7, generator=g, dtype=D64)
+    z_t = 3 * torch.randn(6, 7, generator=g, dtype=D64)
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    extra = {"k": 2} if kind == "gdkd" else {}
+    on = make(kind, 7, standardize=True, **extra)
+    base = run(on, z_s, z_t, y)[0].item()
+    shift = torch.randn(6, 1, generator=g, dtype=D64) * 5
+    scale = torch.rand(6, 1, generator=g, dtype=D64) * 4 + 0.25
+    assert run(on, z_s + shift, z_t, y)[0].item() == pytest.approx(base, rel=1e-6)
+    assert run(on, z_s * scale, z_t, y)[0].item() == pytest.approx(base, rel=1e-6)
+    assert run(on, z_s * scale + shift, z_t * 2.0 - 1.0, y)[0].item() == pytest.approx(base, rel=1e-6)
+    off = make(kind, 7, **extra)
+    assert run(off, z_s * 3.0, z_t, y)[0].item() != pytest.approx(run(off, z_s, z_t, y)[0].item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", LS_KINDS)
+def test_standardize_off_is_the_plain_loss_bit_for_bit(kind):
+    g = torch.Generator().manual_seed(5)
+    z_s, z_t = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    y = torch.tensor([0, 1, 2, 3])
+    extra = {"k": 2} if kind == "gdkd" else {}
+    assert torch.equal(run(make(kind, 6, standardize=False, **extra), z_s, z_t, y)[0],
+                       run(make(kind, 6, **extra), z_s, z_t, y)[0])
+    with pytest.raises(UsageError, match="true or false"):
+        make(kind, 6, standardize=1, **extra)
+
+
+def test_standardized_kd_equals_kd_on_standardized_logits():
+    from kdcompress.losses.logspace import standardize
+
+    g = torch.Generator().manual_seed(6)
+    z_s, z_t = torch.randn(5, 10, generator=g), torch.randn(5, 10, generator=g)
+    got = run(make("kd", 10, T=2.0, standardize=True), z_s, z_t, torch.zeros(5, dtype=torch.long))[0]
+    torch.testing.assert_close(got, kd_loss(standardize(z_s), standardize(z_t), 2.0))

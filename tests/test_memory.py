@@ -209,9 +209,11 @@ def test_partial_mask_averages_over_valid_samples_only():
 # ------------------------------------------------------------------------------------------------ the terms
 
 
-def ickd_terms(w_p: float = 1.0, w_n: float = 1.0, mode: str = "dynamic", k: int = 5) -> tuple[LossTerm, ...]:
-    return (LossTerm("ce"), LossTerm("kd", params={"T": 4.0}),
-            LossTerm("picd", w_p, params={"k": k, "mode": mode}), LossTerm("nicd", w_n, params={"k": k, "mode": mode}))
+def ickd_terms(w_p: float = 1.0, w_n: float = 1.0, mode: str = "dynamic", k: int = 5,
+               retrieval: str = "class") -> tuple[LossTerm, ...]:
+    p = {"k": k, "mode": mode, "retrieval": retrieval}
+    return (LossTerm("ce"), LossTerm("kd", params={"T": 4.0}), LossTerm("picd", w_p, params=p),
+            LossTerm("nicd", w_n, params=p))
 
 
 def step_inputs(ctx: PrepareContext, idx: torch.Tensor) -> tuple[ModelOut, ModelOut, Batch]:
@@ -226,13 +228,14 @@ def step_inputs(ctx: PrepareContext, idx: torch.Tensor) -> tuple[ModelOut, Model
     return s, ModelOut(zt, ft), Batch(x, ctx.train_split.y[idx], idx)
 
 
+@pytest.mark.parametrize("retrieval", ["joint", "class"])
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
-def test_picd_and_nicd_share_one_bank_and_one_search(monkeypatch, mode):
+def test_picd_and_nicd_share_one_bank_and_one_search(monkeypatch, mode, retrieval):
     calls = []
     orig = PrepareContext._teacher_pass
     monkeypatch.setattr(PrepareContext, "_teacher_pass", lambda self: calls.append(1) or orig(self))
     ctx = make_ctx()
-    obj = Objective(ickd_terms(mode=mode), LossContext(3, 16, 16))
+    obj = Objective(ickd_terms(mode=mode, retrieval=retrieval), LossContext(3, 16, 16))
     obj.prepare(ctx)
     picd, nicd = obj.losses["picd"], obj.losses["nicd"]
     assert len(calls) == 1 and picd.retrieval.bank is nicd.retrieval.bank
@@ -241,7 +244,8 @@ def test_picd_and_nicd_share_one_bank_and_one_search(monkeypatch, mode):
     assert ("teacher_embed" in picd.NEEDS | nicd.NEEDS) == (mode == "dynamic")
     before = bank.searches
     obj(*step_inputs(ctx, torch.arange(8, 24)), epoch=1)
-    assert bank.searches - before == (1 if mode == "dynamic" else 0)
+    # joint: the two terms share one search through the memo; class: one per side (same / other)
+    assert bank.searches - before == (0 if mode == "static" else 1 if retrieval == "joint" else 2)
     # saved once: the two terms' states hold the same tensors, so the file is about one bank
     buf_both, buf_one = io.BytesIO(), io.BytesIO()
     torch.save(obj.prepared_state(), buf_both)
@@ -294,3 +298,80 @@ def test_bad_params_are_usage_errors(bad, needle):
 
     with pytest.raises(UsageError, match=needle):
         check_terms(preset_from_dict({"loss": [{"kind": "picd", "params": bad}]}))
+
+
+# ------------------------------------------------------------------------------------------------ class-conditional
+
+
+def _brute_class(out, own: int, k: int, side: str) -> list[int]:
+    """The k nearest ids with (side same) or without (side other) own's label, own excluded, by fp16 cosine."""
+    f = F.normalize(out.embed.float(), dim=1).half().float()
+    sims = f @ f[own]
+    same = out.labels == out.labels[own]
+    keep = (same if side == "same" else ~same) & (torch.arange(len(f)) != own)
+    cand = keep.nonzero().squeeze(1)
+    order = torch.argsort(sims[cand], descending=True, stable=True)
+    return cand[order][:k].tolist()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("side", ["same", "other"])
+def test_class_search_equals_brute_force_per_class(backend, side):
+    out = random_outputs(n=60, d=12, c=3)
+    bank = MemoryBank.from_teacher(out, backend=backend)
+    own = torch.arange(60)
+    ids, sims = bank.neighbours(out.embed, own, 5, out.labels, side)
+    assert ids.shape == (60, 5) and not (ids == own[:, None]).any()
+    same = bank.labels[ids] == out.labels[:, None]
+    assert bool(same.all()) if side == "same" else not bool(same.any())
+    for b in range(60):
+        assert set(ids[b].tolist()) == set(_brute_class(out, b, 5, side))
+    assert (sims[:, :-1] >= sims[:, 1:] - 1e-6).all()  # best first
+    s_ids, _ = bank.static_neighbours(5, side)  # static tables agree with un-augmented dynamic queries
+    assert torch.equal(s_ids, ids)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_short_classes_are_padded_with_own_index_and_masked(backend):
+    # class 1 has only 3 members: at most 2 positives each, padding = own index at PAD_SIM
+    labels = torch.tensor([0] * 20 + [1] * 3)
+    out = random_outputs(n=23, d=8, c=2)
+    out = TeacherOutputs(out.embed, out.logits, labels)
+    bank = MemoryBank.from_teacher(out, backend=backend)
+    own = torch.arange(23)
+    ids, sims = bank.neighbours(out.embed, own, 4, labels, "same")
+    for b in range(20, 23):
+        assert (ids[b] != b).sum() == 2 and (ids[b, 2:] == b).all()
+        assert (sims[b, 2:] == memory.PAD_SIM).all()
+
+
+def test_class_retrieval_gives_every_sample_negatives_where_joint_gives_few():
+    """Well-separated classes (an accurate teacher): the joint top-K is almost all same-class, so NICD has
+    nothing to act on; class-conditional retrieval has K negatives for every sample."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(90) % 3
+    centres = torch.eye(3, 16) * 10
+    emb = centres[labels] + 0.3 * torch.randn(90, 16, generator=g)
+    out = TeacherOutputs(emb, torch.randn(90, 3, generator=g), labels)
+    ctx = make_ctx()
+    fractions = {}
+    for retrieval in ("joint", "class"):
+        obj = Objective((LossTerm("nicd", params={"k": 5, "retrieval": retrieval}),), LossContext(3, 16, 16))
+        loss = obj.losses["nicd"]
+        loss.retrieval.bank = MemoryBank.from_teacher(out)
+        s = ModelOut(torch.randn(90, 3, generator=g))
+        _, parts = obj(s, ModelOut(out.logits, emb), Batch(torch.zeros(90, 1, 8, 8), labels, torch.arange(90)), epoch=1)
+        fractions[retrieval] = parts["nicd.valid"]
+    assert fractions["joint"] == 0.0 and fractions["class"] == 1.0
+    del ctx
+
+
+def test_standardized_picd_nicd_ignore_student_shift_and_scale():
+    g = torch.Generator().manual_seed(2)
+    z_s = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    nb = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[True, False, True]] * 4)
+    moved = 3.0 * z_s + 7.0
+    for f in (lambda z: picd_loss(z, nb, mask, 2.0, standardize=True),
+              lambda z: nicd_loss(z, nb, mask, 2.0, standardize=True)):
+        assert float(f(moved)) == pytest.approx(float(f(z_s)), rel=1e-6)

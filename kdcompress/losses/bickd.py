@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
-from .base import LOSSES, Loss
+from ..core.types import ModelOut
+from .base import LOSSES, LogitLoss
 from .kd import kd_loss
 from .logspace import check_number, upcast
 
@@ -61,6 +61,7 @@ class BicKDParams:
     T: float = 4.0
     tau: float = 0.1  # contrastive temperature on the cosine similarities
     lambda_: float = 1.0  # weight of (row + col) / 2 relative to KD
+    standardize: bool = False  # logit standardisation of KD and the contrast (Sun et al., CVPR 2024)
 
     def __post_init__(self) -> None:
         check_number("T", self.T, positive=True)
@@ -69,17 +70,15 @@ class BicKDParams:
 
 
 @LOSSES.register("bickd")
-class BicKD(Loss):
+class BicKD(LogitLoss):
     """BicKD (kdcompress variant, not the paper's confirmed loss): KD + lambda * (row + col) / 2 InfoNCE
     between the student's and teacher's B x C probability matrices (Zhu et al., arXiv:2602.01265).
     Batch size 1: the contrastive part is 0. parts: `kd`, `row`, `col` (unweighted)."""
 
     Params = BicKDParams
-    NEEDS = frozenset({NEED_LOGITS, NEED_TEACHER_LOGITS})
     reference = "Zhu et al., BicKD: Bilateral Contrastive Knowledge Distillation, arXiv:2602.01265 (kdcompress variant)"
 
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
-        assert t is not None, "bickd needs teacher logits"
         p = self.params
-        kd, row, col = bickd_terms(s.logits, t.logits, p.T, p.tau)
+        kd, row, col = bickd_terms(*self.pair(s, t), p.T, p.tau)
         return kd + p.lambda_ * 0.5 * (row + col), {"kd": kd, "row": row, "col": col}

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
-from .base import LOSSES, Loss
+from ..core.types import ModelOut
+from .base import LOSSES, LogitLoss
 from .logspace import check_number, upcast
 
 PEARSON_EPS = 1e-8
@@ -53,6 +53,7 @@ class DISTParams:
     beta: float = 2.0  # inter-class (row) relation weight
     gamma: float = 2.0  # intra-class (column) relation weight
     T: float = 4.0
+    standardize: bool = False  # logit standardisation before the softmax (Sun et al., CVPR 2024)
 
     def __post_init__(self) -> None:
         check_number("beta", self.beta)
@@ -61,18 +62,16 @@ class DISTParams:
 
 
 @LOSSES.register("dist")
-class DIST(Loss):
+class DIST(LogitLoss):
     """DIST: T^2 * (beta * inter + gamma * intra) Pearson relations (Huang et al., NeurIPS 2022,
     arXiv:2205.10536). parts: `inter`, `intra`, each T^2-scaled, before beta/gamma."""
 
     Params = DISTParams
-    NEEDS = frozenset({NEED_LOGITS, NEED_TEACHER_LOGITS})
     reference = "Huang et al., Knowledge Distillation from A Stronger Teacher, NeurIPS 2022, arXiv:2205.10536"
 
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
-        assert t is not None, "dist needs teacher logits"
         p = self.params
-        inter, intra = dist_terms(s.logits, t.logits, p.T)
+        inter, intra = dist_terms(*self.pair(s, t), p.T)
         scale = p.T * p.T
         inter_m, intra_m = inter * scale, intra * scale
         return p.beta * inter_m + p.gamma * intra_m, {"inter": inter_m, "intra": intra_m}

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..core.errors import UsageError
-from ..core.types import NEED_LABELS, NEED_LOGITS, NEED_TEACHER_LOGITS, LossContext, ModelOut
-from .base import LOSSES, Loss
+from ..core.types import NEED_LABELS, NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
+from .base import LOSSES, LogitLoss
 from .logspace import binary_log_probs, check_number, hard_labels, kl_rows, masked_log_softmax, one_hot_mask, upcast
 
 
@@ -50,6 +49,7 @@ class DKDParams:
     alpha: float = 1.0  # weight of TCKD
     beta: float = 8.0  # weight of NCKD
     T: float = 4.0
+    standardize: bool = False  # logit standardisation before the softmax (Sun et al., CVPR 2024)
 
     def __post_init__(self) -> None:
         check_number("alpha", self.alpha)
@@ -58,22 +58,17 @@ class DKDParams:
 
 
 @LOSSES.register("dkd")
-class DKD(Loss):
+class DKD(LogitLoss):
     """DKD: T^2 * (alpha * TCKD + beta * NCKD), batch mean (Zhao et al., CVPR 2022, arXiv:2203.08679).
 
     parts: `tckd` and `nckd`, each T^2 * batch mean, before alpha/beta."""
 
     Params = DKDParams
     NEEDS = frozenset({NEED_LOGITS, NEED_LABELS, NEED_TEACHER_LOGITS})
+    MIN_CLASSES = 2
     reference = "Zhao et al., Decoupled Knowledge Distillation, CVPR 2022, arXiv:2203.08679"
 
-    def __init__(self, params: DKDParams, ctx: LossContext):
-        super().__init__(params, ctx)
-        if ctx.num_classes < 2:
-            raise UsageError(f"dkd needs at least 2 classes, got {ctx.num_classes}")
-
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
-        assert t is not None, "dkd needs teacher logits"
         p = self.params
-        value, tckd, nckd = dkd_loss(s.logits, t.logits, batch.y, p.alpha, p.beta, p.T)
+        value, tckd, nckd = dkd_loss(*self.pair(s, t), batch.y, p.alpha, p.beta, p.T)
         return value, {"tckd": tckd, "nckd": nckd}

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from ..core.errors import UsageError
-from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, LossContext, ModelOut
-from .base import LOSSES, Loss
+from ..core.types import LossContext, ModelOut
+from .base import LOSSES, LogitLoss
 from .logspace import binary_log_probs, check_number, kl_rows, masked_log_softmax, upcast
 
 STRATEGIES = ("best", "worst")
@@ -78,6 +78,7 @@ class GDKDParams:
     T: float = 4.0
     strategy: str = "best"  # best | worst
     kl_type: str = "forward"  # forward | reverse | both
+    standardize: bool = False  # logit standardisation before the softmax (Sun et al., CVPR 2024)
 
     def __post_init__(self) -> None:
         for name in ("w0", "w1", "w2"):
@@ -92,12 +93,11 @@ class GDKDParams:
 
 
 @LOSSES.register("gdkd")
-class GDKD(Loss):
+class GDKD(LogitLoss):
     """GDKD: T^2 * (w0 * high + w1 * top + w2 * other) over the teacher's top-k partition
     (Zheng & Cheng, arXiv:2512.04625). parts: `high`, `top`, `other`, each T^2 * batch mean, unweighted."""
 
     Params = GDKDParams
-    NEEDS = frozenset({NEED_LOGITS, NEED_TEACHER_LOGITS})
     reference = "Zheng & Cheng, Generalized Decoupled Knowledge Distillation, arXiv:2512.04625 (code ZaberKo/GDKD)"
 
     def __init__(self, params: GDKDParams, ctx: LossContext):
@@ -105,9 +105,8 @@ class GDKD(Loss):
         check_k(params.k, ctx.num_classes)  # fail before training, not at the first step
 
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
-        assert t is not None, "gdkd needs teacher logits"
         p = self.params
-        high, top, other, _ = gdkd_terms(s.logits, t.logits, p.k, p.T, p.strategy, p.kl_type)
+        high, top, other, _ = gdkd_terms(*self.pair(s, t), p.k, p.T, p.strategy, p.kl_type)
         scale = p.T * p.T
         high_m, top_m, other_m = high.mean() * scale, top.mean() * scale, other.mean() * scale
         value = p.w0 * high_m + p.w1 * top_m + p.w2 * other_m

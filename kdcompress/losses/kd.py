@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.types import NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
-from .base import LOSSES, Loss
+from ..core.types import ModelOut
+from .base import LOSSES, LogitLoss
 from .logspace import check_number
 
 
@@ -27,19 +27,18 @@ def kd_loss(z_s: Tensor, z_t: Tensor, T: float) -> Tensor:
 @dataclass(frozen=True)
 class KDParams:
     T: float = 4.0
+    standardize: bool = False  # logit standardisation before the softmax (Sun et al., CVPR 2024)
 
     def __post_init__(self) -> None:
         check_number("T", self.T, positive=True)  # finite and > 0
 
 
 @LOSSES.register("kd")
-class KD(Loss):
+class KD(LogitLoss):
     """Hinton KD: T^2 * KL(teacher || student) at temperature T (arXiv:1503.02531)."""
 
     Params = KDParams
-    NEEDS = frozenset({NEED_LOGITS, NEED_TEACHER_LOGITS})
     reference = "Hinton et al. 2015, arXiv:1503.02531"
 
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
-        assert t is not None
-        return kd_loss(s.logits, t.logits, self.params.T), {}
+        return kd_loss(*self.pair(s, t), self.params.T), {}

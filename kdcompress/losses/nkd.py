@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core.errors import UsageError
-from ..core.types import NEED_LABELS, NEED_LOGITS, NEED_TEACHER_LOGITS, LossContext, ModelOut
-from .base import LOSSES, Loss
+from ..core.types import NEED_LABELS, NEED_LOGITS, NEED_TEACHER_LOGITS, ModelOut
+from .base import LOSSES, LogitLoss
 from .logspace import check_number, hard_labels, masked_log_softmax, one_hot_mask, upcast
 
 
@@ -48,6 +47,7 @@ def nkd_terms(z_s: Tensor, z_t: Tensor, y: Tensor, T: float, gamma: float) -> tu
 class NKDParams:
     T: float = 1.0  # temperature of the non-target part only
     gamma: float = 1.5  # weight of the non-target part
+    standardize: bool = False  # logit standardisation of both parts (Sun et al., CVPR 2024)
 
     def __post_init__(self) -> None:
         check_number("T", self.T, positive=True)
@@ -55,20 +55,16 @@ class NKDParams:
 
 
 @LOSSES.register("nkd")
-class NKD(Loss):
+class NKD(LogitLoss):
     """NKD: teacher-weighted target CE + gamma * T^2 * normalised non-target CE (Yang et al., ICCV 2023,
     arXiv:2303.13005). parts: `target`, `nontarget` (the latter includes gamma and T^2)."""
 
     Params = NKDParams
     NEEDS = frozenset({NEED_LOGITS, NEED_LABELS, NEED_TEACHER_LOGITS})
+    MIN_CLASSES = 2
     reference = "Yang et al., Normalized KD (NKD), ICCV 2023, arXiv:2303.13005"
 
-    def __init__(self, params: NKDParams, ctx: LossContext):
-        super().__init__(params, ctx)
-        if ctx.num_classes < 2:
-            raise UsageError(f"nkd needs at least 2 classes, got {ctx.num_classes}")
-
     def forward(self, s: ModelOut, t: ModelOut | None, batch) -> tuple[Tensor, dict[str, Tensor]]:
-        assert t is not None, "nkd needs teacher logits"
-        loss_t, loss_non = nkd_terms(s.logits, t.logits, batch.y, self.params.T, self.params.gamma)
+        p = self.params
+        loss_t, loss_non = nkd_terms(*self.pair(s, t), batch.y, p.T, p.gamma)
         return loss_t + loss_non, {"target": loss_t, "nontarget": loss_non}

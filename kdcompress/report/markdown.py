@@ -20,6 +20,13 @@ SCHEMA_VERSION = 1
 KINDS = ("distill", "validate")
 
 
+def _warmups(rows: list[dict]) -> str:
+    """' Warm-up: dkd 3 epochs (20 of 240 in the recipe, scaled).' for the terms that have one."""
+    parts = [f"{w['term']} {w['epochs']} epoch(s)" + (f" ({w['recipe_epochs']} of {w['recipe_length']} in the recipe, "
+             "scaled)" if w.get("recipe_epochs") else " (set explicitly)") for w in rows if w["epochs"] > 0]
+    return f" Warm-up: {'; '.join(parts)}." if parts else ""
+
+
 def load_schema() -> dict[str, Any]:
     return json.loads(resources.files("kdcompress.report").joinpath("report.schema.json").read_text())
 
@@ -122,7 +129,8 @@ def _distill_section(r: dict[str, Any]) -> list[str]:
         f"top-1 agreement {_pct(p['top1_agreement'])}.",
         f"- Training: {r['epochs']} epochs in {r['training']['seconds']:.1f} s; best validation accuracy "
         f"{_pct(s.get('val_accuracy_best'))} at epoch {s.get('best_epoch')} (final epoch "
-        f"{_pct(s.get('val_accuracy_final'))}); the shipped weights are the best-validation epoch's.",
+        f"{_pct(s.get('val_accuracy_final'))}); the shipped weights are the best-validation epoch's."
+        + _warmups(r["training"].get("warmup") or []),
         "",
         "## Candidates measured for selection",
         "",

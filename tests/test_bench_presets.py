@@ -1,0 +1,54 @@
+"""benchmarks/presets.py: the paired statistics by hand, and a `--quick` smoke run whose table carries the
+protocol's columns (paired difference with a 95% CI, gap closed, agreement with the teacher)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_presets", ROOT / "benchmarks" / "presets.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_presets"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_paired_t_interval_by_hand(bench):
+    # diffs 1, 2, 3: mean 2, sd 1, t_{0.975, 2} = 4.302653, half-width 4.302653 / sqrt(3) = 2.484138
+    m, lo, hi = bench.paired_stats([1.0, 2.0, 3.0])
+    assert m == 2.0 and lo == pytest.approx(2 - 2.484138, abs=1e-5) and hi == pytest.approx(2 + 2.484138, abs=1e-5)
+    assert bench.t_quantile_975(4) == pytest.approx(2.776445, abs=1e-5)
+    m, lo, hi = bench.paired_stats([0.5])
+    assert m == 0.5 and math.isinf(lo) and math.isinf(hi)
+
+
+def test_quick_run_prints_the_protocol_table(bench, tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    text = bench.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out_json)])
+    header = next(line for line in text.splitlines() if line.startswith("| preset"))
+    for col in ("paired diff vs ce, points [95% CI]", "gap closed", "agreement with teacher %", "wins / seeds",
+                "effective warm-up"):
+        assert col in header
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert {"ce", "kd", "kd_ls"} <= set(rows)
+    assert "machine:" in text and "UTC" in text and "digits" in text
+    data = json.loads(out_json.read_text())
+    assert len(data["runs"]) == 6 and {r["seed"] for r in data["runs"]} == {0, 1}
+    by = {r["preset"]: r for r in data["summary"]}
+    assert by["ce"]["diff"] == 0.0 and 0.0 <= by["kd"]["agreement"] <= 1.0
+    # the table can be rebuilt from the per-seed file (also from the .partial.json of an interrupted grid)
+    assert bench.from_json(out_json).strip() in text
+    partial = json.loads(out_json.with_suffix(".partial.json").read_text())
+    assert len(partial["runs"]) == 6
+    # the teacher is cached: a second run does not train it again
+    assert list((tmp_path / "cache").glob("teacher-digits-resnet8-1ep.pt"))
