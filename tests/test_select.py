@@ -38,8 +38,10 @@ class FakeClock:
         self.table = {k: list(v) for k, v in table.items()}
         self.calls: list[tuple[str, int | None, int, str]] = []
 
-    def __call__(self, model, spec, runtime, batch):
+    def __call__(self, model, spec, runtime, batch, *, onnx=None, precision="fp32", settings=None):
         name = PARAMS.get(sum(p.numel() for p in model.parameters()), "teacher")
+        if precision != "fp32":
+            name = f"{name}:{precision}"
         self.calls.append((name, runtime.threads, batch, runtime.provider))
         seq = self.table[name]
         v = seq.pop(0) if len(seq) > 1 else seq[0]
@@ -51,6 +53,7 @@ def clock(monkeypatch):
     def install(table):
         c = FakeClock(table)
         monkeypatch.setattr(sel_mod, "measure_model", c)
+        monkeypatch.setattr(sel_mod, "export_wave", lambda ex, jobs: {})  # fake clocks need no ONNX
         return c
     return install
 
