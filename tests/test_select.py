@@ -13,7 +13,7 @@ import kdcompress.select.search as sel_mod
 from kdcompress.cli import app
 from kdcompress.core.config import Budget, RuntimeConfig
 from kdcompress.core.errors import BudgetError, UsageError
-from kdcompress.core.ortbench import LatencyStats
+from kdcompress.core.ortbench import LatencyStats, SessionSettings
 from kdcompress.core.spec import InputSpec
 from kdcompress.select.search import Candidate, LatencyCache, Selection, cache_path, select
 from kdcompress.select.view import pareto_front
@@ -54,6 +54,10 @@ def clock(monkeypatch):
         c = FakeClock(table)
         monkeypatch.setattr(sel_mod, "measure_model", c)
         monkeypatch.setattr(sel_mod, "export_wave", lambda ex, jobs: {})  # fake clocks need no ONNX
+
+        def tune(model, spec, runtime, batch, stat, *, onnx=None, precision="fp32"):
+            return SessionSettings(runtime.threads or 1), c(model, spec, runtime, batch, precision=precision)
+        monkeypatch.setattr(sel_mod, "tune_model", tune)
         return c
     return install
 

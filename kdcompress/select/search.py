@@ -178,6 +178,22 @@ def _budget_error(rows: list[Candidate], budget: Budget, provider: str) -> Budge
         f"the fastest candidate, {fastest.name}, measured {fastest.latency.stat(budget.stat):.4f} ms")
 
 
+def ladder_rows(num_classes: int, spec: InputSpec, teacher_model, names: tuple[str, ...],
+                precision: str, provider: str) -> list[dict[str, Any]]:
+    """The candidates a selection would measure (what `select --export-candidates` writes), in the order
+    of capacity: {"name", "precision", "family", "params", "flops"} per (student, precision)."""
+    from ..students.registry import STUDENTS, capacity
+
+    precs, _ = measured_precisions(precision, provider)
+    t_flops = capacity(teacher_model, spec).flops if teacher_model is not None else None
+    rows = []
+    for name, model in plausible(num_classes, spec, t_flops, names):
+        cap = capacity(model, spec)
+        rows += [{"name": name, "precision": p, "family": STUDENTS.get(name).family, "params": cap.params,
+                  "flops": cap.flops} for p in precs]
+    return sorted(rows, key=lambda r: (r["flops"], r["params"], -PRECISION_PREFERENCE[r["precision"]]))
+
+
 def export_wave(exporter, jobs: list[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
     """ONNX bytes for a wave of (name, precision) jobs (a seam: tests with fake clocks skip exporting)."""
     return exporter.many(jobs)
