@@ -1,0 +1,313 @@
+"""Selection rules beyond FLOPs-under-budget, on FAKE measurements (select.measure_model monkeypatched):
+pruning in order of capacity (never skips a candidate that would fit), precision-aware choice (auto,
+int8, the fp32 fallback, INT8 slower than fp32 never chosen, fp16 refused on CPU), tuned settings in the
+cache, latency tables (chosen without measuring; a table for another shape/batch/zoo refused), and the
+real `select --export-candidates` -> `profile` (in a process where `import torch` fails) -> `--latency-table`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import kdcompress.select.search as sel_mod
+import kdcompress.students.registry as reg
+from kdcompress.cli import app
+from kdcompress.core.config import Budget, RuntimeConfig
+from kdcompress.core.errors import BudgetError, InputError, UsageError
+from kdcompress.core.latencytable import TABLE_FORMAT, model_key
+from kdcompress.core.ortbench import LatencyStats, SessionSettings
+from kdcompress.core.spec import InputSpec
+from kdcompress.select.search import select
+from kdcompress.students.registry import STUDENTS, capacity
+
+SPEC = InputSpec((1, 8, 8), (0.5,), (0.25,))
+ZOO = ("tinycnn_w8", "tinycnn_w16", "tinycnn_w32", "resnet8", "resnet14", "resnet20", "resnet8x2", "resnet32",
+       "wrn10_1", "wrn16_1", "wrn28_1", "vgg8_x0_25", "vgg11_x0_25", "vgg13_x0_25", "mobilenetv2_x0_25",
+       "mobilenetv2_x0_35", "shufflenetv2_x0_5")
+CAP = {n: capacity(STUDENTS.get(n).build(3, SPEC), SPEC) for n in ZOO}
+BY_PARAMS = {c.params: n for n, c in CAP.items()}
+assert len(BY_PARAMS) == len(ZOO)
+
+
+def stats(ms: float) -> LatencyStats:
+    return LatencyStats(ms, ms * 1.2, ms * 1.3, ms, ms * 0.9, 100, 1, 1000 / ms)
+
+
+class Clock:
+    """Fake measure_model: latency from `fn(name, precision)`; records every call."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, model, spec, runtime, batch, *, onnx=None, precision="fp32", settings=None):
+        name = BY_PARAMS.get(sum(p.numel() for p in model.parameters()), "teacher")
+        self.calls.append((name, precision, settings))
+        return stats(self.fn(name, precision))
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    def install(fn):
+        c = Clock(fn)
+        monkeypatch.setattr(sel_mod, "measure_model", c)
+        monkeypatch.setattr(sel_mod, "export_wave", lambda ex, jobs: {})
+
+        def tune(model, spec, runtime, batch, stat, *, onnx=None, precision="fp32"):
+            s = SessionSettings(2, "extended", "parallel")
+            return s, c(model, spec, runtime, batch, precision=precision, settings=s)
+        monkeypatch.setattr(sel_mod, "tune_model", tune)
+        return c
+    return install
+
+
+def choose(budget, names=ZOO, **kw):
+    return select(num_classes=3, spec=SPEC, budget=Budget(budget), runtime=RuntimeConfig(), names=names,
+                  use_cache=False, **kw)
+
+
+# ------------------------------------------------------------------------------------------ pruning
+
+FAMILY_COST = {"tinycnn": 3.0, "cifar_resnet": 1.0, "wrn": 1.1, "vgg_cifar": 0.6, "mobilenetv2_cifar": 2.5,
+               "shufflenetv2_cifar": 2.0}
+
+
+def monotone(name: str, precision: str) -> float:
+    """Latency increasing in FLOPs and params within a family, at a family-specific rate."""
+    c = CAP[name]
+    return FAMILY_COST[STUDENTS.get(name).family] * (c.flops / 1e6 + c.params / 1e5) * 0.01 + 0.002
+
+
+def test_pruning_gives_the_exhaustive_choice_and_skips_only_what_cannot_fit(clock):
+    lats = sorted(monotone(n, "fp32") for n in ZOO)
+    budgets = [lats[0] * (lats[-1] / lats[0]) ** ((i + 0.5) / 9) for i in range(9)]
+    saved = 0
+    for b in budgets:
+        c = clock(monotone)
+        pruned = choose(b)
+        n_pruned = len(c.calls)
+        c = clock(monotone)
+        full = choose(b, prune=False)
+        assert pruned.chosen.name == full.chosen.name, b
+        assert full.skipped == () and len(c.calls) > 0
+        for s in pruned.skipped:  # every candidate that was skipped would not have fit
+            assert monotone(s["name"], "fp32") > b, (s, b)
+            assert STUDENTS.get(s["name"]).family == s["family"]
+        assert len(pruned.candidates) + len(pruned.skipped) == len(ZOO)
+        assert pruned.stats["skipped"] == len(pruned.skipped) and pruned.stats["measured"] == len(pruned.candidates)
+        saved += len(c.calls) - n_pruned
+    assert saved > 20  # the point of it: far fewer measurements
+
+
+def test_pruning_needs_same_family_and_both_flops_and_params(clock, monkeypatch):
+    # fake capacities: b has more FLOPs but fewer params than over-budget a (same family) -> measured;
+    # c is bigger on both but another family -> measured; d bigger on both, same family -> skipped
+    names = ("resnet8", "resnet14", "wrn10_1", "resnet20")
+    fake = {"resnet8": (100, 1000), "resnet14": (90, 2000), "wrn10_1": (200, 3000), "resnet20": (100, 1000)}
+    real = reg.capacity
+    monkeypatch.setattr(reg, "capacity", lambda m, s: reg.Capacity(*fake.get(
+        BY_PARAMS.get(sum(p.numel() for p in m.parameters()), ""), (real(m, s).params, real(m, s).flops))))
+    lat = {"resnet8": 0.5, "resnet14": 0.05, "wrn10_1": 0.08, "resnet20": 0.01}
+    c = clock(lambda n, p: lat[n])
+    s = choose(0.1, names=names)
+    assert [x["name"] for x in s.skipped] == ["resnet20"]  # equal FLOPs and params count as "at least"
+    assert {n for n, *_ in c.calls} == {"resnet8", "resnet14", "wrn10_1"}
+    assert s.chosen.name == "wrn10_1"
+    assert "resnet8" in s.skipped[0]["reason"]
+
+
+def test_no_pruning_without_a_budget(clock):
+    c = clock(monotone)
+    s = select(num_classes=3, spec=SPEC, budget=Budget(None), runtime=RuntimeConfig(), names=ZOO[:6], use_cache=False)
+    assert s.skipped == () and len(c.calls) == 6
+
+
+# ------------------------------------------------------------------------------------------ precision
+
+NAMES = ("tinycnn_w8", "resnet8", "resnet14")
+PREC = {("tinycnn_w8", "fp32"): 0.01, ("tinycnn_w8", "int8"): 0.02, ("resnet8", "fp32"): 0.04,
+        ("resnet8", "int8"): 0.03, ("resnet14", "fp32"): 0.08, ("resnet14", "int8"): 0.045,
+        ("resnet8", "fp16"): 0.02, ("resnet14", "fp16"): 0.03, ("tinycnn_w8", "fp16"): 0.009}
+
+
+def test_fp32_keeps_todays_rule(clock):
+    c = clock(lambda n, p: PREC[(n, p)])
+    s = choose(0.05, names=NAMES)
+    assert (s.chosen.name, s.chosen.precision) == ("resnet8", "fp32") and s.fallback is None
+    assert {p for _, p, _ in c.calls} == {"fp32"}
+
+
+def test_auto_takes_the_most_capable_fit_over_precisions_with_an_fp32_fallback(clock):
+    c = clock(lambda n, p: PREC[(n, p)])
+    s = choose(0.05, names=NAMES, precision="auto")
+    assert (s.chosen.name, s.chosen.precision) == ("resnet14", "int8") and s.chosen.confirmed
+    assert (s.fallback.name, s.fallback.precision) == ("resnet8", "fp32") and s.fallback.confirmed
+    assert any("fp16 skipped" in n for n in s.notes)  # cpu provider
+    assert {p for _, p, _ in c.calls} == {"fp32", "int8"}
+    j = s.to_json()
+    assert j["precision"] == "auto" and j["chosen"]["precision"] == "int8" and j["fallback"]["name"] == "resnet8"
+    assert choose(0.05, names=NAMES, precision="int8").chosen.name == "resnet14"
+
+
+def test_int8_slower_than_fp32_is_never_chosen(clock):
+    clock(lambda n, p: PREC[(n, p)])
+    s = choose(0.015, names=NAMES, precision="auto")  # only tinycnn fits; its int8 form is slower
+    assert (s.chosen.name, s.chosen.precision) == ("tinycnn_w8", "fp32")
+    slow = next(c for c in s.candidates if (c.name, c.precision) == ("tinycnn_w8", "int8"))
+    assert slow.slower_than_fp32 and slow.fits is False
+    s = choose(0.025, names=NAMES, precision="auto")  # tinycnn int8 fits (0.02) but is slower than its fp32
+    assert (s.chosen.name, s.chosen.precision) == ("tinycnn_w8", "fp32")
+    assert next(c for c in s.candidates if (c.name, c.precision) == ("tinycnn_w8", "int8")).slower_than_fp32
+    with pytest.raises(BudgetError):
+        choose(0.025, names=NAMES, precision="int8")  # no int8 form both fits and beats fp32
+
+
+def test_confirmation_finding_int8_no_faster_moves_on(clock):
+    seq = {("resnet14", "int8"): [0.045, 0.09]}  # the second run of resnet14 int8 is slower than its fp32
+
+    def fn(n, p):
+        s = seq.get((n, p))
+        return s.pop(0) if s and len(s) > 1 else (s[0] if s else PREC[(n, p)])
+    clock(fn)
+    s = choose(0.1, names=NAMES, precision="int8")
+    assert (s.chosen.name, s.chosen.precision) == ("resnet8", "int8")
+
+
+def test_fp16_is_refused_on_cpu_and_measured_on_gpu_providers(clock):
+    clock(lambda n, p: PREC[(n, p)])
+    with pytest.raises(UsageError, match="no speed-up on the cpu provider"):
+        choose(0.05, names=NAMES, precision="fp16")
+    with pytest.raises(UsageError, match="--precision must be one of"):
+        choose(0.05, names=NAMES, precision="bf16")
+    s = select(num_classes=3, spec=SPEC, budget=Budget(0.05), runtime=RuntimeConfig(provider="cuda"), names=NAMES,
+               use_cache=False, precision="auto")
+    assert (s.chosen.name, s.chosen.precision) == ("resnet14", "fp16") and s.notes == ()
+
+
+def test_tuned_settings_are_cached_with_the_measurement(clock):
+    c = clock(lambda n, p: PREC[(n, p)])
+    s = select(num_classes=3, spec=SPEC, budget=Budget(0.05), runtime=RuntimeConfig(), names=NAMES, tune=True)
+    assert s.chosen.settings == SessionSettings(2, "extended", "parallel")
+    assert s.to_json()["chosen"]["settings"] == {"threads": 2, "opt_level": "extended", "execution": "parallel"}
+    assert c.calls[-1][2] == SessionSettings(2, "extended", "parallel")  # the confirmation used them
+    c.calls.clear()
+    again = select(num_classes=3, spec=SPEC, budget=Budget(0.05), runtime=RuntimeConfig(), names=NAMES, tune=True)
+    assert c.calls == [] and again.chosen.settings == s.chosen.settings
+
+
+# ------------------------------------------------------------------------------------------ latency tables
+
+
+def table_for(names, precisions=("fp32",), shape=(1, 8, 8), batch=1, lat=None, num_classes=3):
+    spec = InputSpec(shape, (0.5,) * shape[0], (0.25,) * shape[0])
+    models = {}
+    for n in names:
+        cap = capacity(STUDENTS.get(n).build(num_classes, spec), spec)
+        for p in precisions:
+            ms = (lat or PREC)[(n, p)]
+            models[model_key(n, p)] = {"name": n, "precision": p, "params": cap.params, "flops": cap.flops,
+                                       "settings": {"threads": 1, "opt_level": "all", "execution": "sequential"},
+                                       "latency_ms": stats(ms).to_json()}
+    return {"format": TABLE_FORMAT, "input_shape": list(shape), "batch": batch, "provider": "cpu",
+            "machine": {"cpu": "edge box"}, "models": models}
+
+
+def test_latency_table_selects_without_measuring(clock):
+    c = clock(lambda n, p: pytest.fail("measured despite a latency table"))
+    s = choose(0.05, names=NAMES, precision="auto", latency_table=(Path("t.json"), table_for(NAMES, ("fp32", "int8"))))
+    assert c.calls == [] and (s.chosen.name, s.chosen.precision) == ("resnet14", "int8")
+    assert s.source == "latency-table:t.json" and s.teacher is None
+
+
+@pytest.mark.parametrize("table, needle", [
+    (table_for(NAMES, shape=(3, 8, 8)), "measured for input [3, 8, 8]"),
+    (table_for(NAMES, batch=4), "at batch 4, not 1"),
+    (table_for(NAMES[:2]), "no measurement for resnet14:fp32"),
+    (table_for(NAMES), "no measurement for tinycnn_w8:int8"),  # auto needs the int8 forms too
+    (table_for(NAMES, num_classes=10), "another class count"),
+])
+def test_latency_table_for_something_else_is_refused(clock, table, needle):
+    clock(lambda n, p: pytest.fail("measured"))
+    precision = "auto" if "int8" in needle else "fp32"
+    with pytest.raises(InputError, match=None) as e:
+        choose(0.05, names=NAMES, precision=precision, latency_table=(Path("t.json"), table))
+    assert needle in str(e.value) and "kdcompress profile" in str(e.value) and InputError.exit_code == 3
+
+
+# ------------------------------------------------------------------------------------------ real: export -> profile (no torch) -> select
+
+BLOCK_TORCH = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch.") or name.startswith("torchvision"):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Block())
+from kdcompress.cli import app
+try:
+    app(sys.argv[1:])
+finally:
+    assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch was imported"
+"""
+
+
+def test_export_candidates_profile_without_torch_then_select_from_the_table(clock, tmp_path):
+    from kdcompress.core.checkpoint import save_checkpoint
+
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint(teacher, STUDENTS.get("resnet8x2").build(3, SPEC), "resnet8x2", ("a", "b", "c"), SPEC)
+    d = tmp_path / "ladder"
+    runner = CliRunner()
+    r = runner.invoke(app, ["select", "--teacher", str(teacher), "--candidates", "tinycnn_w8,tinycnn_w16",
+                            "--precision", "int8", "--export-candidates", str(d), "--workers", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert [m["key"] for m in manifest["models"]] == ["tinycnn_w8:fp32", "tinycnn_w8:int8", "tinycnn_w16:fp32",
+                                                      "tinycnn_w16:int8"]
+    assert manifest["input_shape"] == [1, 8, 8] and all((d / m["file"]).is_file() for m in manifest["models"])
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "profile", str(d), "--no-tune", "--json"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    table = json.loads((d / "latency.json").read_text())
+    assert json.loads(p.stdout)["models"] == table["models"]
+    assert set(table["models"]) == {m["key"] for m in manifest["models"]}
+    for m in table["models"].values():
+        lat = m["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] and lat["iters"] >= 100
+        assert m["settings"] == {"threads": 1, "opt_level": "all", "execution": "sequential"}
+    assert table["provider"] == "cpu" and table["machine"]["onnxruntime"] and table["input_shape"] == [1, 8, 8]
+
+    # the table drives the selection; nothing is measured here
+    c = clock(lambda n, p: pytest.fail("measured despite --latency-table"))
+    budget = table["models"]["tinycnn_w16:fp32"]["latency_ms"]["p50"] * 1.5
+    r = runner.invoke(app, ["select", "--teacher", str(teacher), "--candidates", "tinycnn_w8,tinycnn_w16",
+                            "--budget-ms", f"{budget:.5f}", "--latency-table", str(d / "latency.json"), "--json"])
+    assert r.exit_code == 0, r.output
+    j = json.loads(r.stdout)
+    assert j["chosen"]["name"] == "tinycnn_w16" and j["source"].startswith("latency-table:") and c.calls == []
+    # a table for another input shape: one line, exit 3
+    table["input_shape"] = [3, 32, 32]
+    (d / "other.json").write_text(json.dumps(table))
+    r = runner.invoke(app, ["select", "--teacher", str(teacher), "--candidates", "tinycnn_w8", "--budget-ms", "1",
+                            "--latency-table", str(d / "other.json")])
+    assert r.exit_code == 3 and "measured for input [3, 32, 32]" in r.stderr
+
+
+def test_profile_refuses_a_modified_file(tmp_path):
+    from kdcompress.core.latencytable import MANIFEST_FORMAT
+
+    (tmp_path / "a.onnx").write_bytes(b"not the exported model")
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT, "input_shape": [1, 8, 8],
+                                                        "batch": 1, "models": [{"key": "a:fp32", "file": "a.onnx",
+                                                                                "sha256": "0" * 64}]}))
+    r = CliRunner().invoke(app, ["profile", str(tmp_path)])
+    assert r.exit_code == 3 and "checksum" in r.stderr
+    r = CliRunner().invoke(app, ["profile", str(tmp_path / "nowhere")])
+    assert r.exit_code == 3 and "not found" in r.stderr
