@@ -21,8 +21,11 @@ from .core.splits import DataSplits, images, normalize
 from .core.system import process_settings, resolve_device
 from .data import align_classes, load_data
 from .export import CHECK_BATCHES, ExportOptions, OnnxArtifact, calibration_images, export_variants
+from .export.variants import timing_variant
 from .report import data_json, header, write_report
 from .select import Selection, save_pareto_plot, select
+from .select.precision import apply_precision_gate, export_options_for, selection_kwargs
+from .select.result import SelectOptions
 from .teacher import Teacher, load_teacher, teacher_onnx_bytes
 from .train import TrainResult, setup_distributed, train
 from .validate import (
@@ -96,10 +99,12 @@ def onnx_metadata(*, arch: str, splits: DataSplits, teacher: Teacher, preset: st
 
 
 def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: ExportOptions | None = None,
-            gates: Gates | None = None) -> dict[str, Any]:
+            gates: Gates | None = None, select_opts: SelectOptions | None = None) -> dict[str, Any]:
     """The whole job. `export_opts` picks the ONNX variants (fp32 only by default); `gates` defaults to
-    the parity gate alone. The report says whether the gates passed; the CLI turns a failure into exit 5."""
+    the parity gate alone; `select_opts` the precision, latency table, ORT tuning and ranking of the
+    selection. The report says whether the gates passed; the CLI turns a failure into exit 5."""
     console = console or Console(stderr=True)
+    select_opts = select_opts or SelectOptions()
     export_opts = export_opts or ExportOptions()
     gates = gates or Gates(budget_stat=cfg.budget.stat)
     runtime = effective_threads(cfg.runtime, lambda m: console.print(f"[yellow]warning:[/] {m}"))
@@ -122,13 +127,15 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
         selection: Selection = ddp.on_main(lambda: select(  # measured once, by rank 0
             num_classes=splits.num_classes, spec=spec, budget=cfg.budget, runtime=cfg.runtime,
             teacher_model=teacher.model if teacher.exportable else None, names=(cfg.student,) if cfg.student else cfg.candidates,
-            on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({cfg.runtime.provider})")))
+            on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({cfg.runtime.provider})"),
+            **selection_kwargs(select_opts, timing_variant)))
     if ddp.is_main:
         atomic_write_json(run.selection, selection.to_json())
         save_pareto_plot(selection, run.root / "selection.png")
     arch = selection.chosen.name
-    console.print(f"selected [bold]{arch}[/] ({selection.chosen.flops:,} FLOPs, p50 "
+    console.print(f"selected [bold]{arch}[/] {selection.chosen.precision} ({selection.chosen.flops:,} FLOPs, p50 "
                   f"{selection.chosen.latency.p50:.4f} ms; budget {cfg.budget.ms} ms)")
+    export_opts = export_options_for(export_opts, selection.chosen.precision)
     if selection.teacher_meets_budget:
         console.print("[yellow]warning:[/] the teacher itself meets this budget")
 
@@ -146,8 +153,9 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
 
     with console.status("exporting to ONNX and validating in ONNX Runtime") as status:
         student, _ = students.load_checkpoint(run.student)
-        meta = onnx_metadata(arch=arch, splits=splits, teacher=teacher, preset=cfg.preset.name,
-                             val_acc=result.best_val_accuracy)
+        meta = {**onnx_metadata(arch=arch, splits=splits, teacher=teacher, preset=cfg.preset.name,
+                                val_acc=result.best_val_accuracy),
+                "ort_settings": selection.chosen.to_json()["settings"], "precision": selection.chosen.precision}
         if not run.teacher_onnx.exists() or read_metadata(run.teacher_onnx).get("teacher_sha256") != teacher.sha256:
             t_meta = {**onnx_metadata(arch=teacher.arch, splits=splits, teacher=teacher, preset=None, val_acc=None),
                       "role": "teacher"}
@@ -158,6 +166,10 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
             runtime=runtime, gates=gates, teacher=(run.teacher_onnx, t_input), batch=cfg.budget.batch,
             progress=status.update)
 
+    precision, fallback = apply_precision_gate(selection, val, select_opts, console)
+    if precision["fell_back"] and fallback is None:  # the reduced-precision file is not to be recommended
+        fp32_ok = all(g.passed for g in val.variant("fp32").gates)
+        val = replace(val, recommended="fp32" if fp32_ok else None)
     fp32 = val.variant("fp32")
     s_eval, t_eval = fp32.eval, val.teacher
     s_cap = students.capacity(student, spec)
@@ -188,6 +200,13 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
         "training": {k: v for k, v in result.to_json().items() if k not in ("arch", "checkpoint")},
         "selection": selection.to_json(),
     }
+    report["precision"] = precision
+    if fallback is not None:  # the reduced-precision choice failed its gate; another student ships
+        fb_cfg = replace(cfg, student=fallback, out=run.root / "fallback", candidates=())
+        fb = distill(fb_cfg, console, export_opts=replace(export_opts, int8=False, fp16=False), gates=gates,
+                     select_opts=replace(select_opts, precision="fp32", rank="flops", latency_table=None))
+        report = {**fb, "run_dir": str(run.root), "selection": report["selection"],
+                  "precision": {**report["precision"], "fallback_run": str(fb_cfg.out)}}
     report = write_report(json.loads(json.dumps(report)), run.root)
     return report
 

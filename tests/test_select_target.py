@@ -311,3 +311,107 @@ def test_profile_refuses_a_modified_file(tmp_path):
     assert r.exit_code == 3 and "checksum" in r.stderr
     r = CliRunner().invoke(app, ["profile", str(tmp_path / "nowhere")])
     assert r.exit_code == 3 and "not found" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------ precision gate after training
+
+
+class _V:  # the slice of validate.Validation the gate reads
+    def __init__(self, accs):
+        self.accs = accs
+
+    def variant(self, name):
+        from types import SimpleNamespace as NS
+        return NS(eval=NS(accuracy=NS(top1=self.accs[name])))
+
+
+def _gate(sel, accs, drop=0.01):
+    from rich.console import Console
+
+    from kdcompress.select.precision import apply_precision_gate
+    from kdcompress.select.result import SelectOptions
+
+    return apply_precision_gate(sel, _V(accs), SelectOptions(precision=sel.precision, max_precision_drop=drop),
+                                Console(stderr=True, quiet=True))
+
+
+def test_precision_gate_passes_falls_back_to_the_same_or_another_student(clock):
+    clock(lambda n, p: PREC[(n, p)])
+    sel = choose(0.05, names=NAMES, precision="auto")  # resnet14 int8, fallback resnet8 fp32
+    out, retrain = _gate(sel, {"fp32": 0.90, "int8": 0.895})
+    assert retrain is None and out["shipped"] == "int8" and out["gate"]["passed"] and not out["fell_back"]
+    out, retrain = _gate(sel, {"fp32": 0.90, "int8": 0.85})
+    assert retrain == "resnet8" and out["fell_back"] and out["shipped"] == "fp32" and out["student"] == "resnet8"
+    assert "dropped 5.00 points" in out["reason"] and "resnet8" in out["reason"]
+    assert abs(out["gate"]["drop"] - 0.05) < 1e-9
+    # the best fp32 fit is the chosen student itself: no retraining, its fp32 file ships
+    clock(lambda n, p: {("resnet14", "fp32"): 0.08, ("resnet14", "int8"): 0.05}.get((n, p), PREC[(n, p)]))
+    sel = choose(0.1, names=NAMES, precision="int8")
+    assert (sel.chosen.name, sel.fallback.name) == ("resnet14", "resnet14")
+    out, retrain = _gate(sel, {"fp32": 0.9, "int8": 0.8})
+    assert retrain is None and out["fell_back"] and out["student"] == "resnet14" and out["shipped"] == "fp32"
+    # no fp32 fit at all: fp32 ships, the budget gate decides, and the reason says so
+    sel = choose(0.06, names=("resnet14",), precision="int8")
+    assert sel.fallback is None
+    out, retrain = _gate(sel, {"fp32": 0.9, "int8": 0.8})
+    assert retrain is None and "no fp32 student fits" in out["reason"]
+    out, _ = _gate(choose(0.05, names=NAMES), {"fp32": 0.9})
+    assert out["gate"] is None and out["shipped"] == "fp32"
+
+
+# ------------------------------------------------------------------------------------------ distill --precision auto (fake clock, real training/export)
+
+E2E_LAT = {("tinycnn_w8", "fp32"): 0.02, ("tinycnn_w8", "int8"): 0.03, ("tinycnn_w16", "fp32"): 0.08,
+           ("tinycnn_w16", "int8"): 0.03, ("resnet8", "fp32"): 0.5}  # resnet8: the teacher
+
+
+def _distill(tiny_teacher, out, drop):
+    from rich.console import Console
+
+    from kdcompress.core.config import RunConfig
+    from kdcompress.losses import load_checked_preset
+    from kdcompress.pipeline import distill
+    from kdcompress.select.result import SelectOptions
+
+    from .conftest import TINY_DATA
+
+    cfg = RunConfig(teacher=tiny_teacher, data=TINY_DATA, budget=Budget(0.05), runtime=RuntimeConfig(device="cpu"),
+                    preset=load_checked_preset("kd", ["train.epochs=1", "train.batch_size=16"]), out=out,
+                    candidates=("tinycnn_w8", "tinycnn_w16"))
+    return distill(cfg, Console(stderr=True, quiet=True), select_opts=SelectOptions(precision="auto",
+                                                                                    max_precision_drop=drop))
+
+
+def test_distill_auto_ships_int8_with_its_settings(clock, tiny_teacher, tmp_path):
+    from kdcompress.core.onnxio import read_metadata
+
+    clock(lambda n, p: E2E_LAT[(n, p)])
+    rep = _distill(tiny_teacher, tmp_path / "run", 1.0)
+    assert rep["student"]["arch"] == "tinycnn_w16" and rep["selection"]["chosen"]["precision"] == "int8"
+    p = rep["precision"]
+    assert p["requested"] == "auto" and p["chosen"] == p["shipped"] == "int8" and p["gate"]["passed"]
+    assert {a["variant"] for a in rep["artifacts"]} >= {"fp32", "int8"}
+    meta = read_metadata(tmp_path / "run" / "student.onnx")
+    assert json.loads(meta["ort_settings"]) == {"threads": 2, "opt_level": "extended", "execution": "parallel"}
+    assert meta["precision"] == "int8"
+
+
+def test_distill_int8_failing_its_gate_retrains_the_fp32_fallback(clock, tiny_teacher, tmp_path, monkeypatch):
+    import kdcompress.pipeline as pl
+
+    real = pl.apply_precision_gate
+
+    def strict(selection, val, opts, console):  # any drop at all fails (even 0.0): the fallback path
+        from types import SimpleNamespace
+
+        return real(selection, val, SimpleNamespace(max_precision_drop=-1.0), console)
+    monkeypatch.setattr(pl, "apply_precision_gate", strict)
+    clock(lambda n, p: E2E_LAT[(n, p)])
+    rep = _distill(tiny_teacher, tmp_path / "run", 0.01)
+    p = rep["precision"]
+    assert p["fell_back"] and p["shipped"] == "fp32" and p["student"] == "tinycnn_w8" and "falling back" in p["reason"]
+    assert rep["student"]["arch"] == "tinycnn_w8" and p["fallback_run"].endswith("fallback")
+    assert rep["selection"]["chosen"]["name"] == "tinycnn_w16"  # what was chosen first stays on record
+    assert (tmp_path / "run" / "fallback" / "student.onnx").is_file()
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["precision"]["fell_back"] is True

@@ -70,6 +70,20 @@ class SessionSettings:
             raise InputError(f"invalid ONNX Runtime settings {d!r}") from None
 
 
+def stored_settings(model: Path | bytes) -> SessionSettings | None:
+    """The `ort_settings` a kdcompress ONNX file carries in its metadata (what select measured with), or None."""
+    import json
+
+    import onnx
+
+    try:
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model), load_external_data=False)
+        raw = next((p.value for p in proto.metadata_props if p.key == "ort_settings"), None)
+        return SessionSettings.from_json(json.loads(raw)) if raw else None
+    except Exception:  # a foreign or damaged entry: the defaults, not a failure
+        return None
+
+
 def settings_grid(cpu_limit: int) -> list[SessionSettings]:
     """The small sweep: intra-op threads 1..cpu_limit x optimisation level x execution mode."""
     return [SessionSettings(t, lvl, mode) for t in range(1, max(1, cpu_limit) + 1)

@@ -91,3 +91,33 @@ def measured_precisions(precision: str, provider: str) -> tuple[tuple[str, ...],
 
 def allowed_precisions(precision: str) -> tuple[str, ...]:
     return ("fp32", "fp16", "int8") if precision == "auto" else (precision,)
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """How `distill` selects beyond the budget: the precision it ships in (and the accuracy drop a
+    reduced-precision choice may cost before the run falls back to the best fp32 fit), a latency table
+    from the target, the ORT settings sweep, and how fitting candidates are ranked."""
+
+    precision: str = "fp32"
+    max_precision_drop: float = 0.01  # fp32 student top-1 minus the variant's, as a fraction
+    latency_table: Any = None  # Path of a latency.json from `kdcompress profile`
+    tune: bool = True
+    rank: str = "flops"  # flops | trial
+    trial_top: int = 4
+    trial_budget: float = 0.25  # trial epochs in all, as a fraction of the main training's epochs
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if self.rank not in ("flops", "trial"):
+            raise UsageError(f"--rank must be flops or trial, got '{self.rank}'")
+        if not 0 <= self.max_precision_drop <= 1:
+            raise UsageError(f"--max-precision-drop must be a fraction in [0, 1], got {self.max_precision_drop}")
+        if self.trial_top < 2 or not 0 < self.trial_budget <= 1:
+            raise UsageError("--trial-top must be >= 2 and --trial-budget in (0, 1]")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"precision": self.precision, "max_precision_drop": self.max_precision_drop,
+                "latency_table": None if self.latency_table is None else str(self.latency_table),
+                "tune": self.tune, "rank": self.rank, "trial_top": self.trial_top, "trial_budget": self.trial_budget}
