@@ -151,6 +151,43 @@ def measure_cached(name: str, model, spec: InputSpec, num_classes: int, runtime:
     return stats
 
 
+def zoo_identity(name: str) -> str:
+    """What identifies a zoo student's architecture without building it (the cache key's model part):
+    its builder, its arguments and the kdcompress version (a changed zoo invalidates the cache)."""
+    from .. import __version__
+    from ..students.registry import STUDENTS
+
+    e = STUDENTS.get(name)
+    return f"zoo:{name}:{e.builder.__module__}.{e.builder.__qualname__}:{sorted(e.kwargs.items())}:{__version__}"
+
+
+def zoo_candidates(num_classes: int, spec: InputSpec, max_flops: int | None, names: tuple[str, ...],
+                   cache: LatencyCache) -> list[tuple[str, Any, str]]:
+    """(name, Capacity, family) of each plausible candidate (as plausible()), with capacities from
+    `cache` (capacity.json beside the latency cache) when known: a warm selection builds no model."""
+    from ..students.registry import STUDENTS, Capacity, capacity
+
+    out = []
+    for name in names or tuple(STUDENTS.names()):
+        entry = STUDENTS.get(name)
+        if not names and not entry.suits(spec):
+            continue
+        ckey = cache.key(name, zoo_identity(name), spec, num_classes, RuntimeConfig(), 1)
+        got = cache.entries.get(ckey)
+        try:
+            cap = Capacity(int(got["params"]), int(got["flops"]))
+        except (TypeError, KeyError, ValueError):
+            cap = capacity(entry.build(num_classes, spec), spec)
+            cache.entries[ckey] = {"params": cap.params, "flops": cap.flops}
+            cache.dirty = True
+        if not names and max_flops is not None and cap.flops >= max_flops:
+            continue
+        out.append((name, cap, entry.family))
+    if not out:
+        raise UsageError("no student candidate suits this teacher (all are larger or meant for other input sizes)")
+    return out
+
+
 def plausible(num_classes: int, spec: InputSpec, max_flops: int | None,
               names: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
     """(name, model) for each candidate: the given names, or every student that suits the input size and
@@ -223,17 +260,23 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     precs, pnotes = measured_precisions(precision, runtime.provider)
     notes = tuple(n for n in (note, *pnotes) if n)
     cache = LatencyCache(enabled=use_cache and latency_table is None)
-    teacher_flops = capacity(teacher_model, spec).flops if teacher_model is not None else None
+    t_cap = capacity(teacher_model, spec) if teacher_model is not None else None
+    teacher_flops = t_cap.flops if t_cap is not None else None
     workers = max(1, min(workers or cpu_limit(), cpu_limit()))
 
-    info = {}
-    for name, model in plausible(num_classes, spec, teacher_flops, names):
-        info[name] = (model, capacity(model, spec), STUDENTS.get(name).family)
+    caps = LatencyCache(cache.path.with_name("capacity.json"), enabled=use_cache)
+    info = {name: (None, cap, fam) for name, cap, fam in zoo_candidates(num_classes, spec, teacher_flops, names, caps)}
+    caps.save()
+
+    def model_of(name: str):
+        if info[name][0] is None:
+            info[name] = (STUDENTS.get(name).build(num_classes, spec), *info[name][1:])
+        return info[name][0]
     jobs = sorted(((n, p) for n in info for p in precs),
                   key=lambda j: (info[j[0]][1].flops, info[j[0]][1].params, -PRECISION_PREFERENCE[j[1]]))
 
     def key(j: tuple[str, str]) -> str:
-        return cache.key(j[0], info[j[0]][0], spec, num_classes, runtime, budget.batch, j[1])
+        return cache.key(j[0], zoo_identity(j[0]), spec, num_classes, runtime, budget.batch, j[1])
 
     def fits(stats: LatencyStats) -> bool:
         return budget.ms is None or stats.stat(budget.stat) <= budget.ms
@@ -301,13 +344,13 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
                     continue
                 if on_measure:
                     on_measure(j[0] if j[1] == "fp32" else f"{j[0]} ({j[1]})")
-                stats = measure_model(info[j[0]][0], spec, runtime, budget.batch, onnx=data.get(j), precision=j[1])
+                stats = measure_model(model_of(j[0]), spec, runtime, budget.batch, onnx=data.get(j), precision=j[1])
                 counts["measured"] += 1
                 cache.put(key(j), stats)
                 record(j, stats, False, None)
         teacher = None
         if teacher_model is not None and latency_table is None:
-            cap = capacity(teacher_model, spec)
+            cap = t_cap
             stats = measure_cached("__teacher__", teacher_model, spec, num_classes, runtime, budget.batch, cache,
                                    on_measure and (lambda _: on_measure(f"the teacher ({teacher_name})")))
             teacher = Candidate(teacher_name, cap.params, cap.flops, stats, fits(stats))
@@ -323,7 +366,7 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
             if c.confirmed:
                 return c
             counts["confirmations"] += 1
-            model = info[c.name][0]
+            model = model_of(c.name)
             if on_measure:
                 on_measure(f"{c.name} again (confirming it meets the budget{', tuning ORT settings' if tune else ''})")
             settings = None
