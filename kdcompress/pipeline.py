@@ -13,7 +13,7 @@ from rich.console import Console
 
 from . import losses, students
 from .core.config import RunConfig, RuntimeConfig, preset_to_json
-from .core.errors import InputError
+from .core.errors import BudgetError, InputError
 from .core.onnxio import build_metadata, read_metadata, stamp_metadata
 from .core.runio import RunDir, atomic_write_bytes, atomic_write_json
 from .core.spec import InputSpec
@@ -26,6 +26,7 @@ from .report import data_json, header, write_report
 from .select import Selection, save_pareto_plot, select
 from .select.precision import apply_precision_gate, export_options_for, selection_kwargs
 from .select.result import SelectOptions
+from .select.trial import successive_halving, trial_pool
 from .teacher import Teacher, load_teacher, teacher_onnx_bytes
 from .train import TrainResult, setup_distributed, train
 from .validate import (
@@ -129,6 +130,8 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
             teacher_model=teacher.model if teacher.exportable else None, names=(cfg.student,) if cfg.student else cfg.candidates,
             on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({cfg.runtime.provider})"),
             **selection_kwargs(select_opts, timing_variant)))
+    if select_opts.rank == "trial" and not cfg.student and cfg.budget.ms is not None:
+        selection = rank_by_trial(selection, cfg, select_opts, teacher, splits, run, device, ddp, console)
     if ddp.is_main:
         atomic_write_json(run.selection, selection.to_json())
         save_pareto_plot(selection, run.root / "selection.png")
@@ -209,6 +212,49 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
                   "precision": {**report["precision"], "fallback_run": str(fb_cfg.out)}}
     report = write_report(json.loads(json.dumps(report)), run.root)
     return report
+
+
+def rank_by_trial(selection: Selection, cfg: RunConfig, opts: SelectOptions, teacher: Teacher, splits: DataSplits,
+                  run: RunDir, device, ddp, console: Console) -> Selection:
+    """--rank trial: successive halving over the top fits, each trial a short distillation into
+    run/trials/NAME-eEPOCHS (reused on a rerun); the winner is confirmed against the budget like any choice."""
+    spec = teacher.input_spec
+    budget_epochs = int(opts.trial_budget * cfg.preset.train.epochs)
+
+    def trial(name: str, epochs: int) -> float:
+        preset = replace(cfg.preset, train=replace(cfg.preset.train, epochs=epochs))
+        fp = {"arch": name, "data": cfg.data, "teacher": teacher.sha256, "preset": preset_to_json(preset), "trial": True}
+        console.print(f"trial: {name} for {epochs} epoch(s)")
+        with process_settings(device):
+            res = train(arch=name, splits=splits, spec=spec, preset=preset, teacher=teacher, device=device,
+                        run=RunDir(run.root / "trials" / f"{name}-e{epochs}"), fingerprint=fp,
+                        console=Console(stderr=True, quiet=True), dist=ddp,
+                        make_student=lambda: students.build_student(name, splits.num_classes, spec),
+                        make_objective=lambda ctx: losses.Objective(cfg.preset.terms, ctx))
+        return res.best_val_accuracy
+
+    pool = trial_pool(selection, opts.trial_top)
+    winner, log = successive_halving(pool, budget_epochs, trial)
+    info = {"rank": "trial", "pool": [c.name for c in pool], "trial_epochs_budget": budget_epochs, "trials": log,
+            "flops_choice": selection.chosen.name}
+    if winner is not None and winner.name != selection.chosen.name:
+        try:
+            again = ddp.on_main(lambda: select(
+                num_classes=splits.num_classes, spec=spec, budget=cfg.budget, runtime=cfg.runtime,
+                names=(winner.name,), **selection_kwargs(replace(opts, precision=winner.precision), timing_variant)))
+            chosen = again.chosen
+        except BudgetError:
+            info["note"] = f"{winner.name} did not meet the budget on confirmation; the FLOPs choice stands"
+            chosen = selection.chosen
+    else:
+        chosen = selection.chosen
+        if winner is None:
+            info["note"] = f"a trial budget of {budget_epochs} epoch(s) is too small for {len(pool)} candidates"
+    console.print(f"trial ranking: {chosen.name} (FLOPs rule: {selection.chosen.name})")
+    fp32_fits = sorted((c for c in selection.candidates if c.fits and c.precision == "fp32"),
+                       key=lambda c: (c.flops, c.params), reverse=True)
+    fallback = (selection.fallback or next(iter(fp32_fits), None)) if chosen.precision != "fp32" else None
+    return replace(selection, chosen=chosen, fallback=fallback, stats={**selection.stats, "trial": info})
 
 
 def train_teacher(*, data: str, arch: str, preset, out, device: str, console: Console) -> dict[str, Any]:

@@ -415,3 +415,67 @@ def test_distill_int8_failing_its_gate_retrains_the_fp32_fallback(clock, tiny_te
     assert (tmp_path / "run" / "fallback" / "student.onnx").is_file()
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["precision"]["fell_back"] is True
+
+
+# ------------------------------------------------------------------------------------------ trial ranking
+
+
+def test_halving_plan_stays_within_the_trial_budget():
+    from kdcompress.select.trial import halving_plan
+
+    assert halving_plan(4, 8) == [(4, 1), (2, 2)]
+    assert halving_plan(4, 17) == [(4, 2), (2, 4)]
+    assert halving_plan(3, 7) == [(3, 1), (2, 2)]
+    assert halving_plan(2, 5) == [(2, 2)]
+    assert halving_plan(4, 5) == [(2, 2)]  # 4 or 3 candidates need 8 or 7 epochs: the pool shrinks
+    assert halving_plan(4, 1) == [] and halving_plan(1, 100) == []
+    for n in range(2, 9):
+        for budget in range(0, 40):
+            assert sum(c * e for c, e in halving_plan(n, budget)) <= budget
+
+
+def test_successive_halving_keeps_the_best_validation_accuracy(clock):
+    from kdcompress.select.trial import successive_halving, trial_pool
+
+    clock(monotone)
+    sel = choose(0.03, names=("tinycnn_w8", "tinycnn_w16", "tinycnn_w32", "resnet8", "vgg8_x0_25"))
+    pool = trial_pool(sel, 4)
+    assert [c.name for c in pool] == sorted((c.name for c in pool), key=lambda n: -CAP[n].flops)
+    assert pool[0].name == sel.chosen.name and len(pool) == 4
+    acc = {pool[0].name: 0.70, pool[1].name: 0.90, pool[2].name: 0.80, pool[3].name: 0.60}
+    calls = []
+
+    def train(name, epochs):
+        calls.append((name, epochs))
+        return acc[name] + epochs * 0.001
+    winner, log = successive_halving(pool, 8, train)
+    assert winner.name == pool[1].name
+    assert calls[:4] == [(c.name, 1) for c in pool] and sorted(calls[4:]) == sorted([(pool[1].name, 2), (pool[2].name, 2)])
+    assert sum(e for _, e in calls) <= 8 and len(log) == 6
+    assert successive_halving(pool, 1, train) == (None, [])
+
+
+def test_distill_rank_trial_trains_in_the_scratch_directory(clock, tiny_teacher, tmp_path):
+    from rich.console import Console
+
+    from kdcompress.core.config import RunConfig
+    from kdcompress.losses import load_checked_preset
+    from kdcompress.pipeline import distill
+    from kdcompress.select.result import SelectOptions
+
+    from .conftest import TINY_DATA
+
+    clock(lambda n, p: {("tinycnn_w8", "fp32"): 0.02, ("tinycnn_w16", "fp32"): 0.03, ("resnet8", "fp32"): 0.5}[(n, p)])
+    cfg = RunConfig(teacher=tiny_teacher, data=TINY_DATA, budget=Budget(0.05), runtime=RuntimeConfig(device="cpu"),
+                    preset=load_checked_preset("kd", ["train.epochs=4", "train.batch_size=16"]), out=tmp_path / "run",
+                    candidates=("tinycnn_w8", "tinycnn_w16"))
+    rep = distill(cfg, Console(stderr=True, quiet=True),
+                  select_opts=SelectOptions(rank="trial", trial_top=2, trial_budget=0.5))
+    t = rep["selection"]["search"]["trial"]
+    assert t["pool"] == ["tinycnn_w16", "tinycnn_w8"] and t["trial_epochs_budget"] == 2
+    assert [(x["name"], x["epochs"]) for x in t["trials"]] == [("tinycnn_w16", 1), ("tinycnn_w8", 1)]
+    assert all(0 <= x["val_accuracy"] <= 1 for x in t["trials"])
+    best = max(t["trials"], key=lambda x: x["val_accuracy"])  # ties: the more capable, listed first
+    assert rep["student"]["arch"] == best["name"] == rep["selection"]["chosen"]["name"]
+    assert (tmp_path / "run" / "trials" / "tinycnn_w16-e1" / "student.pt").is_file()
+    assert (tmp_path / "run" / "trials" / "tinycnn_w8-e1" / "student.pt").is_file()
