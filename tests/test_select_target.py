@@ -479,3 +479,31 @@ def test_distill_rank_trial_trains_in_the_scratch_directory(clock, tiny_teacher,
     assert rep["student"]["arch"] == best["name"] == rep["selection"]["chosen"]["name"]
     assert (tmp_path / "run" / "trials" / "tinycnn_w16-e1" / "student.pt").is_file()
     assert (tmp_path / "run" / "trials" / "tinycnn_w8-e1" / "student.pt").is_file()
+
+
+def test_validate_uses_the_settings_a_file_carries(monkeypatch, tmp_path):
+    import kdcompress.validate.models as vm
+    from kdcompress.core.onnxio import onnx_bytes
+    from kdcompress.core.ortbench import stored_settings
+
+    s = {"threads": 2, "opt_level": "extended", "execution": "parallel"}
+    path = tmp_path / "m.onnx"
+    path.write_bytes(onnx_bytes(STUDENTS.get("tinycnn_w8").build(3, SPEC), SPEC, metadata={"ort_settings": s}))
+    assert stored_settings(path) == SessionSettings(2, "extended", "parallel")
+    assert stored_settings(path.read_bytes()) == SessionSettings(2, "extended", "parallel")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(model, provider="cpu", threads=None, settings=None):
+        seen.append((threads, settings))
+        raise Stop
+    monkeypatch.setattr(vm, "make_session", fake)
+    for rt in (RuntimeConfig(), RuntimeConfig(threads=1)):
+        with pytest.raises(Stop):
+            vm.evaluate_model("m", path, None, None, ("a", "b", "c"), rt)
+    assert seen == [(None, SessionSettings(2, "extended", "parallel")), (1, None)]  # --threads wins
+    plain = tmp_path / "plain.onnx"
+    plain.write_bytes(onnx_bytes(STUDENTS.get("tinycnn_w8").build(3, SPEC), SPEC))
+    assert stored_settings(plain) is None
