@@ -296,7 +296,8 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
 
     def record(j, stats: LatencyStats, confirmed: bool, settings: SessionSettings | None) -> None:
         _, cap, fam = info[j[0]]
-        rows[j] = Candidate(j[0], cap.params, cap.flops, stats, fits(stats), confirmed, j[1], fam, settings)
+        rows[j] = Candidate(j[0], cap.params, cap.flops, stats, fits(stats), confirmed, j[1], fam,
+                            settings or SessionSettings(threads))
         if not fits(stats):
             over.append((fam, j[1], cap.flops, cap.params, j[0]))
 
@@ -379,7 +380,8 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
             slower = max(first, again, key=lambda s: s.stat(budget.stat))
             cache.put(key(j), slower, confirmed=True, settings=settings)
             cache.save()
-            rows[j] = replace(c, latency=slower, fits=fits(slower), confirmed=True, settings=settings)
+            rows[j] = replace(c, latency=slower, fits=fits(slower), confirmed=True,
+                              settings=settings or SessionSettings(threads))
             return rows[j]
 
         def best(allowed: tuple[str, ...]) -> Candidate | None:
