@@ -71,22 +71,21 @@ def main() -> None:
     print(f"teacher resnet8x4 p50 {t_lat.p50:.4f} ms -> budget {budget} ms; cpu limit {cpu_limit()}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
-    rows = []
-    cache = str(tmp / "c1")
-    rows.append(("cold, pruned, parallel exports", *run(base, cache)))
-    rows.append(("warm (same command again)", *run(base, cache)))
-    if not args.quick:
-        rows.append(("cold, exhaustive, sequential exports", *run([*base, "--no-prune", "--workers", "1"],
-                                                                  str(tmp / "c2"))))
-
     print()
     print("| configuration | wall s (whole process) | CPU s (process tree) | in select() s | measured | cached | "
           "skipped (pruned) | chosen |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for name, wall, cpu, j in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---|", flush=True)
+
+    def row(name: str, wall: float, cpu: float, j: dict) -> None:
         s = j["search"]
         print(f"| {name} | {wall:.1f} | {cpu:.1f} | {s['seconds']:.1f} | {s['measured']} | {s['cached']} | "
               f"{s['skipped']} | {j['chosen']['name']} |", flush=True)
+
+    cache = str(tmp / "c1")
+    row("cold, pruned, parallel exports", *run(base, cache))
+    row("warm (same command again)", *run(base, cache))
+    if not args.quick:
+        row("cold, exhaustive, sequential exports", *run([*base, "--no-prune", "--workers", "1"], str(tmp / "c2")))
     fp = machine_fingerprint()
     print()
     print(f"machine: {fp['cpu']}, {fp['cpus']} usable CPUs, Python {fp['python']}, onnxruntime {fp['onnxruntime']}, "
