@@ -101,26 +101,33 @@ def main() -> None:
         sel = select(num_classes=args.classes, spec=spec, budget=Budget(round(b, 5), args.stat), runtime=runtime,
                      teacher_model=teacher, teacher_name=args.teacher, on_measure=progress)
         name = sel.chosen.name
+        # the same selection without pruning, on the same (cached) measurements: must agree
+        full = select(num_classes=args.classes, spec=spec, budget=Budget(round(b, 5), args.stat), runtime=runtime,
+                      teacher_model=teacher, teacher_name=args.teacher, on_measure=progress, prune=False)
+        same = full.chosen.name == name
+        skipped = len(sel.skipped)
         out = subprocess.run([sys.executable, __file__, "--remeasure", name, "--shape", args.shape,
                               "--classes", str(args.classes), "--provider", args.provider,
                               "--threads", str(args.threads)], capture_output=True, text=True, check=True)
         again = json.loads(out.stdout.strip().splitlines()[-1])[args.stat]
-        rows.append((b, name, sel.chosen.latency.stat(args.stat), again))
+        rows.append((b, name, sel.chosen.latency.stat(args.stat), again, same, skipped))
 
     print()
     print(f"| budget ms | chosen | selected {args.stat} ms | re-measured {args.stat} ms (fresh process) "
-          f"| budget use | within (+5%) |")
-    print("|---:|---|---:|---:|---:|:-:|")
+          f"| budget use | within (+5%) | pruned (not measured) | same as exhaustive |")
+    print("|---:|---|---:|---:|---:|:-:|---:|:-:|")
     uses, within = [], 0
-    for b, name, sel_ms, again in rows:
+    for b, name, sel_ms, again, same, skipped in rows:
         use = again / b
         ok = again <= 1.05 * b
         within += ok
         uses.append(use)
-        print(f"| {b:.4f} | {name} | {sel_ms:.4f} | {again:.4f} | {100 * use:.1f}% | {'yes' if ok else 'NO'} |")
+        print(f"| {b:.4f} | {name} | {sel_ms:.4f} | {again:.4f} | {100 * use:.1f}% | {'yes' if ok else 'NO'} "
+              f"| {skipped} | {'yes' if same else 'NO'} |")
     print()
     print(f"summary: {within}/{len(rows)} within budget (+5% noise allowance), median budget use "
-          f"{100 * statistics.median(uses):.1f}% (goal: 10/10, >= 60%)")
+          f"{100 * statistics.median(uses):.1f}% (goal: 10/10, >= 60%); pruned choice = exhaustive choice "
+          f"{sum(r[4] for r in rows)}/{len(rows)}")
     fp = machine_fingerprint()
     print(f"machine: {fp['cpu']}, {fp['cpus']} usable CPUs, {fp['system']} {fp['machine']}, Python {fp['python']}, "
           f"onnxruntime {fp['onnxruntime']}, torch {torch.__version__}; ORT threads {args.threads}, "

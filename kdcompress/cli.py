@@ -182,6 +182,13 @@ Fp16 = Annotated[bool, typer.Option("--fp16", help="Also export a float16 varian
 Int8 = Annotated[bool, typer.Option("--int8", help="Also export a static INT8 (QDQ, per-channel) variant.")]
 Calib = Annotated[int, typer.Option("--calib", help="Training images that calibrate INT8.")]
 Simplify = Annotated[bool, typer.Option("--simplify", help="Simplify the graph with onnxslim.")]
+Precision = Annotated[str, typer.Option(
+    help="Precision the student ships in, measured as such: fp32, int8 (static QDQ), fp16 (GPU providers only) "
+         "or auto (the most capable fit over all of them).")]
+LatencyTable = Annotated[Path | None, typer.Option(
+    "--latency-table", help="Select from latency.json written by `kdcompress profile` on the target instead of measuring here.")]
+Tune = Annotated[bool, typer.Option("--tune/--no-tune", help="Sweep ORT session settings (threads, optimisation level, "
+                                    "execution mode) for the candidates near the choice; the best go into the ONNX metadata.")]
 MinAgreement = Annotated[float | None, typer.Option(
     "--min-agreement", help="Gate: top-1 agreement with the PyTorch model >= X (fraction).")]
 MaxAccuracyDrop = Annotated[float | None, typer.Option(
@@ -223,6 +230,17 @@ def distill(
     min_agreement: MinAgreement = None,
     max_accuracy_drop: MaxAccuracyDrop = None,
     allow_weak_teacher: Annotated[bool, typer.Option("--allow-weak-teacher", help="Distil even from a teacher no better than chance on the validation split.")] = False,
+    precision: Precision = "fp32",
+    max_precision_drop: Annotated[float, typer.Option(
+        "--max-precision-drop", help="Gate for a reduced-precision choice: fp32 student top-1 minus variant top-1 <= X "
+                                     "(fraction); otherwise the run falls back to the best fp32 fit.")] = 0.01,
+    latency_table: LatencyTable = None,
+    tune: Tune = True,
+    rank: Annotated[str, typer.Option(help="Rank the fitting candidates by flops (the most capable) or trial "
+                                           "(short distillation runs, successive halving).")] = "flops",
+    trial_top: Annotated[int, typer.Option("--trial-top", help="--rank trial: how many of the top fits to try.")] = 4,
+    trial_budget: Annotated[float, typer.Option("--trial-budget", help="--rank trial: trial epochs in all, as a "
+                                                "fraction of the main training's epochs (<= 0.25 by default).")] = 0.25,
     json_: Json = False,
 ) -> None:
     """The whole job: teacher -> select -> distill -> export -> validate -> report.
@@ -305,11 +323,34 @@ def select_cmd(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-measure everything; neither read nor write the latency cache.")] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for selection.json and selection.png.")] = None,
     trust_checkpoint: Annotated[bool, typer.Option(help="Allow pickled (code-carrying) checkpoints.")] = False,
+    precision: Precision = "fp32",
+    latency_table: LatencyTable = None,
+    export_candidates: Annotated[Path | None, typer.Option(
+        "--export-candidates", help="Write the candidate ladder as ONNX files + manifest.json to DIR (for "
+                                    "`kdcompress profile DIR` on the target) instead of measuring.")] = None,
+    tune: Tune = True,
+    no_prune: Annotated[bool, typer.Option("--no-prune", help="Measure every candidate, also those bigger than a "
+                                           "same-family one already over budget.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Processes for ONNX exports (default: the CPU limit).")] = None,
     json_: Json = False,
 ) -> None:
     """Measure every plausible student in ONNX Runtime at the teacher's input shape and pick the most
     capable one (FLOPs, then params) that meets the budget."""
     _dispatch("select", locals())
+
+
+@app.command()
+def profile(
+    directory: Annotated[Path, typer.Argument(help="Directory written by `kdcompress select --export-candidates`.")],
+    provider: Provider = "cpu",
+    threads: Annotated[int | None, typer.Option(help="ORT intra-op threads without --tune (default 1).")] = None,
+    tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Sweep ORT settings per model and keep the best.")] = True,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write the table (default DIR/latency.json).")] = None,
+    json_: Json = False,
+) -> None:
+    """Time the exported candidates on THIS machine (the target) with only onnxruntime and numpy; write
+    latency.json (p50/p90/p99 per model, provider, settings, machine) for --latency-table."""
+    _dispatch("profile", locals())
 
 
 # ------------------------------------------------------------------------------------------ teacher

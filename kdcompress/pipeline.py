@@ -15,7 +15,7 @@ from rich.console import Console
 from . import losses, students
 from .core.classes import is_integer_name, match_classes
 from .core.config import RunConfig, RuntimeConfig, preset_to_json
-from .core.errors import InputError, KdError, UsageError
+from .core.errors import BudgetError, InputError, KdError, UsageError
 from .core.onnxio import build_metadata, read_metadata, stamp_metadata
 from .core.runio import RunDir, atomic_write_bytes, atomic_write_json
 from .core.spec import InputSpec
@@ -23,8 +23,12 @@ from .core.splits import DataSplits, images, normalize
 from .core.system import process_settings, resolve_device
 from .data import align_classes, load_data
 from .export import CHECK_BATCHES, ExportOptions, OnnxArtifact, calibration_images, export_variants
+from .export.variants import timing_variant
 from .report import data_json, header, write_report
 from .select import Selection, save_pareto_plot, select
+from .select.precision import apply_precision_gate, export_options_for, selection_kwargs
+from .select.result import SelectOptions
+from .select.trial import successive_halving, trial_pool
 from .teacher import Teacher, load_teacher, teacher_onnx_bytes
 from .train import TrainResult, check_resumable, setup_distributed, train
 from .validate import (
@@ -154,12 +158,15 @@ def onnx_metadata(*, arch: str, splits: DataSplits, teacher: Teacher, preset: st
 
 
 def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: ExportOptions | None = None,
-            gates: Gates | None = None, force: bool = False, allow_weak_teacher: bool = False) -> dict[str, Any]:
+            gates: Gates | None = None, select_opts: SelectOptions | None = None, force: bool = False,
+            allow_weak_teacher: bool = False) -> dict[str, Any]:
     """The whole job. `export_opts` picks the ONNX variants (fp32 only by default); `gates` defaults to
-    the parity gate alone. The report says whether the gates passed; the CLI turns a failure into exit 5.
+    the parity gate alone; `select_opts` the precision, latency table, ORT tuning and ranking of the
+    selection. The report says whether the gates passed; the CLI turns a failure into exit 5.
     `force`: write into a non-empty --out that is not a kdcompress run (its files stay untouched).
     `allow_weak_teacher`: distil from a teacher that scores near chance on the validation split."""
     console = console or Console(stderr=True)
+    select_opts = select_opts or SelectOptions()
     export_opts = export_opts or ExportOptions()
     gates = gates or Gates(budget_stat=cfg.budget.stat)
     runtime = effective_threads(cfg.runtime, lambda m: console.print(f"[yellow]warning:[/] {m}"))
@@ -170,11 +177,12 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
     with contextlib.ExitStack() as held:
         # --out is checked and locked before any work; nothing in it changes until every check passed
         ddp.on_main(lambda: held.enter_context(run.claim(force=force)))
-        return _distill(cfg, console, run, ddp, device, runtime, export_opts, gates, allow_weak_teacher)
+        return _distill(cfg, console, run, ddp, device, runtime, export_opts, gates, allow_weak_teacher, select_opts)
 
 
 def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime: RuntimeConfig,
-             export_opts: ExportOptions, gates: Gates, allow_weak_teacher: bool) -> dict[str, Any]:
+             export_opts: ExportOptions, gates: Gates, allow_weak_teacher: bool,
+             select_opts: SelectOptions) -> dict[str, Any]:
     teacher = ddp.main_first(lambda: load_teacher(cfg.teacher, trust=cfg.trust_checkpoint, options=cfg.teacher_options))
     # a logits-only teacher with a feature-based preset fails here, in seconds
     teacher.check_needs(losses.preset_needs(cfg.preset), cfg.preset.name)
@@ -190,9 +198,13 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
         selection: Selection = ddp.on_main(lambda: select(  # measured once, by rank 0
             num_classes=splits.num_classes, spec=spec, budget=cfg.budget, runtime=cfg.runtime,
             teacher_model=teacher.model if teacher.exportable else None, names=(cfg.student,) if cfg.student else cfg.candidates,
-            on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({cfg.runtime.provider})")))
+            on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({cfg.runtime.provider})"),
+            **selection_kwargs(select_opts, timing_variant)))
     if selection.chosen is None:
         raise UsageError("nothing was chosen: give --budget-ms (to select a student) or --student NAME")
+    if select_opts.rank == "trial" and not cfg.student and cfg.budget.ms is not None:
+        # trials train into RUN/trials/ (opt-in); the configuration check below comes after them
+        selection = rank_by_trial(selection, cfg, select_opts, teacher, splits, run, device, ddp, console)
     arch = selection.chosen.name
     fingerprint = {"arch": arch, "data": cfg.data, "teacher": teacher.sha256,
                    "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json()}
@@ -220,8 +232,9 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
             atomic_write_bytes(run.teacher_onnx, t_onnx)
 
     ddp.on_main(begin)
-    console.print(f"selected [bold]{arch}[/] ({selection.chosen.flops:,} FLOPs, p50 "
+    console.print(f"selected [bold]{arch}[/] {selection.chosen.precision} ({selection.chosen.flops:,} FLOPs, p50 "
                   f"{selection.chosen.latency.p50:.4f} ms; budget {cfg.budget.ms} ms)")
+    export_opts = export_options_for(export_opts, selection.chosen.precision)
     if selection.teacher_meets_budget:
         console.print("[yellow]warning:[/] the teacher itself meets this budget")
 
@@ -242,14 +255,19 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
 
     with console.status("exporting to ONNX and validating in ONNX Runtime") as status:
         student, _ = students.load_checkpoint(run.student)
-        meta = onnx_metadata(arch=arch, splits=splits, teacher=teacher, preset=cfg.preset.name,
-                             val_acc=result.best_val_accuracy)
+        meta = {**onnx_metadata(arch=arch, splits=splits, teacher=teacher, preset=cfg.preset.name,
+                                val_acc=result.best_val_accuracy),
+                "ort_settings": selection.chosen.to_json()["settings"], "precision": selection.chosen.precision}
         t_input = describe(run.teacher_onnx, data_shape=spec.shape, mean=spec.mean, std=spec.std)
         artifacts, val = export_and_validate(
             model=student, spec=spec, splits=splits, fp32_path=run.onnx, opts=export_opts, metadata=meta,
             runtime=runtime, gates=gates, teacher=(run.teacher_onnx, t_input), batch=cfg.budget.batch,
             progress=status.update)
 
+    precision, fallback = apply_precision_gate(selection, val, select_opts, console)
+    if precision["fell_back"] and fallback is None:  # the reduced-precision file is not to be recommended
+        fp32_ok = all(g.passed for g in val.variant("fp32").gates)
+        val = replace(val, recommended="fp32" if fp32_ok else None)
     fp32 = val.variant("fp32")
     s_eval, t_eval = fp32.eval, val.teacher
     s_cap = students.capacity(student, spec)
@@ -281,8 +299,58 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
                      "warmup": [t.warmup_json(cfg.preset.train) for t in cfg.preset.terms]},
         "selection": selection.to_json(),
     }
+    report["precision"] = precision
+    if fallback is not None:  # the reduced-precision choice failed its gate; another student ships
+        fb_cfg = replace(cfg, student=fallback, out=run.root / "fallback", candidates=())
+        fb = distill(fb_cfg, console, export_opts=replace(export_opts, int8=False, fp16=False), gates=gates,
+                     select_opts=replace(select_opts, precision="fp32", rank="flops", latency_table=None))
+        report = {**fb, "run_dir": str(run.root), "selection": report["selection"],
+                  "precision": {**report["precision"], "fallback_run": str(fb_cfg.out)}}
     report = write_report(json.loads(json.dumps(report)), run.root)
     return report
+
+
+def rank_by_trial(selection: Selection, cfg: RunConfig, opts: SelectOptions, teacher: Teacher, splits: DataSplits,
+                  run: RunDir, device, ddp, console: Console) -> Selection:
+    """--rank trial: successive halving over the top fits, each trial a short distillation into
+    run/trials/NAME-eEPOCHS (reused on a rerun); the winner is confirmed against the budget like any choice."""
+    spec = teacher.input_spec
+    budget_epochs = int(opts.trial_budget * cfg.preset.train.epochs)
+
+    def trial(name: str, epochs: int) -> float:
+        preset = replace(cfg.preset, train=replace(cfg.preset.train, epochs=epochs))
+        fp = {"arch": name, "data": cfg.data, "teacher": teacher.sha256, "preset": preset_to_json(preset), "trial": True}
+        console.print(f"trial: {name} for {epochs} epoch(s)")
+        with process_settings(device):
+            res = train(arch=name, splits=splits, spec=spec, preset=preset, teacher=teacher, device=device,
+                        run=RunDir(run.root / "trials" / f"{name}-e{epochs}"), fingerprint=fp,
+                        console=Console(stderr=True, quiet=True), dist=ddp,
+                        make_student=lambda: students.build_student(name, splits.num_classes, spec),
+                        make_objective=lambda ctx: losses.Objective(cfg.preset.terms, ctx))
+        return res.best_val_accuracy
+
+    pool = trial_pool(selection, opts.trial_top)
+    winner, log = successive_halving(pool, budget_epochs, trial)
+    info = {"rank": "trial", "pool": [c.name for c in pool], "trial_epochs_budget": budget_epochs, "trials": log,
+            "flops_choice": selection.chosen.name}
+    if winner is not None and winner.name != selection.chosen.name:
+        try:
+            again = ddp.on_main(lambda: select(
+                num_classes=splits.num_classes, spec=spec, budget=cfg.budget, runtime=cfg.runtime,
+                names=(winner.name,), **selection_kwargs(replace(opts, precision=winner.precision), timing_variant)))
+            chosen = again.chosen
+        except BudgetError:
+            info["note"] = f"{winner.name} did not meet the budget on confirmation; the FLOPs choice stands"
+            chosen = selection.chosen
+    else:
+        chosen = selection.chosen
+        if winner is None:
+            info["note"] = f"a trial budget of {budget_epochs} epoch(s) is too small for {len(pool)} candidates"
+    console.print(f"trial ranking: {chosen.name} (FLOPs rule: {selection.chosen.name})")
+    fp32_fits = sorted((c for c in selection.candidates if c.fits and c.precision == "fp32"),
+                       key=lambda c: (c.flops, c.params), reverse=True)
+    fallback = (selection.fallback or next(iter(fp32_fits), None)) if chosen.precision != "fp32" else None
+    return replace(selection, chosen=chosen, fallback=fallback, stats={**selection.stats, "trial": info})
 
 
 def train_teacher(*, data: str, arch: str, preset, out, device: str, console: Console) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import kdcompress.select.search as sel_mod
 from kdcompress.cli import app
 from kdcompress.core.config import Budget, RuntimeConfig
 from kdcompress.core.errors import BudgetError, UsageError
-from kdcompress.core.ortbench import LatencyStats
+from kdcompress.core.ortbench import LatencyStats, SessionSettings
 from kdcompress.core.spec import InputSpec
 from kdcompress.select.search import Candidate, LatencyCache, Selection, cache_path, select
 from kdcompress.select.view import pareto_front
@@ -39,8 +39,10 @@ class FakeClock:
         self.table = {k: list(v) for k, v in table.items()}
         self.calls: list[tuple[str, int | None, int, str]] = []
 
-    def __call__(self, model, spec, runtime, batch):
+    def __call__(self, model, spec, runtime, batch, *, onnx=None, precision="fp32", settings=None):
         name = PARAMS.get(sum(p.numel() for p in model.parameters()), "teacher")
+        if precision != "fp32":
+            name = f"{name}:{precision}"
         self.calls.append((name, runtime.threads, batch, runtime.provider))
         seq = self.table[name]
         v = seq.pop(0) if len(seq) > 1 else seq[0]
@@ -52,6 +54,11 @@ def clock(monkeypatch):
     def install(table):
         c = FakeClock(table)
         monkeypatch.setattr(sel_mod, "measure_model", c)
+        monkeypatch.setattr(sel_mod, "export_wave", lambda ex, jobs: {})  # fake clocks need no ONNX
+
+        def tune(model, spec, runtime, batch, stat, *, onnx=None, precision="fp32"):
+            return SessionSettings(runtime.threads or 1), c(model, spec, runtime, batch, precision=precision)
+        monkeypatch.setattr(sel_mod, "tune_model", tune)
         return c
     return install
 

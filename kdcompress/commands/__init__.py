@@ -29,6 +29,7 @@ COMMANDS = {
     "validate": "validate:run_validate",
     "report": "report:run_report",
     "select": "select:run_select_command",
+    "profile": "profile:run_profile",
     "teacher inspect": "inspect:run_inspect",
     "doctor": "doctor:run_doctor",
     "presets list": "presets:run_list",

@@ -10,6 +10,7 @@ from ..export import ExportOptions
 from ..losses import load_checked_preset
 from ..pipeline import distill, train_teacher
 from ..pipeline import run_demo as demo
+from ..select.result import SelectOptions
 from ..validate import Gates, raise_for_gates
 from . import Outcome, render
 
@@ -42,8 +43,11 @@ def run_distill(f: dict[str, Any], console) -> Outcome:
     cfg = run_config(f)
     gates = Gates(f["min_agreement"], f["max_accuracy_drop"], f["budget_ms"], f["stat"])
     opts = ExportOptions(fp16=f["fp16"], int8=f["int8"], calib=f["calib"], simplify=f["simplify"])
-    report = distill(cfg, console, export_opts=opts, gates=gates, force=f["force"],
-                     allow_weak_teacher=bool(f.get("allow_weak_teacher")))
+    sopts = SelectOptions(precision=f["precision"], max_precision_drop=f["max_precision_drop"],
+                          latency_table=f["latency_table"], tune=f["tune"], rank=f["rank"], trial_top=f["trial_top"],
+                          trial_budget=f["trial_budget"])
+    report = distill(cfg, console, export_opts=opts, gates=gates, select_opts=sopts,
+                     force=f["force"], allow_weak_teacher=bool(f.get("allow_weak_teacher")))
     if not report:  # a torchrun process other than rank 0: rank 0 reports
         return Outcome(None)
     return Outcome(report, lambda: render.distill_summary(report), lambda: raise_for_gates(report))

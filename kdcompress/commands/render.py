@@ -141,15 +141,24 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
               caption="\n".join(f"warning: {w}" for w in sel["warnings"]) or None, caption_style="yellow")
     for col in ("name", "params", "FLOPs", "p50 ms", "p90 ms", "fits", "chosen"):
         t.add_column(col, justify="left" if col in ("name", "fits", "chosen") else "right", no_wrap=col == "name")
-    chosen = (sel["chosen"] or {}).get("name")
+    chosen = ((sel["chosen"] or {}).get("name"), (sel["chosen"] or {}).get("precision", "fp32"))
+    notes = [f"warning: {w}" for w in sel["warnings"]]
+    if sel.get("skipped"):
+        notes.append(f"{len(sel['skipped'])} candidate(s) not measured: bigger than a same-family one over budget")
+    if sel.get("fallback"):
+        notes.append(f"fp32 fallback if the {sel['chosen']['precision']} variant fails its accuracy gate: "
+                     f"{sel['fallback']['name']}")
+    t.caption = "\n".join(notes) or None
 
     def fits(c: dict[str, Any]) -> str:
         return "-" if sel["budget_ms"] is None else ("yes" if c["fits"] else "no")
 
     for c in sel["candidates"]:
-        mark = c["name"] == chosen
+        prec = c.get("precision", "fp32")
+        mark = (c["name"], prec) == chosen
         lat = c["latency_ms"]
-        t.add_row(c["name"], f"{c['params']:,}", human(c["flops"]), f"{lat['p50']:.4f}", f"{lat['p90']:.4f}",
+        slow = " (slower than fp32)" if c.get("slower_than_fp32") else ""
+        t.add_row(c["name"] + ("" if prec == "fp32" else f" ({prec}){slow}"), f"{c['params']:,}", human(c["flops"]), f"{lat['p50']:.4f}", f"{lat['p90']:.4f}",
                   fits(c), "[bold green]<- chosen[/]" if mark else "", style="bold" if mark else None)
     if sel["teacher"] is not None:
         c = sel["teacher"]

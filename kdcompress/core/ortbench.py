@@ -80,16 +80,72 @@ def check_onnx(path: Path) -> None:
         raise InputError(f"{path} is not a valid ONNX model: {error_cause(e)}") from None
 
 
-def make_session(model: Path | bytes, provider: str = "cpu", threads: int | None = None):
+OPT_LEVELS = ("basic", "extended", "all")
+EXEC_MODES = ("sequential", "parallel")
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """The ONNX Runtime session options that change latency. Written into the ONNX metadata
+    (`ort_settings`) and report.json so a deployment can reproduce the measured latency."""
+
+    threads: int = 1  # intra-op threads
+    opt_level: str = "all"  # graph optimisation level: basic | extended | all
+    execution: str = "sequential"  # sequential | parallel (inter-op threads = 2 when parallel)
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.opt_level not in OPT_LEVELS or self.execution not in EXEC_MODES:
+            raise InputError(f"invalid ONNX Runtime settings {self.to_json()}: threads >= 1, opt_level one of "
+                             f"{', '.join(OPT_LEVELS)}, execution one of {', '.join(EXEC_MODES)}")
+
+    def to_json(self) -> dict[str, int | str]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d) -> SessionSettings:
+        if not isinstance(d, dict):
+            raise InputError(f"ONNX Runtime settings must be an object, got {d!r}")
+        try:
+            return cls(int(d.get("threads", 1)), str(d.get("opt_level", "all")), str(d.get("execution", "sequential")))
+        except (TypeError, ValueError):
+            raise InputError(f"invalid ONNX Runtime settings {d!r}") from None
+
+
+def stored_settings(model: Path | bytes) -> SessionSettings | None:
+    """The `ort_settings` a kdcompress ONNX file carries in its metadata (what select measured with), or None."""
+    import json
+
+    import onnx
+
+    try:
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model), load_external_data=False)
+        raw = next((p.value for p in proto.metadata_props if p.key == "ort_settings"), None)
+        return SessionSettings.from_json(json.loads(raw)) if raw else None
+    except Exception:  # a foreign or damaged entry: the defaults, not a failure
+        return None
+
+
+def settings_grid(cpu_limit: int) -> list[SessionSettings]:
+    """The small sweep: intra-op threads 1..cpu_limit x optimisation level x execution mode."""
+    return [SessionSettings(t, lvl, mode) for t in range(1, max(1, cpu_limit) + 1)
+            for lvl in ("extended", "all") for mode in EXEC_MODES]
+
+
+def make_session(model: Path | bytes, provider: str = "cpu", threads: int | None = None,
+                 settings: SessionSettings | None = None):
     import onnxruntime as ort
 
     if provider not in PROVIDERS:
         raise EnvironmentProblem(f"unknown provider '{provider}'; choose cpu, cuda or tensorrt")
+    s = settings or SessionSettings(threads or 1)
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or 1
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = s.threads
+    so.inter_op_num_threads = 2 if s.execution == "parallel" else 1
+    so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if s.execution == "parallel"
+                         else ort.ExecutionMode.ORT_SEQUENTIAL)
+    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[s.opt_level]
     so.log_severity_level = 3  # failed-provider fallbacks are reported by us, in one line
     wanted = PROVIDERS[provider]
     available = ort.get_available_providers()
@@ -159,3 +215,17 @@ def measure_latency(session, shape: tuple[int, ...], *, warmup: int = 20, min_it
     mean = float(arr.mean())
     return LatencyStats(float(p50), float(p90), float(p99), mean, float(arr.min()), len(arr), shape[0],
                         shape[0] * 1000.0 / mean)
+
+
+def sweep_settings(model: Path | bytes, shape: tuple[int, ...], provider: str, cpu_limit: int, stat: str = "p50",
+                   min_time_s: float = 0.15) -> tuple[SessionSettings, LatencyStats, list[tuple[SessionSettings, LatencyStats]]]:
+    """Time `model` under every setting of the grid (short runs) and return the best by `stat`, its
+    stats and the whole table. Ties within 2% go to fewer threads, then sequential (less to go wrong)."""
+    rows = []
+    for s in settings_grid(cpu_limit):
+        rows.append((s, measure_latency(make_session(model, provider, settings=s), shape, min_time_s=min_time_s,
+                                        min_iters=50)))
+    best_ms = min(r.stat(stat) for _, r in rows)
+    near = [(s, r) for s, r in rows if r.stat(stat) <= 1.02 * best_ms]
+    s, r = min(near, key=lambda sr: (sr[0].threads, sr[0].execution != "sequential", sr[1].stat(stat)))
+    return s, r, rows

@@ -7,10 +7,12 @@ import os
 import platform
 from collections.abc import Iterator
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import EnvironmentProblem
+
+if TYPE_CHECKING:  # torch is imported where it is used: `kdcompress profile` runs without it
+    import torch
 
 
 def cpu_limit() -> int:
@@ -50,6 +52,8 @@ def machine_fingerprint() -> dict[str, object]:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -74,6 +78,8 @@ def process_settings(device: torch.device) -> Iterator[None]:
     """The process-wide switches a training run wants, set once by the entry point and restored on exit
     (a library caller's process is left as it was): cuDNN autotuning on CUDA (training shapes are fixed by
     drop_last, so convolutions are tuned once). faiss's BLAS threshold is scoped to each bank search."""
+    import torch
+
     old_bench = torch.backends.cudnn.benchmark
     try:
         if device.type == "cuda":

@@ -105,3 +105,22 @@ def to_int8(fp32_path: Path, out_path: Path, calib: np.ndarray, input_name: str)
             raise InputError(f"INT8 quantisation of {fp32_path} failed: {first[:300]}") from None
 
 
+
+
+def timing_variant(fp32: bytes, spec, precision: str, n_calib: int = 8) -> bytes:
+    """The fp16 or INT8 form of fp32 ONNX bytes, made exactly as export makes it, for latency measurement
+    by select: INT8 is calibrated on `n_calib` random images (timing does not depend on the scales)."""
+    import onnx
+
+    from ..core.onnxio import INPUT_NAME
+
+    if precision == "fp16":
+        return to_fp16(onnx.load_from_string(fp32)).SerializeToString()
+    if precision != "int8":
+        raise InputError(f"no timing variant for precision '{precision}'")
+    with tempfile.TemporaryDirectory(prefix="kdc-timing-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(fp32)
+        calib = np.random.default_rng(0).standard_normal((n_calib, *spec.shape)).astype(np.float32)
+        to_int8(src, dst, calib, INPUT_NAME)
+        return dst.read_bytes()

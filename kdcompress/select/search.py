@@ -18,62 +18,20 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from ..core.config import Budget, RuntimeConfig
 from ..core.errors import BudgetError, KdError, UsageError
-from ..core.ortbench import LatencyStats, make_session, measure_latency
+from ..core.latencytable import check_table, model_key, table_stats
+from ..core.ortbench import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
 from ..core.runio import atomic_write_json
 from ..core.spec import InputSpec
-from ..core.system import cap_threads, machine_fingerprint
-
-
-@dataclass(frozen=True)
-class Candidate:
-    name: str
-    params: int
-    flops: int
-    latency: LatencyStats
-    fits: bool
-    confirmed: bool = False  # a second, independent measurement agreed (only ever needed near the choice)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "params": self.params, "flops": self.flops,
-                "latency_ms": self.latency.to_json(), "fits": self.fits, "confirmed": self.confirmed}
-
-
-@dataclass(frozen=True)
-class Selection:
-    chosen: Candidate | None  # None: no budget was given, so this is the measured ladder only
-    candidates: tuple[Candidate, ...]
-    budget: Budget
-    provider: str
-    threads: int
-    teacher: Candidate | None = None
-    notes: tuple[str, ...] = ()  # warnings about the request (e.g. --threads capped at the CPU limit)
-
-    @property
-    def teacher_meets_budget(self) -> bool:
-        return self.budget.ms is not None and self.teacher is not None and self.teacher.fits
-
-    @property
-    def warnings(self) -> tuple[str, ...]:
-        extra = ()
-        if self.teacher_meets_budget and self.teacher is not None:
-            extra = (f"the teacher itself meets this budget ({self.teacher.latency.stat(self.budget.stat):.4f} ms "
-                     f"{self.budget.stat} <= {self.budget.ms:g} ms); a student buys speed you may not need",)
-        return self.notes + extra
-
-    def to_json(self) -> dict[str, Any]:
-        return {"budget_ms": self.budget.ms, "stat": self.budget.stat, "batch": self.budget.batch,
-                "provider": self.provider, "threads": self.threads,
-                "chosen": self.chosen.to_json() if self.chosen else None,
-                "teacher": self.teacher.to_json() if self.teacher else None,
-                "teacher_meets_budget": self.teacher_meets_budget,
-                "warnings": list(self.warnings),
-                "candidates": [c.to_json() for c in self.candidates]}
+from .result import (PRECISION_PREFERENCE, PRECISIONS, Candidate, Selection, allowed_precisions,
+                     measured_precisions)
+from ..core.system import cap_threads, cpu_limit, machine_fingerprint
 
 
 def resolve_threads(requested: int | None) -> tuple[int, str | None]:
@@ -104,9 +62,11 @@ class LatencyCache:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return {}
 
-    def key(self, name: str, model, spec: InputSpec, num_classes: int, runtime: RuntimeConfig, batch: int) -> str:
+    def key(self, name: str, model, spec: InputSpec, num_classes: int, runtime: RuntimeConfig, batch: int,
+            precision: str = "fp32") -> str:
         raw = json.dumps([name, repr(model), list(spec.shape), num_classes, runtime.provider, runtime.threads or 1,
-                          batch, self.fingerprint], sort_keys=True, default=str)
+                          batch, self.fingerprint] + ([] if precision == "fp32" else [precision]),
+                         sort_keys=True, default=str)
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
     def get(self, key: str) -> LatencyStats | None:
@@ -114,16 +74,25 @@ class LatencyCache:
         if not isinstance(e, dict):
             return None
         try:
-            return LatencyStats(**{k: v for k, v in e.items() if k != "confirmed"})
+            return LatencyStats(**{k: v for k, v in e.items() if k not in ("confirmed", "settings")})
         except TypeError:
+            return None
+
+    def settings(self, key: str) -> SessionSettings | None:
+        e = self.entries.get(key)
+        try:
+            return SessionSettings.from_json(e["settings"]) if isinstance(e, dict) and e.get("settings") else None
+        except Exception:
             return None
 
     def confirmed(self, key: str) -> bool:
         e = self.entries.get(key)
         return isinstance(e, dict) and e.get("confirmed") is True and self.get(key) is not None
 
-    def put(self, key: str, stats: LatencyStats, confirmed: bool = False) -> None:
-        self.entries[key] = {**asdict(stats), "confirmed": confirmed}
+    def put(self, key: str, stats: LatencyStats, confirmed: bool = False,
+            settings: SessionSettings | None = None) -> None:
+        self.entries[key] = {**asdict(stats), "confirmed": confirmed,
+                             **({"settings": settings.to_json()} if settings else {})}
         self.dirty = True
 
     def save(self) -> None:
@@ -135,11 +104,26 @@ class LatencyCache:
                 pass
 
 
-def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int) -> LatencyStats:
+def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *, onnx: bytes | None = None,
+                  precision: str = "fp32", settings: SessionSettings | None = None) -> LatencyStats:
+    """The one measurement: `onnx` (or `model` exported to fp32 ONNX) in a fresh ORT session."""
     from ..core.onnxio import onnx_bytes
 
-    sess = make_session(onnx_bytes(model, spec), runtime.provider, runtime.threads)
+    del precision  # carried for fakes in tests: the bytes already are that precision
+    data = onnx if onnx is not None else onnx_bytes(model, spec)
+    sess = make_session(data, runtime.provider, runtime.threads, settings)
     return measure_latency(sess, (batch, *spec.shape))
+
+
+def tune_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, stat: str, *, onnx: bytes | None = None,
+               precision: str = "fp32") -> tuple[SessionSettings, LatencyStats]:
+    """The settings sweep (ortbench.settings_grid up to the CPU limit): the best settings and their stats."""
+    from ..core.onnxio import onnx_bytes
+
+    del precision
+    data = onnx if onnx is not None else onnx_bytes(model, spec)
+    best, stats, _ = sweep_settings(data, (batch, *spec.shape), runtime.provider, cpu_limit(), stat)
+    return best, stats
 
 
 def measure_cached(name: str, model, spec: InputSpec, num_classes: int, runtime: RuntimeConfig, batch: int,
@@ -158,6 +142,43 @@ def measure_cached(name: str, model, spec: InputSpec, num_classes: int, runtime:
     if own:
         cache.save()
     return stats
+
+
+def zoo_identity(name: str) -> str:
+    """What identifies a zoo student's architecture without building it (the cache key's model part):
+    its builder, its arguments and the kdcompress version (a changed zoo invalidates the cache)."""
+    from .. import __version__
+    from ..students.registry import STUDENTS
+
+    e = STUDENTS.get(name)
+    return f"zoo:{name}:{e.builder.__module__}.{e.builder.__qualname__}:{sorted(e.kwargs.items())}:{__version__}"
+
+
+def zoo_candidates(num_classes: int, spec: InputSpec, max_flops: int | None, names: tuple[str, ...],
+                   cache: LatencyCache) -> list[tuple[str, Any, str]]:
+    """(name, Capacity, family) of each plausible candidate (as plausible()), with capacities from
+    `cache` (capacity.json beside the latency cache) when known: a warm selection builds no model."""
+    from ..students.registry import STUDENTS, Capacity, capacity
+
+    out = []
+    for name in names or tuple(STUDENTS.names()):
+        entry = STUDENTS.get(name)
+        if not names and not entry.suits(spec):
+            continue
+        ckey = cache.key(name, zoo_identity(name), spec, num_classes, RuntimeConfig(), 1)
+        got = cache.entries.get(ckey)
+        try:
+            cap = Capacity(int(got["params"]), int(got["flops"]))
+        except (TypeError, KeyError, ValueError):
+            cap = capacity(entry.build(num_classes, spec), spec)
+            cache.entries[ckey] = {"params": cap.params, "flops": cap.flops}
+            cache.dirty = True
+        if not names and max_flops is not None and cap.flops >= max_flops:
+            continue
+        out.append((name, cap, entry.family))
+    if not out:
+        raise UsageError("no student candidate suits this teacher (all are larger or meant for other input sizes)")
+    return out
 
 
 def plausible(num_classes: int, spec: InputSpec, max_flops: int | None,
@@ -187,62 +208,198 @@ def _budget_error(rows: list[Candidate], budget: Budget, provider: str) -> Budge
         f"the fastest candidate, {fastest.name}, measured {fastest.latency.stat(budget.stat):.4f} ms")
 
 
+def ladder_rows(num_classes: int, spec: InputSpec, teacher_model, names: tuple[str, ...],
+                precision: str, provider: str) -> list[dict[str, Any]]:
+    """The candidates a selection would measure (what `select --export-candidates` writes), in the order
+    of capacity: {"name", "precision", "family", "params", "flops"} per (student, precision)."""
+    from ..students.registry import STUDENTS, capacity
+
+    precs, _ = measured_precisions(precision, provider)
+    t_flops = capacity(teacher_model, spec).flops if teacher_model is not None else None
+    rows = []
+    for name, model in plausible(num_classes, spec, t_flops, names):
+        cap = capacity(model, spec)
+        rows += [{"name": name, "precision": p, "family": STUDENTS.get(name).family, "params": cap.params,
+                  "flops": cap.flops} for p in precs]
+    return sorted(rows, key=lambda r: (r["flops"], r["params"], -PRECISION_PREFERENCE[r["precision"]]))
+
+
+def export_wave(exporter, jobs: list[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+    """ONNX bytes for a wave of (name, precision) jobs (a seam: tests with fake clocks skip exporting)."""
+    return exporter.many(jobs)
+
+
 def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: RuntimeConfig,
            teacher_model=None, teacher_name: str = "teacher", names: tuple[str, ...] = (),
-           use_cache: bool = True, on_measure: Callable[[str], None] | None = None) -> Selection:
+           use_cache: bool = True, on_measure: Callable[[str], None] | None = None, precision: str = "fp32",
+           convert=None, prune: bool = True, workers: int | None = None, tune: bool = False,
+           latency_table: tuple[Path, dict[str, Any]] | None = None) -> Selection:
     """Measure the candidates (and the teacher), then choose the most capable one that meets the budget
     on two independent measurements. Without a budget nothing is chosen (the ladder only), except when a
-    single candidate was named (`distill --student`), which is then the choice."""
-    from ..students.registry import capacity
+    single candidate was named (`distill --student`), which is then the choice.
 
+    Candidates are measured in order of capacity (FLOPs, params); with a budget, one whose FLOPs and params
+    are both at least those of a same-family, same-precision candidate already measured over budget is
+    skipped (`prune`). Exports run in `workers` processes (default: the CPU limit). `precision` picks what
+    may ship (module doc); `convert` makes the fp16/int8 bytes. `tune` sweeps ORT settings for each
+    candidate that is confirmed. `latency_table` (path, table): take every figure from a table measured on
+    the target by `kdcompress profile` instead of measuring here."""
+    from ..students.registry import STUDENTS, capacity
+    from .ladder import Exporter
+
+    t_start = time.time()
     threads, note = resolve_threads(runtime.threads)
     runtime = replace(runtime, threads=threads)
-    cache = LatencyCache(enabled=use_cache)
-    teacher_flops = capacity(teacher_model, spec).flops if teacher_model is not None else None
+    precs, pnotes = measured_precisions(precision, runtime.provider)
+    notes = tuple(n for n in (note, *pnotes) if n)
+    cache = LatencyCache(enabled=use_cache and latency_table is None)
+    t_cap = capacity(teacher_model, spec) if teacher_model is not None else None
+    teacher_flops = t_cap.flops if t_cap is not None else None
+    workers = max(1, min(workers or cpu_limit(), cpu_limit()))
 
-    def key(name: str, model) -> str:
-        return cache.key(name, model, spec, num_classes, runtime, budget.batch)
+    caps = LatencyCache(cache.path.with_name("capacity.json"), enabled=use_cache)
+    info = {name: (None, cap, fam) for name, cap, fam in zoo_candidates(num_classes, spec, teacher_flops, names, caps)}
+    caps.save()
+
+    def model_of(name: str):
+        if info[name][0] is None:
+            info[name] = (STUDENTS.get(name).build(num_classes, spec), *info[name][1:])
+        return info[name][0]
+    jobs = sorted(((n, p) for n in info for p in precs),
+                  key=lambda j: (info[j[0]][1].flops, info[j[0]][1].params, -PRECISION_PREFERENCE[j[1]]))
+
+    def key(j: tuple[str, str]) -> str:
+        return cache.key(j[0], zoo_identity(j[0]), spec, num_classes, runtime, budget.batch, j[1])
 
     def fits(stats: LatencyStats) -> bool:
         return budget.ms is None or stats.stat(budget.stat) <= budget.ms
 
-    rows: list[Candidate] = []
-    models: dict[str, Any] = {}
-    for name, model in plausible(num_classes, spec, teacher_flops, names):
-        cap = capacity(model, spec)
-        stats = measure_cached(name, model, spec, num_classes, runtime, budget.batch, cache, on_measure)
-        rows.append(Candidate(name, cap.params, cap.flops, stats, fits(stats), cache.confirmed(key(name, model))))
-        models[name] = model
-    teacher = None
-    if teacher_model is not None:
-        cap = capacity(teacher_model, spec)
-        stats = measure_cached("__teacher__", teacher_model, spec, num_classes, runtime, budget.batch, cache,
-                               on_measure and (lambda _: on_measure(f"the teacher ({teacher_name})")))
-        teacher = Candidate(teacher_name, cap.params, cap.flops, stats, fits(stats))
-    cache.save()
+    rows: dict[tuple[str, str], Candidate] = {}
+    over: list[tuple[str, str, int, int, str]] = []  # family, precision, flops, params, name
+    skipped: list[dict[str, Any]] = []
+    counts = {"measured": 0, "cached": 0, "skipped": 0, "confirmations": 0}
+    data: dict[tuple[str, str], bytes] = {}
 
-    chosen: Candidate | None = None
-    if budget.ms is None:
-        chosen = rows[0] if len(names) == 1 else None
-    else:
-        by_capacity = sorted((c for c in rows if c.fits), key=lambda c: (c.flops, c.params), reverse=True)
-        if not by_capacity:
-            raise _budget_error(rows, budget, runtime.provider)
-        for c in by_capacity:
-            if not c.confirmed:
+    def pruned_by(j: tuple[str, str]) -> str | None:
+        if not prune or budget.ms is None:
+            return None
+        _, cap, fam = info[j[0]]
+        return next((n for f, p, fl, pa, n in over if f == fam and p == j[1] and cap.flops >= fl and cap.params >= pa),
+                    None)
+
+    def record(j, stats: LatencyStats, confirmed: bool, settings: SessionSettings | None) -> None:
+        _, cap, fam = info[j[0]]
+        rows[j] = Candidate(j[0], cap.params, cap.flops, stats, fits(stats), confirmed, j[1], fam,
+                            settings or SessionSettings(threads))
+        if not fits(stats):
+            over.append((fam, j[1], cap.flops, cap.params, j[0]))
+
+    def skip(j, by: str) -> None:
+        _, cap, fam = info[j[0]]
+        counts["skipped"] += 1
+        skipped.append({"name": j[0], "precision": j[1], "family": fam, "params": cap.params, "flops": cap.flops,
+                        "reason": f"at least the FLOPs and params of {by}, which measured over budget"})
+
+    def onnx_of(ex, j) -> bytes | None:
+        if j not in data:
+            data.update(export_wave(ex, [j]))
+        return data.get(j)
+
+    source = "measured"
+    provider = runtime.provider
+    with Exporter(num_classes, spec, convert, workers) as ex:
+        if latency_table is not None:
+            path, table = latency_table
+            check_table(table, path, input_shape=tuple(spec.shape), batch=budget.batch,
+                        wanted={model_key(*j): (info[j[0]][1].params, info[j[0]][1].flops) for j in jobs})
+            for j in jobs:
+                e = table["models"][model_key(*j)]
+                record(j, table_stats(e), True, SessionSettings.from_json(e.get("settings") or {}))
+            source, provider = f"latency-table:{path}", str(table.get("provider", provider))
+        i = 0
+        while latency_table is None and i < len(jobs):
+            wave: list[tuple[str, str]] = []
+            while i < len(jobs) and len(wave) < workers:
+                j = jobs[i]
+                i += 1
+                if (by := pruned_by(j)) is not None:
+                    skip(j, by)
+                elif (st := cache.get(key(j))) is not None:
+                    counts["cached"] += 1
+                    record(j, st, cache.confirmed(key(j)), cache.settings(key(j)))
+                else:
+                    wave.append(j)
+            if on_measure and wave:
+                on_measure(f"exporting {', '.join(n + ('' if p == 'fp32' else ' ' + p) for n, p in wave)}")
+            data.update(export_wave(ex, wave))
+            for j in wave:
+                if (by := pruned_by(j)) is not None:
+                    skip(j, by)
+                    continue
                 if on_measure:
-                    on_measure(f"{c.name} again (confirming it meets the budget)")
-                again = measure_model(models[c.name], spec, runtime, budget.batch)
-                slower = max(c.latency, again, key=lambda s: s.stat(budget.stat))
-                cache.put(key(c.name, models[c.name]), slower, confirmed=True)
-                cache.save()
-                c2 = replace(c, latency=slower, fits=fits(slower), confirmed=True)
-                rows[rows.index(c)] = c2
-                c = c2
-            if c.fits:
-                chosen = c
-                break
-        if chosen is None:
-            raise _budget_error(rows, budget, runtime.provider)
-    rows.sort(key=lambda c: (c.flops, c.params))
-    return Selection(chosen, tuple(rows), budget, runtime.provider, threads, teacher, (note,) if note else ())
+                    on_measure(j[0] if j[1] == "fp32" else f"{j[0]} ({j[1]})")
+                stats = measure_model(model_of(j[0]), spec, runtime, budget.batch, onnx=data.get(j), precision=j[1])
+                counts["measured"] += 1
+                cache.put(key(j), stats)
+                record(j, stats, False, None)
+        teacher = None
+        if teacher_model is not None and latency_table is None:
+            cap = t_cap
+            stats = measure_cached("__teacher__", teacher_model, spec, num_classes, runtime, budget.batch, cache,
+                                   on_measure and (lambda _: on_measure(f"the teacher ({teacher_name})")))
+            teacher = Candidate(teacher_name, cap.params, cap.flops, stats, fits(stats))
+        cache.save()
+
+        for j, c in list(rows.items()):
+            fp = rows.get((j[0], "fp32"))
+            if j[1] != "fp32" and fp is not None and c.latency.stat(budget.stat) >= fp.latency.stat(budget.stat):
+                rows[j] = replace(c, slower_than_fp32=True)
+
+        def confirm(c: Candidate) -> Candidate:
+            j = (c.name, c.precision)
+            if c.confirmed:
+                return c
+            counts["confirmations"] += 1
+            model = model_of(c.name)
+            if on_measure:
+                on_measure(f"{c.name} again (confirming it meets the budget{', tuning ORT settings' if tune else ''})")
+            settings = None
+            first = c.latency
+            if tune:
+                settings, first = tune_model(model, spec, runtime, budget.batch, budget.stat, onnx=onnx_of(ex, j),
+                                             precision=c.precision)
+            again = measure_model(model, spec, runtime, budget.batch, onnx=onnx_of(ex, j), precision=c.precision,
+                                  settings=settings)
+            slower = max(first, again, key=lambda s: s.stat(budget.stat))
+            cache.put(key(j), slower, confirmed=True, settings=settings)
+            cache.save()
+            rows[j] = replace(c, latency=slower, fits=fits(slower), confirmed=True,
+                              settings=settings or SessionSettings(threads))
+            return rows[j]
+
+        def best(allowed: tuple[str, ...]) -> Candidate | None:
+            while True:
+                ranked = sorted((c for c in rows.values() if c.fits and not c.slower_than_fp32 and c.precision in allowed),
+                                key=lambda c: (c.flops, c.params, PRECISION_PREFERENCE[c.precision]), reverse=True)
+                if not ranked:
+                    return None
+                c = confirm(ranked[0])
+                fp = rows.get((c.name, "fp32"))
+                if c.precision != "fp32" and fp is not None and c.latency.stat(budget.stat) >= fp.latency.stat(budget.stat):
+                    c = rows[(c.name, c.precision)] = replace(c, slower_than_fp32=True)
+                if c.fits and not c.slower_than_fp32:
+                    return c
+
+        chosen = fallback = None
+        if budget.ms is None:
+            chosen = rows[jobs[0]] if len(names) == 1 else None
+        else:
+            chosen = best(allowed_precisions(precision))
+            if chosen is None:
+                raise _budget_error(list(rows.values()), budget, provider)
+            if chosen.precision != "fp32":
+                fallback = best(("fp32",))
+    ordered = sorted(rows.values(), key=lambda c: (c.flops, c.params, -PRECISION_PREFERENCE[c.precision]))
+    counts["seconds"] = round(time.time() - t_start, 2)
+    return Selection(chosen, tuple(ordered), budget, provider, threads, teacher, notes, precision, fallback,
+                     tuple(skipped), source, counts)

@@ -18,7 +18,7 @@ from ..core.classes import is_index_names, match_classes
 from ..core.config import RuntimeConfig
 from ..core.errors import InputError, UsageError
 from ..core.onnxio import TOLERANCES, VARIANTS, Tolerance, detect_variant
-from ..core.ortbench import LatencyStats, check_onnx, make_session, measure_latency
+from ..core.ortbench import LatencyStats, check_onnx, make_session, measure_latency, stored_settings
 from ..core.spec import InputSpec
 from ..core.splits import Split, normalize
 from ..core.system import cap_threads
@@ -273,9 +273,11 @@ class ModelEval:
 def evaluate_model(label: str, source: Path | bytes, mi: ModelInput, split: Split, classes: tuple[str, ...],
                    runtime: RuntimeConfig, *, batch: int = 1, throughput_batch: int = THROUGHPUT_BATCH) -> ModelEval:
     """Accuracy, latency and throughput of one ONNX model (a file, or bytes such as a teacher exported in
-    memory) in ONNX Runtime with `runtime`'s provider and threads."""
+    memory) in ONNX Runtime with `runtime`'s provider and threads; without --threads, with the ORT settings
+    the file's metadata records (`ort_settings`, written by distill from what select measured)."""
     data = Path(source).read_bytes() if isinstance(source, Path) else source
-    sess = make_session(source, runtime.provider, runtime.threads)
+    settings = stored_settings(data) if runtime.threads is None else None
+    sess = make_session(source, runtime.provider, runtime.threads, settings)
     logits = onnx_logits(sess, mi, split)
     if logits.shape[1] != len(classes):
         raise InputError(f"{label} predicts {logits.shape[1]} classes but the data has {len(classes)}")

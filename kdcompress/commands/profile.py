@@ -1,0 +1,39 @@
+"""`kdcompress profile DIR`: time the candidate ladder that `select --export-candidates DIR` wrote, on the
+machine this runs on (the deployment target), and write DIR/latency.json for `--latency-table`.
+
+Imports only onnxruntime and numpy (through core.latencytable): the target needs no torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.latencytable import profile_dir
+from ..core.system import cpu_limit
+from . import Outcome
+
+
+def run_profile(f: dict[str, Any], console) -> Outcome:
+    from rich.table import Table
+
+    directory = Path(f["directory"])
+    out = Path(f["out"]) if f["out"] else directory / "latency.json"
+    with console.status("timing candidates in ONNX Runtime") as status:
+        table = profile_dir(directory, provider=f["provider"], threads=f["threads"], tune=f["tune"],
+                            cpu_limit=cpu_limit(), out=out, progress=lambda m: status.update(f"timing {m}"))
+    console.print(f"wrote {out}")
+    result = {"latency_table": str(out), **table}
+
+    def show() -> None:
+        from rich.console import Console
+
+        t = Table(title=f"latency on {table['machine'].get('cpu') or '?'} ({table['provider']}, batch {table['batch']})")
+        for col in ("model", "p50 ms", "p90 ms", "p99 ms", "threads", "opt", "execution"):
+            t.add_column(col, justify="left" if col in ("model", "opt", "execution") else "right")
+        for key, m in table["models"].items():
+            lat, s = m["latency_ms"], m["settings"]
+            t.add_row(key, f"{lat['p50']:.4f}", f"{lat['p90']:.4f}", f"{lat['p99']:.4f}", str(s["threads"]),
+                      s["opt_level"], s["execution"])
+        Console().print(t)
+
+    return Outcome(result, show)
