@@ -106,7 +106,7 @@ def main() -> None:
         trial_choice = (winner or sel.chosen).name
         rows.append((b, len(fits), best, sel.chosen.name, full[sel.chosen.name], trial_choice, full[trial_choice]))
 
-    print(f"\n| budget ms | fits | best test acc | FLOPs rule | its acc | trial rule | its acc |")
+    print("\n| budget ms | fits | best test acc | FLOPs rule | its acc | trial rule | its acc |")
     print("|---:|---:|---:|---|---:|---|---:|")
     for b, n, best, fc, fa, tc, ta in rows:
         print(f"| {b:.4f} | {n} | {100 * best:.2f} | {fc} | {100 * fa:.2f}{' *' if best - fa <= 0.005 else ''} | "

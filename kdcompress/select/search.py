@@ -29,7 +29,7 @@ from ..core.latencytable import check_table, model_key, table_stats
 from ..core.ortbench import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
 from ..core.runio import atomic_write_json
 from ..core.spec import InputSpec
-from .result import (PRECISION_PREFERENCE, PRECISIONS, Candidate, Selection, allowed_precisions,
+from .result import (PRECISION_PREFERENCE, Candidate, Selection, allowed_precisions,
                      measured_precisions)
 from ..core.system import cap_threads, cpu_limit, machine_fingerprint
 
