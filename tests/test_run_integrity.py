@@ -338,7 +338,8 @@ def test_onnx_teacher_with_external_data_works_end_to_end(tmp_path):
                       dynamic_shapes=({0: torch.export.Dim("batch")},))
     assert (tdir / "t.onnx.data").exists()  # the weights live beside the graph
     out = tmp_path / "run"
-    r = runner.invoke(app, _distill(tdir / "t.onnx", out, "--mean", "0.5", "--std", "0.25", "--json"))
+    r = runner.invoke(app, _distill(tdir / "t.onnx", out, "--mean", "0.5", "--std", "0.25", "--json",
+                                       "--allow-weak-teacher"))  # an untrained teacher: plumbing only
     assert r.exit_code == 0, r.output
     assert not (out / "teacher.onnx.data").exists()
     sess = make_session((out / "teacher.onnx").read_bytes())  # the run's copy stands alone
