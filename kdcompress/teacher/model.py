@@ -47,7 +47,7 @@ class Teacher:
     path: Path
     sha256: str
     metrics: dict[str, Any] = field(default_factory=dict)
-    format: str = "kdcompress"  # kdcompress | state_dict | checkpoint | torchscript | onnx | pickle
+    format: str = "kdcompress"  # kdcompress | state_dict | checkpoint | lightning | safetensors | hf_folder | torchscript | onnx | pickle
     flops: int | None = None  # forward FLOPs at batch 1 (None: not countable, e.g. an ONNX teacher)
     embed_via: str | None = None  # EMBED_TIMM | EMBED_HOOK | EMBED_CHILDREN | None
     head: str | None = None  # module name of the classifier Linear (EMBED_HOOK, EMBED_CHILDREN)
