@@ -50,11 +50,25 @@ def _to_linear(t: Tensor, linear: nn.Module) -> Tensor:
     return t
 
 
+def last_linear(model: nn.Module) -> str | None:
+    """Dotted name of the classifier the children route ends at: the last Linear among the (Sequential-
+    expanded) children, looking inside the last child that holds one (nn.Sequential(net, nn.Softmax()))."""
+    for name, m in reversed(_leaves(model)):
+        if _kind(m) == "Linear":
+            return name
+        inner = last_linear(m) if any(_kind(c) == "Linear" for c in m.modules()) else None
+        if inner:
+            return f"{name}.{inner}"
+    return None
+
+
 def _children_forward(model: nn.Module, x: Tensor, head: str) -> tuple[Tensor, Tensor]:
-    leaves = _leaves(model)
     emb: Tensor | None = None
     t = x
-    for name, m in leaves:
+    for name, m in _leaves(model):
+        if head.startswith(name + "."):  # the classifier is inside this child: run it the same way
+            t, emb = _children_forward(m, t, head[len(name) + 1:])
+            continue
         if _kind(m) == "Linear":
             t = _to_linear(t, m)
         if name == head:
@@ -111,13 +125,13 @@ def find_embedding(model: nn.Module, x: Tensor, logits: Tensor) -> tuple[str | N
                 continue
             if _same(lg, logits) and emb.shape[0] == x.shape[0]:
                 return EMBED_HOOK, name, int(emb.shape[1])
-    linears = [n for n, m in _leaves(model) if _kind(m) == "Linear"]
-    if linears:
+    head = last_linear(model)
+    if head:
         try:
             with torch.no_grad():
-                lg, emb = forward_with_embed(model, x, EMBED_CHILDREN, linears[-1])
+                lg, emb = forward_with_embed(model, x, EMBED_CHILDREN, head)
             if _same(lg, logits) and emb.shape[0] == x.shape[0]:
-                return EMBED_CHILDREN, linears[-1], int(emb.shape[1])
+                return EMBED_CHILDREN, head, int(emb.shape[1])
         except Exception:  # the children do not compose into the forward (functional ops between them)
             pass
     return None, None, None
