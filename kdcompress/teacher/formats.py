@@ -273,7 +273,19 @@ def _load_onnx(path: Path, opt: TeacherOptions) -> Teacher:
     return replace(t, params=params)
 
 
+TEACHER_FLAGS = ("--teacher-arch", "--num-classes", "--classes", "--input-shape", "--mean", "--std")
+
+
 def load_teacher(path: Path, *, trust: bool = False, options: TeacherOptions | None = None) -> Teacher:
     """Load a teacher in any supported format (see this module); flags in `options` override what
-    the file records. Pickled code runs only with trust=True (--trust-checkpoint)."""
-    return load_any(Path(path), options or TeacherOptions(), trust=trust)
+    the file records. Pickled code runs only with trust=True (--trust-checkpoint). options=None means the
+    calling command has no teacher flags: a hint naming one is replaced by what that command can take."""
+    try:
+        return load_any(Path(path), options or TeacherOptions(), trust=trust)
+    except UsageError as e:
+        msg = str(e)
+        if options is not None or not any(f in msg for f in TEACHER_FLAGS):
+            raise
+        cause = msg.split("; give ")[0].split("; use ")[0]
+        raise UsageError(f"{cause}; this command has no teacher flags: give it a teacher file that records them "
+                         "(a kdcompress checkpoint, or the teacher.onnx a distill run writes)") from None
