@@ -6,7 +6,7 @@ pre_logits=False)` -> logits (or the pooled penultimate embedding with pre_logit
 this package registers every family.
 """
 
-from . import cifar_resnet, mobilenetv2, shufflenetv2, tiny, torchvision_zoo, vgg, wrn  # noqa: F401  (registration)
+from . import cifar_resnet, mobilenetv2, shufflenetv2, timm_zoo, tiny, torchvision_zoo, vgg, wrn  # noqa: F401  (registration)
 from .checkpoint import load_checkpoint, model_from_kdcompress_dict
 from .registry import STUDENTS, Capacity, StudentSpec, build_student, capacity, register, width_tag
 
