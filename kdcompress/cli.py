@@ -128,7 +128,7 @@ Device = Annotated[str, typer.Option(help="Training device: auto, cpu or cuda.")
 Provider = Annotated[str, typer.Option(help="ONNX Runtime execution provider for latency: cpu, cuda, tensorrt.")]
 Threads = Annotated[int | None, typer.Option(help="ORT intra-op threads for latency (default 1).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
-TeacherArch = Annotated[str | None, typer.Option("--teacher-arch", help="Architecture of a weights-only teacher: a torchvision model (resnet18) or a zoo name (resnet8x4); torchvision:NAME / zoo:NAME to disambiguate.")]
+TeacherArch = Annotated[str | None, typer.Option("--teacher-arch", help="Architecture of a weights-only teacher: a torchvision model (resnet18), timm:NAME (a timm model) or a zoo name (resnet8x4); torchvision:NAME / zoo:NAME to disambiguate.")]
 NumClasses = Annotated[int | None, typer.Option("--num-classes", help="Teacher's class count (when the file does not record it).")]
 Classes = Annotated[str | None, typer.Option("--classes", help="Teacher's class names in output order: a,b,c or a text file with one per line.")]
 InputShape = Annotated[str | None, typer.Option("--input-shape", help="Teacher's input C,H,W, e.g. 3,224,224.")]
@@ -152,11 +152,12 @@ MaxAccuracyDrop = Annotated[float | None, typer.Option(
 
 @app.command()
 def distill(
-    teacher: Annotated[Path, typer.Option(help="Teacher: kdcompress checkpoint, state_dict (+ --teacher-arch), dict checkpoint, TorchScript or .onnx.")],
+    teacher: Annotated[Path, typer.Option(help="Teacher: kdcompress checkpoint, state_dict or .safetensors (+ --teacher-arch), dict or Lightning checkpoint, Hugging Face-style folder, TorchScript or .onnx.")],
     data: Annotated[str, typer.Option(help="Dataset spec: digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, cifar10:/root, cifar100:/root, mnist:/root, fashionmnist:/root.")],
     budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per image, ms.")] = None,
     preset: Annotated[str, typer.Option(help="Preset name or a .toml path.")] = "kd",
     student: Annotated[str | None, typer.Option(help="Skip selection and use this student.")] = None,
+    student_init: Annotated[str | None, typer.Option("--student-init", help="Initial student weights: a state_dict file for the chosen student, or 'pretrained' (timm/torchvision students; local caches only unless --download).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the preset's).")] = None,
     stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50 or p90.")] = "p50",
     device: Device = "auto",
@@ -172,7 +173,7 @@ def distill(
     input_shape: InputShape = None,
     mean: Mean = None,
     std: Std = None,
-    download: Annotated[bool, typer.Option("--download", help="Let cifar10/cifar100/mnist/fashionmnist download into their root.")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Let cifar10/cifar100/mnist/fashionmnist download into their root, and --student-init pretrained fetch weights.")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the student's training forward (faster steps on a GPU after a compile pause).")] = False,
     fp16: Fp16 = False,
     int8: Int8 = False,

@@ -96,9 +96,9 @@ def onnx_metadata(*, arch: str, splits: DataSplits, teacher: Teacher, preset: st
 
 
 def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: ExportOptions | None = None,
-            gates: Gates | None = None) -> dict[str, Any]:
+            gates: Gates | None = None, student_init: str | None = None) -> dict[str, Any]:
     """The whole job. `export_opts` picks the ONNX variants (fp32 only by default); `gates` defaults to
-    the parity gate alone. The report says whether the gates passed; the CLI turns a failure into exit 5."""
+    the parity gate alone; `student_init` (--student-init) is a state_dict path or 'pretrained'. The report says whether the gates passed; the CLI turns a failure into exit 5."""
     console = console or Console(stderr=True)
     export_opts = export_opts or ExportOptions()
     gates = gates or Gates(budget_stat=cfg.budget.stat)
@@ -133,12 +133,14 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
         console.print("[yellow]warning:[/] the teacher itself meets this budget")
 
     fingerprint = {"arch": arch, "data": cfg.data, "teacher": teacher.sha256,
-                   "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json()}
+                   "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json(),
+                   **({"student_init": student_init} if student_init else {})}
     with process_settings(device):
         result: TrainResult = train(
             arch=arch, splits=splits, spec=spec, preset=cfg.preset, teacher=teacher, run=run, device=device,
             fingerprint=fingerprint, console=console, restart=cfg.restart, dist=ddp, compile=cfg.runtime.compile,
-            make_student=lambda: students.build_student(arch, splits.num_classes, spec),
+            make_student=lambda: students.initialise(students.build_student(arch, splits.num_classes, spec), arch,
+                                                     student_init, spec, splits.num_classes, download=cfg.download),
             make_objective=lambda ctx: losses.Objective(cfg.preset.terms, ctx))
     if not ddp.is_main:
         return {}  # export, validation and the report are rank 0's

@@ -40,7 +40,7 @@ def run_distill(f: dict[str, Any], console) -> Outcome:
     cfg = run_config(f)
     gates = Gates(f["min_agreement"], f["max_accuracy_drop"], f["budget_ms"], f["stat"])
     opts = ExportOptions(fp16=f["fp16"], int8=f["int8"], calib=f["calib"], simplify=f["simplify"])
-    report = distill(cfg, console, export_opts=opts, gates=gates)
+    report = distill(cfg, console, export_opts=opts, gates=gates, student_init=f["student_init"])
     if not report:  # a torchrun process other than rank 0: rank 0 reports
         return Outcome(None)
     return Outcome(report, lambda: render.distill_summary(report), lambda: raise_for_gates(report))
