@@ -192,7 +192,32 @@ def test_trusted_pickle_whose_module_is_missing_says_so(tmp_path):
 def test_commands_without_teacher_flags_do_not_suggest_them(tmp_path, timm_model):
     torch.save(timm_model.state_dict(), tmp_path / "m.pth")  # needs --teacher-arch, which validate/select lack
     with pytest.raises(UsageError) as e:
-        load_teacher(tmp_path / "m.pth")
+        load_teacher(tmp_path / "m.pth", flags=False)
     assert "this command has no teacher flags" in str(e.value) and "--teacher-arch" not in str(e.value)
     with pytest.raises(UsageError, match="--teacher-arch"):  # distill and teacher inspect have it
-        load_teacher(tmp_path / "m.pth", options=TeacherOptions())
+        load_teacher(tmp_path / "m.pth")
+
+
+class _Functional(nn.Module):
+    """Children conv, fc; forward does more than run them in order (a functional op between)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.conv(x)).amax((2, 3)) * 2.0)
+
+
+def test_scripted_teacher_whose_children_do_not_compose_is_logits_only(tmp_path):
+    from kdcompress.core.types import NEED_TEACHER_EMBED
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(_Functional().eval()).save(str(tmp_path / "f.pt"))
+    t = load_teacher(tmp_path / "f.pt", options=TeacherOptions(**IN32))
+    assert t.logits_only and t.embed_via is None  # the children route did not reproduce its logits
+    with pytest.raises(UsageError, match="preset 'nd' needs the teacher's penultimate features"):
+        t.check_needs([NEED_TEACHER_EMBED], "nd")

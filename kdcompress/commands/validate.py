@@ -37,7 +37,7 @@ def _teacher_source(teacher: Path, splits: DataSplits, mean, std, layout, warn):
             mi = describe(teacher, data_shape=splits.shape, mean=mean, std=std, layout=layout)
         info = {"path": str(teacher)}
         return (Path(teacher), mi), info
-    t = load_teacher(Path(teacher))
+    t = load_teacher(Path(teacher), flags=False)  # validate has no teacher flags to suggest
     check_fit(f"teacher {teacher}", t.classes, t.input_spec, splits, warn)
     data = onnx_bytes(t.model, t.input_spec)
     mi = ModelInput(INPUT_NAME, "NCHW", t.input_spec, "tensor(float)", None, t.classes, "fp32", {})

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 
 class PooledHead(nn.Module):
-    embed_dim: int
+    # (no class-level annotations: torch.jit.script would read them as attribute types)
 
     def init_head(self, embed_dim: int, num_classes: int, *, pre: nn.Module | None = None,
                   fc: nn.Linear | None = None) -> None:

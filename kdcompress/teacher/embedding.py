@@ -73,7 +73,8 @@ def _children_forward(model: nn.Module, x: Tensor, head: str) -> tuple[Tensor, T
             t = _to_linear(t, m)
         if name == head:
             emb = t
-        t = m(t)
+        if _kind(m) != "Identity":  # a traced Identity cannot be called on its own ("Trace submodules")
+            t = m(t)
     if emb is None:
         raise ValueError(f"no child named {head}")
     return t, emb

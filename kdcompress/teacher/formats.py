@@ -276,15 +276,16 @@ def _load_onnx(path: Path, opt: TeacherOptions) -> Teacher:
 TEACHER_FLAGS = ("--teacher-arch", "--num-classes", "--classes", "--input-shape", "--mean", "--std")
 
 
-def load_teacher(path: Path, *, trust: bool = False, options: TeacherOptions | None = None) -> Teacher:
+def load_teacher(path: Path, *, trust: bool = False, options: TeacherOptions | None = None,
+                 flags: bool = True) -> Teacher:
     """Load a teacher in any supported format (see this module); flags in `options` override what
-    the file records. Pickled code runs only with trust=True (--trust-checkpoint). options=None means the
-    calling command has no teacher flags: a hint naming one is replaced by what that command can take."""
+    the file records. Pickled code runs only with trust=True (--trust-checkpoint). flags=False: the calling
+    command has no teacher flags, so a hint naming one is replaced by what that command can take."""
     try:
         return load_any(Path(path), options or TeacherOptions(), trust=trust)
     except UsageError as e:
         msg = str(e)
-        if options is not None or not any(f in msg for f in TEACHER_FLAGS):
+        if flags or not any(f in msg for f in TEACHER_FLAGS):
             raise
         cause = msg.split("; give ")[0].split("; use ")[0]
         raise UsageError(f"{cause}; this command has no teacher flags: give it a teacher file that records them "
