@@ -169,11 +169,12 @@ from .commands.flags import (Out, SetOpt, Device, Provider, Threads, Json, Teach
 
 @app.command()
 def distill(
-    teacher: Annotated[Path, typer.Option(help="Teacher: kdcompress checkpoint, state_dict (+ --teacher-arch), dict checkpoint, TorchScript or .onnx.")],
+    teacher: Annotated[Path, typer.Option(help="Teacher: kdcompress checkpoint, state_dict or .safetensors (+ --teacher-arch), dict or Lightning checkpoint, Hugging Face-style folder, TorchScript or .onnx.")],
     data: Annotated[str, typer.Option(help="Dataset spec: digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, cifar10:/root, cifar100:/root, mnist:/root, fashionmnist:/root.")],
     budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per image, ms.")] = None,
     preset: Annotated[str, typer.Option(help="Preset name or a .toml path.")] = "kd",
     student: Annotated[str | None, typer.Option(help="Skip selection and use this student.")] = None,
+    student_init: Annotated[str | None, typer.Option("--student-init", help="Initial student weights: a state_dict file for the chosen student, or 'pretrained' (timm/torchvision students; local caches only unless --download).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the preset's).")] = None,
     stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50, p90 or p99.")] = "p50",
     device: Device = "auto",
@@ -190,7 +191,7 @@ def distill(
     input_shape: InputShape = None,
     mean: Mean = None,
     std: Std = None,
-    download: Annotated[bool, typer.Option("--download", help="Let cifar10/cifar100/mnist/fashionmnist download into their root.")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Let cifar10/cifar100/mnist/fashionmnist download into their root, and --student-init pretrained fetch weights.")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the student's training forward (faster steps on a GPU after a compile pause).")] = False,
     fp16: Fp16 = False,
     int8: Int8 = False,

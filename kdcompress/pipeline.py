@@ -159,12 +159,13 @@ def onnx_metadata(*, arch: str, splits: DataSplits, teacher: Teacher, preset: st
 
 def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: ExportOptions | None = None,
             gates: Gates | None = None, select_opts: SelectOptions | None = None, force: bool = False,
-            allow_weak_teacher: bool = False) -> dict[str, Any]:
+            allow_weak_teacher: bool = False, student_init: str | None = None) -> dict[str, Any]:
     """The whole job. `export_opts` picks the ONNX variants (fp32 only by default); `gates` defaults to
     the parity gate alone; `select_opts` the precision, latency table, ORT tuning and ranking of the
     selection. The report says whether the gates passed; the CLI turns a failure into exit 5.
     `force`: write into a non-empty --out that is not a kdcompress run (its files stay untouched).
-    `allow_weak_teacher`: distil from a teacher that scores near chance on the validation split."""
+    `allow_weak_teacher`: distil from a teacher that scores near chance on the validation split.
+    `student_init` (--student-init): a state_dict path or 'pretrained'."""
     console = console or Console(stderr=True)
     select_opts = select_opts or SelectOptions()
     export_opts = export_opts or ExportOptions()
@@ -177,12 +178,13 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
     with contextlib.ExitStack() as held:
         # --out is checked and locked before any work; nothing in it changes until every check passed
         ddp.on_main(lambda: held.enter_context(run.claim(force=force)))
-        return _distill(cfg, console, run, ddp, device, runtime, export_opts, gates, allow_weak_teacher, select_opts)
+        return _distill(cfg, console, run, ddp, device, runtime, export_opts, gates, allow_weak_teacher, select_opts,
+                        student_init)
 
 
 def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime: RuntimeConfig,
              export_opts: ExportOptions, gates: Gates, allow_weak_teacher: bool,
-             select_opts: SelectOptions) -> dict[str, Any]:
+             select_opts: SelectOptions, student_init: str | None) -> dict[str, Any]:
     teacher = ddp.main_first(lambda: load_teacher(cfg.teacher, trust=cfg.trust_checkpoint, options=cfg.teacher_options))
     # a logits-only teacher with a feature-based preset fails here, in seconds
     teacher.check_needs(losses.preset_needs(cfg.preset), cfg.preset.name)
@@ -207,7 +209,8 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
         selection = rank_by_trial(selection, cfg, select_opts, teacher, splits, run, device, ddp, console)
     arch = selection.chosen.name
     fingerprint = {"arch": arch, "data": cfg.data, "teacher": teacher.sha256,
-                   "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json()}
+                   "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json(),
+                   **({"student_init": student_init} if student_init else {})}
 
     def begin() -> None:
         """The first writes, once every check passed: a different configuration in the run directory is
@@ -243,7 +246,9 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
             result: TrainResult = train(
                 arch=arch, splits=splits, spec=spec, preset=cfg.preset, teacher=teacher, run=run, device=device,
                 fingerprint=fingerprint, console=console, restart=False, dist=ddp, compile=cfg.runtime.compile,
-                make_student=lambda: students.build_student(arch, splits.num_classes, spec),
+                make_student=lambda: students.initialise(students.build_student(arch, splits.num_classes, spec), arch,
+                                                         student_init, spec, splits.num_classes,
+                                                         download=cfg.download),
                 make_objective=lambda ctx: losses.Objective(cfg.preset.terms, ctx))
     except KdError as e:
         if cfg.restart:  # the old run is gone already: rerunning with --restart would discard the new one

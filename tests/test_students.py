@@ -19,7 +19,10 @@ SMALL = [n for n in ALL if STUDENTS.get(n).min_input is None]
 LARGE = [n for n in ALL if STUDENTS.get(n).min_input is not None]
 # One per family, cheap to export, always exported; the rest of the zoo only with `pytest -m slow`.
 # (TinyCNN is exported by test_select's real measurement and by the distill tests.)
-EXPORT_FAST = ["resnet8", "wrn10_1", "mobilenetv2_x0_25", "shufflenetv2_x0_5", "vgg8_x0_25", "squeezenet1_1"]
+EXPORT_FAST = ["resnet8", "wrn10_1", "mobilenetv2_x0_25", "shufflenetv2_x0_5", "vgg8_x0_25", "squeezenet1_1",
+               "timm_mobilenetv3_small_050"]
+TORCHVISION = [n for n in LARGE if STUDENTS.get(n).family.startswith("tv_")]
+TIMM = [n for n in LARGE if STUDENTS.get(n).family.startswith("timm_")]
 
 
 def smallest_spec(name: str, channels: int = 1) -> InputSpec:
@@ -99,7 +102,7 @@ def test_interface_matches_forward(name):
     assert cap.params == sum(p.numel() for p in model.parameters()) and cap.flops > 0
 
 
-@pytest.mark.parametrize("name", LARGE)
+@pytest.mark.parametrize("name", TORCHVISION)
 def test_torchvision_three_channels_keeps_the_stock_stem(name):
     import torchvision.models as tvm
 
@@ -112,6 +115,21 @@ def test_torchvision_three_channels_keeps_the_stock_stem(name):
     # the wrapper re-uses torchvision's layers: same parameter count except SqueezeNet's linear head,
     # whose 1x1-conv weights become a linear layer's (same count as well)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in stock.parameters())
+
+
+def test_timm_students_cover_the_mobile_families_and_are_timm_models():
+    import timm
+
+    families = {STUDENTS.get(n).family for n in TIMM}
+    assert {"timm_mobilenetv3", "timm_mobilenetv4", "timm_efficientnet", "timm_ghostnet", "timm_lcnet"} <= families
+    for n in ("timm_mobilenetv3_small_100", "timm_mobilenetv3_large_100", "timm_mobilenetv4_conv_small",
+              "timm_mobilenetv4_conv_medium", "timm_efficientnet_lite0", "timm_efficientnet_b0"):
+        assert n in TIMM and STUDENTS.get(n).min_input == LARGE_MIN_INPUT
+    spec = InputSpec((3, 96, 96), (0.5,) * 3, (0.25,) * 3)
+    model = STUDENTS.get("timm_mobilenetv3_small_100").build(5, spec)
+    stock = timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=5)
+    assert list(model.state_dict()) == list(stock.state_dict())  # timm's own keys: its checkpoints load as they are
+    assert model.embed_dim == stock.head_hidden_size == 1024
 
 
 def _export_parity(name: str) -> None:

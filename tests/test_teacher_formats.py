@@ -75,7 +75,7 @@ def test_kdcompress_checkpoint_gives_logits_and_features(tmp_path, model, x):
     assert t.params == sum(p.numel() for p in model.parameters()) and t.flops > 0
 
 
-def test_plain_state_dict_needs_arch_classes_and_input_flags(tmp_path, model, x):
+def test_plain_state_dict_needs_arch_and_input_flags_and_infers_the_class_count(tmp_path, model, x):
     path = tmp_path / "sd.pt"
     torch.save(model.state_dict(), path)
     t = load_teacher(path, options=FLAGS)
@@ -83,7 +83,6 @@ def test_plain_state_dict_needs_arch_classes_and_input_flags(tmp_path, model, x)
     assert torch.equal(t.outputs(x).logits, _ref(model, x)[0])
     cases = [
         (TeacherOptions(num_classes=3, input_shape=(1, 8, 8), mean=(0.5,), std=(0.25,)), "--teacher-arch"),
-        (TeacherOptions(arch="tinycnn_w8", input_shape=(1, 8, 8), mean=(0.5,), std=(0.25,)), "--num-classes"),
         (TeacherOptions(arch="tinycnn_w8", num_classes=3, mean=(0.5,), std=(0.25,)), "--input-shape"),
         (TeacherOptions(arch="tinycnn_w8", num_classes=3, input_shape=(1, 8, 8), std=(0.25,)), "--mean"),
         (TeacherOptions(arch="tinycnn_w8", num_classes=3, input_shape=(1, 8, 8), mean=(0.5,)), "--std"),
@@ -91,7 +90,10 @@ def test_plain_state_dict_needs_arch_classes_and_input_flags(tmp_path, model, x)
     for opts, flag in cases:
         with pytest.raises(UsageError, match=flag):
             load_teacher(path, options=opts)
-    with pytest.raises(InputError, match="do not fit --teacher-arch tinycnn_w16"):
+    # no --num-classes: the count is the classifier weight's rows, confirmed by loading
+    t = load_teacher(path, options=TeacherOptions(arch="tinycnn_w8", input_shape=(1, 8, 8), mean=(0.5,), std=(0.25,)))
+    assert t.num_classes == 3 and torch.equal(t.outputs(x).logits, _ref(model, x)[0])
+    with pytest.raises(InputError, match="do not fit the kdcompress zoo's tinycnn_w16"):
         load_teacher(path, options=TeacherOptions(**{**FLAGS.__dict__, "arch": "tinycnn_w16"}))
     with pytest.raises(UsageError, match="did you mean 'tinycnn_w8'"):
         load_teacher(path, options=TeacherOptions(**{**FLAGS.__dict__, "arch": "tinycnn_w88"}))
@@ -139,7 +141,7 @@ def test_torchvision_state_dict_features_come_from_the_classifier_input(tmp_path
 # ----------------------------------------------------------------------------------------- TorchScript
 
 
-def test_torchscript_scripted_keeps_features_traced_is_logits_only(tmp_path, model, x):
+def test_torchscript_scripted_and_traced_keep_features_through_their_children(tmp_path, model, x):
     logits, emb = _ref(model, x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -157,7 +159,11 @@ def test_torchscript_scripted_keeps_features_traced_is_logits_only(tmp_path, mod
         load_teacher(tmp_path / "s.pt", options=TeacherOptions(num_classes=4, input_shape=(1, 8, 8), mean=(0.5,),
                                                                std=(0.25,)))
     t = load_teacher(tmp_path / "t.pt", options=TeacherOptions(input_shape=(1, 8, 8), mean=(0.5,), std=(0.25,)))
-    assert t.logits_only and torch.allclose(t.outputs(x).logits, logits, atol=1e-6)
+    # scripting keeps forward_features/forward_head; the traced one has only forward, and hooks cannot run
+    # in TorchScript: its embedding comes from running its children in order
+    assert s.embed_via == "forward_head" and t.embed_via == "children" and t.embed_dim == 16
+    out_t = t.outputs(x, want_embed=True)
+    assert torch.allclose(out_t.logits, logits, atol=1e-6) and torch.allclose(out_t.embed, emb, atol=1e-6)
     # the TorchScript file exports to ONNX (the dynamo exporter cannot take a ScriptModule)
     import onnxruntime as ort
 

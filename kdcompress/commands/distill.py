@@ -46,7 +46,7 @@ def run_distill(f: dict[str, Any], console) -> Outcome:
     sopts = SelectOptions(precision=f["precision"], max_precision_drop=f["max_precision_drop"],
                           latency_table=f["latency_table"], tune=f["tune"], rank=f["rank"], trial_top=f["trial_top"],
                           trial_budget=f["trial_budget"])
-    report = distill(cfg, console, export_opts=opts, gates=gates, select_opts=sopts,
+    report = distill(cfg, console, export_opts=opts, gates=gates, select_opts=sopts, student_init=f["student_init"],
                      force=f["force"], allow_weak_teacher=bool(f.get("allow_weak_teacher")))
     if not report:  # a torchrun process other than rank 0: rank 0 reports
         return Outcome(None)

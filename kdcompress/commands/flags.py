@@ -14,7 +14,7 @@ Device = Annotated[str, typer.Option(help="Training device: auto, cpu or cuda.")
 Provider = Annotated[str, typer.Option(help="ONNX Runtime execution provider for latency: cpu, cuda, tensorrt.")]
 Threads = Annotated[int | None, typer.Option(help="ORT intra-op threads for latency (default 1).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
-TeacherArch = Annotated[str | None, typer.Option("--teacher-arch", help="Architecture of a weights-only teacher: a torchvision model (resnet18) or a zoo name (resnet8x4); torchvision:NAME / zoo:NAME to disambiguate.")]
+TeacherArch = Annotated[str | None, typer.Option("--teacher-arch", help="Architecture of a weights-only teacher: a torchvision model (resnet18), timm:NAME (a timm model) or a zoo name (resnet8x4); torchvision:NAME / zoo:NAME to disambiguate.")]
 NumClasses = Annotated[int | None, typer.Option("--num-classes", help="Teacher's class count (when the file does not record it).")]
 Classes = Annotated[str | None, typer.Option("--classes", help="Teacher's class names in output order: a,b,c or a text file with one per line.")]
 InputShape = Annotated[str | None, typer.Option("--input-shape", help="Teacher's input C,H,W, e.g. 3,224,224.")]

@@ -24,7 +24,7 @@ def inspect_teacher(path: Path, *, options: TeacherOptions | None = None, trust:
         "path": str(t.path), "format": t.format, "arch": t.arch, "sha256": t.sha256,
         "params": t.params, "flops": t.flops, "num_classes": t.num_classes, "classes": list(t.classes),
         "input_spec": t.input_spec.to_json(), "layout": layout, "embed_dim": t.embed_dim, "logits_only": t.logits_only,
-        "features": t.embed_via, "metrics": t.metrics,
+        "features": t.embed_via, "outputs": t.output, "metrics": t.metrics,
         "latency_ms": lat.to_json(), "provider": provider, "threads": threads or 1,
     }
 

@@ -95,6 +95,7 @@ def teacher_table(info: dict[str, Any]) -> None:
         ("classes", f"{info['num_classes']}: " + ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")),
         ("input", f"{'x'.join(map(str, spec['shape']))} NCHW, mean {spec['mean']}, std {spec['std']}"),
         ("features", "logits only" if info["logits_only"] else f"embedding of {info['embed_dim']} ({info['features']})"),
+        ("outputs", info.get("outputs", "logits") + (" (used as log-probabilities)" if info.get("outputs") == "probabilities" else "")),
         (f"ORT latency ({info['provider']}, {info['threads']} thr, batch 1)",
          f"p50 {lat['p50']:.4f} ms, p90 {lat['p90']:.4f} ms, p99 {lat['p99']:.4f} ms"),
         ("sha256", info["sha256"]),

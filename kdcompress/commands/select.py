@@ -41,7 +41,7 @@ def run_select(*, teacher: Path, budget: Budget, runtime: RuntimeConfig, candida
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
     table = latency_table_arg(latency_table)
-    t = load_teacher(teacher, trust=trust_checkpoint)
+    t = load_teacher(teacher, trust=trust_checkpoint, flags=False)  # select has no teacher flags
     shape = "x".join(str(v) for v in t.input_spec.shape)
     with console.status("measuring student candidates in ONNX Runtime") as status:
         sel = select(num_classes=t.num_classes, spec=t.input_spec, budget=budget, runtime=runtime,

@@ -40,7 +40,7 @@ def _teacher_source(teacher: Path, splits: DataSplits, mean, std, layout, warn):
         mi = map_classes(mi, splits.classes, f"teacher {teacher}", warn)
         info = {"path": str(teacher)}
         return (Path(teacher), mi), info
-    t = load_teacher(Path(teacher))
+    t = load_teacher(Path(teacher), flags=False)  # validate has no teacher flags to suggest
     cols = check_fit(f"teacher {teacher}", t.classes, t.input_spec, splits, warn, recorded=False)
     data = onnx_bytes(t.model, t.input_spec)
     mi = ModelInput(INPUT_NAME, "NCHW", t.input_spec, "tensor(float)", None, t.classes, "fp32", {},

@@ -116,6 +116,14 @@ def safe_torch_load(path: Path, *, trust: bool = False) -> Any:
                 "it was not loaded. Re-run with --trust-checkpoint only if you trust its source"
             ) from None
         raise InputError(f"{path} is not a readable checkpoint (corrupt, or not a PyTorch file)") from None
+    except ModuleNotFoundError as e:  # trusted pickle of a class whose module is not importable here
+        raise InputError(f"{path} pickles a model whose Python module '{e.name}' cannot be imported; install it "
+                         "or add its folder to PYTHONPATH (or save a state_dict / TorchScript instead)") from None
+    except AttributeError as e:  # "Can't get attribute 'Net' on <module '__main__' ...>"
+        first = " ".join(str(e).split())[:200]
+        raise InputError(f"{path} pickles a model whose class cannot be found ({first}); make the module that "
+                         "defines it importable (a class defined in the saving script's __main__ is not), "
+                         "or save a state_dict / TorchScript instead") from None
     except (RuntimeError, OSError) as e:  # torch's zip reader says what is wrong in its first sentence
         first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
         raise InputError(f"{path} is not a readable checkpoint: {first[:200]}") from None

@@ -6,9 +6,10 @@ pre_logits=False)` -> logits (or the pooled penultimate embedding with pre_logit
 this package registers every family.
 """
 
-from . import cifar_resnet, mobilenetv2, shufflenetv2, tiny, torchvision_zoo, vgg, wrn  # noqa: F401  (registration)
+from . import cifar_resnet, mobilenetv2, shufflenetv2, timm_zoo, tiny, torchvision_zoo, vgg, wrn  # noqa: F401  (registration)
 from .checkpoint import load_checkpoint, model_from_kdcompress_dict
+from .init import initialise
 from .registry import STUDENTS, Capacity, StudentSpec, build_student, capacity, register, width_tag
 
-__all__ = ["STUDENTS", "Capacity", "StudentSpec", "build_student", "capacity", "load_checkpoint",
+__all__ = ["STUDENTS", "Capacity", "StudentSpec", "build_student", "capacity", "initialise", "load_checkpoint",
            "model_from_kdcompress_dict", "register", "width_tag"]

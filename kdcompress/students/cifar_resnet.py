@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .head import PooledHead
 from .registry import StudentSpec, register
 
 
@@ -27,7 +28,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(PooledHead):
     def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 20,
                  widths: tuple[int, int, int, int] = (16, 16, 32, 64)):
         super().__init__()
@@ -43,25 +44,13 @@ class CifarResNet(nn.Module):
                 blocks.append(BasicBlock(c_in, c_out, 2 if (stage > 0 and i == 0) else 1))
                 c_in = c_out
         self.layers = nn.Sequential(*blocks)
-        self.embed_dim = c_in
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
+        self.init_head(c_in, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.layers(self.stem(x))
-
-    def forward_head(self, f: Tensor, pre_logits: bool = False) -> Tensor:
-        f = self.pool(f).flatten(1)
-        return f if pre_logits else self.fc(f)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _widths(k: int) -> tuple[int, int, int, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .head import PooledHead
 from .registry import StudentSpec, register, width_tag
 
 # (expansion t, output channels c, repeats n, first stride s); stage 2's stride is 1 for small inputs
@@ -42,7 +43,7 @@ class InvertedResidual(nn.Module):
         return x + self.body(x) if self.residual else self.body(x)
 
 
-class MobileNetV2Cifar(nn.Module):
+class MobileNetV2Cifar(PooledHead):
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, dropout: float = 0.0):
         super().__init__()
         c = make_divisible(32 * width)
@@ -55,10 +56,7 @@ class MobileNetV2Cifar(nn.Module):
         last = make_divisible(1280 * max(1.0, width))
         layers.append(conv_bn(c, last, 1))
         self.features = nn.Sequential(*layers)
-        self.embed_dim = last
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(last, num_classes)
+        self.init_head(last, num_classes, pre=nn.Dropout(dropout))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
@@ -68,16 +66,6 @@ class MobileNetV2Cifar(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
-
-    def forward_head(self, f: Tensor, pre_logits: bool = False) -> Tensor:
-        f = self.drop(self.pool(f).flatten(1))
-        return f if pre_logits else self.fc(f)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 for _w in (0.25, 0.35, 0.5, 0.75, 1.0):

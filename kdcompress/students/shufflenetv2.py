@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .head import PooledHead
 from .registry import StudentSpec, register, width_tag
 
 STAGE_REPEATS = (4, 8, 4)
@@ -51,7 +52,7 @@ class ShuffleUnit(nn.Module):
         return channel_shuffle(out)
 
 
-class ShuffleNetV2Cifar(nn.Module):
+class ShuffleNetV2Cifar(PooledHead):
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0):
         super().__init__()
         if width not in CHANNELS:
@@ -65,22 +66,10 @@ class ShuffleNetV2Cifar(nn.Module):
                 c = c_out
         layers.append(_cbr(c, last, 1))
         self.features = nn.Sequential(*layers)
-        self.embed_dim = last
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(last, num_classes)
+        self.init_head(last, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
-
-    def forward_head(self, f: Tensor, pre_logits: bool = False) -> Tensor:
-        f = self.pool(f).flatten(1)
-        return f if pre_logits else self.fc(f)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 for _w in CHANNELS:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .head import PooledHead
 from .registry import StudentSpec, register
 
 
-class TinyCNN(nn.Module):
+class TinyCNN(PooledHead):
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16, depth: int = 2):
         super().__init__()
         layers: list[nn.Module] = []
@@ -17,22 +18,10 @@ class TinyCNN(nn.Module):
             layers += [nn.Conv2d(c_in, c, 3, stride, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
             c_in, c = c, c * 2
         self.features = nn.Sequential(*layers)
-        self.embed_dim = c_in
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
+        self.init_head(c_in, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
-
-    def forward_head(self, f: Tensor, pre_logits: bool = False) -> Tensor:
-        f = self.pool(f).flatten(1)
-        return f if pre_logits else self.fc(f)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 for _w, _d in ((8, 2), (16, 2), (32, 3)):

@@ -18,32 +18,20 @@ from collections.abc import Callable
 import torchvision.models as tvm
 from torch import Tensor, nn
 
+from .head import PooledHead
 from .registry import StudentSpec, register
 
 LARGE_MIN_INPUT = 65  # the larger image side above which the torchvision families are plausible
 
 
-class TorchvisionStudent(nn.Module):
+class TorchvisionStudent(PooledHead):
     def __init__(self, features: nn.Module, pre: nn.Module, fc: nn.Linear):
         super().__init__()
         self.features = features
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.pre = pre
-        self.fc = fc
-        self.embed_dim = fc.in_features
+        self.init_head(fc.in_features, fc.out_features, pre=pre, fc=fc)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
-
-    def forward_head(self, f: Tensor, pre_logits: bool = False) -> Tensor:
-        f = self.pre(self.pool(f).flatten(1))
-        return f if pre_logits else self.fc(f)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def replace_first_conv(model: nn.Module, in_channels: int) -> None:

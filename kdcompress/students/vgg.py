@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .head import PooledHead
 from .registry import StudentSpec, register, width_tag
 
 CONFIGS = {
@@ -16,7 +17,7 @@ CONFIGS = {
 }
 
 
-class VGGCifar(nn.Module):
+class VGGCifar(PooledHead):
     def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 8, width: float = 1.0):
         super().__init__()
         layers: list[nn.Module] = []
@@ -30,25 +31,13 @@ class VGGCifar(nn.Module):
                 # ceil_mode: an 8-px input reaches 1x1 after three pools; the fourth keeps it at 1x1
                 layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
         self.features = nn.Sequential(*layers)
-        self.embed_dim = c_in
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
+        self.init_head(c_in, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
-
-    def forward_head(self, f: Tensor, pre_logits: bool = False) -> Tensor:
-        f = self.pool(f).flatten(1)
-        return f if pre_logits else self.fc(f)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 for _d in CONFIGS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .head import PooledHead
 from .registry import StudentSpec, register
 
 
@@ -28,7 +29,7 @@ class PreActBlock(nn.Module):
         return out + skip
 
 
-class WideResNet(nn.Module):
+class WideResNet(PooledHead):
     def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 16, widen: int = 1):
         super().__init__()
         if (depth - 4) % 6:
@@ -45,9 +46,7 @@ class WideResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         # pre-activation nets end un-normalised: the final BN-ReLU belongs to the features
         self.final = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU())
-        self.embed_dim = c_in
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
+        self.init_head(c_in, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -56,16 +55,6 @@ class WideResNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.final(self.blocks(self.stem(x)))
-
-    def forward_head(self, f: Tensor, pre_logits: bool = False) -> Tensor:
-        f = self.pool(f).flatten(1)
-        return f if pre_logits else self.fc(f)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 for _depth, _k in ((10, 1), (16, 1), (16, 2), (28, 1), (40, 1), (16, 4), (40, 2), (28, 2)):

@@ -20,7 +20,7 @@ import json
 import math
 import warnings
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,38 +30,32 @@ from torch import Tensor, nn
 from ..core.checkpoint import FORMAT, file_sha256
 from ..core.config import TeacherOptions
 from ..core.errors import InputError, UsageError
-from ..core.registry import did_you_mean
 from ..core.runio import regular_file, safe_torch_load
 from ..core.spec import InputSpec
 from ..students.checkpoint import model_from_kdcompress_dict
-from .model import EMBED_HOOK, EMBED_TIMM, Teacher, forward_with_embed
+from .archs import fit_weights, is_torchvision
+from .embedding import find_embedding
+from .files import is_hf_folder, read_hf_folder, read_safetensors
+from .model import OUTPUT_LOGITS, OUTPUT_PROBABILITIES, Teacher
 from .ortteacher import OrtTeacher, graph_layout
+from .recorded import Recorded, recorded_from_dict, recorded_from_module, spec_fields
 
-WEIGHT_KEYS = ("state_dict", "model_state_dict", "model")
-STRIP_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
+WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
+LIGHTNING_KEYS = ("pytorch-lightning_version", "lightning_version", "hyper_parameters", "optimizer_states")
 TORCHSCRIPT_META = "kdcompress.json"  # optional extra file in a TorchScript archive: classes, input_spec
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What a file says about itself (any of it may be missing)."""
-
-    arch: str | None = None
-    classes: tuple[str, ...] | None = None
-    num_classes: int | None = None
-    shape: tuple[int, ...] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    metrics: dict[str, Any] | None = None
 
 
 def detect_format(path: Path) -> str:
     if not path.exists():
         raise InputError(f"teacher file not found: {path}")
+    if is_hf_folder(path):
+        return "hf_folder"
     if path.is_dir():
-        raise InputError(f"expected a teacher file, got a directory: {path}")
+        raise InputError(f"expected a teacher file or a model folder with config.json, got a directory: {path}")
     if path.suffix.lower() == ".onnx":
         return "onnx"
+    if path.suffix.lower() == ".safetensors":
+        return "safetensors"
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as z:
@@ -79,87 +73,42 @@ def load_any(path: Path, options: TeacherOptions, *, trust: bool) -> Teacher:
         return _load_onnx(path, options)
     if fmt == "torchscript":
         return _load_torchscript(path, options)
+    if fmt == "safetensors":
+        state, rec = read_safetensors(path)
+        return _from_state_dict(path, state, rec, options, "safetensors")
+    if fmt == "hf_folder":
+        state, rec, weights = read_hf_folder(path, arch_given=bool(options.arch))
+        return _from_state_dict(path, state, rec, options, "hf_folder", sha_of=weights)
     with warnings.catch_warnings():
         # torch warns about the protocol of plain (non-zip) pickles before refusing or reading them; the
         # outcome is reported in one line, the warning would be a second one
         warnings.filterwarnings("ignore", message="Detected pickle protocol")
         obj = safe_torch_load(path, trust=trust)
     if isinstance(obj, nn.Module):  # only reachable with trust=True
-        return _finish(path, obj, "pickle", type(obj).__name__, _recorded_from_module(obj), options)
+        return _finish(path, obj, "pickle", type(obj).__name__, recorded_from_module(obj), options)
     if not isinstance(obj, dict):
         raise InputError(f"{path} holds a {type(obj).__name__}, not a model or its weights")
     if obj.get("format") == FORMAT:
         model = model_from_kdcompress_dict(path, obj)
         rec = Recorded(arch=str(obj["arch"]), classes=tuple(str(c) for c in obj["classes"]),
-                       metrics=dict(obj.get("metrics", {})), **_spec_fields(obj.get("input_spec")))
+                       metrics=dict(obj.get("metrics", {})), **spec_fields(obj.get("input_spec")))
         return _finish(path, model, "kdcompress", rec.arch or "", rec, options)
     if _is_state_dict(obj):
         return _from_state_dict(path, obj, Recorded(), options, "state_dict")
-    rec = _recorded_from_dict(obj)
+    rec = recorded_from_dict(obj)
+    fmt = "lightning" if any(k in obj for k in LIGHTNING_KEYS) else "checkpoint"
     for key in WEIGHT_KEYS:
         v = obj.get(key)
         if isinstance(v, nn.Module):  # {'model': module}: pickled code, so trust was given
             return _finish(path, v, "pickle", type(v).__name__, rec, options)
         if isinstance(v, dict) and _is_state_dict(v):
-            return _from_state_dict(path, v, rec, options, "checkpoint")
+            return _from_state_dict(path, v, rec, options, fmt)
     raise InputError(f"{path} holds a dict without model weights: expected a state_dict or weights under "
                      f"one of {', '.join(WEIGHT_KEYS)} (keys found: {', '.join(map(str, list(obj)[:8]))})")
 
 
-# --------------------------------------------------------------------------------- recorded metadata
-
-
-def _spec_fields(d: Any) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {}
-    out: dict[str, Any] = {}
-    for src, dst in (("shape", "shape"), ("input_shape", "shape"), ("input_size", "shape"),
-                     ("mean", "mean"), ("std", "std")):
-        v = d.get(src)
-        if isinstance(v, (list, tuple)) and v and all(isinstance(e, (int, float)) for e in v):
-            out[dst] = tuple(int(e) for e in v) if dst == "shape" else tuple(float(e) for e in v)
-    return out
-
-
-def _class_names(v: Any) -> tuple[str, ...] | None:
-    if isinstance(v, (list, tuple)) and v:
-        return tuple(str(c) for c in v)
-    if isinstance(v, dict) and v:  # class_to_idx {name: i} or idx_to_class {i: name}
-        items = list(v.items())
-        if all(isinstance(i, int) for _, i in items):
-            return tuple(str(n) for n, _ in sorted(items, key=lambda kv: kv[1]))
-        if all(isinstance(i, int) for i, _ in items):
-            return tuple(str(n) for _, n in sorted(items))
-    return None
-
-
-def _recorded_from_dict(obj: dict[str, Any]) -> Recorded:
-    classes = None
-    for key in ("classes", "class_names", "class_to_idx", "idx_to_class"):
-        classes = classes or _class_names(obj.get(key))
-    nc = obj.get("num_classes")
-    arch = obj.get("arch")
-    fields = _spec_fields(obj.get("input_spec")) or _spec_fields(obj)
-    return Recorded(arch=arch if isinstance(arch, str) else None, classes=classes,
-                    num_classes=nc if isinstance(nc, int) and not isinstance(nc, bool) else None, **fields)
-
-
-def _recorded_from_module(m: nn.Module) -> Recorded:
-    classes = None
-    for key in ("classes", "class_names"):
-        classes = classes or _class_names(getattr(m, key, None))
-    return Recorded(classes=classes)
-
-
 def _is_state_dict(d: dict[str, Any]) -> bool:
     return bool(d) and all(isinstance(k, str) for k in d) and all(isinstance(v, Tensor) for v in d.values())
-
-
-def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    for prefix in STRIP_PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
 
 
 # --------------------------------------------------------------------------------- resolution
@@ -205,69 +154,29 @@ def _resolve_classes(path: Path, rec: Recorded, opt: TeacherOptions, outputs: in
 
 
 def _from_state_dict(path: Path, state: dict[str, Tensor], rec: Recorded, opt: TeacherOptions,
-                     fmt: str) -> Teacher:
+                     fmt: str, sha_of: Path | None = None) -> Teacher:
     arch = opt.arch or rec.arch
     if not arch:
         raise UsageError(f"teacher {path} holds only weights; give --teacher-arch NAME (a torchvision model "
-                         "such as resnet18, or a kdcompress zoo name such as resnet8x4)")
+                         "such as resnet18, timm:NAME for a timm model, or a kdcompress zoo name such as resnet8x4)")
     spec = _resolve_spec(path, rec, opt)
-    if not (opt.classes or opt.num_classes or rec.classes or rec.num_classes):  # needed to build the model
-        raise UsageError(f"teacher {path} does not record its classes; give --num-classes N or --classes a,b,...")
-    classes = _resolve_classes(path, rec, opt, None)
-    state = _strip_prefixes(state)
-    errors = []
-    for label, model in build_arch(arch, len(classes), spec):
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            errors.append(f"{label}: {' '.join(str(e).split())[:220]}")
-            continue
-        return _finish(path, model.eval(), fmt, label, rec, opt, spec=spec)
-    bare = arch.rpartition(":")[2]
-    if spec.shape[0] != 3 and not arch.startswith(("zoo:", "kdcompress:")) and _is_torchvision(bare):
-        # the zoo has a model of this name too (it adapts to any channel count) and it did not fit: these are
-        # most likely torchvision weights, which need 3-channel input
-        raise UsageError(f"torchvision's {bare} takes 3-channel images but the input shape has {spec.shape[0]} "
-                         f"channel(s); give --input-shape 3,H,W (the kdcompress zoo's {bare} did not fit these "
-                         "weights either)")
-    raise InputError(f"teacher {path}: the weights do not fit --teacher-arch {arch} with {len(classes)} "
-                     f"classes ({errors[0]})")
-
-
-def _is_torchvision(name: str) -> bool:
-    import torchvision
-
-    return name in torchvision.models.list_models(module=torchvision.models)
-
-
-def build_arch(name: str, num_classes: int, spec: InputSpec) -> list[tuple[str, nn.Module]]:
-    """Candidate models for an architecture name: the kdcompress zoo, then torchvision (weights=None,
-    nothing downloaded). `torchvision:NAME` or `zoo:NAME` picks one side when a name exists in both."""
-    import torchvision
-
-    from ..students.registry import STUDENTS
-
-    side, _, bare = name.rpartition(":")
-    tv_names = torchvision.models.list_models(module=torchvision.models)
-    zoo_names = list(STUDENTS.names())
-    out: list[tuple[str, nn.Module]] = []
-    if side in ("", "zoo", "kdcompress") and bare in zoo_names:
-        out.append((bare, STUDENTS.get(bare).build(num_classes, spec)))
-    if side in ("", "torchvision") and bare in tv_names:
-        if spec.shape[0] != 3:
-            if not out:
-                raise UsageError(f"torchvision's {bare} takes 3-channel images but the input shape has "
-                                 f"{spec.shape[0]} channel(s); give --input-shape 3,H,W")
-        else:
-            try:
-                model = torchvision.models.get_model(bare, weights=None, num_classes=num_classes)
-            except (TypeError, ValueError) as e:
-                raise UsageError(f"torchvision cannot build {bare}: {e}") from None
-            out.append((f"torchvision:{bare}", model))
-    if not out:
-        raise UsageError(f"unknown --teacher-arch '{name}'{did_you_mean(bare, zoo_names + tv_names)}; "
-                         "give a torchvision classification model or a kdcompress zoo name")
-    return out
+    named = opt.classes or rec.classes
+    count = opt.num_classes or (len(named) if named else None) or rec.num_classes  # else: the classifier's width
+    if count is not None:
+        count = len(_resolve_classes(path, rec, opt, None))  # names and count agree
+    try:
+        label, model, count = fit_weights(path, arch, state, count, spec)
+    except InputError:
+        bare = arch.rpartition(":")[2]
+        if spec.shape[0] != 3 and not arch.startswith(("zoo:", "kdcompress:", "timm:")) and is_torchvision(bare):
+            # the zoo has a model of this name too (it adapts to any channel count) and it did not fit: these
+            # are most likely torchvision weights, which need 3-channel input
+            raise UsageError(f"torchvision's {bare} takes 3-channel images but the input shape has {spec.shape[0]} "
+                             f"channel(s); give --input-shape 3,H,W (the kdcompress zoo's {bare} did not fit these "
+                             "weights either)") from None
+        raise
+    rec = rec if rec.num_classes or named else Recorded(**{**rec.__dict__, "num_classes": count})
+    return _finish(path, model.eval(), fmt, label, rec, opt, spec=spec, sha_of=sha_of)
 
 
 def _load_torchscript(path: Path, opt: TeacherOptions) -> Teacher:
@@ -282,7 +191,7 @@ def _load_torchscript(path: Path, opt: TeacherOptions) -> Teacher:
     rec = Recorded()
     if extra[TORCHSCRIPT_META]:
         try:
-            rec = _recorded_from_dict(json.loads(extra[TORCHSCRIPT_META]))
+            rec = recorded_from_dict(json.loads(extra[TORCHSCRIPT_META]))
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             raise InputError(f"{path}: its {TORCHSCRIPT_META} entry is not a JSON object") from None
     name = getattr(model, "original_name", type(model).__name__)
@@ -290,7 +199,7 @@ def _load_torchscript(path: Path, opt: TeacherOptions) -> Teacher:
 
 
 def _finish(path: Path, model: nn.Module, fmt: str, arch: str, rec: Recorded, opt: TeacherOptions,
-            spec: InputSpec | None = None) -> Teacher:
+            spec: InputSpec | None = None, sha_of: Path | None = None) -> Teacher:
     """Probe the model once: it must take the input shape and return (batch, classes) logits; find how to
     reach its penultimate embedding (timm-style methods, else the classifier Linear's input); count FLOPs."""
     from ..students.registry import capacity
@@ -315,7 +224,11 @@ def _finish(path: Path, model: nn.Module, fmt: str, arch: str, rec: Recorded, op
         raise InputError(f"teacher {path} returns NaN or infinite logits (on an all-zero batch); its weights "
                          "are broken: re-export or retrain it")
     classes = _resolve_classes(path, rec, opt, int(logits.shape[1]))
-    via, head, dim = _find_embedding(model, x, logits)
+    probe = torch.randn((4, *spec.shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        probe_out = model(probe)
+    via, head, dim = find_embedding(model, probe, probe_out)
+    output = OUTPUT_PROBABILITIES if is_probability(logits) and is_probability(probe_out) else OUTPUT_LOGITS
     flops: int | None = None
     if not isinstance(model, OrtTeacher):  # ORT runs outside torch: its FLOPs cannot be counted here
         try:
@@ -323,32 +236,14 @@ def _finish(path: Path, model: nn.Module, fmt: str, arch: str, rec: Recorded, op
         except Exception:  # some scripted or exotic modules defeat the FLOP counter; leave it unknown
             flops = None
     return Teacher(model=model, arch=arch, classes=classes, input_spec=spec, embed_dim=dim,
-                   params=sum(p.numel() for p in model.parameters()), path=path, sha256=file_sha256(path),
-                   metrics=dict(rec.metrics or {}), format=fmt, flops=flops, embed_via=via, head=head)
+                   params=sum(p.numel() for p in model.parameters()), path=path, sha256=file_sha256(sha_of or path),
+                   metrics=dict(rec.metrics or {}), format=fmt, flops=flops, embed_via=via, head=head, output=output)
 
 
-def _find_embedding(model: nn.Module, x: Tensor, logits: Tensor) -> tuple[str | None, str | None, int | None]:
-    """An embedding counts only if the logits computed from it equal the model's own output."""
-    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
-        try:
-            with torch.no_grad():
-                lg, emb = forward_with_embed(model, x, EMBED_TIMM, None)
-            if lg.shape == logits.shape and torch.allclose(lg, logits, atol=1e-5) and emb.dim() == 2:
-                return EMBED_TIMM, None, int(emb.shape[1])
-        except Exception:  # the methods exist but take other arguments: try the hook
-            pass
-    if isinstance(model, torch.jit.ScriptModule):
-        return None, None, None  # hooks do not run inside TorchScript
-    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == logits.shape[1]]
-    for name, _ in reversed(heads):
-        try:
-            with torch.no_grad():
-                lg, emb = forward_with_embed(model, x, EMBED_HOOK, name)
-        except Exception:
-            continue
-        if torch.allclose(lg, logits, atol=1e-5) and emb.shape[0] == x.shape[0]:
-            return EMBED_HOOK, name, int(emb.shape[1])
-    return None, None, None
+def is_probability(out: Tensor) -> bool:
+    """Rows that are already a probability distribution: all in [0, 1], each summing to 1."""
+    out = out.float()
+    return bool(((out >= 0) & (out <= 1)).all() and torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-4))
 
 
 # --------------------------------------------------------------------------------- ONNX
@@ -376,7 +271,7 @@ def _load_onnx(path: Path, opt: TeacherOptions) -> Teacher:
     layout = graph_layout(dims, meta.get("layout"))  # an NHWC graph takes (N, H, W, C): fed transposed
     if "input_shape" not in raw and len(dims) == 4 and all(dims[1:]):
         raw["input_shape"] = [dims[3], dims[1], dims[2]] if layout == "NHWC" else dims[1:]
-    rec = _recorded_from_dict(raw)
+    rec = recorded_from_dict(raw)
     spec = _resolve_spec(path, rec, opt)
     t = _finish(path, OrtTeacher(path, layout), "onnx", f"onnx:{proto.graph.name or path.stem}", rec, opt, spec=spec)
     params = sum(math.prod(init.dims) for init in proto.graph.initializer)
@@ -390,8 +285,21 @@ def _check_finite_weights(path: Path, model: nn.Module) -> None:
             raise InputError(f"teacher {path} has NaN or infinite values in '{name}'; the file is broken")
 
 
-def load_teacher(path: Path, *, trust: bool = False, options: TeacherOptions | None = None) -> Teacher:
+TEACHER_FLAGS = ("--teacher-arch", "--num-classes", "--classes", "--input-shape", "--mean", "--std")
+
+
+def load_teacher(path: Path, *, trust: bool = False, options: TeacherOptions | None = None,
+                 flags: bool = True) -> Teacher:
     """Load a teacher in any supported format (see this module); flags in `options` override what
-    the file records. Pickled code runs only with trust=True (--trust-checkpoint)."""
+    the file records. Pickled code runs only with trust=True (--trust-checkpoint). flags=False: the calling
+    command has no teacher flags, so a hint naming one is replaced by what that command can take."""
     regular_file(Path(path), "teacher")  # a FIFO or a device would block the reader
-    return load_any(Path(path), options or TeacherOptions(), trust=trust)
+    try:
+        return load_any(Path(path), options or TeacherOptions(), trust=trust)
+    except UsageError as e:
+        msg = str(e)
+        if flags or not any(f in msg for f in TEACHER_FLAGS):
+            raise
+        cause = msg.split("; give ")[0].split("; use ")[0]
+        raise UsageError(f"{cause}; this command has no teacher flags: give it a teacher file that records them "
+                         "(a kdcompress checkpoint, or the teacher.onnx a distill run writes)") from None

@@ -8,7 +8,8 @@ The other formats (a plain state_dict, a dict checkpoint, TorchScript, ONNX, a p
 by teacher_formats.py; `load_teacher` is the one entry point.
 
 The trainer never branches on the format: it calls `Teacher.outputs(x, want_embed)`. A teacher whose
-penultimate embedding cannot be reached (ONNX, a traced TorchScript model) is logits-only, and presets
+penultimate embedding cannot be reached (ONNX, a TorchScript model whose children do not compose into
+its forward) is logits-only, and presets
 whose losses need that embedding are refused up front by `Teacher.check_needs`.
 """
 
@@ -28,9 +29,11 @@ from torch import Tensor, nn
 from ..core.errors import InputError, UsageError
 from ..core.spec import InputSpec
 
-# How the embedding is reached: the timm-style methods, a hook on the classifier Linear's input, or not.
-EMBED_TIMM = "forward_head"
-EMBED_HOOK = "classifier_hook"
+from .embedding import EMBED_CHILDREN, EMBED_HOOK, EMBED_TIMM, forward_with_embed  # noqa: F401  (re-exported)
+
+OUTPUT_LOGITS = "logits"
+OUTPUT_PROBABILITIES = "probabilities"  # the model ends in Softmax: outputs() gives log-probabilities
+_TINY = torch.finfo(torch.float32).tiny
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,14 @@ class Teacher:
     path: Path
     sha256: str
     metrics: dict[str, Any] = field(default_factory=dict)
-    format: str = "kdcompress"  # kdcompress | state_dict | checkpoint | torchscript | onnx | pickle
+    format: str = "kdcompress"  # kdcompress | state_dict | checkpoint | lightning | safetensors | hf_folder | torchscript | onnx | pickle
     flops: int | None = None  # forward FLOPs at batch 1 (None: not countable, e.g. an ONNX teacher)
-    embed_via: str | None = None  # EMBED_TIMM | EMBED_HOOK | None
-    head: str | None = None  # module name of the classifier Linear (EMBED_HOOK)
+    embed_via: str | None = None  # EMBED_TIMM | EMBED_HOOK | EMBED_CHILDREN | None
+    head: str | None = None  # module name of the classifier Linear (EMBED_HOOK, EMBED_CHILDREN)
+    # OUTPUT_PROBABILITIES: the model's output rows are already a probability (a Softmax at its end, seen
+    # on a probe batch); outputs() then returns log p, and log_softmax(log p / T) is exactly the softened
+    # distribution of the underlying logits at any temperature T, so KD loses nothing.
+    output: str = OUTPUT_LOGITS
 
     @property
     def num_classes(self) -> int:
@@ -74,11 +81,16 @@ class Teacher:
         from ..core.types import ModelOut
 
         if not want_embed:
-            return ModelOut(self.model(x))
+            return ModelOut(self._as_logits(self.model(x)))
         if self.embed_via is None:
             raise UsageError(f"teacher {self.path} ({self.format}) gives logits only; it has no embedding")
         logits, emb = forward_with_embed(self.model, x, self.embed_via, self.head)
-        return ModelOut(logits, emb)
+        return ModelOut(self._as_logits(logits), emb)
+
+    def _as_logits(self, out: Tensor) -> Tensor:
+        if self.output == OUTPUT_PROBABILITIES:  # log p: logits up to a per-row constant
+            return out.float().clamp_min(_TINY).log()
+        return out
 
     def check_needs(self, needs: Iterable[str], preset: str) -> None:
         """Refuse, in one line, a preset whose losses need teacher features this teacher cannot give."""
@@ -89,23 +101,6 @@ class Teacher:
                 f"preset '{preset}' needs the teacher's penultimate features, but teacher {self.path} "
                 f"({self.format}) gives logits only; use a logit-only preset (e.g. kd or dkd) or a PyTorch "
                 "teacher (kdcompress checkpoint, state_dict + --teacher-arch, or scripted TorchScript)")
-
-
-def forward_with_embed(model: nn.Module, x: Tensor, via: str, head: str | None) -> tuple[Tensor, Tensor]:
-    if via == EMBED_TIMM:
-        f = model.forward_features(x)
-        emb = model.forward_head(f, pre_logits=True)
-        logits = model.get_classifier()(emb) if hasattr(model, "get_classifier") else model.forward_head(f)
-        return logits, emb.flatten(1)
-    # EMBED_HOOK: the embedding is what enters the classifier Linear (torchvision heads, most models)
-    captured: list[Tensor] = []
-    module = model.get_submodule(head or "")
-    handle = module.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
-    return logits, captured[-1].flatten(1)
 
 
 # --------------------------------------------------------------------------------- kdcompress format
