@@ -102,7 +102,7 @@ def test_chance_level_teacher_is_refused_and_allowed_with_the_flag(tmp_path, fol
 def test_teacher_strength_rule(folder):
     """The rule itself: p0 = max(1/C, largest class share), refuse at or below p0 + 3 sqrt(p0 (1-p0) / n)."""
     from kdcompress.data import load_data
-    from kdcompress.pipeline import teacher_strength
+    from kdcompress.teacher import teacher_strength
 
     class Fixed(nn.Module):  # right on a chosen share of the validation images, wrong on the rest
         def __init__(self, labels, right):

@@ -3,5 +3,6 @@ classes, input spec). `load_teacher` is the one entry point; `teacher_onnx_bytes
 
 from .formats import load_teacher
 from .model import Teacher, teacher_onnx_bytes
+from .strength import WEAK_TEACHER_Z, teacher_strength
 
-__all__ = ["Teacher", "load_teacher", "teacher_onnx_bytes"]
+__all__ = ["WEAK_TEACHER_Z", "Teacher", "load_teacher", "teacher_onnx_bytes", "teacher_strength"]
