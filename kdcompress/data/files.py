@@ -299,6 +299,18 @@ def _download(kind: str, root: Path, train: bool) -> None:
         raise InputError(f"could not download {kind} into {root}: {first[:200]}") from None
 
 
+def _find_or_download(find, kind: str, root: Path, download: bool, expected: str):
+    """What `find()` locates under root; with --download, fetch both splits first when it finds nothing."""
+    found = find()
+    if found is None and download:
+        _download(kind, root, True)
+        _download(kind, root, False)
+        found = find()
+    if found is None:
+        raise InputError(f"{kind} not found under {root} (expected {expected}); pass --download to fetch it")
+    return found
+
+
 def _read_cifar(kind: str, root: Path, download: bool):
     sub = "cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python"
     train_names = None if kind == "cifar10" else ["train"]
@@ -310,14 +322,7 @@ def _read_cifar(kind: str, root: Path, download: bool):
                 return d
         return None
 
-    d = find()
-    if d is None and download:
-        _download(kind, root, True)
-        _download(kind, root, False)
-        d = find()
-    if d is None:
-        raise InputError(f"{kind} not found under {root} (expected {root / sub}/ with {want}); "
-                         "pass --download to fetch it")
+    d = _find_or_download(find, kind, root, download, f"{root / sub}/ with {want}")
     names = train_names or sorted((p.name for p in d.glob("data_batch_*")), key=lambda n: int(n.rsplit("_", 1)[1])
                                   if n.rsplit("_", 1)[1].isdigit() else 0)
     if not names:
@@ -380,14 +385,7 @@ def _read_mnist(kind: str, root: Path, download: bool):
                 return files  # type: ignore[return-value]
         return None
 
-    files = find()
-    if files is None and download:
-        _download(kind, root, True)
-        _download(kind, root, False)
-        files = find()
-    if files is None:
-        raise InputError(f"{kind} not found under {root} (expected {root / sub / 'raw'}/ with {', '.join(stems)}); "
-                         "pass --download to fetch it")
+    files = _find_or_download(find, kind, root, download, f"{root / sub / 'raw'}/ with {', '.join(stems)}")
     x_tr, y_tr, x_te, y_te = (_read_idx(p) for p in files)
     for x, y, p in ((x_tr, y_tr, files[0]), (x_te, y_te, files[2])):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
