@@ -34,10 +34,6 @@ from .result import (PRECISION_PREFERENCE, Candidate, Selection, allowed_precisi
 from ..core.system import cap_threads, cpu_limit, machine_fingerprint
 
 
-def resolve_threads(requested: int | None) -> tuple[int, str | None]:
-    return cap_threads(requested)
-
-
 def cache_path() -> Path:
     root = os.environ.get("KDCOMPRESS_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kdcompress")
@@ -248,7 +244,7 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     from .ladder import Exporter
 
     t_start = time.time()
-    threads, note = resolve_threads(runtime.threads)
+    threads, note = cap_threads(runtime.threads)
     runtime = replace(runtime, threads=threads)
     precs, pnotes = measured_precisions(precision, runtime.provider)
     notes = tuple(n for n in (note, *pnotes) if n)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.onnxio import onnx_bytes, set_metadata
 from ..core.errors import InputError, UsageError
 from ..core.spec import InputSpec
 
@@ -113,9 +114,7 @@ def teacher_onnx_bytes(teacher: Teacher, metadata: dict[str, Any] | None = None)
     """The teacher as one self-contained ONNX file (for ORT validation and latency), metadata added.
 
     ONNX teachers are copied as they are; TorchScript goes through the TorchScript-based exporter (the
-    dynamo exporter cannot trace a ScriptModule); everything else through export.onnx_bytes."""
-    import json
-
+    dynamo exporter cannot trace a ScriptModule); everything else through core.onnxio.onnx_bytes."""
     import onnx
 
     if teacher.format == "torchscript":
@@ -134,17 +133,11 @@ def teacher_onnx_bytes(teacher: Teacher, metadata: dict[str, Any] | None = None)
     elif teacher.format == "onnx":
         data = _dynamic_batch(_inlined(Path(teacher.path)), teacher)
     else:
-        from ..core.onnxio import onnx_bytes
-
         return onnx_bytes(teacher.model, teacher.input_spec, metadata=metadata)
     if not metadata:
         return data
     proto = onnx.load_from_string(data)
-    existing = {p.key: p for p in proto.metadata_props}
-    for k, v in metadata.items():
-        entry = existing.get(k) or proto.metadata_props.add()
-        entry.key = k
-        entry.value = v if isinstance(v, str) else json.dumps(v)
+    set_metadata(proto, metadata)
     return proto.SerializeToString()
 
 
