@@ -47,3 +47,38 @@ def make_ctx(n: int = 40, classes: int = 3, seed: int = 0, labels: torch.Tensor 
     split = TensorSplit(torch.rand(len(y), 1, 8, 8, generator=torch.Generator().manual_seed(seed)), y)
     return PrepareContext(teacher, split, spec, torch.device("cpu"), classes,
                           Console(file=io.StringIO(), width=200), batch_size=16)
+
+
+def randomize_bn_stats(model: nn.Module, mean: tuple[float, float] = (-0.2, 0.2),
+                       var: tuple[float, float] = (0.5, 1.5)) -> nn.Module:
+    """Non-trivial BatchNorm running statistics (drawn from the global torch RNG), so that a wrong weight load
+    or a parity bug shows in the outputs instead of hiding behind mean 0 / var 1."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(*mean)
+                mod.running_var.uniform_(*var)
+    return model
+
+
+def sigterm_at_step(monkeypatch, epoch: int, step: int):
+    """Send this process a real SIGTERM right after training step `step` (1-based) of epoch `epoch`; the
+    trainer's own handler catches it, as it would a `kill` from outside. Returns the original
+    StepEngine.step, for a test that puts it back before resuming."""
+    import os
+    import signal
+
+    from kdcompress.train.step import StepEngine
+
+    seen: dict[int, int] = {}
+    orig = StepEngine.step
+
+    def stepped(self, batch, ep, gen):
+        out = orig(self, batch, ep, gen)
+        seen[ep] = seen.get(ep, 0) + 1
+        if ep == epoch and seen[ep] == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(StepEngine, "step", stepped)
+    return orig

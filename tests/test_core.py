@@ -20,6 +20,8 @@ from kdcompress.losses.base import LOSSES, Objective, warmup_factor
 from kdcompress.losses.kd import kd_loss
 from kdcompress.train.augment import augment
 
+from .helpers import randomize_bn_stats
+
 # ------------------------------------------------------------------------------------------ KD maths
 
 def test_kd_hand_computed_value():
@@ -227,10 +229,7 @@ def test_onnx_export_parity_dynamic_batch_and_metadata(tmp_path):
     spec = InputSpec((1, 8, 8), (0.3,), (0.4,))
     torch.manual_seed(0)
     m = build_student("resnet8", 5, spec).eval()
-    for mod in m.modules():  # non-trivial BN statistics so parity means something
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.running_var.uniform_(0.5, 2.0)
+    randomize_bn_stats(m, mean=(-0.5, 0.5), var=(0.5, 2.0))  # so parity means something
     art = export_onnx(m, spec, tmp_path / "m.onnx", metadata={"classes": ["a"] * 5, "preset": "kd"})
     meta = read_metadata(art.path)
     assert meta["preset"] == "kd" and meta["classes"] == '["a", "a", "a", "a", "a"]'

@@ -27,7 +27,7 @@ from kdcompress.train.distributed import Dist, env_world
 from kdcompress.train.step import StepEngine, prefetch
 
 from .conftest import TINY_DATA
-from .helpers import train_factories
+from .helpers import sigterm_at_step, train_factories
 
 runner = CliRunner()
 BIG_DATA = "synthetic:classes=3,size=8,n=2000"  # ~90 steps of 16 per epoch: a signal lands mid-epoch
@@ -83,17 +83,7 @@ def _train(teacher_path: Path, out: Path, preset: str = "kd", epochs: int = 3, *
 def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_teacher, tmp_path, monkeypatch, preset):
     ref = _train(tiny_teacher, tmp_path / "ref", preset)
 
-    seen: dict[int, int] = {}
-    orig = StepEngine.step
-
-    def step(self, batch, epoch, gen):
-        out = orig(self, batch, epoch, gen)
-        seen[epoch] = seen.get(epoch, 0) + 1
-        if epoch == 2 and seen[epoch] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, caught by the trainer's handler
-        return out
-
-    monkeypatch.setattr(StepEngine, "step", step)
+    orig = sigterm_at_step(monkeypatch, epoch=2, step=2)  # a real signal, caught by the trainer's handler
     out = tmp_path / "run"
     with pytest.raises(Interrupted) as info:
         _train(tiny_teacher, out, preset)

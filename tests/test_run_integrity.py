@@ -25,6 +25,8 @@ from kdcompress.core.errors import EnvironmentProblem, InputError, UsageError
 from kdcompress.core.ortbench import error_cause, make_session, ort_max_opset
 from kdcompress.core.runio import MARKER, RunDir, atomic_write_bytes, atomic_write_json, read_json, strict_json
 
+from .helpers import sigterm_at_step
+
 from .conftest import TINY_DATA
 
 runner = CliRunner()
@@ -291,16 +293,7 @@ def test_restart_interrupted_leaves_no_old_outputs_and_the_hint_resumes(tiny_tea
         if p.is_file() and p.name != "notes.txt":
             assert p.stat().st_mode & 0o777 == 0o666 & ~_umask(), p
 
-    orig, seen = StepEngine.step, {}
-
-    def step(self, batch, epoch, gen):
-        res = orig(self, batch, epoch, gen)
-        seen[epoch] = seen.get(epoch, 0) + 1
-        if epoch == 2 and seen[epoch] == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return res
-
-    monkeypatch.setattr(StepEngine, "step", step)
+    orig = sigterm_at_step(monkeypatch, epoch=2, step=1)
     r = runner.invoke(app, _distill(tiny_teacher, out, "--restart", epochs=2))
     assert r.exit_code == 128 + signal.SIGTERM, r.output
     line = _one_error_line(r.stderr)

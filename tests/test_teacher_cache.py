@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from kdcompress.train.loop import train
 from kdcompress.train.step import StepEngine
 
 from .conftest import TINY_DATA
-from .helpers import train_factories
+from .helpers import sigterm_at_step, train_factories
 
 CACHED = ["train.teacher_cache=views", "train.cache_views=3"]
 
@@ -130,17 +129,7 @@ def test_a_cached_run_trains_without_the_teacher_and_resumes_to_the_same_weights
     assert record["key"]["views"] == 3 and Path(record["path"]).is_file()
     assert Path(record["path"]).parent == Path(os.environ["KDCOMPRESS_CACHE"]) / "teacher-outputs"
 
-    seen = {}
-    orig = StepEngine.step
-
-    def step(self, batch, epoch, gen):
-        out = orig(self, batch, epoch, gen)
-        seen[epoch] = seen.get(epoch, 0) + 1
-        if epoch == 2 and seen[epoch] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(StepEngine, "step", step)
+    orig = sigterm_at_step(monkeypatch, epoch=2, step=2)
     forwards.clear()
     with pytest.raises(Interrupted):
         _train(tiny_teacher, tmp_path / "run", extra=CACHED)

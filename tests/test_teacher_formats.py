@@ -22,6 +22,8 @@ from kdcompress.students.registry import build_student
 from kdcompress.teacher.formats import load_teacher
 from kdcompress.teacher.model import teacher_onnx_bytes
 
+from .helpers import randomize_bn_stats
+
 from .conftest import TINY_DATA
 
 runner = CliRunner()
@@ -34,13 +36,7 @@ META = {"classes": list(CLASSES), "mean": [0.5], "std": [0.25], "input_shape": [
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = build_student("tinycnn_w8", 3, SPEC).eval()
-    with torch.no_grad():  # non-trivial BN statistics, so a wrong load would show
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 1.5)
-    return m
+    return randomize_bn_stats(build_student("tinycnn_w8", 3, SPEC).eval())
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from kdcompress.core.errors import InputError, UsageError
 from kdcompress.losses.kd import kd_loss
 from kdcompress.teacher import load_teacher
 
+from .helpers import randomize_bn_stats
+
 runner = CliRunner()
 IN32 = dict(input_shape=(3, 32, 32), mean=(0.5,), std=(0.25,))
 
@@ -29,13 +31,7 @@ def timm_model():
     import timm
 
     torch.manual_seed(0)
-    m = timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
-    with torch.no_grad():  # non-trivial BN statistics, so a wrong load would show
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 1.5)
-    return m
+    return randomize_bn_stats(timm.create_model("resnet10t", pretrained=False, num_classes=3).eval())
 
 
 @pytest.fixture(scope="module")
