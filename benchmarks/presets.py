@@ -152,7 +152,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "kdcompress-bench")
     ap.add_argument("--json", type=Path, default=None, help="also write the per-seed numbers here")
-    ap.add_argument("--from-json", type=Path, default=None, help="print the table of a (partial) --json file")
+    ap.add_argument("--from-json", type=Path, nargs="+", default=None,
+                    help="print the table of one or more (partial) --json files, e.g. a grid split over processes")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: digits, resnet8 teacher (1 epoch), 1 epoch, 2 seeds, ce/kd/kd_ls")
     args = ap.parse_args(argv)
@@ -165,12 +166,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def from_json(path: Path) -> str:
-    """The table of a (partial) --json file: the presets whose every seed finished."""
-    data = json.loads(path.read_text())
-    runs = data["runs"]
-    seeds = sorted({r["seed"] for r in runs if r["preset"] == "ce"})
-    return table(summarise(runs, data["teacher_test_acc"], seeds)) + "\n"
+def from_json(paths: list[Path]) -> str:
+    """The table of (partial) --json files of one protocol, e.g. a grid split over two processes (each
+    with its own ce runs): the presets whose every seed finished. Files must share the teacher."""
+    runs: dict[tuple[str, int], dict] = {}
+    accs = set()
+    for path in paths:
+        data = json.loads(path.read_text())
+        accs.add(round(data["teacher_test_acc"], 6))
+        for r in data["runs"]:
+            runs.setdefault((r["preset"], r["seed"]), r)  # a ce run repeated in two files is the same run
+    if len(accs) != 1:
+        raise SystemExit(f"--from-json: the files were made with different teachers (test accuracies {sorted(accs)})")
+    rows = list(runs.values())
+    seeds = sorted({r["seed"] for r in rows if r["preset"] == "ce"})
+    return table(summarise(rows, accs.pop(), seeds)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> str:

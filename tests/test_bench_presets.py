@@ -47,8 +47,35 @@ def test_quick_run_prints_the_protocol_table(bench, tmp_path, capsys):
     by = {r["preset"]: r for r in data["summary"]}
     assert by["ce"]["diff"] == 0.0 and 0.0 <= by["kd"]["agreement"] <= 1.0
     # the table can be rebuilt from the per-seed file (also from the .partial.json of an interrupted grid)
-    assert bench.from_json(out_json).strip() in text
+    assert bench.from_json([out_json]).strip() in text
+    # a grid split over two processes (each with its own ce runs) merges into the same table
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    runs = data["runs"]
+    a.write_text(json.dumps({"teacher_test_acc": data["teacher_test_acc"],
+                             "runs": [r for r in runs if r["preset"] in ("ce", "kd")]}))
+    b.write_text(json.dumps({"teacher_test_acc": data["teacher_test_acc"],
+                             "runs": [r for r in runs if r["preset"] in ("ce", "kd_ls")]}))
+    assert bench.from_json([a, b]) == bench.from_json([out_json])
+    b.write_text(json.dumps({"teacher_test_acc": 0.5, "runs": runs}))
+    with pytest.raises(SystemExit, match="different teachers"):
+        bench.from_json([a, b])
     partial = json.loads(out_json.with_suffix(".partial.json").read_text())
     assert len(partial["runs"]) == 6
     # the teacher is cached: a second run does not train it again
     assert list((tmp_path / "cache").glob("teacher-digits-resnet8-1ep.pt"))
+
+
+def test_tune_table_ranks_configurations_by_validation_only(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_tune", ROOT / "benchmarks" / "tune_presets.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    runs = [{"preset": "ickd", "config": "default", "seed": 100, "val_acc": 0.80},
+            {"preset": "ickd", "config": "default", "seed": 101, "val_acc": 0.84},
+            {"preset": "ickd", "config": "picd.k=4,nicd.k=4", "seed": 100, "val_acc": 0.86},
+            {"preset": "ickd", "config": "picd.k=4,nicd.k=4", "seed": 101, "val_acc": 0.86}]
+    (tmp_path / "t.json").write_text(json.dumps({"runs": runs}))
+    text = tune.main(["--merge", str(tmp_path / "t.json")])
+    lines = [line for line in text.splitlines() if line.startswith("| ickd")]
+    # best mean validation accuracy first: 86.00 ± 0.00, then 82.00 ± 2.83 (sd of 80 and 84)
+    assert "picd.k=4,nicd.k=4 | 2 | 86.00 ± 0.00" in lines[0] and "default | 2 | 82.00 ± 2.83" in lines[1]
+    assert "test" not in text.lower()  # the tuning table never shows test accuracy
