@@ -1,6 +1,6 @@
-"""Does trial ranking pick a better student than the FLOPs rule? Digits (1x8x8, 10 classes).
+"""Does trial ranking pick a better student than the FLOPs rule? Digits (1x8x8) or mnist5k (1x28x28).
 
-1. Train a teacher (resnet8x4, CE) and measure the candidate ladder once (the latency cache of `select`).
+1. Train a teacher (resnet8x4, CE; or `--teacher PATH`, a kdcompress checkpoint) and measure the candidate ladder once (the latency cache of `select`).
 2. Budgets: `--budgets` log-spaced midpoints between the fastest and the slowest candidate's p50.
 3. Train every candidate that fits any budget to the end (kd preset, `--epochs`) and score it on the TEST
    split (its best-validation checkpoint). A candidate's accuracy does not depend on the budget, so each is
@@ -11,6 +11,7 @@
    A rule scores a budget when its choice is within 0.5 point of the best.
 
     python benchmarks/select_quality.py [--quick]
+    python benchmarks/select_quality.py --data mnist5k --quick --teacher /path/teacher.pt
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--trial-top", type=int, default=4)
     ap.add_argument("--trial-budget", type=float, default=0.25)
+    ap.add_argument("--data", default="digits", help="digits or mnist5k (any built-in 10-class spec)")
+    ap.add_argument("--teacher", type=Path, default=None, help="a trained kdcompress teacher (else resnet8x4, CE)")
     args = ap.parse_args()
     epochs = args.epochs or (8 if args.quick else 20)
     names = QUICK if args.quick else CANDIDATES
@@ -65,12 +68,13 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    ce = losses.load_checked_preset("ce", [f"train.epochs={8 if args.quick else 15}", "train.schedule=cosine"])
-    train_teacher(data="digits", arch="resnet8x4", preset=ce, out=tmp / "teacher.pt", device="cpu", console=quiet)
-    teacher = load_teacher(tmp / "teacher.pt")
+    if args.teacher is None:
+        ce = losses.load_checked_preset("ce", [f"train.epochs={8 if args.quick else 15}", "train.schedule=cosine"])
+        train_teacher(data=args.data, arch="resnet8x4", preset=ce, out=tmp / "teacher.pt", device="cpu", console=quiet)
+    teacher = load_teacher(args.teacher or tmp / "teacher.pt")
     spec = teacher.input_spec
-    splits = load_data("digits", spec)
-    log("teacher trained")
+    splits = load_data(args.data, spec)
+    log(f"teacher ready; data {args.data}, input {spec.shape}")
     ladder = select(num_classes=10, spec=spec, budget=Budget(None), runtime=RuntimeConfig(), names=names)
     lat = {c.name: c.latency.p50 for c in ladder.candidates}
     lo, hi = min(lat.values()), max(lat.values())
@@ -115,7 +119,7 @@ def main() -> None:
     n_trial = sum(best - ta <= 0.005 for _, _, best, _, _, _, ta in rows)
     print(f"\nwithin 0.5 point of the best (*): trial rule {n_trial}/{len(rows)}, FLOPs rule {n_flops}/{len(rows)} "
           f"(goal for trial: >= 7/8); main training {epochs} epochs, trial budget {args.trial_budget:g} x epochs, "
-          f"top {args.trial_top}")
+          f"top {args.trial_top}; data {args.data}")
     fp = machine_fingerprint()
     print(f"machine: {fp['cpu']}, {fp['cpus']} usable CPUs, torch {torch.__version__}; load average "
           f"{os.getloadavg()[0]:.2f} (shared); {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; "
