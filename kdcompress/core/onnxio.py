@@ -137,6 +137,29 @@ def onnx_bytes(model: nn.Module, spec: InputSpec, *, opset: int = DEFAULT_OPSET,
     return checked_bytes(proto, "exported ONNX model")
 
 
+def screen_bytes(model: nn.Module, spec: InputSpec, *, opset: int = DEFAULT_OPSET) -> tuple[bytes, str]:
+    """(ONNX bytes, graph) for a latency screening: the TorchScript exporter (`dynamo=False`, 20-50x
+    faster than dynamo, ENVIRONMENT.md §3) with the same names, opset and dynamic batch, checked like
+    onnx_bytes; graph "screen". Its graph differs in small ways (GlobalAveragePool+Flatten where dynamo
+    writes ReduceMean+Reshape), so a figure that ships is measured on onnx_bytes' graph. When the
+    TorchScript export fails, the dynamo bytes are returned instead, with graph "ship"."""
+    import copy
+
+    import onnx
+
+    try:
+        m = copy.deepcopy(model).float().cpu().eval()
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(m, (torch.zeros((2, *spec.shape)),), buf, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        return checked_bytes(onnx.load_from_string(buf.getvalue()), "screening ONNX export"), "screen"
+    except Exception:  # noqa: BLE001 - any TorchScript failure: the exporter that ships decides
+        return onnx_bytes(model, spec, opset=opset), "ship"
+
+
 # ------------------------------------------------------------------------------------------ variants
 
 VARIANTS = ("fp32", "fp16", "int8")
