@@ -27,6 +27,7 @@ from ..core.errors import UsageError
 from ..core.latencytable import MANIFEST, MANIFEST_FORMAT, model_key
 from ..core.runio import atomic_write_bytes, atomic_write_json
 from ..core.spec import InputSpec
+from ..core.system import torch_threads
 
 Convert = Callable[[bytes, InputSpec, str], bytes]
 Job = tuple[str, str]  # (student name, precision)
@@ -125,7 +126,7 @@ def export_ladder(directory: Path, *, rows: list[dict[str, Any]], num_classes: i
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"--export-candidates {directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
-    with Exporter(num_classes, spec, convert, workers) as ex:
+    with torch_threads(1), Exporter(num_classes, spec, convert, workers) as ex:
         data = ex.many([(r["name"], r["precision"]) for r in rows])
     models = []
     for r in rows:

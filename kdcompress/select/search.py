@@ -36,7 +36,7 @@ from ..core.runio import atomic_write_json
 from ..core.spec import InputSpec
 from .result import (PRECISION_PREFERENCE, Candidate, Selection, allowed_precisions,
                      measured_precisions)
-from ..core.system import cap_threads, cpu_limit, machine_fingerprint
+from ..core.system import cap_threads, cpu_limit, machine_fingerprint, torch_threads
 
 
 def cache_path() -> Path:
@@ -268,11 +268,11 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     precs, pnotes = measured_precisions(precision, runtime.provider)
     notes = tuple(n for n in (note, *pnotes) if n)
     cache = LatencyCache(enabled=use_cache and latency_table is None)
-    t_cap = capacity(teacher_model, spec) if teacher_model is not None else None
-    teacher_flops = t_cap.flops if t_cap is not None else None
-
     caps = LatencyCache(cache.path.with_name("capacity.json"), enabled=use_cache)
-    info = {name: (None, cap, fam) for name, cap, fam in zoo_candidates(num_classes, spec, teacher_flops, names, caps)}
+    with torch_threads(1):  # torch only builds, counts and exports tiny models here (core.system)
+        t_cap = capacity(teacher_model, spec) if teacher_model is not None else None
+        teacher_flops = t_cap.flops if t_cap is not None else None
+        info = {n: (None, cap, fam) for n, cap, fam in zoo_candidates(num_classes, spec, teacher_flops, names, caps)}
     caps.save()
 
     def model_of(name: str):
@@ -322,7 +322,7 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     source = "measured"
     provider = runtime.provider
     del workers
-    with Exporter(num_classes, spec, convert, 1, build=model_of, batch=budget.batch) as ex:
+    with torch_threads(1), Exporter(num_classes, spec, convert, 1, build=model_of, batch=budget.batch) as ex:
         if latency_table is not None:
             path, table = latency_table
             check_table(table, path, input_shape=tuple(spec.shape), batch=budget.batch,
