@@ -4,9 +4,10 @@ The demo's setting: a resnet8x4 teacher on digits (1x8x8, 10 classes; random ini
 depend on the weights), budget = a third of the teacher's own measured ORT p50. Each configuration runs
 as a fresh `kdcompress select` process (imports included) with its own empty latency cache:
 
-  cold, pruned, parallel exports (the default)     goal < 45 s on 2 cores
+  cold, pruned (the default: screening on the TorchScript export, confirmation on the dynamo one)
+                                                    goal < 45 s on 2 cores
   warm (the same command again)                     goal < 2 s
-  cold, --no-prune --workers 1 (yesterday's search) for comparison (skip with --quick)
+  cold, --no-prune (every candidate screened)       for comparison (skip with --quick)
 
 and the chosen student of each is printed (pruned must equal exhaustive).
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 
 def run(args: list[str], cache: str) -> tuple[float, float, dict]:
-    """(wall s, CPU s of the whole process tree: the select process and its export workers, user + sys)."""
+    """(wall s, CPU s of the whole process tree: the select process and any children, user + sys)."""
     env = {**os.environ, "KDCOMPRESS_CACHE": cache}
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
@@ -82,10 +83,10 @@ def main() -> None:
               f"{s['skipped']} | {j['chosen']['name']} |", flush=True)
 
     cache = str(tmp / "c1")
-    row("cold, pruned, parallel exports", *run(base, cache))
+    row("cold, pruned", *run(base, cache))
     row("warm (same command again)", *run(base, cache))
     if not args.quick:
-        row("cold, exhaustive, sequential exports", *run([*base, "--no-prune", "--workers", "1"], str(tmp / "c2")))
+        row("cold, exhaustive (--no-prune)", *run([*base, "--no-prune"], str(tmp / "c2")))
     fp = machine_fingerprint()
     print()
     print(f"machine: {fp['cpu']}, {fp['cpus']} usable CPUs, Python {fp['python']}, onnxruntime {fp['onnxruntime']}, "

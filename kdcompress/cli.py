@@ -301,7 +301,8 @@ def select_cmd(
     tune: Tune = True,
     no_prune: Annotated[bool, typer.Option("--no-prune", help="Measure every candidate, also those bigger than a "
                                            "same-family one already over budget.")] = False,
-    workers: Annotated[int | None, typer.Option(help="Processes for ONNX exports (default: the CPU limit).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes for --export-candidates' ONNX exports (default: the "
+                                                     "CPU limit); measuring exports in-process.")] = None,
     json_: Json = False,
 ) -> None:
     """Measure every plausible student in ONNX Runtime at the teacher's input shape and pick the most

@@ -161,13 +161,19 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
             **selection_kwargs(select_opts, timing_variant)))
     if selection.chosen is None:
         raise UsageError("nothing was chosen: give --budget-ms (to select a student) or --student NAME")
+    def fingerprint_of(arch: str) -> dict[str, Any]:
+        return {"arch": arch, "data": cfg.data, "teacher": teacher.sha256,
+                "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json(),
+                **({"student_init": student_init} if student_init else {})}
+
     if select_opts.rank == "trial" and not cfg.student and cfg.budget.ms is not None:
-        # trials train into RUN/trials/ (opt-in); the configuration check below comes after them
+        # trials train into RUN/trials/: a run directory holding another configuration is refused first
+        # (its architecture is the trials' to decide: everything else must match)
+        if not cfg.restart:
+            ddp.on_main(lambda: check_resumable(run, fingerprint_of(selection.chosen.name), ignore=("arch",)))
         selection = rank_by_trial(selection, cfg, select_opts, teacher, splits, run, device, ddp, console)
     arch = selection.chosen.name
-    fingerprint = {"arch": arch, "data": cfg.data, "teacher": teacher.sha256,
-                   "preset": preset_to_json(cfg.preset), "teacher_options": cfg.teacher_options.to_json(),
-                   **({"student_init": student_init} if student_init else {})}
+    fingerprint = fingerprint_of(arch)
 
     def begin() -> None:
         """The first writes, once every check passed: a different configuration in the run directory is

@@ -39,7 +39,7 @@ class FakeClock:
         self.table = {k: list(v) for k, v in table.items()}
         self.calls: list[tuple[str, int | None, int, str]] = []
 
-    def __call__(self, model, spec, runtime, batch, *, onnx=None, precision="fp32", settings=None):
+    def __call__(self, model, spec, runtime, batch, *, onnx=None, precision="fp32", settings=None, graph="ship"):
         name = PARAMS.get(sum(p.numel() for p in model.parameters()), "teacher")
         if precision != "fp32":
             name = f"{name}:{precision}"
@@ -49,12 +49,17 @@ class FakeClock:
         return v if isinstance(v, LatencyStats) else stats(v)
 
 
+def fake_export(ex, jobs, graph="ship"):
+    """Fake clocks need no ONNX: the 'bytes' name the graph asked for, so a clock sees what it measures."""
+    return {j: (graph.encode(), graph) for j in jobs}
+
+
 @pytest.fixture
 def clock(monkeypatch):
     def install(table):
         c = FakeClock(table)
         monkeypatch.setattr(sel_mod, "measure_model", c)
-        monkeypatch.setattr(sel_mod, "export_wave", lambda ex, jobs: {})  # fake clocks need no ONNX
+        monkeypatch.setattr(sel_mod, "export_wave", fake_export)  # fake clocks need no ONNX
 
         def tune(model, spec, runtime, batch, stat, *, onnx=None, precision="fp32"):
             return SessionSettings(runtime.threads or 1), c(model, spec, runtime, batch, precision=precision)
@@ -97,7 +102,8 @@ def test_confirmation_falls_back_when_the_second_measurement_misses(clock):
     assert s.chosen.name == "wrn10_1"
     r8 = next(x for x in s.candidates if x.name == "resnet8")
     assert not r8.fits and r8.confirmed and r8.latency.p50 == 0.047  # the slower figure is kept
-    assert [n for n, *_ in c.calls].count("resnet8") == 2 and [n for n, *_ in c.calls].count("wrn10_1") == 2
+    # one screening measurement, then two of the shipping graph for each confirmation
+    assert [n for n, *_ in c.calls].count("resnet8") == 3 and [n for n, *_ in c.calls].count("wrn10_1") == 3
     # the cache remembers the confirmed (slower) figure: a second run agrees without re-measuring
     c.calls.clear()
     again = run(0.045)
@@ -181,7 +187,7 @@ def test_cache_hit_and_miss_on_threads_batch_provider(clock, monkeypatch):
     monkeypatch.setattr(system_mod, "cpu_limit", lambda: 4)
     c = clock(LAT)
     run(0.045)
-    assert cache_path().is_file() and len(c.calls) == 6  # 4 candidates + teacher + 1 confirmation
+    assert cache_path().is_file() and len(c.calls) == 7  # 4 candidates + teacher + 1 confirmation (2 on the shipping graph)
     c.calls.clear()
     run(0.045)
     assert c.calls == []  # all hits, the chosen one already confirmed
@@ -226,7 +232,7 @@ def test_no_cache_measures_and_writes_nothing(clock):
     c = clock(LAT)
     run(0.045, use_cache=False)
     run(0.045, use_cache=False)
-    assert len(c.calls) == 12 and not cache_path().exists()
+    assert len(c.calls) == 14 and not cache_path().exists()
 
 
 def test_real_measurement_is_cached_and_confirmed():
@@ -237,6 +243,7 @@ def test_real_measurement_is_cached_and_confirmed():
     assert c.latency.iters >= 100 and c.latency.batch == 1
     entry = next(iter(json.loads(cache_path().read_text()).values()))
     assert entry["confirmed"] is True and entry["p50"] == c.latency.p50
+    assert c.graph == "ship" and entry["graph"] == "ship"  # the confirmed figure is of the shipping graph
 
 
 def test_pareto_front():

@@ -43,12 +43,18 @@ class Clock:
     """Fake measure_model: latency from `fn(name, precision)`; records every call."""
 
     def __init__(self, fn):
-        self.fn, self.calls = fn, []
+        self.fn, self.calls, self.graphs = fn, [], []
 
-    def __call__(self, model, spec, runtime, batch, *, onnx=None, precision="fp32", settings=None):
+    def __call__(self, model, spec, runtime, batch, *, onnx=None, precision="fp32", settings=None, graph="ship"):
         name = BY_PARAMS.get(sum(p.numel() for p in model.parameters()), "teacher")
         self.calls.append((name, precision, settings))
+        self.graphs.append((name, precision, (onnx or b"-").decode()))
         return stats(self.fn(name, precision))
+
+
+def fake_export(ex, jobs, graph="ship"):
+    """Fake clocks need no ONNX: the 'bytes' name the graph asked for, so a clock sees what it measures."""
+    return {j: (graph.encode(), graph) for j in jobs}
 
 
 @pytest.fixture
@@ -56,7 +62,7 @@ def clock(monkeypatch):
     def install(fn):
         c = Clock(fn)
         monkeypatch.setattr(sel_mod, "measure_model", c)
-        monkeypatch.setattr(sel_mod, "export_wave", lambda ex, jobs: {})
+        monkeypatch.setattr(sel_mod, "export_wave", fake_export)
 
         def tune(model, spec, runtime, batch, stat, *, onnx=None, precision="fp32"):
             s = SessionSettings(2, "extended", "parallel")
@@ -479,6 +485,33 @@ def test_distill_rank_trial_trains_in_the_scratch_directory(clock, tiny_teacher,
     assert rep["student"]["arch"] == best["name"] == rep["selection"]["chosen"]["name"]
     assert (tmp_path / "run" / "trials" / "tinycnn_w16-e1" / "student.pt").is_file()
     assert (tmp_path / "run" / "trials" / "tinycnn_w8-e1" / "student.pt").is_file()
+
+
+def test_distill_rank_trial_refuses_another_configuration_before_any_trial(clock, tiny_teacher, tmp_path):
+    from rich.console import Console
+
+    from kdcompress.core.config import RunConfig
+    from kdcompress.losses import load_checked_preset
+    from kdcompress.pipeline import distill
+    from kdcompress.select.result import SelectOptions
+
+    from .conftest import TINY_DATA
+
+    clock(lambda n, p: {"tinycnn_w8": 0.02, "tinycnn_w16": 0.03, "resnet8": 0.5}[n])
+
+    def cfg(epochs: int, **kw):
+        return RunConfig(teacher=tiny_teacher, data=TINY_DATA, budget=Budget(0.05), runtime=RuntimeConfig(device="cpu"),
+                         preset=load_checked_preset("kd", [f"train.epochs={epochs}", "train.batch_size=16"]),
+                         out=tmp_path / "run", **kw)
+    quiet = Console(stderr=True, quiet=True)
+    distill(cfg(1, student="tinycnn_w8"), quiet)  # a finished run of another configuration (1 epoch)
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+    with pytest.raises(UsageError, match="holds a run with a different configuration"):
+        distill(cfg(4, candidates=("tinycnn_w8", "tinycnn_w16")), quiet,
+                select_opts=SelectOptions(rank="trial", trial_top=2, trial_budget=0.5))
+    assert not (tmp_path / "run" / "trials").exists()
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
 
 
 def test_validate_uses_the_settings_a_file_carries(monkeypatch, tmp_path):

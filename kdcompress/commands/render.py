@@ -140,8 +140,9 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
     budget = "none (ladder only)" if sel["budget_ms"] is None else f"{sel['budget_ms']:g} ms {sel['stat']}"
     t = Table(title=f"{title}\nbudget {budget}, batch {sel['batch']}, {sel['provider']}, {sel['threads']} thread(s)",
               caption="\n".join(f"warning: {w}" for w in sel["warnings"]) or None, caption_style="yellow")
-    for col in ("name", "params", "FLOPs", "p50 ms", "p90 ms", "fits", "chosen"):
-        t.add_column(col, justify="left" if col in ("name", "fits", "chosen") else "right", no_wrap=col == "name")
+    for col in ("name", "params", "FLOPs", "p50 ms", "p90 ms", "graph", "fits", "chosen"):
+        t.add_column(col, justify="left" if col in ("name", "graph", "fits", "chosen") else "right",
+                     no_wrap=col == "name")
     chosen = ((sel["chosen"] or {}).get("name"), (sel["chosen"] or {}).get("precision", "fp32"))
     notes = [f"warning: {w}" for w in sel["warnings"]]
     if sel.get("skipped"):
@@ -149,7 +150,9 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
     if sel.get("fallback"):
         notes.append(f"fp32 fallback if the {sel['chosen']['precision']} variant fails its accuracy gate: "
                      f"{sel['fallback']['name']}")
-    t.caption = "\n".join(notes) or None
+    notes.append("graph: screen = the fast TorchScript export every candidate is screened on; ship = the dynamo "
+                 "graph export writes (every confirmed figure)")
+    t.caption = "\n".join(notes)
 
     def fits(c: dict[str, Any]) -> str:
         return "-" if sel["budget_ms"] is None else ("yes" if c["fits"] else "no")
@@ -160,13 +163,13 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
         lat = c["latency_ms"]
         slow = " (slower than fp32)" if c.get("slower_than_fp32") else ""
         t.add_row(c["name"] + ("" if prec == "fp32" else f" ({prec}){slow}"), f"{c['params']:,}", human(c["flops"]), f"{lat['p50']:.4f}", f"{lat['p90']:.4f}",
-                  fits(c), "[bold green]<- chosen[/]" if mark else "", style="bold" if mark else None)
+                  c.get("graph", "ship"), fits(c), "[bold green]<- chosen[/]" if mark else "", style="bold" if mark else None)
     if sel["teacher"] is not None:
         c = sel["teacher"]
         lat = c["latency_ms"]
         t.add_section()
         t.add_row(f"{c['name']} (teacher)", f"{c['params']:,}", human(c["flops"]), f"{lat['p50']:.4f}",
-                  f"{lat['p90']:.4f}", fits(c) + (" [yellow](!)[/]" if sel["teacher_meets_budget"] else ""), "",
+                  f"{lat['p90']:.4f}", c.get("graph", "ship"), fits(c) + (" [yellow](!)[/]" if sel["teacher_meets_budget"] else ""), "",
                   style="italic")
     _console().print(t)
 

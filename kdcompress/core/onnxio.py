@@ -137,6 +137,31 @@ def onnx_bytes(model: nn.Module, spec: InputSpec, *, opset: int = DEFAULT_OPSET,
     return checked_bytes(proto, "exported ONNX model")
 
 
+def screen_bytes(model: nn.Module, spec: InputSpec, *, batch: int = 1, opset: int = DEFAULT_OPSET) -> tuple[bytes, str]:
+    """(ONNX bytes, graph) for a latency screening at `batch`: the TorchScript exporter (`dynamo=False`,
+    20-50x faster than dynamo, ENVIRONMENT.md §3) with the same names and opset, checked like onnx_bytes;
+    graph "screen". The batch is static (the screening measures that batch only): with a dynamic batch the
+    TorchScript graph keeps hundreds of shape-computing nodes (ShuffleNetV2: 826 nodes vs dynamo's 173) that
+    ONNX Runtime cannot fold, and measured 1.25-1.85x slower than the dynamo graph; static, 1.03-1.10x
+    (benchmarks/RESULTS.md, "select: cold start"). Other small differences stay (GlobalAveragePool+Flatten
+    where dynamo writes ReduceMean+Reshape), so a figure that ships is measured on onnx_bytes' graph.
+    When the TorchScript export fails, the dynamo bytes are returned instead, with graph "ship"."""
+    import copy
+
+    import onnx
+
+    try:
+        m = copy.deepcopy(model).float().cpu().eval()
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(m, (torch.zeros((batch, *spec.shape)),), buf, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+        return checked_bytes(onnx.load_from_string(buf.getvalue()), "screening ONNX export"), "screen"
+    except Exception:  # any TorchScript failure: the exporter that ships decides
+        return onnx_bytes(model, spec, opset=opset), "ship"
+
+
 # ------------------------------------------------------------------------------------------ variants
 
 VARIANTS = ("fp32", "fp16", "int8")

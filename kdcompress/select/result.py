@@ -26,11 +26,12 @@ class Candidate:
     family: str = ""
     settings: SessionSettings | None = None  # the ORT settings the latency was measured with
     slower_than_fp32: bool = False  # a reduced-precision variant that is no faster: never chosen
+    graph: str = "ship"  # the export `latency` is of: "screen" (fast TorchScript screening) or "ship" (dynamo)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "precision": self.precision, "family": self.family, "params": self.params,
                 "flops": self.flops, "latency_ms": self.latency.to_json(), "fits": self.fits,
-                "confirmed": self.confirmed, "slower_than_fp32": self.slower_than_fp32,
+                "confirmed": self.confirmed, "slower_than_fp32": self.slower_than_fp32, "graph": self.graph,
                 "settings": (self.settings or SessionSettings()).to_json()}
 
 

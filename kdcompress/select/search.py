@@ -7,9 +7,14 @@ per machine fingerprint, provider, ORT version, input shape, batch, threads and 
 
 Adherence: the winner of "largest model whose measurement is under the budget" is biased towards a lucky
 (low) measurement, so a later re-measurement tends to land above it. Before a candidate is chosen it is
-therefore measured a second time in a fresh ONNX Runtime session, and it is kept only if the slower of the
+therefore measured again, twice, in fresh ONNX Runtime sessions, and it is kept only if the slower of the
 two measurements still meets the budget; otherwise it is marked as not fitting and the next candidate
 down the ranking is confirmed the same way. The confirmed (slower) figure is what the cache remembers.
+
+Two graphs (select.ladder): every candidate is first measured on its fast TorchScript *screening* export
+(graph "screen"); the confirmation measures the dynamo *shipping* export (graph "ship", the bytes export
+writes), so a confirmed figure, in the cache and in the Selection, is always one of the graph that ships.
+Each Candidate says which graph its latency is from (`graph`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from ..core.runio import atomic_write_json
 from ..core.spec import InputSpec
 from .result import (PRECISION_PREFERENCE, Candidate, Selection, allowed_precisions,
                      measured_precisions)
-from ..core.system import cap_threads, cpu_limit, machine_fingerprint
+from ..core.system import cap_threads, cpu_limit, machine_fingerprint, torch_threads
 
 
 def cache_path() -> Path:
@@ -70,7 +75,7 @@ class LatencyCache:
         if not isinstance(e, dict):
             return None
         try:
-            return LatencyStats(**{k: v for k, v in e.items() if k not in ("confirmed", "settings")})
+            return LatencyStats(**{k: v for k, v in e.items() if k not in ("confirmed", "settings", "graph")})
         except TypeError:
             return None
 
@@ -85,9 +90,14 @@ class LatencyCache:
         e = self.entries.get(key)
         return isinstance(e, dict) and e.get("confirmed") is True and self.get(key) is not None
 
+    def graph(self, key: str) -> str:
+        """Which export the entry was measured on; entries from before screening existed were "ship"."""
+        e = self.entries.get(key)
+        return str(e.get("graph", "ship")) if isinstance(e, dict) else "ship"
+
     def put(self, key: str, stats: LatencyStats, confirmed: bool = False,
-            settings: SessionSettings | None = None) -> None:
-        self.entries[key] = {**asdict(stats), "confirmed": confirmed,
+            settings: SessionSettings | None = None, graph: str = "ship") -> None:
+        self.entries[key] = {**asdict(stats), "confirmed": confirmed, "graph": graph,
                              **({"settings": settings.to_json()} if settings else {})}
         self.dirty = True
 
@@ -101,12 +111,14 @@ class LatencyCache:
 
 
 def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *, onnx: bytes | None = None,
-                  precision: str = "fp32", settings: SessionSettings | None = None) -> LatencyStats:
-    """The one measurement: `onnx` (or `model` exported to fp32 ONNX) in a fresh ORT session."""
-    from ..core.onnxio import onnx_bytes
+                  precision: str = "fp32", settings: SessionSettings | None = None,
+                  graph: str = "ship") -> LatencyStats:
+    """The one measurement: `onnx` (or `model` exported to fp32 ONNX: the shipping graph, or with
+    graph="screen" the fast screening export) in a fresh ORT session."""
+    from ..core.onnxio import onnx_bytes, screen_bytes
 
     del precision  # carried for fakes in tests: the bytes already are that precision
-    data = onnx if onnx is not None else onnx_bytes(model, spec)
+    data = onnx if onnx is not None else (screen_bytes(model, spec, batch=batch)[0] if graph == "screen" else onnx_bytes(model, spec))
     sess = make_session(data, runtime.provider, runtime.threads, settings)
     return measure_latency(sess, (batch, *spec.shape))
 
@@ -125,7 +137,10 @@ def tune_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, stat:
 def measure_cached(name: str, model, spec: InputSpec, num_classes: int, runtime: RuntimeConfig, batch: int,
                    cache: LatencyCache | None = None,
                    on_measure: Callable[[str], None] | None = None) -> LatencyStats:
-    """ORT latency of `model` (exported to ONNX) at `batch`, from the cache when this machine measured it."""
+    """ORT latency of `model` at `batch`, from the cache when this machine measured it. Measured on the
+    fast screening export (core.onnxio.screen_bytes), not the shipping one: this is the teacher's latency
+    (name "__teacher__"), which is only reported beside the student's and never shipped; the cache entry
+    says graph "screen" (an entry from before screening existed was measured on the shipping graph)."""
     own = cache is None
     cache = cache or LatencyCache()
     key = cache.key(name, model, spec, num_classes, runtime, batch)
@@ -133,8 +148,8 @@ def measure_cached(name: str, model, spec: InputSpec, num_classes: int, runtime:
     if stats is None:
         if on_measure:
             on_measure(name)
-        stats = measure_model(model, spec, runtime, batch)
-        cache.put(key, stats)
+        stats = measure_model(model, spec, runtime, batch, graph="screen")
+        cache.put(key, stats, graph="screen")
     if own:
         cache.save()
     return stats
@@ -220,9 +235,12 @@ def ladder_rows(num_classes: int, spec: InputSpec, teacher_model, names: tuple[s
     return sorted(rows, key=lambda r: (r["flops"], r["params"], -PRECISION_PREFERENCE[r["precision"]]))
 
 
-def export_wave(exporter, jobs: list[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
-    """ONNX bytes for a wave of (name, precision) jobs (a seam: tests with fake clocks skip exporting)."""
-    return exporter.many(jobs)
+def export_wave(exporter, jobs: list[tuple[str, str]], graph: str = "ship") -> dict[tuple[str, str], tuple[bytes, str]]:
+    """(ONNX bytes, graph made) for (name, precision) jobs: graph "screen" asks for the screening export
+    (which is "ship" where it fell back), "ship" for the shipping one (a seam: fake clocks skip exporting)."""
+    if graph == "screen":
+        return {j: exporter.screen(j) for j in jobs}
+    return {j: (b, "ship") for j, b in exporter.many(jobs).items()}
 
 
 def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: RuntimeConfig,
@@ -236,8 +254,9 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
 
     Candidates are measured in order of capacity (FLOPs, params); with a budget, one whose FLOPs and params
     are both at least those of a same-family, same-precision candidate already measured over budget is
-    skipped (`prune`). Exports run in `workers` processes (default: the CPU limit). `precision` picks what
-    may ship (module doc); `convert` makes the fp16/int8 bytes. `tune` sweeps ORT settings for each
+    skipped (`prune`). Exports run in-process, one model at a time (a screening export takes 0.05-1 s; a
+    worker process would cost a torch import); `workers` is kept for the API (export_ladder uses a pool for
+    shipping exports). `precision` picks what may ship (module doc); `convert` makes the fp16/int8 bytes. `tune` sweeps ORT settings for each
     candidate that is confirmed. `latency_table` (path, table): take every figure from a table measured on
     the target by `kdcompress profile` instead of measuring here."""
     from ..students.registry import STUDENTS, capacity
@@ -249,12 +268,11 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     precs, pnotes = measured_precisions(precision, runtime.provider)
     notes = tuple(n for n in (note, *pnotes) if n)
     cache = LatencyCache(enabled=use_cache and latency_table is None)
-    t_cap = capacity(teacher_model, spec) if teacher_model is not None else None
-    teacher_flops = t_cap.flops if t_cap is not None else None
-    workers = max(1, min(workers or cpu_limit(), cpu_limit()))
-
     caps = LatencyCache(cache.path.with_name("capacity.json"), enabled=use_cache)
-    info = {name: (None, cap, fam) for name, cap, fam in zoo_candidates(num_classes, spec, teacher_flops, names, caps)}
+    with torch_threads(1):  # torch only builds, counts and exports tiny models here (core.system)
+        t_cap = capacity(teacher_model, spec) if teacher_model is not None else None
+        teacher_flops = t_cap.flops if t_cap is not None else None
+        info = {n: (None, cap, fam) for n, cap, fam in zoo_candidates(num_classes, spec, teacher_flops, names, caps)}
     caps.save()
 
     def model_of(name: str):
@@ -274,7 +292,7 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     over: list[tuple[str, str, int, int, str]] = []  # family, precision, flops, params, name
     skipped: list[dict[str, Any]] = []
     counts = {"measured": 0, "cached": 0, "skipped": 0, "confirmations": 0}
-    data: dict[tuple[str, str], bytes] = {}
+    data: dict[tuple[str, str], tuple[bytes, str]] = {}  # shipping bytes of the confirmed
 
     def pruned_by(j: tuple[str, str]) -> str | None:
         if not prune or budget.ms is None:
@@ -283,10 +301,10 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
         return next((n for f, p, fl, pa, n in over if f == fam and p == j[1] and cap.flops >= fl and cap.params >= pa),
                     None)
 
-    def record(j, stats: LatencyStats, confirmed: bool, settings: SessionSettings | None) -> None:
+    def record(j, stats: LatencyStats, confirmed: bool, settings: SessionSettings | None, graph: str) -> None:
         _, cap, fam = info[j[0]]
         rows[j] = Candidate(j[0], cap.params, cap.flops, stats, fits(stats), confirmed, j[1], fam,
-                            settings or SessionSettings(threads))
+                            settings or SessionSettings(threads), graph=graph)
         if not fits(stats):
             over.append((fam, j[1], cap.flops, cap.params, j[0]))
 
@@ -296,54 +314,45 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
         skipped.append({"name": j[0], "precision": j[1], "family": fam, "params": cap.params, "flops": cap.flops,
                         "reason": f"at least the FLOPs and params of {by}, which measured over budget"})
 
-    def onnx_of(ex, j) -> bytes | None:
+    def ship_of(ex, j) -> bytes | None:
         if j not in data:
-            data.update(export_wave(ex, [j]))
-        return data.get(j)
+            data.update(export_wave(ex, [j], "ship"))
+        return data[j][0] if j in data else None
 
     source = "measured"
     provider = runtime.provider
-    with Exporter(num_classes, spec, convert, workers) as ex:
+    del workers
+    with torch_threads(1), Exporter(num_classes, spec, convert, 1, build=model_of, batch=budget.batch) as ex:
         if latency_table is not None:
             path, table = latency_table
             check_table(table, path, input_shape=tuple(spec.shape), batch=budget.batch,
                         wanted={model_key(*j): (info[j[0]][1].params, info[j[0]][1].flops) for j in jobs})
             for j in jobs:
                 e = table["models"][model_key(*j)]
-                record(j, table_stats(e), True, SessionSettings.from_json(e.get("settings") or {}))
+                record(j, table_stats(e), True, SessionSettings.from_json(e.get("settings") or {}), "ship")
             source, provider = f"latency-table:{path}", str(table.get("provider", provider))
-        i = 0
-        while latency_table is None and i < len(jobs):
-            wave: list[tuple[str, str]] = []
-            while i < len(jobs) and len(wave) < workers:
-                j = jobs[i]
-                i += 1
-                if (by := pruned_by(j)) is not None:
-                    skip(j, by)
-                elif (st := cache.get(key(j))) is not None:
-                    counts["cached"] += 1
-                    record(j, st, cache.confirmed(key(j)), cache.settings(key(j)))
-                else:
-                    wave.append(j)
-            if on_measure and wave:
-                on_measure(f"exporting {', '.join(n + ('' if p == 'fp32' else ' ' + p) for n, p in wave)}")
-            data.update(export_wave(ex, wave))
-            for j in wave:
-                if (by := pruned_by(j)) is not None:
-                    skip(j, by)
-                    continue
+        for j in jobs if latency_table is None else ():
+            if (by := pruned_by(j)) is not None:
+                skip(j, by)
+            elif (st := cache.get(key(j))) is not None:
+                counts["cached"] += 1
+                record(j, st, cache.confirmed(key(j)), cache.settings(key(j)), cache.graph(key(j)))
+            else:
                 if on_measure:
                     on_measure(j[0] if j[1] == "fp32" else f"{j[0]} ({j[1]})")
-                stats = measure_model(model_of(j[0]), spec, runtime, budget.batch, onnx=data.get(j), precision=j[1])
+                blob, graph = export_wave(ex, [j], "screen").get(j, (None, "screen"))
+                stats = measure_model(model_of(j[0]), spec, runtime, budget.batch, onnx=blob, precision=j[1],
+                                      graph=graph)
                 counts["measured"] += 1
-                cache.put(key(j), stats)
-                record(j, stats, False, None)
+                cache.put(key(j), stats, graph=graph)
+                record(j, stats, False, None, graph)
         teacher = None
         if teacher_model is not None and latency_table is None:
             cap = t_cap
             stats = measure_cached("__teacher__", teacher_model, spec, num_classes, runtime, budget.batch, cache,
                                    on_measure and (lambda _: on_measure(f"the teacher ({teacher_name})")))
-            teacher = Candidate(teacher_name, cap.params, cap.flops, stats, fits(stats))
+            t_key = cache.key("__teacher__", teacher_model, spec, num_classes, runtime, budget.batch)
+            teacher = Candidate(teacher_name, cap.params, cap.flops, stats, fits(stats), graph=cache.graph(t_key))
         cache.save()
 
         for j, c in list(rows.items()):
@@ -359,18 +368,21 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
             model = model_of(c.name)
             if on_measure:
                 on_measure(f"{c.name} again (confirming it meets the budget{', tuning ORT settings' if tune else ''})")
-            settings = None
-            first = c.latency
+            settings, ship = None, ship_of(ex, j)  # both measurements are of the shipping graph
             if tune:
-                settings, first = tune_model(model, spec, runtime, budget.batch, budget.stat, onnx=onnx_of(ex, j),
+                settings, first = tune_model(model, spec, runtime, budget.batch, budget.stat, onnx=ship,
                                              precision=c.precision)
-            again = measure_model(model, spec, runtime, budget.batch, onnx=onnx_of(ex, j), precision=c.precision,
+            elif c.graph == "ship":  # the screening export fell back: its figure is of the shipping graph
+                first = c.latency
+            else:
+                first = measure_model(model, spec, runtime, budget.batch, onnx=ship, precision=c.precision)
+            again = measure_model(model, spec, runtime, budget.batch, onnx=ship, precision=c.precision,
                                   settings=settings)
             slower = max(first, again, key=lambda s: s.stat(budget.stat))
-            cache.put(key(j), slower, confirmed=True, settings=settings)
+            cache.put(key(j), slower, confirmed=True, settings=settings, graph="ship")
             cache.save()
             rows[j] = replace(c, latency=slower, fits=fits(slower), confirmed=True,
-                              settings=settings or SessionSettings(threads))
+                              settings=settings or SessionSettings(threads), graph="ship")
             return rows[j]
 
         def best(allowed: tuple[str, ...]) -> Candidate | None:

@@ -115,7 +115,7 @@ def _prepare(objective: nn.Module, ctx: PrepareContext, run: RunDir, fingerprint
     return state
 
 
-def _read_checkpoint(run: RunDir, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+def _read_checkpoint(run: RunDir, fingerprint: dict[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, Any] | None:
     if not run.last_checkpoint.exists():
         return None
     try:
@@ -124,16 +124,19 @@ def _read_checkpoint(run: RunDir, fingerprint: dict[str, Any]) -> dict[str, Any]
         raise InputError(f"{e.message}; use --restart to start over") from None
     if not isinstance(ck, dict) or not {"fingerprint", "epoch", "student", "optimizer"} <= set(ck):
         raise InputError(f"{run.last_checkpoint} is not a kdcompress training checkpoint; use --restart to start over")
-    if ck.get("fingerprint") != fingerprint:
+    got = ck.get("fingerprint")
+    if not isinstance(got, dict) or {k: v for k, v in got.items() if k not in ignore} != {
+            k: v for k, v in fingerprint.items() if k not in ignore}:
         raise UsageError(f"{run.root} holds a run with a different configuration; "
                          "use --restart to start over or another --out")
     return ck
 
 
-def check_resumable(run: RunDir, fingerprint: dict[str, Any]) -> None:
+def check_resumable(run: RunDir, fingerprint: dict[str, Any], ignore: tuple[str, ...] = ()) -> None:
     """Refuse, before anything is written, a run directory whose checkpoint has another configuration
-    (or cannot be read): the same check training makes when it resumes."""
-    _read_checkpoint(run, fingerprint)
+    (or cannot be read): the same check training makes when it resumes. Keys in `ignore` are not compared
+    (`distill --rank trial` checks before its trials have chosen the architecture)."""
+    _read_checkpoint(run, fingerprint, ignore)
 
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
