@@ -154,6 +154,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=None, help="also write the per-seed numbers here")
     ap.add_argument("--from-json", type=Path, nargs="+", default=None,
                     help="print the table of one or more (partial) --json files, e.g. a grid split over processes")
+    ap.add_argument("--no-ce", action="store_true",
+                    help="part of a grid split over processes whose ce runs another process makes: only --json is "
+                         "written; print the table with --from-json over all the parts")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: digits, resnet8 teacher (1 epoch), 1 epoch, 2 seeds, ce/kd/kd_ls")
     args = ap.parse_args(argv)
@@ -162,7 +165,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.teacher_arch, args.threads = "resnet8", 1
         args.presets = args.presets or list(QUICK_PRESETS)
     names = args.presets or builtin_preset_names()
-    args.presets = ["ce", *[n for n in names if n != "ce"]]
+    args.presets = ([] if args.no_ce else ["ce"]) + [n for n in names if n != "ce"]
     return args
 
 
@@ -210,6 +213,13 @@ def main(argv: list[str] | None = None) -> str:
                     args.json.with_suffix(".partial.json").write_text(json.dumps(
                         {"teacher_test_acc": t_acc, "runs": [{k: v for k, v in x.items() if k != "pred"} for x in rows]},
                         indent=1, default=str))
+    if args.no_ce:
+        if args.json:
+            args.json.write_text(json.dumps({"teacher_test_acc": t_acc, "teacher": info,
+                                             "runs": [{k: v for k, v in r.items() if k != "pred"} for r in rows]},
+                                            indent=1, default=str))
+        print("no ce runs here (--no-ce): print the table with --from-json over every part of the grid")
+        return ""
     summary = summarise(rows, t_acc, args.seeds)
     fp = machine_fingerprint()
     ce = next(r for r in summary if r["preset"] == "ce")

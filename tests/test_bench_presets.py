@@ -79,3 +79,8 @@ def test_tune_table_ranks_configurations_by_validation_only(tmp_path):
     # best mean validation accuracy first: 86.00 ± 0.00, then 82.00 ± 2.83 (sd of 80 and 84)
     assert "picd.k=4,nicd.k=4 | 2 | 86.00 ± 0.00" in lines[0] and "default | 2 | 82.00 ± 2.83" in lines[1]
     assert "test" not in text.lower()  # the tuning table never shows test accuracy
+
+
+def test_no_ce_part_of_a_split_grid(bench):
+    assert bench.parse(["--presets", "ickd"]).presets == ["ce", "ickd"]
+    assert bench.parse(["--no-ce", "--presets", "ickd"]).presets == ["ickd"]
