@@ -113,6 +113,20 @@ def sync(device: torch.device) -> None:
 
 def kdcompress_step_time(method: str, split: TensorSplit, device: torch.device, batch: int, warmup: int,
                          steps: int, compile: bool, cached: bool = False) -> float:
+    step = kdcompress_stepper(method, split, device, batch, compile, cached)
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def kdcompress_stepper(method: str, split: TensorSplit, device: torch.device, batch: int, compile: bool,
+                       cached: bool = False) -> Callable[[], tuple[torch.Tensor, dict]]:
+    """One call = one kdcompress training step of `method` on the next batch (what profile_step.py profiles)."""
     student, t_model = models(device)
     if device.type == "cuda":
         student = student.to(memory_format=torch.channels_last)
@@ -146,14 +160,7 @@ def kdcompress_step_time(method: str, split: TensorSplit, device: torch.device, 
             epoch += 1
 
     it = batches()
-    for _ in range(warmup):
-        engine.step(next(it), EPOCH, gen)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        engine.step(next(it), EPOCH, gen)
-    sync(device)
-    return (time.perf_counter() - t0) / steps
+    return lambda: engine.step(next(it), EPOCH, gen)
 
 
 def kd_loss_mdistiller_style(z_s: torch.Tensor, z_t: torch.Tensor, T: float) -> torch.Tensor:

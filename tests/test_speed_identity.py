@@ -1,0 +1,71 @@
+"""The CPU-throughput rewrites (issue 15) change no result: each is checked bitwise against the formula it
+replaced, kept here as the reference, on fixed inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdcompress.core.types import TeacherOutputs
+from kdcompress.losses import memory
+from kdcompress.losses.memory import PAD_SIM, MemoryBank
+
+# ------------------------------------------------------------------------------------------------ IC-KD bank
+
+
+def reference_class_search(bank: MemoryBank, query, own, y, k, side):
+    """class_search as it was before the rewrite: one full (B, w) block per searched class, concatenated."""
+    own, y = own.long(), y.long()
+    b = query.shape[0]
+    cand_s, cand_i = [], []
+    for c in (y.unique().tolist() if side == "same" else range(len(bank._sub_banks()))):
+        rows = (y == c).nonzero().squeeze(1) if side == "same" else torch.arange(b)
+        s, i = bank._search_class(int(c), query[rows] if side == "same" else query, k + (side == "same"))
+        full_s = torch.full((b, s.shape[1]), float("-inf"))
+        full_i = own.view(-1, 1).expand(b, s.shape[1]).clone()
+        full_s[rows], full_i[rows] = s, i
+        if side == "other":
+            full_s[y == c] = float("-inf")
+        cand_s.append(full_s)
+        cand_i.append(full_i)
+    cand_s.append(torch.full((b, k), float("-inf")))
+    cand_i.append(own.view(-1, 1).expand(b, k))
+    sims, ids = torch.cat(cand_s, 1), torch.cat(cand_i, 1)
+    sims = torch.where(ids == own.view(-1, 1), float("-inf"), sims)
+    sims, pos = sims.topk(k, dim=1)
+    ids = ids.gather(1, pos)
+    pad = torch.isinf(sims)
+    return torch.where(pad, own.view(-1, 1), ids), torch.where(pad, PAD_SIM, sims)
+
+
+def _bank(seed: int, n: int, classes: int, backend: str, small_class: bool) -> MemoryBank:
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(n, 16, generator=g)
+    emb[1] = emb[0]  # an exact duplicate: a tie
+    labels = torch.randint(0, classes, (n,), generator=g)
+    if small_class:  # one class with fewer members than k + 1: its rows come up short and are padded
+        labels[labels == classes - 1] = 0
+        labels[:3] = classes - 1
+    return MemoryBank.from_teacher(TeacherOutputs(emb, torch.randn(n, classes, generator=g), labels), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@pytest.mark.parametrize("side", ["same", "other"])
+@pytest.mark.parametrize("seed,small_class", [(0, False), (1, True), (2, True)])
+def test_class_search_identical_to_the_old_layout(backend, side, seed, small_class):
+    if backend == "faiss" and memory._faiss() is None:
+        pytest.skip("faiss not installed")
+    bank = _bank(seed, 300, 7, backend, small_class)
+    g = torch.Generator().manual_seed(100 + seed)
+    for b, k in ((64, 8), (5, 4), (1, 8)):
+        own = torch.randint(0, len(bank), (b,), generator=g)
+        own[0] = 0
+        y = bank.labels[own].clone()
+        if b > 2:
+            y[1] = 9  # a label the bank does not have
+        q = bank._as_query(bank.feats[own].float() + 0.1 * torch.randn(b, 16, generator=g))
+        q[0] = bank.feats[1].float()  # the duplicate of entry 0
+        ids, sims = bank.class_search(q, own, y, k, side)
+        ref_ids, ref_sims = reference_class_search(bank, q, own, y, k, side)
+        assert torch.equal(ids, ref_ids) and torch.equal(sims, ref_sims), (b, k)
