@@ -69,3 +69,46 @@ def test_class_search_identical_to_the_old_layout(backend, side, seed, small_cla
         ids, sims = bank.class_search(q, own, y, k, side)
         ref_ids, ref_sims = reference_class_search(bank, q, own, y, k, side)
         assert torch.equal(ids, ref_ids) and torch.equal(sims, ref_sims), (b, k)
+
+
+# ------------------------------------------------------------------------------------------------ augmentation
+
+
+def reference_shift_flip(x, pad, oy, ox, flip):
+    """shift_flip as it was: pad, gather the rows, gather the columns, then where(flip, flipped, out)."""
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    rows = (oy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(b, c, h, w + 2 * pad)
+    xp = xp.gather(2, rows)
+    cols = (ox[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(b, c, h, w)
+    out = xp.gather(3, cols)
+    if flip is not None:
+        out = torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
+    return out
+
+
+@pytest.mark.parametrize("shape,mode", [((64, 1, 28, 28), "shift"), ((16, 3, 32, 32), "crop_flip"),
+                                        ((5, 2, 8, 7), "crop_flip"), ((3, 1, 8, 8), "shift"),
+                                        ((1, 3, 9, 5), "crop_flip")])
+def test_shift_flip_identical_to_the_two_gather_formula(shape, mode):
+    from kdcompress.train.augment import augment, augment_view, pad_of, shift_flip, view_draws
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=g)
+    pad = pad_of(mode)
+    oy = torch.randint(0, 2 * pad + 1, (shape[0],), generator=g)
+    ox = torch.randint(0, 2 * pad + 1, (shape[0],), generator=g)
+    oy[0], ox[0] = 0, 2 * pad  # the extreme offsets
+    flip = (torch.rand(shape[0], generator=g) < 0.5) if mode == "crop_flip" else None
+    out = shift_flip(x, pad, oy, ox, flip)
+    assert out.is_contiguous() and out.shape == x.shape
+    assert torch.equal(out, reference_shift_flip(x, pad, oy, ox, flip))
+    # the two callers: fresh draws from a generator, and the replayable cached views
+    a = augment(x, mode, torch.Generator().manual_seed(7))
+    g7 = torch.Generator().manual_seed(7)
+    ry, rx = torch.randint(0, 2 * pad + 1, (shape[0],), generator=g7), torch.randint(0, 2 * pad + 1, (shape[0],), generator=g7)
+    rf = (torch.rand((shape[0],), generator=g7) < 0.5) if mode == "crop_flip" else None
+    assert torch.equal(a, reference_shift_flip(x, pad, ry, rx, rf))
+    index = torch.arange(shape[0]) * 3
+    vy, vx, vf = view_draws(index, 2, 11, mode)
+    assert torch.equal(augment_view(x, index, 2, 11, mode), reference_shift_flip(x, pad, vy, vx, vf))
