@@ -112,3 +112,47 @@ def test_shift_flip_identical_to_the_two_gather_formula(shape, mode):
     index = torch.arange(shape[0]) * 3
     vy, vx, vf = view_draws(index, 2, 11, mode)
     assert torch.equal(augment_view(x, index, 2, 11, mode), reference_shift_flip(x, pad, vy, vx, vf))
+
+
+# ------------------------------------------------------------------------------------------------ optimizer
+
+
+@pytest.mark.parametrize("opt_kw", [dict(optimizer="sgd"), dict(optimizer="sgd", nesterov=True),
+                                    dict(optimizer="sgd", momentum=0.0), dict(optimizer="adamw", lr=1e-3)])
+def test_foreach_optimizer_identical_to_the_per_parameter_loop(opt_kw):
+    from kdcompress.core.config import TrainConfig
+    from kdcompress.core.spec import InputSpec
+    from kdcompress.students.registry import build_student
+    from kdcompress.train.loop import _optimizer
+
+    cfg = TrainConfig(**opt_kw)
+    spec = InputSpec((1, 8, 8), (0.5,), (0.25,))
+    runs = []
+    for make in (lambda ps: _optimizer(cfg, ps), lambda ps: _reference_optimizer(cfg, ps)):
+        torch.manual_seed(0)
+        model = build_student("tinycnn_w8", 3, spec)
+        opt = make(list(model.parameters()))
+        g = torch.Generator().manual_seed(1)
+        losses = []
+        for step in range(12):
+            if step == 6:
+                for group in opt.param_groups:
+                    group["lr"] = group["lr"] * 0.1  # the loop's per-epoch schedule
+            x, y = torch.rand(16, 1, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        runs.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (la, pa), (lb, pb) = runs
+    assert la == lb
+    assert all(torch.equal(a, b) for a, b in zip(pa, pb, strict=True))
+
+
+def _reference_optimizer(cfg, params):
+    """The optimizer as it was built before: torch's per-parameter loop on CPU."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay, foreach=False)
