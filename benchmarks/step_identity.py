@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import throughput as tp  # noqa: E402
+import throughput as tp
 
-import kdcompress  # noqa: E402
+import kdcompress
 print("kdcompress from", kdcompress.__file__)
 for setting in ("small", "default"):
     tp.S = tp.SETTINGS[setting]
@@ -21,7 +21,7 @@ for setting in ("small", "default"):
     for m in tp.METHODS:
         step = tp.kdcompress_stepper(m, split, torch.device("cpu"), 32 if setting == "small" else 8, False)
         rows = []
-        for i in range(12 if setting == "small" else 4):
+        for _ in range(12 if setting == "small" else 4):
             loss, parts = step()
             rows.append(f"{float(loss).hex()} " + " ".join(f"{k}={float(v).hex()}" for k, v in sorted(parts.items())))
         print(setting, m, rows[0][:60], "...", rows[-1][:40], "digest", hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16])

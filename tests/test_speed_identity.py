@@ -3,13 +3,25 @@ replaced, kept here as the reference, on fixed inputs."""
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
-from kdcompress.core.types import TeacherOutputs
+from kdcompress.core.config import load_preset
+from kdcompress.core.spec import InputSpec
+from kdcompress.core.splits import TensorSplit
+from kdcompress.core.types import LossContext, PrepareContext, TeacherOutputs
 from kdcompress.losses import memory
+from kdcompress.losses.base import Objective
 from kdcompress.losses.memory import PAD_SIM, MemoryBank
+from kdcompress.students.registry import build_student
+from kdcompress.teacher.model import EMBED_TIMM, Teacher
+from kdcompress.train.loop import _optimizer
+from kdcompress.train.step import Feeder, StepEngine
 
 # ------------------------------------------------------------------------------------------------ IC-KD bank
 
@@ -121,9 +133,6 @@ def test_shift_flip_identical_to_the_two_gather_formula(shape, mode):
                                     dict(optimizer="sgd", momentum=0.0), dict(optimizer="adamw", lr=1e-3)])
 def test_foreach_optimizer_identical_to_the_per_parameter_loop(opt_kw):
     from kdcompress.core.config import TrainConfig
-    from kdcompress.core.spec import InputSpec
-    from kdcompress.students.registry import build_student
-    from kdcompress.train.loop import _optimizer
 
     cfg = TrainConfig(**opt_kw)
     spec = InputSpec((1, 8, 8), (0.5,), (0.25,))
@@ -156,3 +165,51 @@ def _reference_optimizer(cfg, params):
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay, foreach=False)
+
+
+# ------------------------------------------------------------------------------------------------ a whole step
+
+
+# Losses of kdcompress's step engine on a fixed-seed short run, printed by the code BEFORE the throughput
+# changes (commit e2fed8b). Bitwise equal on the machine that made them; rel 1e-5 leaves room for another
+# CPU's convolution kernels.
+BEFORE = {
+    "kd": ('shift', [0.12466087937355042, 0.1191280260682106, 0.1212935820221901, 0.11957225203514099, 0.11303539574146271, 0.10932119935750961]),
+    "dkd": ('crop_flip', [1.1023499965667725, 1.102533221244812, 1.1086632013320923, 1.156288981437683, 1.138299822807312, 1.074841856956482]),
+    "nd": ('shift', [3.1315066814422607, 2.9677443504333496, 3.0289316177368164, 3.032848358154297, 2.953340768814087, 2.877936363220215]),
+    "ickd": ('crop_flip', [1.146757960319519, 1.1485459804534912, 1.1573724746704102, 2.1121606826782227, 2.1099274158477783, 2.0958445072174072]),
+}
+
+
+def _short_run(method: str, aug: str) -> list[float]:
+    """6 steps (2 epochs of 3 batches; epoch 1 and 30, inside and past the warm-ups), fixed seeds, CPU."""
+    spec = InputSpec((1, 8, 8), (0.5,), (0.25,))
+    torch.manual_seed(0)
+    t_model = build_student("resnet8", 3, spec).eval()
+    student = build_student("tinycnn_w8", 3, spec)
+    teacher = Teacher(t_model, "resnet8", ("0", "1", "2"), spec, t_model.embed_dim,
+                      sum(p.numel() for p in t_model.parameters()), Path("<memory>"), "0" * 64, embed_via=EMBED_TIMM)
+    g = torch.Generator().manual_seed(1)
+    split = TensorSplit(torch.rand(48, 1, 8, 8, generator=g), torch.arange(48) % 3)
+    preset = load_preset(method)
+    obj = Objective(preset.terms, LossContext(3, student.embed_dim, t_model.embed_dim))
+    if obj.needs_prepare:
+        obj.prepare(PrepareContext(teacher, split, spec, torch.device("cpu"), 3, Console(file=io.StringIO()), 16))
+    opt = _optimizer(preset.train, list(student.parameters()) + list(obj.parameters()))
+    eng = StepEngine(student=student, objective=obj, opt=opt, teacher=teacher.outputs, spec=spec,
+                     device=torch.device("cpu"), aug_mode=aug)
+    gen = torch.Generator().manual_seed(2)
+    student.train()
+    obj.train()
+    out = []
+    for epoch in (1, 30):
+        for b in Feeder(split, torch.device("cpu"), 16, seed=0).epoch(epoch):
+            loss, _ = eng.step(b, epoch, gen)
+            out.append(float(loss))
+    return out
+
+
+@pytest.mark.parametrize("method", sorted(BEFORE))
+def test_short_training_gives_the_losses_of_the_code_before(method):
+    aug, expected = BEFORE[method]
+    assert _short_run(method, aug) == pytest.approx(expected, rel=1e-5, abs=1e-7)
