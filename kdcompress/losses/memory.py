@@ -226,27 +226,45 @@ class MemoryBank:
     def class_search(self, query: Tensor, own: Tensor, y: Tensor, k: int, side: str) -> tuple[Tensor, Tensor]:
         """Class-conditional exact retrieval: for each unit-length query, the k nearest bank entries with
         label == y (side "same") or label != y (side "other"), the own index `own` excluded. Short rows are
-        padded with `own` at PAD_SIM. Returns (ids (B, k), sims (B, k)) on the bank's device."""
+        padded with `own` at PAD_SIM. Returns (ids (B, k), sims (B, k)) on the bank's device.
+
+        The candidates are laid out as one (B, W) block per searched class, then k padding columns (-inf at
+        `own`), and the best k of them taken with one top-k: "same" writes each class's queries into their
+        rows of one preallocated block, "other" concatenates the per-class results and masks the query's own
+        class in one step (fewer small tensor ops than a full-size block per class; same candidates)."""
         if side not in SIDES:
             raise ValueError(f"side must be one of {', '.join(SIDES)}, got {side!r}")
         self.searches += 1
         own, y = own.to(self.device).long(), y.to(self.device).long()
         b = query.shape[0]
-        cand_s, cand_i = [], []
-        for c in (y.unique().tolist() if side == "same" else range(len(self._sub_banks()))):
-            rows = (y == c).nonzero().squeeze(1) if side == "same" else torch.arange(b, device=self.device)
-            s, i = self._search_class(int(c), query[rows] if side == "same" else query, k + (side == "same"))
-            full_s = torch.full((b, s.shape[1]), float("-inf"), device=self.device)
-            full_i = own.view(-1, 1).expand(b, s.shape[1]).clone()
-            full_s[rows], full_i[rows] = s, i
-            if side == "other":
-                full_s[y == c] = float("-inf")
-            cand_s.append(full_s)
-            cand_i.append(full_i)
-        cand_s.append(torch.full((b, k), float("-inf"), device=self.device))  # padding: at least k candidates
-        cand_i.append(own.view(-1, 1).expand(b, k))
-        sims, ids = torch.cat(cand_s, 1), torch.cat(cand_i, 1)
-        sims = torch.where(ids == own.view(-1, 1), float("-inf"), sims)
+        neg_inf = float("-inf")
+        if side == "same":
+            found = []
+            for c in y.unique().tolist():
+                rows = (y == c).nonzero().squeeze(1)
+                s, i = self._search_class(int(c), query[rows], k + 1)
+                found.append((rows, s, i))
+            width = sum(s.shape[1] for _, s, _ in found)
+            sims = torch.full((b, width + k), neg_inf, device=self.device)
+            ids = own.view(-1, 1).expand(b, width + k).clone()
+            start = 0
+            for rows, s, i in found:
+                w = s.shape[1]
+                sims[rows, start:start + w], ids[rows, start:start + w] = s, i
+                start += w
+        else:
+            cand_s, cand_i, cand_c = [], [], []
+            for c in range(len(self._sub_banks())):
+                s, i = self._search_class(c, query, k)
+                cand_s.append(s)
+                cand_i.append(i)
+                cand_c.append(torch.full((s.shape[1],), c, dtype=torch.int64, device=self.device))
+            cand_s.append(torch.full((b, k), neg_inf, device=self.device))  # padding: at least k candidates
+            cand_i.append(own.view(-1, 1).expand(b, k))
+            cand_c.append(torch.full((k,), -1, dtype=torch.int64, device=self.device))
+            sims, ids = torch.cat(cand_s, 1), torch.cat(cand_i, 1)
+            sims = torch.where(torch.cat(cand_c).view(1, -1) == y.view(-1, 1), neg_inf, sims)
+        sims = torch.where(ids == own.view(-1, 1), neg_inf, sims)
         sims, pos = sims.topk(k, dim=1)
         ids = ids.gather(1, pos)
         pad = torch.isinf(sims)

@@ -38,17 +38,20 @@ def augment(x: Tensor, mode: str, generator: torch.Generator | None = None) -> T
 
 
 def shift_flip(x: Tensor, pad: int, oy: Tensor, ox: Tensor, flip: Tensor | None) -> Tensor:
-    """Pad by `pad`, crop back to size at per-sample offsets (oy, ox) in [0, 2 pad], flip where `flip`."""
+    """Pad by `pad`, crop back to size at per-sample offsets (oy, ox) in [0, 2 pad], flip where `flip`.
+
+    One gather over the flattened padded image: out[b, c, i, j] = xp[b, c, oy_b + i, ox_b + j'] with
+    j' = w - 1 - j where the sample is flipped, else j (pure data movement: the values are those of the
+    pad -> row gather -> column gather -> where(flip) formula it replaced, without its intermediates)."""
     b, c, h, w = x.shape
     dev = x.device
-    xp = F.pad(x, (pad, pad, pad, pad))
-    rows = (oy[:, None] + torch.arange(h, device=dev)[None, :])[:, None, :, None].expand(b, c, h, w + 2 * pad)
-    xp = xp.gather(2, rows)
-    cols = (ox[:, None] + torch.arange(w, device=dev)[None, :])[:, None, None, :].expand(b, c, h, w)
-    out = xp.gather(3, cols)
-    if flip is not None:
-        out = torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
-    return out
+    wp = w + 2 * pad
+    xp = F.pad(x, (pad, pad, pad, pad)).view(b, c, (h + 2 * pad) * wp)
+    j = torch.arange(w, device=dev)
+    cols = ox[:, None] + (torch.where(flip[:, None], w - 1 - j, j) if flip is not None else j)  # (b, w)
+    rows = (oy[:, None] + torch.arange(h, device=dev)) * wp  # (b, h): flat offset of each source row
+    idx = (rows[:, :, None] + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return xp.gather(2, idx).view(b, c, h, w)
 
 
 def mix(*keys: Tensor | int) -> Tensor:
