@@ -83,9 +83,7 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
 
 
 def _optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    # foreach: one multi-tensor call per update stage instead of a Python loop over the parameters (torch
-    # picks it by default on CUDA only). Bitwise the same update as the loop (tests/test_speed_identity.py);
-    # fused=True is not used: its CPU kernel rounds differently.
+    # foreach: multi-tensor updates, bitwise equal to the loop (tests/test_speed_identity.py); not fused (rounds differently)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
