@@ -125,9 +125,8 @@ def _read_checkpoint(run: RunDir, fingerprint: dict[str, Any], ignore: tuple[str
         raise InputError(f"{e.message}; use --restart to start over") from None
     if not isinstance(ck, dict) or not {"fingerprint", "epoch", "student", "optimizer"} <= set(ck):
         raise InputError(f"{run.last_checkpoint} is not a kdcompress training checkpoint; use --restart to start over")
-    got = ck.get("fingerprint")
-    if not isinstance(got, dict) or {k: v for k, v in got.items() if k not in ignore} != {
-            k: v for k, v in fingerprint.items() if k not in ignore}:
+    got, keep = ck.get("fingerprint"), lambda fp: {k: v for k, v in fp.items() if k not in ignore}
+    if not isinstance(got, dict) or keep(got) != keep(fingerprint):
         raise UsageError(f"{run.root} holds a run with a different configuration; "
                          "use --restart to start over or another --out")
     return ck
