@@ -73,6 +73,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from kdcompress.core.config import Budget, RuntimeConfig
+    from kdcompress.core.errors import BudgetError
     from kdcompress.core.system import machine_fingerprint
     from kdcompress.select.search import select
     from kdcompress.students.registry import build_student
@@ -96,15 +97,19 @@ def main() -> None:
           f"{lo:.4f} .. {hi:.4f} ms (teacher {ladder.teacher.latency.stat(args.stat):.4f} ms), "
           f"measured in {time.time() - t0:.0f} s")
 
-    rows = []
+    rows, refused = [], []
     for b in budgets:
-        sel = select(num_classes=args.classes, spec=spec, budget=Budget(round(b, 5), args.stat), runtime=runtime,
-                     teacher_model=teacher, teacher_name=args.teacher, on_measure=progress)
+        try:
+            sel = select(num_classes=args.classes, spec=spec, budget=Budget(round(b, 5), args.stat), runtime=runtime,
+                         teacher_model=teacher, teacher_name=args.teacher, on_measure=progress)
+        except BudgetError as e:  # every screened fit failed its confirmation on the shipping graph
+            refused.append((b, e.message))
+            continue
         name = sel.chosen.name
         # the same selection without pruning, on the same (cached) measurements: must agree
         full = select(num_classes=args.classes, spec=spec, budget=Budget(round(b, 5), args.stat), runtime=runtime,
                       teacher_model=teacher, teacher_name=args.teacher, on_measure=progress, prune=False)
-        same = full.chosen.name == name
+        same = full.chosen.name == name or f"NO (exhaustive: {full.chosen.name}, {full.chosen.latency.stat(args.stat):.4f} ms)"
         skipped = len(sel.skipped)
         out = subprocess.run([sys.executable, __file__, "--remeasure", name, "--shape", args.shape,
                               "--classes", str(args.classes), "--provider", args.provider,
@@ -123,11 +128,13 @@ def main() -> None:
         within += ok
         uses.append(use)
         print(f"| {b:.4f} | {name} | {sel_ms:.4f} | {again:.4f} | {100 * use:.1f}% | {'yes' if ok else 'NO'} "
-              f"| {skipped} | {'yes' if same else 'NO'} |")
+              f"| {skipped} | {'yes' if same is True else same} |")
     print()
-    print(f"summary: {within}/{len(rows)} within budget (+5% noise allowance), median budget use "
+    print(f"summary: {within}/{len(rows)} chosen within budget (+5% noise allowance), median budget use "
           f"{100 * statistics.median(uses):.1f}% (goal: 10/10, >= 60%); pruned choice = exhaustive choice "
-          f"{sum(r[4] for r in rows)}/{len(rows)}")
+          f"{sum(r[4] is True for r in rows)}/{len(rows)}; refused {len(refused)}/{len(budgets)}")
+    for b, msg in refused:
+        print(f"refused at budget {b:.4f} ms (exit 4, nothing chosen): {msg}")
     fp = machine_fingerprint()
     print(f"machine: {fp['cpu']}, {fp['cpus']} usable CPUs, {fp['system']} {fp['machine']}, Python {fp['python']}, "
           f"onnxruntime {fp['onnxruntime']}, torch {torch.__version__}; ORT threads {args.threads}, "
