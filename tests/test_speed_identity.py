@@ -193,8 +193,10 @@ def _short_run(method: str, aug: str) -> list[float]:
     g = torch.Generator().manual_seed(1)
     split = TensorSplit(torch.rand(48, 1, 8, 8, generator=g), torch.arange(48) % 3)
     preset = load_preset(method)
-    if method == "ickd":  # the figures below were printed when ickd shipped lambda_N = 1 (it ships 0 since)
-        preset = replace(preset, terms=tuple(replace(t, weight=1.0) if t.key == "nicd" else t for t in preset.terms))
+    if method == "ickd":  # the figures below were printed when ickd shipped lambda_N = 1 (0 since)
+        preset = replace(preset, terms=tuple(  # ... and T = 4 (it ships T = 2 since)
+            replace(t, weight=1.0 if t.key == "nicd" else t.weight, params={**t.params, "T": 4.0})
+            if t.key in ("kd", "picd", "nicd") else t for t in preset.terms))
     obj = Objective(preset.terms, LossContext(3, student.embed_dim, t_model.embed_dim))
     if obj.needs_prepare:
         obj.prepare(PrepareContext(teacher, split, spec, torch.device("cpu"), 3, Console(file=io.StringIO()), 16))
