@@ -50,6 +50,7 @@ def main() -> None:
 
     from kdcompress import losses, students
     from kdcompress.core.config import Budget, RuntimeConfig, preset_to_json
+    from kdcompress.core.errors import BudgetError
     from kdcompress.core.infer import accuracy, predict
     from kdcompress.core.runio import RunDir
     from kdcompress.core.system import machine_fingerprint
@@ -99,9 +100,13 @@ def main() -> None:
             log(f"{name} {n_epochs} epoch(s): val {res.best_val_accuracy:.4f} test {test:.4f}")
         return memo[(name, n_epochs)]
 
-    rows = []
+    rows, refused = [], []
     for b in budgets:
-        sel = select(num_classes=10, spec=spec, budget=Budget(b), runtime=RuntimeConfig(), names=names)
+        try:
+            sel = select(num_classes=10, spec=spec, budget=Budget(b), runtime=RuntimeConfig(), names=names)
+        except BudgetError as e:  # every screened fit failed its confirmation on the shipping graph
+            refused.append((b, e.message))
+            continue
         fits = [c.name for c in sel.candidates if c.fits]
         full = {n: run(n, epochs)[1] for n in fits}
         best = max(full.values())
@@ -120,6 +125,8 @@ def main() -> None:
     print(f"\nwithin 0.5 point of the best (*): trial rule {n_trial}/{len(rows)}, FLOPs rule {n_flops}/{len(rows)} "
           f"(goal for trial: >= 7/8); main training {epochs} epochs, trial budget {args.trial_budget:g} x epochs, "
           f"top {args.trial_top}; data {args.data}")
+    for b, msg in refused:
+        print(f"refused at budget {b:.4f} ms (exit 4, not scored): {msg}")
     fp = machine_fingerprint()
     print(f"machine: {fp['cpu']}, {fp['cpus']} usable CPUs, torch {torch.__version__}; load average "
           f"{os.getloadavg()[0]:.2f} (shared); {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; "
