@@ -34,7 +34,7 @@ def latency_table_arg(path: Path | None) -> tuple[Path, dict[str, Any]] | None:
 def run_select(*, teacher: Path, budget: Budget, runtime: RuntimeConfig, candidates: tuple[str, ...] = (),
                use_cache: bool = True, out: Path | None = None, trust_checkpoint: bool = False,
                console: Console | None = None, precision: str = "fp32", latency_table: Path | None = None,
-               tune: bool = False, prune: bool = True, workers: int | None = None) -> tuple[Selection, str]:
+               tune: bool = False, prune: bool = True) -> tuple[Selection, str]:
     """Measure and choose for `teacher`'s input shape; with `out`, write selection.json and selection.png.
     Returns the selection and a one-line description of the setting (for titles)."""
     console = console or Console(stderr=True)
@@ -47,8 +47,7 @@ def run_select(*, teacher: Path, budget: Budget, runtime: RuntimeConfig, candida
         sel = select(num_classes=t.num_classes, spec=t.input_spec, budget=budget, runtime=runtime,
                      teacher_model=t.model, teacher_name=t.arch, names=candidates, use_cache=use_cache,
                      on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({runtime.provider})"),
-                     precision=precision, convert=converter(), latency_table=table, tune=tune, prune=prune,
-                     workers=workers)
+                     precision=precision, convert=converter(), latency_table=table, tune=tune, prune=prune)
     for w in sel.notes:
         console.print(f"[yellow]warning:[/] {w}")
     title = f"student ladder for {t.arch} ({t.num_classes} classes, input {shape})"
@@ -81,6 +80,6 @@ def run_select_command(f: dict[str, Any], console) -> Outcome:
                             runtime=RuntimeConfig(provider=f["provider"], threads=f["threads"]), candidates=names,
                             use_cache=not f["no_cache"], out=f["out"], trust_checkpoint=f["trust_checkpoint"],
                             console=console, precision=f["precision"], latency_table=f["latency_table"],
-                            tune=f["tune"], prune=not f["no_prune"], workers=f["workers"])
+                            tune=f["tune"], prune=not f["no_prune"])
     result = sel.to_json()
     return Outcome(result, lambda: render.selection_table(result, title))

@@ -246,7 +246,7 @@ def export_wave(exporter, jobs: list[tuple[str, str]], graph: str = "ship") -> d
 def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: RuntimeConfig,
            teacher_model=None, teacher_name: str = "teacher", names: tuple[str, ...] = (),
            use_cache: bool = True, on_measure: Callable[[str], None] | None = None, precision: str = "fp32",
-           convert=None, prune: bool = True, workers: int | None = None, tune: bool = False,
+           convert=None, prune: bool = True, tune: bool = False,
            latency_table: tuple[Path, dict[str, Any]] | None = None) -> Selection:
     """Measure the candidates (and the teacher), then choose the most capable one that meets the budget
     on two independent measurements. Without a budget nothing is chosen (the ladder only), except when a
@@ -255,8 +255,7 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     Candidates are measured in order of capacity (FLOPs, params); with a budget, one whose FLOPs and params
     are both at least those of a same-family, same-precision candidate already measured over budget is
     skipped (`prune`). Exports run in-process, one model at a time (a screening export takes 0.05-1 s; a
-    worker process would cost a torch import); `workers` is kept for the API (export_ladder uses a pool for
-    shipping exports). `precision` picks what may ship (module doc); `convert` makes the fp16/int8 bytes. `tune` sweeps ORT settings for each
+    worker process would cost a torch import; export_ladder uses a pool for shipping exports). `precision` picks what may ship (module doc); `convert` makes the fp16/int8 bytes. `tune` sweeps ORT settings for each
     candidate that is confirmed. `latency_table` (path, table): take every figure from a table measured on
     the target by `kdcompress profile` instead of measuring here."""
     from ..students.registry import STUDENTS, capacity
@@ -321,7 +320,6 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
 
     source = "measured"
     provider = runtime.provider
-    del workers
     with torch_threads(1), Exporter(num_classes, spec, convert, 1, build=model_of, batch=budget.batch) as ex:
         if latency_table is not None:
             path, table = latency_table
