@@ -110,14 +110,21 @@ def _simplify(proto):
     return slim
 
 
-def onnx_proto(model: nn.Module, spec: InputSpec, *, opset: int = DEFAULT_OPSET, simplify: bool = False):
-    """Export `model` (fp32, eval, CPU copy) to a ModelProto with a dynamic batch axis."""
+@contextlib.contextmanager
+def _export_copy(model: nn.Module):
+    """An fp32, eval, CPU copy of `model` to export, with the exporters' warnings and stdout lines silenced."""
     import copy
 
     m = copy.deepcopy(model).float().cpu().eval()
-    example = torch.zeros((2, *spec.shape))
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
+        yield m
+
+
+def onnx_proto(model: nn.Module, spec: InputSpec, *, opset: int = DEFAULT_OPSET, simplify: bool = False):
+    """Export `model` (fp32, eval, CPU copy) to a ModelProto with a dynamic batch axis."""
+    example = torch.zeros((2, *spec.shape))
+    with _export_copy(model) as m:
         prog = torch.onnx.export(
             m, (example,), f=None, dynamo=True, external_data=False, verbose=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: "batch"},),
@@ -146,15 +153,11 @@ def screen_bytes(model: nn.Module, spec: InputSpec, *, batch: int = 1, opset: in
     (benchmarks/RESULTS.md, "select: cold start"). Other small differences stay (GlobalAveragePool+Flatten
     where dynamo writes ReduceMean+Reshape), so a figure that ships is measured on onnx_bytes' graph.
     When the TorchScript export fails, the dynamo bytes are returned instead, with graph "ship"."""
-    import copy
-
     import onnx
 
     try:
-        m = copy.deepcopy(model).float().cpu().eval()
         buf = io.BytesIO()
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with _export_copy(model) as m:
             torch.onnx.export(m, (torch.zeros((batch, *spec.shape)),), buf, dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
         return checked_bytes(onnx.load_from_string(buf.getvalue()), "screening ONNX export"), "screen"
