@@ -169,6 +169,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def write_json(path: Path, teacher_acc: float, rows: list[dict], **extra) -> None:
+    """The per-seed runs (without their prediction tensors) and `extra` fields, as --from-json reads them."""
+    runs = [{k: v for k, v in r.items() if k != "pred"} for r in rows]
+    path.write_text(json.dumps({"teacher_test_acc": teacher_acc, **extra, "runs": runs}, indent=1, default=str))
+
+
 def from_json(paths: list[Path]) -> str:
     """The table of (partial) --json files of one protocol, e.g. a grid split over two processes (each
     with its own ce runs): the presets whose every seed finished. Files must share the teacher."""
@@ -210,14 +216,10 @@ def main(argv: list[str] | None = None) -> str:
                 print(f"run {name} seed {seed}: test {100 * r['test_acc']:.2f}% agreement {100 * r['agreement']:.2f}% "
                       f"(best val epoch {r['best_epoch']}, {r['seconds']:.0f} s)", flush=True)
                 if args.json:  # partial results survive an interrupted grid
-                    args.json.with_suffix(".partial.json").write_text(json.dumps(
-                        {"teacher_test_acc": t_acc, "runs": [{k: v for k, v in x.items() if k != "pred"} for x in rows]},
-                        indent=1, default=str))
+                    write_json(args.json.with_suffix(".partial.json"), t_acc, rows)
     if args.no_ce:
         if args.json:
-            args.json.write_text(json.dumps({"teacher_test_acc": t_acc, "teacher": info,
-                                             "runs": [{k: v for k, v in r.items() if k != "pred"} for r in rows]},
-                                            indent=1, default=str))
+            write_json(args.json, t_acc, rows, teacher=info)
         print("no ce runs here (--no-ce): print the table with --from-json over every part of the grid")
         return ""
     summary = summarise(rows, t_acc, args.seeds)
@@ -235,10 +237,8 @@ def main(argv: list[str] | None = None) -> str:
     print()
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "teacher_test_acc": t_acc,
-                                         "teacher": info, "machine": fp,
-                                         "runs": [{k: v for k, v in r.items() if k != "pred"} for r in rows],
-                                         "summary": summary}, indent=1, default=str))
+        write_json(args.json, t_acc, rows, args={k: str(v) for k, v in vars(args).items()}, teacher=info, machine=fp,
+                   summary=summary)
     return text
 
 
