@@ -2,15 +2,21 @@
 
 1. Train a teacher (resnet8x4, CE; or `--teacher PATH`, a kdcompress checkpoint) and measure the candidate ladder once (the latency cache of `select`).
 2. Budgets: `--budgets` log-spaced midpoints between the fastest and the slowest candidate's p50.
-3. Train every candidate that fits any budget to the end (kd preset, `--epochs`) and score it on the TEST
-   split (its best-validation checkpoint). A candidate's accuracy does not depend on the budget, so each is
-   trained once.
-4. Per budget: the best achievable test accuracy among the fits; the FLOPs rule's choice (most capable fit);
-   the trial rule's choice (select/trial.py: successive halving over the top `--trial-top` fits within
-   25% of `--epochs`, scored by validation accuracy; trials memoised per (candidate, epochs)).
-   A rule scores a budget when its choice is within 0.5 point of the best.
+3. Train every candidate that fits any budget to the end (kd preset, `--epochs`), once per seed of
+   `--seeds`, and score it on the TEST split (its best-validation checkpoint). A candidate's accuracy does
+   not depend on the budget, so each (candidate, seed) is trained once. Its accuracy is the mean over seeds.
+4. Per budget: the best achievable mean test accuracy among the fits; the FLOPs rule's choice (most capable
+   fit); the trial rule's choice (select/trial.py: successive halving over the top `--trial-top` fits within
+   25% of `--epochs`, scored by validation accuracy; trials memoised per (candidate, epochs, seed)), run once
+   per seed as a pipeline with that seed would. A choice scores when its mean accuracy is within 0.5 point
+   of the best; the trial rule's score at a budget is the fraction of seeds whose choice scores.
+5. Regret (best mean - chosen mean, points) of both rules per (budget, seed), and the paired difference
+   FLOPs regret - trial regret with a 95% t interval (positive: the trial rule chose better).
 
-    python benchmarks/select_quality.py [--quick]
+With one seed the ground truth is one training run per candidate: on the digits' 360 test images the
+candidates are 1-4 images apart, so the 0.5-point criterion is then within one run's noise.
+
+    python benchmarks/select_quality.py [--quick] [--seeds 3] [--json out.json]
     python benchmarks/select_quality.py --data mnist5k --quick --teacher /path/teacher.pt
 """
 
@@ -18,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +47,8 @@ def main() -> None:
     ap.add_argument("--trial-budget", type=float, default=0.25)
     ap.add_argument("--data", default="digits", help="digits or mnist5k (any built-in 10-class spec)")
     ap.add_argument("--teacher", type=Path, default=None, help="a trained kdcompress teacher (else resnet8x4, CE)")
+    ap.add_argument("--seeds", type=int, default=1, help="training seeds per candidate (0..seeds-1)")
+    ap.add_argument("--json", type=Path, default=None, help="also write every run and row here")
     args = ap.parse_args()
     epochs = args.epochs or (8 if args.quick else 20)
     names = QUICK if args.quick else CANDIDATES
@@ -46,6 +56,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from presets import paired_stats
     from rich.console import Console
 
     from kdcompress import losses, students
@@ -82,23 +94,27 @@ def main() -> None:
     budgets = [round(lo * (hi / lo) ** ((i + 0.5) / args.budgets), 5) for i in range(args.budgets)]
     log(f"ladder measured: {lo:.4f} .. {hi:.4f} ms")
     kd = losses.load_checked_preset("kd", [f"train.epochs={epochs}"])
-    memo: dict[tuple[str, int], tuple[float, float]] = {}
+    memo: dict[tuple[str, int, int], tuple[float, float]] = {}
+    seeds = list(range(args.seeds))
 
-    def run(name: str, n_epochs: int) -> tuple[float, float]:
+    def run(name: str, n_epochs: int, seed: int) -> tuple[float, float]:
         """(best validation accuracy, test accuracy of that checkpoint) after n_epochs of kd."""
-        if (name, n_epochs) not in memo:
-            preset = replace(kd, train=replace(kd.train, epochs=n_epochs))
-            rd = RunDir(tmp / "runs" / f"{name}-e{n_epochs}")
-            fp = {"arch": name, "epochs": n_epochs, "preset": preset_to_json(preset)}
+        if (name, n_epochs, seed) not in memo:
+            preset = replace(kd, train=replace(kd.train, epochs=n_epochs, seed=seed))
+            rd = RunDir(tmp / "runs" / f"{name}-e{n_epochs}-s{seed}")
+            fp = {"arch": name, "epochs": n_epochs, "seed": seed, "preset": preset_to_json(preset)}
             res = train(arch=name, splits=splits, spec=spec, preset=preset, teacher=teacher, run=rd,
                         device=torch.device("cpu"), fingerprint=fp, console=quiet,
                         make_student=lambda: students.build_student(name, 10, spec),
                         make_objective=lambda ctx: losses.Objective(preset.terms, ctx))
             model, _ = students.load_checkpoint(rd.student)
             test = accuracy(predict(model, splits.test, spec, torch.device("cpu")), splits.test.y)
-            memo[(name, n_epochs)] = (res.best_val_accuracy, test)
-            log(f"{name} {n_epochs} epoch(s): val {res.best_val_accuracy:.4f} test {test:.4f}")
-        return memo[(name, n_epochs)]
+            memo[(name, n_epochs, seed)] = (res.best_val_accuracy, test)
+            log(f"{name} {n_epochs} epoch(s) seed {seed}: val {res.best_val_accuracy:.4f} test {test:.4f}")
+        return memo[(name, n_epochs, seed)]
+
+    def mean_test(name: str) -> float:
+        return statistics.mean(run(name, epochs, s)[1] for s in seeds)
 
     rows, refused = [], []
     for b in budgets:
@@ -108,25 +124,49 @@ def main() -> None:
             refused.append((b, e.message))
             continue
         fits = [c.name for c in sel.candidates if c.fits]
-        full = {n: run(n, epochs)[1] for n in fits}
+        full = {n: mean_test(n) for n in fits}
         best = max(full.values())
         pool = trial_pool(sel, args.trial_top)
-        winner, _ = successive_halving(pool, int(args.trial_budget * epochs), lambda n, e: run(n, e)[0])
-        trial_choice = (winner or sel.chosen).name
-        rows.append((b, len(fits), best, sel.chosen.name, full[sel.chosen.name], trial_choice, full[trial_choice]))
+        trial = []
+        for seed in seeds:
+            winner, _ = successive_halving(pool, int(args.trial_budget * epochs), lambda n, e, s=seed: run(n, e, s)[0])
+            trial.append((winner or sel.chosen).name)
+        rows.append({"budget_ms": b, "fits": fits, "best": best, "best_name": max(full, key=full.get),
+                     "flops_choice": sel.chosen.name, "flops_acc": full[sel.chosen.name],
+                     "trial_choices": trial, "trial_accs": [full[n] for n in trial]})
 
-    print("\n| budget ms | fits | best test acc | FLOPs rule | its acc | trial rule | its acc |")
+    def ok(best: float, acc: float) -> bool:
+        return best - acc <= 0.005
+
+    sd = {n: statistics.stdev([memo[(n, epochs, s)][1] for s in seeds]) if len(seeds) > 1 else 0.0
+          for n in {n for r in rows for n in r["fits"]}}
+    print("\n| budget ms | fits | best mean test acc | FLOPs rule | its acc | trial rule (per seed) | its acc |")
     print("|---:|---:|---:|---|---:|---|---:|")
-    for b, n, best, fc, fa, tc, ta in rows:
-        print(f"| {b:.4f} | {n} | {100 * best:.2f} | {fc} | {100 * fa:.2f}{' *' if best - fa <= 0.005 else ''} | "
-              f"{tc} | {100 * ta:.2f}{' *' if best - ta <= 0.005 else ''} |")
-    n_flops = sum(best - fa <= 0.005 for _, _, best, _, fa, _, _ in rows)
-    n_trial = sum(best - ta <= 0.005 for _, _, best, _, _, _, ta in rows)
-    print(f"\nwithin 0.5 point of the best (*): trial rule {n_trial}/{len(rows)}, FLOPs rule {n_flops}/{len(rows)} "
-          f"(goal for trial: >= 7/8); main training {epochs} epochs, trial budget {args.trial_budget:g} x epochs, "
-          f"top {args.trial_top}; data {args.data}")
+    for r in rows:
+        names_t = ", ".join(r["trial_choices"]) if len(set(r["trial_choices"])) > 1 else r["trial_choices"][0]
+        accs_t = ", ".join(f"{100 * a:.2f}{' *' if ok(r['best'], a) else ''}" for a in r["trial_accs"])
+        print(f"| {r['budget_ms']:.4f} | {len(r['fits'])} | {100 * r['best']:.2f} ({r['best_name']}, sd "
+              f"{100 * sd[r['best_name']]:.2f}) | {r['flops_choice']} | {100 * r['flops_acc']:.2f}"
+              f"{' *' if ok(r['best'], r['flops_acc']) else ''} | {names_t} | {accs_t} |")
+    n_flops = sum(ok(r["best"], r["flops_acc"]) for r in rows)
+    n_trial = sum(statistics.mean(ok(r["best"], a) for a in r["trial_accs"]) for r in rows)
+    regret_f = [100 * (r["best"] - r["flops_acc"]) for r in rows for _ in seeds]
+    regret_t = [100 * (r["best"] - a) for r in rows for a in r["trial_accs"]]
+    diff, lo_ci, hi_ci = paired_stats([f - t for f, t in zip(regret_f, regret_t, strict=True)])
+    print(f"\nwithin 0.5 point of the best mean (*): trial rule {n_trial:.2f}/{len(rows)} (mean over {len(seeds)} "
+          f"seed(s)), FLOPs rule {n_flops}/{len(rows)} (goal for trial: >= 7/8); main training {epochs} epochs, "
+          f"trial budget {args.trial_budget:g} x epochs, top {args.trial_top}; data {args.data}; "
+          f"{len(seeds)} seed(s) per candidate")
+    print(f"mean regret (points below the best mean): trial rule {statistics.mean(regret_t):.2f}, FLOPs rule "
+          f"{statistics.mean(regret_f):.2f}; FLOPs - trial {diff:+.2f} [{lo_ci:+.2f}, {hi_ci:+.2f}] "
+          f"(95% t interval over {len(regret_t)} budget x seed pairs; budgets share candidates, so the pairs "
+          f"are not independent and the interval is optimistic)")
     for b, msg in refused:
         print(f"refused at budget {b:.4f} ms (exit 4, not scored): {msg}")
+    if args.json:
+        runs = [{"name": n, "epochs": e, "seed": s_, "val": v, "test": t} for (n, e, s_), (v, t) in memo.items()]
+        args.json.write_text(json.dumps({"data": args.data, "epochs": epochs, "seeds": seeds, "rows": rows,
+                                         "refused": [[b, m] for b, m in refused], "runs": runs}, indent=1) + "\n")
     fp = machine_fingerprint()
     print(f"machine: {fp['cpu']}, {fp['cpus']} usable CPUs, torch {torch.__version__}; load average "
           f"{os.getloadavg()[0]:.2f} (shared); {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}; "

@@ -22,6 +22,7 @@ from typer.core import TyperGroup
 
 from .core.errors import KdError
 from .core.runio import strict_json
+from .core.system import exit_now
 
 INTERNAL_ERROR = 70
 
@@ -397,7 +398,14 @@ def presets_show(name: str, json_: Json = False) -> None:
 
 
 def main() -> None:
-    app()
+    """The console entry point. After the command, the atexit handlers run and the process ends without
+    the interpreter's teardown: unloading torch's libraries took 0.7 s of a 2.5 s warm `select`."""
+    try:
+        app()
+        code: object = 0
+    except SystemExit as e:
+        code = e.code
+    exit_now(code)
 
 
 if __name__ == "__main__":

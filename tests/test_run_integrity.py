@@ -364,3 +364,33 @@ def test_a_job_refused_after_the_claim_leaves_no_directory_it_created(tmp_path):
     with pytest.raises(UsageError), RunDir(tmp_path / "kept").claim():
         raise UsageError("refused later")
     assert (tmp_path / "kept").is_dir()  # not created by the claim: stays
+
+
+def test_the_console_entry_point_keeps_output_and_exit_codes_without_the_interpreter_teardown(tmp_path):
+    """cli.main ends the process with os._exit after the atexit handlers: stdout redirected to a file is
+    complete, each documented exit code survives, an atexit handler still runs, and a reader that closes the
+    pipe early gets no traceback."""
+    out = tmp_path / "presets.json"
+    with out.open("w") as f:
+        p = subprocess.run([sys.executable, "-m", "kdcompress", "presets", "list", "--json"], stdout=f,
+                           stderr=subprocess.PIPE, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "ickd" in {row["name"] for row in json.loads(out.read_text())}
+
+    p = subprocess.run([sys.executable, "-m", "kdcompress", "select", "--teacher", str(tmp_path / "none.pt"),
+                        "--budget-ms", "1"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 3 and _one_error_line(p.stderr).endswith(f"teacher not found: {tmp_path / 'none.pt'}")
+    p = subprocess.run([sys.executable, "-m", "kdcompress", "select", "--budget-ms", "abc"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and _one_error_line(p.stderr)
+
+    flag = tmp_path / "atexit-ran"
+    code = ("import atexit, pathlib, sys; f = pathlib.Path(sys.argv[1]); "
+            "atexit.register(lambda: f.write_text('yes')); "
+            "sys.argv[1:] = ['presets', 'list']; from kdcompress.cli import main; main()")
+    p = subprocess.run([sys.executable, "-c", code, str(flag)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and flag.read_text() == "yes" and "ickd" in p.stdout
+
+    p = subprocess.run(f"{sys.executable} -m kdcompress presets list --json | head -c 1", shell=True,
+                       capture_output=True, text=True, timeout=120)
+    assert p.stdout == "[" and "Traceback" not in p.stderr, p.stderr

@@ -4,6 +4,8 @@ exports to ONNX with ONNX Runtime parity at its smallest sensible input."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +80,43 @@ def test_capacity_hand_computed():
     cap = capacity(model, spec)
     assert cap.flops == 2 * (8 * 64 * 9 * 1) + 2 * (16 * 16 * 9 * 8) + 2 * 16 * 10 == 46400
     assert cap.params == (8 * 9) + 2 * 8 + (16 * 8 * 9) + 2 * 16 + (16 * 10 + 10) == 1442
+
+
+def test_flops_memo_is_used_only_for_the_same_architecture(tmp_path, monkeypatch):
+    import kdcompress.students.registry as reg
+    from torch.utils import flop_counter
+
+    monkeypatch.setenv("KDCOMPRESS_CACHE", str(tmp_path))
+    monkeypatch.setattr(reg._FlopsMemo, "entries", None)
+    spec = InputSpec((1, 8, 8), (0.5,), (0.25,))
+    model = STUDENTS.get("tinycnn_w8").build(10, spec)
+    assert capacity(model, spec, memo=True).flops == 46400
+    stored = json.loads((tmp_path / "flops.json").read_text())
+    assert list(stored.values()) == [46400]
+
+    counted = []
+    real = flop_counter.FlopCounterMode
+
+    class Counting(real):
+        def __enter__(self):
+            counted.append(1)
+            return super().__enter__()
+    monkeypatch.setattr(flop_counter, "FlopCounterMode", Counting)
+    monkeypatch.setattr(reg._FlopsMemo, "entries", None)  # a new process: read back from disk
+    again = STUDENTS.get("tinycnn_w8").build(10, spec)  # other weights, same architecture
+    assert capacity(again, spec, memo=True) == capacity(model, spec) and len(counted) == 1  # only the unmemoised one
+    # another architecture, input shape or class count is counted, never taken from the memo
+    assert capacity(STUDENTS.get("tinycnn_w8").build(3, spec), spec, memo=True).flops == 46400 - 2 * 16 * 7
+    wide = InputSpec((1, 16, 16), (0.5,), (0.25,))
+    assert capacity(STUDENTS.get("tinycnn_w8").build(10, wide), wide, memo=True).flops > 46400
+    assert len(counted) == 3
+    # TorchScript hides its code from repr: never memoised
+    scripted = torch.jit.script(model)
+    assert reg.flops_key(scripted, spec, 1442) is None
+    # a broken memo file only costs a recount
+    (tmp_path / "flops.json").write_text("{not json")
+    monkeypatch.setattr(reg._FlopsMemo, "entries", None)
+    assert capacity(model, spec, memo=True).flops == 46400 and len(counted) == 4
 
 
 @pytest.mark.parametrize("name", ALL)

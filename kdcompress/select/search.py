@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 import time
 from dataclasses import asdict, replace
@@ -36,13 +35,11 @@ from ..core.runio import atomic_write_json
 from ..core.spec import InputSpec
 from .result import (PRECISION_PREFERENCE, Candidate, Selection, allowed_precisions,
                      measured_precisions)
-from ..core.system import cap_threads, cpu_limit, machine_fingerprint, torch_threads
+from ..core.system import cache_root, cap_threads, cpu_limit, machine_fingerprint, torch_threads
 
 
 def cache_path() -> Path:
-    root = os.environ.get("KDCOMPRESS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kdcompress")
-    return Path(root) / "latency.json"
+    return cache_root() / "latency.json"
 
 
 class LatencyCache:
@@ -269,7 +266,7 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     cache = LatencyCache(enabled=use_cache and latency_table is None)
     caps = LatencyCache(cache.path.with_name("capacity.json"), enabled=use_cache)
     with torch_threads(1):  # torch only builds, counts and exports tiny models here (core.system)
-        t_cap = capacity(teacher_model, spec) if teacher_model is not None else None
+        t_cap = capacity(teacher_model, spec, memo=True) if teacher_model is not None else None
         teacher_flops = t_cap.flops if t_cap is not None else None
         info = {n: (None, cap, fam) for n, cap, fam in zoo_candidates(num_classes, spec, teacher_flops, names, caps)}
     caps.save()

@@ -60,15 +60,88 @@ class Capacity:
     flops: int  # forward FLOPs at batch 1 (torch.utils.flop_counter: a multiply-add counts 2)
 
 
-def capacity(model: nn.Module, spec: InputSpec) -> Capacity:
+def capacity(model: nn.Module, spec: InputSpec, *, memo: bool = False) -> Capacity:
+    """Parameters and batch-1 forward FLOPs. With `memo`, the FLOPs come from flops.json in the cache root
+    when this architecture was counted before (flops_key): the count runs a forward under FlopCounterMode,
+    whose first use in a process imports torch._dynamo (about 1 s), which a warm `select` need not pay."""
+    params = sum(p.numel() for p in model.parameters())
+    key = flops_key(model, spec, params) if memo else None
+    if key is not None and (known := _FlopsMemo.get(key)) is not None:
+        return Capacity(params, known)
     from torch.utils.flop_counter import FlopCounterMode
 
-    params = sum(p.numel() for p in model.parameters())
     was_training = model.training
     model.eval()
     x = torch.zeros((1, *spec.shape))
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(x)
     model.train(was_training)
-    return Capacity(params, int(fc.get_total_flops()))
+    flops = int(fc.get_total_flops())
+    if key is not None:
+        _FlopsMemo.put(key, flops)
+    return Capacity(params, flops)
 
+
+def flops_key(model: nn.Module, spec: InputSpec, params: int) -> str | None:
+    """What fixes a model's FLOPs at an input shape: its module tree (repr: every layer's type and
+    hyper-parameters), its parameter count, the source of every non-torch module class (a changed forward
+    changes the key), the input shape and the torch and kdcompress versions. None (not memoised) for
+    TorchScript, whose repr does not show its code, and for a class whose source cannot be read."""
+    import hashlib
+    import inspect
+    import json
+
+    from .. import __version__
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return None
+    sources = []
+    for cls in sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+        if cls.__module__.split(".")[0] == "torch":
+            continue
+        try:
+            sources.append([cls.__module__, cls.__qualname__, inspect.getsource(cls)])
+        except (OSError, TypeError):
+            return None
+    raw = json.dumps([repr(model), params, list(spec.shape), sources, torch.__version__, __version__])
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+class _FlopsMemo:
+    """flops.json in the cache root: {key: flops}. Read once per process; a broken or unwritable file only
+    costs a recount."""
+
+    entries: dict[str, int] | None = None
+
+    @classmethod
+    def _path(cls):
+        from ..core.system import cache_root
+
+        return cache_root() / "flops.json"
+
+    @classmethod
+    def _load(cls) -> dict[str, int]:
+        import json
+
+        try:
+            data = json.loads(cls._path().read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, int) and v >= 0} if isinstance(data, dict) else {}
+
+    @classmethod
+    def get(cls, key: str) -> int | None:
+        if cls.entries is None:
+            cls.entries = cls._load()
+        return cls.entries.get(key)
+
+    @classmethod
+    def put(cls, key: str, flops: int) -> None:
+        from ..core.errors import KdError
+        from ..core.runio import atomic_write_json
+
+        cls.entries = {**cls._load(), **(cls.entries or {}), key: flops}  # keep what another process wrote
+        try:
+            atomic_write_json(cls._path(), cls.entries)
+        except (OSError, KdError):
+            pass

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torchvision.models as tvm
 from torch import Tensor, nn
 
 from .head import PooledHead
@@ -92,6 +91,8 @@ def _squeezenet(m) -> tuple[nn.Module, nn.Module, nn.Linear]:
 
 def build_torchvision(num_classes: int, in_channels: int = 3, *, arch: str,
                       split: Callable[[nn.Module], tuple[nn.Module, nn.Module, nn.Linear]]) -> nn.Module:
+    import torchvision.models as tvm  # here, not at import: torchvision pulls in torch._dynamo (~1.5 s)
+
     model = getattr(tvm, arch)(weights=None, num_classes=num_classes)
     if in_channels != 3:
         replace_first_conv(model, in_channels)

@@ -232,7 +232,7 @@ def _finish(path: Path, model: nn.Module, fmt: str, arch: str, rec: Recorded, op
     flops: int | None = None
     if not isinstance(model, OrtTeacher):  # ORT runs outside torch: its FLOPs cannot be counted here
         try:
-            flops = capacity(model, spec).flops
+            flops = capacity(model, spec, memo=True).flops
         except Exception:  # some scripted or exotic modules defeat the FLOP counter; leave it unknown
             flops = None
     return Teacher(model=model, arch=arch, classes=classes, input_spec=spec, embed_dim=dim,

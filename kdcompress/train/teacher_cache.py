@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core import system
 from ..core.errors import EnvironmentProblem, InputError
 from ..core.runio import atomic_torch_save, atomic_write_json, safe_torch_load
 from ..core.spec import InputSpec
@@ -48,10 +48,8 @@ FORMAT = "kdcompress.teacher-cache"
 
 
 def cache_root() -> Path:
-    """The same root as the latency cache (select/search.py): KDCOMPRESS_CACHE, else XDG's."""
-    root = os.environ.get("KDCOMPRESS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kdcompress")
-    return Path(root) / "teacher-outputs"
+    """The latency cache's root (core.system.cache_root), teacher-outputs/ in it."""
+    return system.cache_root() / "teacher-outputs"
 
 
 def stored_k(num_classes: int, topk: int) -> int:
