@@ -293,6 +293,7 @@ def select_cmd(
                                                    "the whole plausible zoo.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-measure everything; neither read nor write the latency cache.")] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for selection.json and selection.png.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress directory (nothing in it is deleted).")] = False,
     trust_checkpoint: Annotated[bool, typer.Option(help="Allow pickled (code-carrying) checkpoints.")] = False,
     precision: Precision = "fp32",
     latency_table: LatencyTable = None,

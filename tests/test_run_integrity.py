@@ -394,3 +394,28 @@ def test_the_console_entry_point_keeps_output_and_exit_codes_without_the_interpr
     p = subprocess.run(f"{sys.executable} -m kdcompress presets list --json | head -c 1", shell=True,
                        capture_output=True, text=True, timeout=120)
     assert p.stdout == "[" and "Traceback" not in p.stderr, p.stderr
+
+
+def test_teacher_train_claims_its_hidden_run_directory(tmp_path):
+    """teacher train's resume state (.NAME.run beside --out) is claimed like a run: bad data is refused with
+    no directory left behind, and a second process training into the same place is refused while the
+    first holds the lock."""
+    out = tmp_path / "t" / "teacher.pt"
+    r = runner.invoke(app, ["teacher", "train", "--data", f"imagefolder:{tmp_path / 'missing'}", "--out", str(out),
+                            "--epochs", "1"])
+    assert r.exit_code == 3, r.output
+    assert not (tmp_path / "t").exists()
+
+    hidden = out.parent / ".teacher.run"
+    hidden.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+                               "os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+                               "time.sleep(120)", str(hidden)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # another job holds the lock
+        r = runner.invoke(app, ["teacher", "train", "--data", TINY_DATA, "--out", str(out), "--epochs", "1"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.exit_code == 2 and "in use by another kdcompress process" in r.stderr, r.output
+    assert not out.exists()

@@ -342,3 +342,26 @@ def test_selection_is_frozen():
     with pytest.raises(AttributeError):
         s.threads = 2  # type: ignore[misc]
     assert replace(s, threads=2).threads == 2
+
+
+def test_cli_out_is_claimed_like_a_run_directory(clock, teacher_ckpt, tmp_path):
+    """select --out goes through RunDir.claim: a foreign non-empty directory is refused (exit 2) untouched
+    unless --force, and a refused selection (exit 4) leaves no directory it created."""
+    clock(LAT)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    args = ("--teacher", str(teacher_ckpt), "--budget-ms", "0.045", "--candidates", ",".join(NAMES))
+    r = cli(*args, "--out", str(foreign))
+    assert r.exit_code == 2 and "not a kdcompress run" in r.stderr and "--force" in r.stderr, r.output
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    r = cli(*args, "--out", str(foreign), "--force", "--json")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt", "selection.json", "selection.png"]
+    assert (foreign / "notes.txt").read_text() == "keep"
+    r = cli(*args, "--out", str(foreign), "--json")  # only kdcompress's names now besides --force's file
+    assert r.exit_code == 2
+
+    new = tmp_path / "a" / "b"
+    r = cli("--teacher", str(teacher_ckpt), "--budget-ms", "0.001", "--candidates", ",".join(NAMES), "--out", str(new))
+    assert r.exit_code == 4 and not (tmp_path / "a").exists(), r.output

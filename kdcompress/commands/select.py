@@ -10,9 +10,8 @@ from typing import Any
 from rich.console import Console
 
 from ..core.config import Budget, RuntimeConfig
-from ..core.errors import InputError
 from ..core.latencytable import read_table
-from ..core.runio import atomic_write_json
+from ..core.runio import RunDir, atomic_write_json
 from ..select import Selection, save_pareto_plot, select
 from ..select.ladder import export_ladder
 from ..select.search import ladder_rows
@@ -34,12 +33,22 @@ def latency_table_arg(path: Path | None) -> tuple[Path, dict[str, Any]] | None:
 def run_select(*, teacher: Path, budget: Budget, runtime: RuntimeConfig, candidates: tuple[str, ...] = (),
                use_cache: bool = True, out: Path | None = None, trust_checkpoint: bool = False,
                console: Console | None = None, precision: str = "fp32", latency_table: Path | None = None,
-               tune: bool = False, prune: bool = True) -> tuple[Selection, str]:
+               tune: bool = False, prune: bool = True, force: bool = False) -> tuple[Selection, str]:
     """Measure and choose for `teacher`'s input shape; with `out`, write selection.json and selection.png.
-    Returns the selection and a one-line description of the setting (for titles)."""
+    Returns the selection and a one-line description of the setting (for titles). `out` is claimed
+    (RunDir.claim) before any work: a bad or foreign --out is refused at once, it is locked while the
+    ladder is measured, and a refused selection leaves no directory it created."""
+    if out is None:
+        return _select(teacher, budget, runtime, candidates, use_cache, None, trust_checkpoint, console, precision,
+                       latency_table, tune, prune)
+    with RunDir(Path(out)).claim(force=force):
+        return _select(teacher, budget, runtime, candidates, use_cache, Path(out), trust_checkpoint, console,
+                       precision, latency_table, tune, prune)
+
+
+def _select(teacher, budget, runtime, candidates, use_cache, out, trust_checkpoint, console, precision,
+            latency_table, tune, prune) -> tuple[Selection, str]:
     console = console or Console(stderr=True)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise InputError(f"--out {out} exists and is not a directory")
     table = latency_table_arg(latency_table)
     t = load_teacher(teacher, trust=trust_checkpoint, flags=False)  # select has no teacher flags
     shape = "x".join(str(v) for v in t.input_spec.shape)
@@ -52,7 +61,6 @@ def run_select(*, teacher: Path, budget: Budget, runtime: RuntimeConfig, candida
         console.print(f"[yellow]warning:[/] {w}")
     title = f"student ladder for {t.arch} ({t.num_classes} classes, input {shape})"
     if out is not None:
-        out = Path(out)
         atomic_write_json(out / "selection.json", sel.to_json())
         save_pareto_plot(sel, out / "selection.png", title)
         console.print(f"wrote {out / 'selection.json'} and {out / 'selection.png'}")
@@ -80,6 +88,6 @@ def run_select_command(f: dict[str, Any], console) -> Outcome:
                             runtime=RuntimeConfig(provider=f["provider"], threads=f["threads"]), candidates=names,
                             use_cache=not f["no_cache"], out=f["out"], trust_checkpoint=f["trust_checkpoint"],
                             console=console, precision=f["precision"], latency_table=f["latency_table"],
-                            tune=f["tune"], prune=not f["no_prune"])
+                            tune=f["tune"], prune=not f["no_prune"], force=f["force"])
     result = sel.to_json()
     return Outcome(result, lambda: render.selection_table(result, title))
