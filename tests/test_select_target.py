@@ -127,6 +127,23 @@ def test_pruning_needs_same_family_and_both_flops_and_params(clock, monkeypatch)
     assert "resnet8" in s.skipped[0]["reason"]
 
 
+def test_a_candidate_near_the_budget_prunes_nothing(clock):
+    """Within PRUNE_MARGIN over the budget a re-measurement could fit, and so could a bigger sibling: it is
+    measured, and chosen when it fits, as the exhaustive search would."""
+    from kdcompress.select.search import PRUNE_MARGIN
+
+    names = ("resnet8", "resnet14", "resnet20")
+    for over, bigger, skipped in ((1.10, 0.095, []), (PRUNE_MARGIN + 0.01, 0.095, ["resnet20"])):
+        lat = {"resnet8": 0.01, "resnet14": 0.1 * over, "resnet20": bigger}  # resnet20: a lucky 0.095 ms
+        c = clock(lambda n, p, lat=lat: lat[n])
+        s = choose(0.1, names=names)
+        assert [x["name"] for x in s.skipped] == skipped, over
+        assert s.chosen.name == ("resnet20" if not skipped else "resnet8")
+        assert ("resnet20" in {n for n, *_ in c.calls}) == (not skipped)
+        if skipped:
+            assert "more than 15% over budget" in s.skipped[0]["reason"]
+
+
 def test_no_pruning_without_a_budget(clock):
     c = clock(monotone)
     s = select(num_classes=3, spec=SPEC, budget=Budget(None), runtime=RuntimeConfig(), names=ZOO[:6], use_cache=False)
