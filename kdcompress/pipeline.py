@@ -24,7 +24,7 @@ from .core.system import process_settings, resolve_device
 from .data import align_classes, load_data
 from .export import CHECK_BATCHES, ExportOptions, OnnxArtifact, calibration_images, export_variants
 from .export.variants import timing_variant
-from .report import data_json, header, write_report
+from .report import distill_report, write_report
 from .select import Selection, save_pareto_plot, select
 from .select.precision import apply_precision_gate, export_options_for, selection_kwargs
 from .select.result import SelectOptions
@@ -236,37 +236,10 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
     if precision["fell_back"] and fallback is None:  # the reduced-precision file is not to be recommended
         fp32_ok = all(g.passed for g in val.variant("fp32").gates)
         val = replace(val, recommended="fp32" if fp32_ok else None)
-    fp32 = val.variant("fp32")
-    s_eval, t_eval = fp32.eval, val.teacher
-    s_cap = students.capacity(student, spec)
-    s_stat = s_eval.latency.stat(cfg.budget.stat)
-    report = {
-        **header("distill"),
-        "run_dir": str(run.root),
-        "preset": {k: v for k, v in preset_to_json(cfg.preset).items() if k != "train"},
-        "data": data_json(cfg.data, splits),
-        "budget_ms": cfg.budget.ms,
-        "budget_stat": cfg.budget.stat,
-        "teacher": {"path": str(teacher.path), "arch": teacher.arch, "params": teacher.params,
-                    "flops": teacher.flops, "format": teacher.format,
-                    **t_eval.to_json(), "val_accuracy": t_val, "sha256": teacher.sha256, "onnx_sha256": t_eval.sha256},
-        "student": {"arch": arch, "params": s_cap.params, "flops": s_cap.flops, **s_eval.to_json(),
-                    "val_accuracy_best": result.best_val_accuracy,
-                    "val_accuracy_final": result.final_val_accuracy, "best_epoch": result.best_epoch,
-                    "checkpoint": str(run.student),
-                    "meets_budget": cfg.budget.ms is None or s_stat <= cfg.budget.ms},
-        "parity": fp32.parity.to_json(),
-        "speedup": fp32.speedup,
-        "accuracy_delta": fp32.accuracy_delta,
-        "accuracy_ratio": s_eval.accuracy.top1 / t_eval.accuracy.top1 if t_eval.accuracy.top1 else None,
-        "epochs": result.epochs,
-        "device": str(device),
-        **val.to_json(),
-        "artifacts": [a.to_json() for a in artifacts],
-        "training": {**{k: v for k, v in result.to_json().items() if k not in ("arch", "checkpoint")},
-                     "warmup": [t.warmup_json(cfg.preset.train) for t in cfg.preset.terms]},
-        "selection": selection.to_json(),
-    }
+    report = distill_report(run_root=run.root, preset=cfg.preset, data_spec=cfg.data, splits=splits,
+                            budget=cfg.budget, teacher=teacher, teacher_val=t_val, arch=arch,
+                            capacity=students.capacity(student, spec), result=result, checkpoint=run.student,
+                            val=val, artifacts=artifacts, device=device, selection=selection)
     report["precision"] = precision
     if fallback is not None:  # the reduced-precision choice failed its gate; another student ships
         fb_cfg = replace(cfg, student=fallback, out=run.root / "fallback", candidates=())

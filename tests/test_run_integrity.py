@@ -380,9 +380,6 @@ def test_the_console_entry_point_keeps_output_and_exit_codes_without_the_interpr
     p = subprocess.run([sys.executable, "-m", "kdcompress", "select", "--teacher", str(tmp_path / "none.pt"),
                         "--budget-ms", "1"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 3 and _one_error_line(p.stderr).endswith(f"teacher not found: {tmp_path / 'none.pt'}")
-    p = subprocess.run([sys.executable, "-m", "kdcompress", "select", "--budget-ms", "abc"], capture_output=True,
-                       text=True, timeout=120)
-    assert p.returncode == 2 and _one_error_line(p.stderr)
 
     flag = tmp_path / "atexit-ran"
     code = ("import atexit, pathlib, sys; f = pathlib.Path(sys.argv[1]); "

@@ -13,7 +13,7 @@ from ..core.spec import InputSpec
 from ..core.splits import DataSplits
 from ..data.specs import load_data
 from ..pipeline import check_fit
-from ..report import data_json, header
+from ..report import validate_report
 from ..validate import raise_for_gates
 from ..validate.gates import Gates
 from ..validate.models import (
@@ -85,10 +85,7 @@ def validate_job(*, files: list[Path], data: str, teacher: Path | None, checkpoi
         val = validate_models([Path(f) for f in files], inputs, splits.test, splits.classes, runtime, gates,
                               reference=reference, teacher=t_src, batch=batch, throughput_batch=throughput_batch,
                               progress=status.update)
-    report = {**header("validate"), "provider": val.provider, "threads": val.threads, "data": data_json(data, splits),
-              "checkpoint": None if checkpoint is None else str(checkpoint),
-              "teacher": None if val.teacher is None else {**val.teacher.to_json(), **t_info},
-              **val.to_json()}
+    report = validate_report(data_spec=data, splits=splits, checkpoint=checkpoint, val=val, teacher_info=t_info)
     if out is not None:
         from ..report.markdown import write_report
 
