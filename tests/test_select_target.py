@@ -144,6 +144,26 @@ def test_a_candidate_near_the_budget_prunes_nothing(clock):
             assert "more than 15% over budget" in s.skipped[0]["reason"]
 
 
+def test_confirmations_that_disagree_warn_that_latency_is_unstable(clock):
+    """Two shipping-graph measurements more than UNSTABLE apart: the slower counts, and a warning says the
+    machine's latency is unstable (the 10 vs 15.5 us of RESULTS.md); close ones warn nothing."""
+    for second, warned in ((0.06, True), (0.042, False)):
+        seen = []
+
+        def lat(n, p, second=second, seen=seen):
+            seen.append(n)
+            if n != "resnet8":
+                return 0.01
+            return 0.04 if seen.count("resnet8") < 3 else second  # screen, first confirmation, second one
+        clock(lat)
+        s = choose(0.1, names=("tinycnn_w8", "resnet8"))
+        assert s.chosen.name == "resnet8" and s.chosen.latency.p50 == second
+        hit = [w for w in s.warnings if "unstable" in w]
+        assert bool(hit) == warned, s.warnings
+        if warned:
+            assert "resnet8's two measurements of the shipping graph differ by 50% (0.0400 and 0.0600 ms p50)" in hit[0]
+
+
 def test_no_pruning_without_a_budget(clock):
     c = clock(monotone)
     s = select(num_classes=3, spec=SPEC, budget=Budget(None), runtime=RuntimeConfig(), names=ZOO[:6], use_cache=False)
