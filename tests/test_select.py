@@ -59,6 +59,8 @@ def clock(monkeypatch):
     def install(table):
         c = FakeClock(table)
         monkeypatch.setattr(sel_mod, "measure_model", c)
+        # the fresh-process confirmation runs: one more measurement by the same fake clock
+        monkeypatch.setattr(sel_mod, "confirm_measurements", lambda *a, **k: [c(*a, **k)])
         monkeypatch.setattr(sel_mod, "export_wave", fake_export)  # fake clocks need no ONNX
 
         def tune(model, spec, runtime, batch, stat, *, onnx=None, precision="fp32"):

@@ -51,6 +51,8 @@ def clock(monkeypatch):
     def install(fn, tune_calls=None):
         c = Clock(fn)
         monkeypatch.setattr(sel_mod, "measure_model", c)
+        # the fresh-process confirmation runs: one more measurement by the same fake clock
+        monkeypatch.setattr(sel_mod, "confirm_measurements", lambda *a, **k: [c(*a, **k)])
         monkeypatch.setattr(sel_mod, "export_wave", lambda ex, jobs, graph="ship":
                             {j: (graph.encode(), graph) for j in jobs})
 
@@ -199,3 +201,33 @@ def test_real_selection_records_both_graphs():
                names=("tinycnn_w8", "tinycnn_w16"), use_cache=False)
     assert s.chosen.name == "tinycnn_w16" and s.chosen.graph == "ship" and s.chosen.confirmed
     assert {c.name: c.graph for c in s.candidates} == {"tinycnn_w8": "screen", "tinycnn_w16": "ship"}
+
+
+def test_fresh_process_measurements_need_no_torch_and_fail_in_one_line(tmp_path):
+    """core.freshbench: the confirmation's fresh processes time the shipping bytes with onnxruntime alone
+    (torch blocked in the child), and a model they cannot load is one EnvironmentProblem line."""
+    import subprocess
+    import sys
+
+    from kdcompress.core.errors import EnvironmentProblem
+    from kdcompress.core.freshbench import measure_fresh
+
+    model = STUDENTS.get("tinycnn_w8").build(3, SPEC).eval()
+    data = onnx_bytes(model, SPEC)
+    runs = measure_fresh(data, "cpu", (1, *SPEC.shape), SessionSettings(1), 2)
+    assert len(runs) == 2 and all(r.iters >= 100 and 0 < r.min <= r.p50 <= r.p99 for r in runs)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    block = ("import sys, importlib.abc\n"
+             "class B(importlib.abc.MetaPathFinder):\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'torch' or name.startswith('torch.'):\n"
+             "            raise ImportError('torch is blocked')\n"
+             "sys.meta_path.insert(0, B())\n"
+             "from kdcompress.core.freshbench import main\n"
+             f"main([{str(path)!r}, 'cpu', '{{\"threads\": 1}}', '1,1,8,8'])\n")
+    p = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["iters"] >= 100
+    with pytest.raises(EnvironmentProblem, match="fresh process failed: InputError: ONNX Runtime cannot load"):
+        measure_fresh(b"not onnx", "cpu", (1, *SPEC.shape), SessionSettings(1), 1)

@@ -1,0 +1,63 @@
+"""Latency measured in fresh processes: how select confirms the student it is about to choose.
+
+Measured on the 2-vCPU VM (benchmarks/RESULTS.md, "latency is a per-process lottery"): a 10 us model ran
+at 10 or 17 us, and every session of one process ran at the same one of the two speeds, pinned to either
+CPU, with address randomisation on or off. A figure from the selecting process is therefore one draw, and a
+deployment is another process: the choice is confirmed on several processes, and the slowest counts.
+
+Each child imports only onnxruntime, numpy and this module (no torch: 0.2-0.3 s to start) and prints its
+LatencyStats as one line of JSON.
+
+    python -m kdcompress.core.freshbench MODEL.onnx PROVIDER SETTINGS_JSON 1,1,8,8
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from .errors import EnvironmentProblem
+from .ortbench import LatencyStats, SessionSettings, make_session, measure_latency
+
+CHILD_TIMEOUT_S = 600  # min 100 runs of the slowest plausible candidate, plus start-up
+
+
+def measure_fresh(model: bytes, provider: str, shape: tuple[int, ...], settings: SessionSettings,
+                  processes: int) -> list[LatencyStats]:
+    """`processes` measurements of `model`, one after another, each in a new Python process."""
+    with tempfile.TemporaryDirectory(prefix="kdc-fresh-") as d:
+        path = Path(d) / "model.onnx"
+        path.write_bytes(model)
+        args = [sys.executable, "-m", "kdcompress.core.freshbench", str(path), provider,
+                json.dumps(settings.to_json()), ",".join(str(v) for v in shape)]
+        out = []
+        for _ in range(processes):
+            try:
+                p = subprocess.run(args, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise EnvironmentProblem(f"a latency measurement in a fresh process took over {CHILD_TIMEOUT_S} s") from None
+            lines = p.stdout.strip().splitlines()
+            if p.returncode != 0 or not lines:
+                why = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+                raise EnvironmentProblem(f"a latency measurement in a fresh process failed: {why}")
+            out.append(LatencyStats(**json.loads(lines[-1])))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    path, provider, settings, shape = argv or sys.argv[1:]
+    sess = make_session(Path(path).read_bytes(), provider, settings=SessionSettings.from_json(json.loads(settings)))
+    stats = measure_latency(sess, tuple(int(v) for v in shape.split(",")))
+    print(json.dumps(asdict(stats)))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # one line for the parent's error message
+        print(f"{type(e).__name__}: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+        sys.exit(1)
