@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--teacher", type=Path, default=None, help="a trained kdcompress teacher (else resnet8x4, CE)")
     ap.add_argument("--seeds", type=int, default=1, help="training seeds per candidate (0..seeds-1)")
     ap.add_argument("--json", type=Path, default=None, help="also write every run and row here")
+    ap.add_argument("--no-margin", action="store_true", help="the trial rule without its one-standard-error "
+                    "margin (the rule before 2026-12-01 18:10)")
     args = ap.parse_args()
     epochs = args.epochs or (8 if args.quick else 20)
     names = QUICK if args.quick else CANDIDATES
@@ -129,7 +131,8 @@ def main() -> None:
         pool = trial_pool(sel, args.trial_top)
         trial = []
         for seed in seeds:
-            winner, _ = successive_halving(pool, int(args.trial_budget * epochs), lambda n, e, s=seed: run(n, e, s)[0])
+            winner, _ = successive_halving(pool, int(args.trial_budget * epochs), lambda n, e, s=seed: run(n, e, s)[0],
+                                           n_val=None if args.no_margin else len(splits.val))
             trial.append((winner or sel.chosen).name)
         rows.append({"budget_ms": b, "fits": fits, "best": best, "best_name": max(full, key=full.get),
                      "flops_choice": sel.chosen.name, "flops_acc": full[sel.chosen.name],

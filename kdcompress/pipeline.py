@@ -271,8 +271,9 @@ def rank_by_trial(selection: Selection, cfg: RunConfig, opts: SelectOptions, tea
         return res.best_val_accuracy
 
     pool = trial_pool(selection, opts.trial_top)
-    winner, log = successive_halving(pool, budget_epochs, trial)
+    winner, log = successive_halving(pool, budget_epochs, trial, n_val=len(splits.val))
     info = {"rank": "trial", "pool": [c.name for c in pool], "trial_epochs_budget": budget_epochs, "trials": log,
+            "val_images": len(splits.val),
             "flops_choice": selection.chosen.name}
     if winner is not None and winner.name != selection.chosen.name:
         try:

@@ -502,6 +502,23 @@ def test_successive_halving_keeps_the_best_validation_accuracy(clock):
     assert successive_halving(pool, 1, train) == (None, [])
 
 
+def test_a_smaller_trial_winner_must_beat_the_bigger_by_more_than_the_noise(clock):
+    """The last rung: a less capable candidate wins only when its validation accuracy exceeds the more
+    capable one's by more than one standard error of the difference on n_val images."""
+    from kdcompress.select.trial import noise_margin, successive_halving, trial_pool
+
+    clock(monotone)
+    pool = trial_pool(choose(0.03, names=("tinycnn_w8", "tinycnn_w16", "resnet8")), 2)
+    big, small = pool
+    assert noise_margin(0.8, 400) == pytest.approx((2 * 0.8 * 0.2 / 400) ** 0.5) == pytest.approx(0.02828, abs=1e-5)
+    assert noise_margin(0.8, None) == 0.0
+    for small_acc, n_val, winner in ((0.82, 400, big), (0.83, 400, small), (0.82, None, small), (0.80, 400, big)):
+        acc = {big.name: 0.80, small.name: small_acc}
+        got, log = successive_halving(pool, 4, lambda n, e, acc=acc: acc[n], n_val=n_val)
+        assert got.name == winner.name, (small_acc, n_val)
+        assert [r["name"] for r in log] == [big.name, small.name]
+
+
 def test_distill_rank_trial_trains_in_the_scratch_directory(clock, tiny_teacher, tmp_path):
     from rich.console import Console
 
