@@ -60,7 +60,7 @@ def main() -> None:
     from kdcompress.core.spec import InputSpec
     from kdcompress.core.system import cpu_limit, machine_fingerprint
     from kdcompress.select import measure_cached
-    from kdcompress.select.search import LatencyCache
+    from kdcompress.select.cache import LatencyCache
     from kdcompress.students.registry import build_student
 
     tmp = Path(tempfile.mkdtemp(prefix="kdc-coldstart-"))

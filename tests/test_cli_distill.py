@@ -125,7 +125,7 @@ def test_impossible_budget_names_fastest_before_training(tiny_teacher, tmp_path)
     # the named candidate and figure are the minimum of what was measured (and cached) for this run
     m = re.search(r"fastest candidate, (\S+), measured ([0-9.]+) ms", r.stderr)
     assert m, r.stderr
-    from kdcompress.select.search import cache_path
+    from kdcompress.select.cache import cache_path
 
     cached = json.loads(cache_path().read_text())
     fastest = min(v["p50"] for v in cached.values())

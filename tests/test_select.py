@@ -10,13 +10,15 @@ import pytest
 from typer.testing import CliRunner
 
 import kdcompress.core.system as system_mod
+import kdcompress.select.cache as cache_mod
 import kdcompress.select.search as sel_mod
 from kdcompress.cli import app
 from kdcompress.core.config import Budget, RuntimeConfig
 from kdcompress.core.errors import BudgetError, UsageError
 from kdcompress.core.ortbench import LatencyStats, SessionSettings
 from kdcompress.core.spec import InputSpec
-from kdcompress.select.search import Candidate, LatencyCache, Selection, cache_path, select
+from kdcompress.select.cache import LatencyCache, cache_path
+from kdcompress.select.search import Candidate, Selection, select
 from kdcompress.select.view import pareto_front
 from kdcompress.students.registry import STUDENTS
 
@@ -201,7 +203,7 @@ def test_cache_hit_and_miss_on_threads_batch_provider(clock, monkeypatch):
     select(num_classes=3, spec=SPEC, budget=Budget(None), runtime=RuntimeConfig(), names=("resnet8",))
     assert c.calls == []
     # another machine (or ORT version): the fingerprint is part of the key
-    monkeypatch.setattr(sel_mod, "machine_fingerprint", lambda: {"cpu": "elsewhere", "onnxruntime": "0"})
+    monkeypatch.setattr(cache_mod, "machine_fingerprint", lambda: {"cpu": "elsewhere", "onnxruntime": "0"})
     select(num_classes=3, spec=SPEC, budget=Budget(None), runtime=RuntimeConfig(), names=("resnet8",))
     assert [n for n, *_ in c.calls] == ["resnet8"]
 

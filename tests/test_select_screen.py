@@ -21,7 +21,8 @@ from kdcompress.core.onnxio import INPUT_NAME, onnx_bytes, screen_bytes
 from kdcompress.core.ortbench import LatencyStats, SessionSettings
 from kdcompress.core.spec import InputSpec
 from kdcompress.select.ladder import Exporter, export_ladder
-from kdcompress.select.search import cache_path, select
+from kdcompress.select.cache import cache_path
+from kdcompress.select.search import select
 from kdcompress.students.registry import STUDENTS, capacity
 
 SPEC = InputSpec((1, 8, 8), (0.5,), (0.25,))

@@ -2,7 +2,8 @@
 machine fingerprint); the Pareto plot and the table of the ladder."""
 
 from .result import PRECISIONS, Candidate, Selection
-from .search import LatencyCache, measure_cached, measure_model, plausible, select
+from .cache import LatencyCache
+from .search import measure_cached, measure_model, plausible, select
 from .view import pareto_front, save_pareto_plot
 
 __all__ = ["Candidate", "LatencyCache", "PRECISIONS", "Selection", "measure_cached", "measure_model", "pareto_front", "plausible",

@@ -21,23 +21,21 @@ Each Candidate says which graph its latency is from (`graph`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..core.config import Budget, RuntimeConfig
-from ..core.errors import BudgetError, KdError, UsageError
+from ..core.errors import BudgetError, UsageError
 from ..core.latencytable import check_table, model_key, table_stats
 from ..core.ortbench import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
-from ..core.runio import atomic_write_json
 from ..core.spec import InputSpec
 from .result import (PRECISION_PREFERENCE, Candidate, Selection, allowed_precisions,
                      measured_precisions)
-from ..core.system import cache_root, cap_threads, cpu_limit, machine_fingerprint, torch_threads
+from ..core.system import cap_threads, cpu_limit, torch_threads
+from .cache import LatencyCache
 
 
 # A candidate prunes the bigger ones of its family only when it measured clearly over the budget, by more
@@ -51,75 +49,6 @@ UNSTABLE = 1.25
 # The confirmation measures the shipping graph in this process once and in this many fresh processes; the
 # slowest figure is the one that must fit (core.freshbench says why).
 CONFIRM_PROCESSES = 3
-
-
-def cache_path() -> Path:
-    return cache_root() / "latency.json"
-
-
-class LatencyCache:
-    """Measured latencies on disk, keyed by what changes them. A broken or read-only cache only costs
-    time: it is re-measured or left unwritten, never trusted half-read."""
-
-    def __init__(self, path: Path | None = None, enabled: bool = True):
-        self.path = path or cache_path()
-        self.enabled = enabled
-        self.fingerprint = machine_fingerprint()
-        self.entries: dict[str, Any] = self._load() if enabled else {}
-        self.dirty = False
-
-    def _load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            return {}
-
-    def key(self, name: str, model, spec: InputSpec, num_classes: int, runtime: RuntimeConfig, batch: int,
-            precision: str = "fp32") -> str:
-        raw = json.dumps([name, repr(model), list(spec.shape), num_classes, runtime.provider, runtime.threads or 1,
-                          batch, self.fingerprint] + ([] if precision == "fp32" else [precision]),
-                         sort_keys=True, default=str)
-        return hashlib.sha256(raw.encode()).hexdigest()[:32]
-
-    def get(self, key: str) -> LatencyStats | None:
-        e = self.entries.get(key)
-        if not isinstance(e, dict):
-            return None
-        try:
-            return LatencyStats(**{k: v for k, v in e.items() if k not in ("confirmed", "settings", "graph")})
-        except TypeError:
-            return None
-
-    def settings(self, key: str) -> SessionSettings | None:
-        e = self.entries.get(key)
-        try:
-            return SessionSettings.from_json(e["settings"]) if isinstance(e, dict) and e.get("settings") else None
-        except Exception:
-            return None
-
-    def confirmed(self, key: str) -> bool:
-        e = self.entries.get(key)
-        return isinstance(e, dict) and e.get("confirmed") is True and self.get(key) is not None
-
-    def graph(self, key: str) -> str:
-        """Which export the entry was measured on; entries from before screening existed were "ship"."""
-        e = self.entries.get(key)
-        return str(e.get("graph", "ship")) if isinstance(e, dict) else "ship"
-
-    def put(self, key: str, stats: LatencyStats, confirmed: bool = False,
-            settings: SessionSettings | None = None, graph: str = "ship") -> None:
-        self.entries[key] = {**asdict(stats), "confirmed": confirmed, "graph": graph,
-                             **({"settings": settings.to_json()} if settings else {})}
-        self.dirty = True
-
-    def save(self) -> None:
-        if self.enabled and self.dirty:
-            try:
-                atomic_write_json(self.path, self.entries)
-                self.dirty = False
-            except (OSError, KdError):  # the cache is an optimisation: an unwritable one is skipped
-                pass
 
 
 def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *, onnx: bytes | None = None,

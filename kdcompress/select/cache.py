@@ -1,0 +1,86 @@
+"""The latency cache of select: measured latencies (and, in capacity.json beside it, capacities) on disk,
+keyed by what changes them: machine fingerprint, provider, ORT settings, input shape, batch, candidate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..core.config import RuntimeConfig
+from ..core.errors import KdError
+from ..core.ortbench import LatencyStats, SessionSettings
+from ..core.runio import atomic_write_json
+from ..core.spec import InputSpec
+from ..core.system import cache_root, machine_fingerprint
+
+
+def cache_path() -> Path:
+    return cache_root() / "latency.json"
+
+
+class LatencyCache:
+    """Measured latencies on disk, keyed by what changes them. A broken or read-only cache only costs
+    time: it is re-measured or left unwritten, never trusted half-read."""
+
+    def __init__(self, path: Path | None = None, enabled: bool = True):
+        self.path = path or cache_path()
+        self.enabled = enabled
+        self.fingerprint = machine_fingerprint()
+        self.entries: dict[str, Any] = self._load() if enabled else {}
+        self.dirty = False
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+
+    def key(self, name: str, model, spec: InputSpec, num_classes: int, runtime: RuntimeConfig, batch: int,
+            precision: str = "fp32") -> str:
+        raw = json.dumps([name, repr(model), list(spec.shape), num_classes, runtime.provider, runtime.threads or 1,
+                          batch, self.fingerprint] + ([] if precision == "fp32" else [precision]),
+                         sort_keys=True, default=str)
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> LatencyStats | None:
+        e = self.entries.get(key)
+        if not isinstance(e, dict):
+            return None
+        try:
+            return LatencyStats(**{k: v for k, v in e.items() if k not in ("confirmed", "settings", "graph")})
+        except TypeError:
+            return None
+
+    def settings(self, key: str) -> SessionSettings | None:
+        e = self.entries.get(key)
+        try:
+            return SessionSettings.from_json(e["settings"]) if isinstance(e, dict) and e.get("settings") else None
+        except Exception:
+            return None
+
+    def confirmed(self, key: str) -> bool:
+        e = self.entries.get(key)
+        return isinstance(e, dict) and e.get("confirmed") is True and self.get(key) is not None
+
+    def graph(self, key: str) -> str:
+        """Which export the entry was measured on; entries from before screening existed were "ship"."""
+        e = self.entries.get(key)
+        return str(e.get("graph", "ship")) if isinstance(e, dict) else "ship"
+
+    def put(self, key: str, stats: LatencyStats, confirmed: bool = False,
+            settings: SessionSettings | None = None, graph: str = "ship") -> None:
+        self.entries[key] = {**asdict(stats), "confirmed": confirmed, "graph": graph,
+                             **({"settings": settings.to_json()} if settings else {})}
+        self.dirty = True
+
+    def save(self) -> None:
+        if self.enabled and self.dirty:
+            try:
+                atomic_write_json(self.path, self.entries)
+                self.dirty = False
+            except (OSError, KdError):  # the cache is an optimisation: an unwritable one is skipped
+                pass
