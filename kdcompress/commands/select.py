@@ -4,6 +4,7 @@ from the latency table that profile wrote (--latency-table)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +39,24 @@ def run_select(*, teacher: Path, budget: Budget, runtime: RuntimeConfig, candida
     Returns the selection and a one-line description of the setting (for titles). `out` is claimed
     (RunDir.claim) before any work: a bad or foreign --out is refused at once, it is locked while the
     ladder is measured, and a refused selection leaves no directory it created."""
-    if out is None:
-        return _select(teacher, budget, runtime, candidates, use_cache, None, trust_checkpoint, console, precision,
-                       latency_table, tune, prune)
-    with RunDir(Path(out)).claim(force=force):
-        return _select(teacher, budget, runtime, candidates, use_cache, Path(out), trust_checkpoint, console,
-                       precision, latency_table, tune, prune)
-
-
-def _select(teacher, budget, runtime, candidates, use_cache, out, trust_checkpoint, console, precision,
-            latency_table, tune, prune) -> tuple[Selection, str]:
     console = console or Console(stderr=True)
-    table = latency_table_arg(latency_table)
-    t = load_teacher(teacher, trust=trust_checkpoint, flags=False)  # select has no teacher flags
-    shape = "x".join(str(v) for v in t.input_spec.shape)
-    with console.status("measuring student candidates in ONNX Runtime") as status:
-        sel = select(num_classes=t.num_classes, spec=t.input_spec, budget=budget, runtime=runtime,
-                     teacher_model=t.model, teacher_name=t.arch, names=candidates, use_cache=use_cache,
-                     on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({runtime.provider})"),
-                     precision=precision, convert=converter(), latency_table=table, tune=tune, prune=prune)
-    for w in sel.notes:
-        console.print(f"[yellow]warning:[/] {w}")
-    title = f"student ladder for {t.arch} ({t.num_classes} classes, input {shape})"
-    if out is not None:
-        atomic_write_json(out / "selection.json", sel.to_json())
-        save_pareto_plot(sel, out / "selection.png", title)
-        console.print(f"wrote {out / 'selection.json'} and {out / 'selection.png'}")
+    with RunDir(Path(out)).claim(force=force) if out is not None else contextlib.nullcontext():
+        table = latency_table_arg(latency_table)
+        t = load_teacher(teacher, trust=trust_checkpoint, flags=False)  # select has no teacher flags
+        shape = "x".join(str(v) for v in t.input_spec.shape)
+        with console.status("measuring student candidates in ONNX Runtime") as status:
+            sel = select(num_classes=t.num_classes, spec=t.input_spec, budget=budget, runtime=runtime,
+                         teacher_model=t.model, teacher_name=t.arch, names=candidates, use_cache=use_cache,
+                         on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({runtime.provider})"),
+                         precision=precision, convert=converter(), latency_table=table, tune=tune, prune=prune)
+        for w in sel.notes:
+            console.print(f"[yellow]warning:[/] {w}")
+        title = f"student ladder for {t.arch} ({t.num_classes} classes, input {shape})"
+        if out is not None:
+            out = Path(out)
+            atomic_write_json(out / "selection.json", sel.to_json())
+            save_pareto_plot(sel, out / "selection.png", title)
+            console.print(f"wrote {out / 'selection.json'} and {out / 'selection.png'}")
     return sel, title
 
 

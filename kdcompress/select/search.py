@@ -218,7 +218,7 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     runtime = replace(runtime, threads=threads)
     precs, pnotes = measured_precisions(precision, runtime.provider)
     notes = tuple(n for n in (note, *pnotes) if n)
-    unstable: list[str] = []  # confirmations whose two measurements disagree by more than UNSTABLE
+    unstable: list[str] = []  # confirmations whose measurements spread by more than UNSTABLE
     cache = LatencyCache(enabled=use_cache and latency_table is None)
     caps = LatencyCache(cache.path.with_name("capacity.json"), enabled=use_cache)
     with torch_threads(1):  # torch only builds, counts and exports tiny models here (core.system)
