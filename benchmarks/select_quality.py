@@ -6,10 +6,14 @@
    `--seeds`, and score it on the TEST split (its best-validation checkpoint). A candidate's accuracy does
    not depend on the budget, so each (candidate, seed) is trained once. Its accuracy is the mean over seeds.
 4. Per budget: the best achievable mean test accuracy among the fits; the FLOPs rule's choice (most capable
-   fit); the trial rule's choice (select/trial.py: successive halving over the top `--trial-top` fits within
-   25% of `--epochs`, scored by validation accuracy; trials memoised per (candidate, epochs, seed)), run once
-   per seed as a pipeline with that seed would. A choice scores when its mean accuracy is within 0.5 point
-   of the best; the trial rule's score at a budget is the fraction of seeds whose choice scores.
+   fit); the trial rule's choice (select/trial.py as distill --rank trial runs it: the pool of up to
+   `--trial-top` fits, each family's most capable first; successive halving within 25% of the main
+   training's time, each candidate's epoch weighed by its cost measured with train.probe; scored by
+   validation accuracy; trials memoised per (candidate, epochs, seed)), run once per seed as a pipeline with
+   that seed would. Beside it, the rule before 2026-12-01 evening ("old": the top fits by capacity, every
+   epoch counted as the FLOPs choice's), on the same memoised trials. A choice scores when its mean
+   accuracy is within 0.5 point of the best; a trial rule's score at a budget is the fraction of seeds whose
+   choice scores.
 5. Regret (best mean - chosen mean, points) of both rules per (budget, seed), and the paired difference
    FLOPs regret - trial regret with a 95% t interval (positive: the trial rule chose better).
 
@@ -18,6 +22,10 @@ candidates are 1-4 images apart, so the 0.5-point criterion is then within one r
 
     python benchmarks/select_quality.py [--quick] [--seeds 3] [--json out.json]
     python benchmarks/select_quality.py --data mnist5k --quick --teacher /path/teacher.pt
+    python benchmarks/select_quality.py ... --reuse earlier.json --budgets-ms 0.04,0.07  # no retraining
+
+`--reuse` takes the runs of an earlier --json file of the same data, epochs and teacher (its sha256, when
+the file records it) instead of training them again; `--budgets-ms` fixes the budgets (an earlier file's).
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write every run and row here")
     ap.add_argument("--no-margin", action="store_true", help="the trial rule without its one-standard-error "
                     "margin (the rule before 2026-12-01 18:10)")
+    ap.add_argument("--reuse", type=Path, default=None, help="an earlier --json file: its runs are not trained again")
+    ap.add_argument("--budgets-ms", default=None, help="comma-separated budgets instead of --budgets from the ladder")
     args = ap.parse_args()
     epochs = args.epochs or (8 if args.quick else 20)
     names = QUICK if args.quick else CANDIDATES
@@ -71,9 +81,11 @@ def main() -> None:
     from kdcompress.data import load_data
     from kdcompress.pipeline import train_teacher
     from kdcompress.select.search import select
-    from kdcompress.select.trial import successive_halving, trial_pool
+    from kdcompress.select.result import PRECISION_PREFERENCE
+    from kdcompress.select.trial import halving_plan, successive_halving, trial_pool
     from kdcompress.teacher import load_teacher
     from kdcompress.train import train
+    from kdcompress.train.probe import epoch_seconds
 
     quiet = Console(stderr=True, quiet=True)
     tmp = Path(tempfile.mkdtemp(prefix="kdc-quality-"))
@@ -94,10 +106,38 @@ def main() -> None:
     lat = {c.name: c.latency.p50 for c in ladder.candidates}
     lo, hi = min(lat.values()), max(lat.values())
     budgets = [round(lo * (hi / lo) ** ((i + 0.5) / args.budgets), 5) for i in range(args.budgets)]
+    if args.budgets_ms:
+        budgets = [float(b) for b in args.budgets_ms.split(",")]
     log(f"ladder measured: {lo:.4f} .. {hi:.4f} ms")
     kd = losses.load_checked_preset("kd", [f"train.epochs={epochs}"])
     memo: dict[tuple[str, int, int], tuple[float, float]] = {}
     seeds = list(range(args.seeds))
+    if args.reuse:
+        old = json.loads(args.reuse.read_text())
+        if (old["data"], old["epochs"]) != (args.data, epochs) or old.get("teacher_sha256", teacher.sha256) != teacher.sha256:
+            raise SystemExit(f"--reuse {args.reuse}: another data set, epoch count or teacher")
+        memo.update({(r["name"], r["epochs"], r["seed"]): (r["val"], r["test"]) for r in old["runs"]})
+        log(f"reusing {len(memo)} runs of {args.reuse}"
+            + ("" if "teacher_sha256" in old else " (the file does not record its teacher: same file on your word)"))
+    seconds: dict[str, float] = {}
+
+    def cost(name: str) -> float:
+        """Seconds of one kd epoch of `name` here (train.probe, as the pipeline weighs a trial)."""
+        if name not in seconds:
+            seconds[name] = epoch_seconds(lambda: students.build_student(name, 10, spec), spec,
+                                          batch_size=kd.train.batch_size, n_train=len(splits.train), num_classes=10,
+                                          teacher=teacher.model, device=torch.device("cpu"))
+            log(f"{name}: {seconds[name]:.2f} s an epoch")
+        return seconds[name]
+
+    def old_pool(sel, top: int):  # the rule before: the top fits by capacity, one entry per student
+        ranked = sorted((c for c in sel.candidates if c.fits), key=lambda c: (c.flops, c.params,
+                        PRECISION_PREFERENCE[c.precision]), reverse=True)
+        out: list = []
+        for c in ranked:
+            if c.name not in {o.name for o in out}:
+                out.append(c)
+        return out[:top]
 
     def run(name: str, n_epochs: int, seed: int) -> tuple[float, float]:
         """(best validation accuracy, test accuracy of that checkpoint) after n_epochs of kd."""
@@ -129,39 +169,56 @@ def main() -> None:
         full = {n: mean_test(n) for n in fits}
         best = max(full.values())
         pool = trial_pool(sel, args.trial_top)
-        trial = []
+        costs = [cost(c.name) / cost(sel.chosen.name) for c in pool]
+        budget_epochs = args.trial_budget * epochs
+        n_val = None if args.no_margin else len(splits.val)
+        trial, old_rule = [], []
         for seed in seeds:
-            winner, _ = successive_halving(pool, int(args.trial_budget * epochs), lambda n, e, s=seed: run(n, e, s)[0],
-                                           n_val=None if args.no_margin else len(splits.val))
+            winner, _ = successive_halving(pool, budget_epochs, lambda n, e, s=seed: run(n, e, s)[0], n_val=n_val,
+                                           costs=costs)
             trial.append((winner or sel.chosen).name)
+            winner, _ = successive_halving(old_pool(sel, args.trial_top), int(budget_epochs),
+                                           lambda n, e, s=seed: run(n, e, s)[0], n_val=n_val)
+            old_rule.append((winner or sel.chosen).name)
         rows.append({"budget_ms": b, "fits": fits, "best": best, "best_name": max(full, key=full.get),
                      "flops_choice": sel.chosen.name, "flops_acc": full[sel.chosen.name],
-                     "trial_choices": trial, "trial_accs": [full[n] for n in trial]})
+                     "pool": [c.name for c in pool], "costs": [round(c, 3) for c in costs],
+                     "plan": halving_plan(costs, budget_epochs),
+                     "trial_choices": trial, "trial_accs": [full[n] for n in trial],
+                     "old_choices": old_rule, "old_accs": [full[n] for n in old_rule]})
 
     def ok(best: float, acc: float) -> bool:
         return best - acc <= 0.005
 
     sd = {n: statistics.stdev([memo[(n, epochs, s)][1] for s in seeds]) if len(seeds) > 1 else 0.0
           for n in {n for r in rows for n in r["fits"]}}
-    print("\n| budget ms | fits | best mean test acc | FLOPs rule | its acc | trial rule (per seed) | its acc |")
-    print("|---:|---:|---:|---|---:|---|---:|")
+    def cell(names_: list[str], accs: list[float], best: float) -> str:
+        shown = ", ".join(names_) if len(set(names_)) > 1 else names_[0]
+        return f"{shown} | " + ", ".join(f"{100 * a:.2f}{' *' if ok(best, a) else ''}" for a in accs)
+
+    print("\n| budget ms | fits | best mean test acc | FLOPs rule | its acc | trial pool (plan) | trial rule (per seed) "
+          "| its acc | old trial rule | its acc |")
+    print("|---:|---:|---:|---|---:|---|---|---:|---|---:|")
     for r in rows:
-        names_t = ", ".join(r["trial_choices"]) if len(set(r["trial_choices"])) > 1 else r["trial_choices"][0]
-        accs_t = ", ".join(f"{100 * a:.2f}{' *' if ok(r['best'], a) else ''}" for a in r["trial_accs"])
+        plan = " ".join(f"{c}x{e}" for c, e in r["plan"]) or "none"
         print(f"| {r['budget_ms']:.4f} | {len(r['fits'])} | {100 * r['best']:.2f} ({r['best_name']}, sd "
               f"{100 * sd[r['best_name']]:.2f}) | {r['flops_choice']} | {100 * r['flops_acc']:.2f}"
-              f"{' *' if ok(r['best'], r['flops_acc']) else ''} | {names_t} | {accs_t} |")
+              f"{' *' if ok(r['best'], r['flops_acc']) else ''} | {', '.join(r['pool'])} ({plan}) | "
+              f"{cell(r['trial_choices'], r['trial_accs'], r['best'])} | {cell(r['old_choices'], r['old_accs'], r['best'])} |")
     n_flops = sum(ok(r["best"], r["flops_acc"]) for r in rows)
     n_trial = sum(statistics.mean(ok(r["best"], a) for a in r["trial_accs"]) for r in rows)
+    n_old = sum(statistics.mean(ok(r["best"], a) for a in r["old_accs"]) for r in rows)
+    regret_o = [100 * (r["best"] - a) for r in rows for a in r["old_accs"]]
     regret_f = [100 * (r["best"] - r["flops_acc"]) for r in rows for _ in seeds]
     regret_t = [100 * (r["best"] - a) for r in rows for a in r["trial_accs"]]
     diff, lo_ci, hi_ci = paired_stats([f - t for f, t in zip(regret_f, regret_t, strict=True)])
     print(f"\nwithin 0.5 point of the best mean (*): trial rule {n_trial:.2f}/{len(rows)} (mean over {len(seeds)} "
-          f"seed(s)), FLOPs rule {n_flops}/{len(rows)} (goal for trial: >= 7/8); main training {epochs} epochs, "
+          f"seed(s)), FLOPs rule {n_flops}/{len(rows)}, old trial rule {n_old:.2f}/{len(rows)} (goal for trial: >= 7/8); "
+          f"main training {epochs} epochs, "
           f"trial budget {args.trial_budget:g} x epochs, top {args.trial_top}; data {args.data}; "
           f"{len(seeds)} seed(s) per candidate")
     print(f"mean regret (points below the best mean): trial rule {statistics.mean(regret_t):.2f}, FLOPs rule "
-          f"{statistics.mean(regret_f):.2f}; FLOPs - trial {diff:+.2f} [{lo_ci:+.2f}, {hi_ci:+.2f}] "
+          f"{statistics.mean(regret_f):.2f}, old trial rule {statistics.mean(regret_o):.2f}; FLOPs - trial {diff:+.2f} [{lo_ci:+.2f}, {hi_ci:+.2f}] "
           f"(95% t interval over {len(regret_t)} budget x seed pairs; budgets share candidates, so the pairs "
           f"are not independent and the interval is optimistic)")
     for b, msg in refused:
@@ -169,6 +226,8 @@ def main() -> None:
     if args.json:
         runs = [{"name": n, "epochs": e, "seed": s_, "val": v, "test": t} for (n, e, s_), (v, t) in memo.items()]
         args.json.write_text(json.dumps({"data": args.data, "epochs": epochs, "seeds": seeds, "rows": rows,
+                                         "teacher_sha256": teacher.sha256, "val_images": len(splits.val),
+                                         "epoch_seconds": seconds,
                                          "refused": [[b, m] for b, m in refused], "runs": runs}, indent=1) + "\n")
     fp = machine_fingerprint()
     print(f"machine: {fp['cpu']}, {fp['cpus']} usable CPUs, torch {torch.__version__}; load average "

@@ -1,6 +1,6 @@
 """Re-score a select_quality.py --json file under the trial rule with or without its margin, from the
-memoised runs alone (nothing is trained): the same successive_halving (select/trial.py) over the same
-pools, each trial's validation accuracy read from the file. A trial the file lacks (the other rule would
+memoised runs alone (nothing is trained): the same successive_halving (select/trial.py) over the pools
+of the rule before 2026-12-01 (the top fits by capacity, every epoch of equal cost), each trial's validation accuracy read from the file. A trial the file lacks (the other rule would
 have needed a run that was never made) stops the script with its name.
 
     python benchmarks/select_quality_rescore.py results.json --val-images 180 [--no-margin] [--trial-top 4]
@@ -20,6 +20,8 @@ from pathlib import Path
 class Fit:  # what successive_halving reads of a Candidate
     name: str
     precision: str = "fp32"
+    flops: int = 0  # here the rank in the row's fits (ascending capacity): the last rung's tie-break order
+    params: int = 0
 
 
 def main() -> None:
@@ -49,7 +51,7 @@ def main() -> None:
 
     within, regret_t, regret_f = 0.0, [], []
     for r in j["rows"]:
-        pool = [Fit(n) for n in reversed(r["fits"])][: args.trial_top]  # fits are in ascending capacity
+        pool = [Fit(n, flops=i) for i, n in reversed(list(enumerate(r["fits"])))][: args.trial_top]  # ascending
         chosen = []
         for seed in seeds:
             winner, _ = successive_halving(pool, int(args.trial_budget * epochs),

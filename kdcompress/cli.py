@@ -209,9 +209,10 @@ def distill(
     tune: Tune = True,
     rank: Annotated[str, typer.Option(help="Rank the fitting candidates by flops (the most capable) or trial "
                                            "(short distillation runs, successive halving).")] = "flops",
-    trial_top: Annotated[int, typer.Option("--trial-top", help="--rank trial: how many of the top fits to try.")] = 4,
-    trial_budget: Annotated[float, typer.Option("--trial-budget", help="--rank trial: trial epochs in all, as a "
-                                                "fraction of the main training's epochs (<= 0.25 by default).")] = 0.25,
+    trial_top: Annotated[int, typer.Option("--trial-top", help="--rank trial: at most this many fits "
+                                                                    "(each family's most capable first).")] = 4,
+    trial_budget: Annotated[float, typer.Option("--trial-budget", help="--rank trial: trial time in all, as a "
+                                                "fraction of the main training's (each candidate's epoch timed).")] = 0.25,
     json_: Json = False,
 ) -> None:
     """The whole job: teacher -> select -> distill -> export -> validate -> report.

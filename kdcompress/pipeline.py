@@ -28,9 +28,10 @@ from .report import distill_report, write_report
 from .select import Selection, save_pareto_plot, select
 from .select.precision import apply_precision_gate, export_options_for, selection_kwargs
 from .select.result import SelectOptions
-from .select.trial import successive_halving, trial_pool
+from .select.trial import halving_plan, plan_cost, successive_halving, trial_pool
 from .teacher import Teacher, load_teacher, teacher_onnx_bytes, teacher_strength
 from .train import TrainResult, check_resumable, setup_distributed, train
+from .train.probe import epoch_seconds
 from .validate import (
     THROUGHPUT_BATCH,
     Gates,
@@ -253,10 +254,12 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
 
 def rank_by_trial(selection: Selection, cfg: RunConfig, opts: SelectOptions, teacher: Teacher, splits: DataSplits,
                   run: RunDir, device, ddp, console: Console) -> Selection:
-    """--rank trial: successive halving over the top fits, each trial a short distillation into
-    run/trials/NAME-eEPOCHS (reused on a rerun); the winner is confirmed against the budget like any choice."""
+    """--rank trial: successive halving over the pool (select.trial), each trial a short distillation into
+    run/trials/NAME-eEPOCHS (reused on a rerun), within --trial-budget of the main training's time (each
+    candidate's epoch measured by train.probe, kept in run/trials/epoch_seconds.json so that a rerun makes
+    the same plan); the winner is confirmed against the budget like any choice."""
     spec = teacher.input_spec
-    budget_epochs = int(opts.trial_budget * cfg.preset.train.epochs)
+    budget_epochs = opts.trial_budget * cfg.preset.train.epochs
 
     def trial(name: str, epochs: int) -> float:
         preset = replace(cfg.preset, train=replace(cfg.preset.train, epochs=epochs))
@@ -271,10 +274,17 @@ def rank_by_trial(selection: Selection, cfg: RunConfig, opts: SelectOptions, tea
         return res.best_val_accuracy
 
     pool = trial_pool(selection, opts.trial_top)
-    winner, log = successive_halving(pool, budget_epochs, trial, n_val=len(splits.val))
-    info = {"rank": "trial", "pool": [c.name for c in pool], "trial_epochs_budget": budget_epochs, "trials": log,
-            "val_images": len(splits.val),
-            "flops_choice": selection.chosen.name}
+    with console.status("timing a few training steps of each trial candidate"):
+        seconds = ddp.on_main(lambda: trial_epoch_seconds([c.name for c in pool] + [selection.chosen.name], cfg,
+                                                          teacher, splits, run, device))
+    main = seconds[selection.chosen.name]
+    costs = [seconds[c.name] / main for c in pool]
+    winner, log = successive_halving(pool, budget_epochs, trial, n_val=len(splits.val), costs=costs)
+    plan = halving_plan(costs, budget_epochs)
+    info = {"rank": "trial", "pool": [c.name for c in pool], "trial_epochs_budget": budget_epochs,
+            "epoch_seconds": {c.name: round(seconds[c.name], 4) for c in pool}, "main_epoch_seconds": round(main, 4),
+            "plan": [list(r) for r in plan], "plan_bound_epochs": round(plan_cost(plan, costs), 3), "trials": log,
+            "val_images": len(splits.val), "flops_choice": selection.chosen.name}
     if winner is not None and winner.name != selection.chosen.name:
         try:
             again = ddp.on_main(lambda: select(
@@ -287,12 +297,39 @@ def rank_by_trial(selection: Selection, cfg: RunConfig, opts: SelectOptions, tea
     else:
         chosen = selection.chosen
         if winner is None:
-            info["note"] = f"a trial budget of {budget_epochs} epoch(s) is too small for {len(pool)} candidates"
+            info["note"] = (f"a trial budget of {budget_epochs:g} main epoch(s) is too small for 2 of the "
+                            f"{len(pool)} candidates at one epoch each")
     console.print(f"trial ranking: {chosen.name} (FLOPs rule: {selection.chosen.name})")
     fp32_fits = sorted((c for c in selection.candidates if c.fits and c.precision == "fp32"),
                        key=lambda c: (c.flops, c.params), reverse=True)
     fallback = (selection.fallback or next(iter(fp32_fits), None)) if chosen.precision != "fp32" else None
     return replace(selection, chosen=chosen, fallback=fallback, stats={**selection.stats, "trial": info})
+
+
+def trial_epoch_seconds(names: list[str], cfg: RunConfig, teacher: Teacher, splits: DataSplits, run: RunDir,
+                        device) -> dict[str, float]:
+    """Seconds of one training epoch of each named student (train.probe), from run/trials/epoch_seconds.json
+    when an earlier attempt of this run measured it at the same setting (a rerun makes the same plan)."""
+    path = run.root / "trials" / "epoch_seconds.json"
+    setting = {"batch_size": cfg.preset.train.batch_size, "n_train": len(splits.train), "device": str(device),
+               "teacher": teacher.sha256, "teacher_cache": cfg.preset.train.teacher_cache}
+    try:
+        kept = json.loads(path.read_text())
+        known = dict(kept["seconds"]) if kept.get("setting") == setting else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        known = {}
+    missing = [n for n in dict.fromkeys(names) if not isinstance(known.get(n), (int, float))]
+    for name in missing:
+        with process_settings(device):
+            known[name] = epoch_seconds(lambda name=name: students.build_student(name, splits.num_classes, teacher.input_spec),
+                                        teacher.input_spec, batch_size=cfg.preset.train.batch_size,
+                                        n_train=len(splits.train), num_classes=splits.num_classes,
+                                        device=device,  # with the teacher-output cache no step runs the teacher
+                                        teacher=None if cfg.preset.train.teacher_cache == "views" else teacher.model)
+    if missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"setting": setting, "seconds": known})
+    return {n: float(known[n]) for n in names}
 
 
 def train_teacher(*, data: str, arch: str, preset, out, device: str, console: Console) -> dict[str, Any]:

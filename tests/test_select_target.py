@@ -10,9 +10,11 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import kdcompress.select.search as sel_mod
@@ -470,15 +472,58 @@ def test_distill_int8_failing_its_gate_retrains_the_fp32_fallback(clock, tiny_te
 def test_halving_plan_stays_within_the_trial_budget():
     from kdcompress.select.trial import halving_plan
 
-    assert halving_plan(4, 8) == [(4, 1), (2, 2)]
-    assert halving_plan(4, 17) == [(4, 2), (2, 4)]
-    assert halving_plan(3, 7) == [(3, 1), (2, 2)]
-    assert halving_plan(2, 5) == [(2, 2)]
-    assert halving_plan(4, 5) == [(2, 2)]  # 4 or 3 candidates need 8 or 7 epochs: the pool shrinks
-    assert halving_plan(4, 1) == [] and halving_plan(1, 100) == []
+    ones = [1.0] * 4
+    assert halving_plan(ones, 8) == [(4, 1), (2, 2)]
+    assert halving_plan(ones, 17) == [(4, 2), (2, 4)]
+    assert halving_plan(ones[:3], 7) == [(3, 1), (2, 2)]
+    assert halving_plan(ones[:2], 5) == [(2, 2)]
+    assert halving_plan(ones, 5) == [(2, 2)]  # 4 or 3 candidates need 8 or 7 epochs: the pool shrinks
+    assert halving_plan(ones, 1) == [] and halving_plan([1.0], 100) == []
     for n in range(2, 9):
         for budget in range(0, 40):
-            assert sum(c * e for c, e in halving_plan(n, budget)) <= budget
+            assert sum(c * e for c, e in halving_plan([1.0] * n, budget)) <= budget
+
+
+def test_halving_plan_weighs_each_candidate_by_its_measured_epoch_cost():
+    """The budget is time: cheap candidates let more into the trial, a dear one keeps others out, and the
+    bound holds whichever candidates survive."""
+    import random
+
+    from kdcompress.select.trial import halving_plan, plan_cost
+
+    # the FLOPs choice (1.0) and three students at a fifth of its cost: all 4 fit where 4 equal ones do not
+    assert halving_plan([1.0, 0.2, 0.2, 0.2], 5) == [(4, 1), (2, 2)]
+    assert plan_cost([(4, 1), (2, 2)], [1.0, 0.2, 0.2, 0.2]) == pytest.approx(1.6 + 2 * 1.2)
+    # a student that trains 3x slower than the FLOPs choice: the third candidate no longer fits
+    assert halving_plan([1.0, 3.0, 0.5], 5) == [(2, 1)]
+    assert halving_plan([1.0, 3.0, 0.5], 3.9) == []
+    rng = random.Random(0)
+    for _ in range(300):
+        costs = [rng.uniform(0.05, 3.0) for _ in range(rng.randint(2, 7))]
+        budget = rng.uniform(0.5, 12)
+        plan = halving_plan(costs, budget)
+        if not plan:
+            continue
+        assert plan_cost(plan, costs) <= budget + 1e-9
+        alive, spent = list(range(plan[0][0])), 0.0
+        for count, epochs in plan:  # survivors drawn at random: never more than the bound
+            alive = rng.sample(alive, count)
+            spent += sum(costs[i] for i in alive) * epochs
+        assert spent <= plan_cost(plan, costs) + 1e-9
+
+
+def test_trial_pool_tries_other_families_before_smaller_siblings(clock):
+    from kdcompress.select.trial import trial_pool
+
+    clock(monotone)
+    sel = choose(0.03, names=("tinycnn_w8", "tinycnn_w16", "tinycnn_w32", "resnet8", "resnet14", "vgg8_x0_25"))
+    fits = sorted((c for c in sel.candidates if c.fits), key=lambda c: (c.flops, c.params), reverse=True)
+    assert len({c.family for c in fits}) >= 2 and len(fits) >= 4
+    pool = trial_pool(sel, 6)
+    heads = [c for i, c in enumerate(fits) if c.family not in {f.family for f in fits[:i]}]
+    assert [c.name for c in pool] == [c.name for c in heads] + [c.name for c in fits if c not in heads][: 6 - len(heads)]
+    assert pool[0].name == sel.chosen.name
+    assert [c.name for c in trial_pool(sel, 2)] == [c.name for c in heads[:2]]
 
 
 def test_successive_halving_keeps_the_best_validation_accuracy(clock):
@@ -487,7 +532,6 @@ def test_successive_halving_keeps_the_best_validation_accuracy(clock):
     clock(monotone)
     sel = choose(0.03, names=("tinycnn_w8", "tinycnn_w16", "tinycnn_w32", "resnet8", "vgg8_x0_25"))
     pool = trial_pool(sel, 4)
-    assert [c.name for c in pool] == sorted((c.name for c in pool), key=lambda n: -CAP[n].flops)
     assert pool[0].name == sel.chosen.name and len(pool) == 4
     acc = {pool[0].name: 0.70, pool[1].name: 0.90, pool[2].name: 0.80, pool[3].name: 0.60}
     calls = []
@@ -500,6 +544,11 @@ def test_successive_halving_keeps_the_best_validation_accuracy(clock):
     assert calls[:4] == [(c.name, 1) for c in pool] and sorted(calls[4:]) == sorted([(pool[1].name, 2), (pool[2].name, 2)])
     assert sum(e for _, e in calls) <= 8 and len(log) == 6
     assert successive_halving(pool, 1, train) == (None, [])
+    # with measured costs: the three others train at a tenth of the FLOPs choice's time, so a budget of
+    # 4 main epochs, too small for 4 equal candidates (8), takes them all
+    calls.clear()
+    winner, _ = successive_halving(pool, 4, train, costs=[1.0, 0.1, 0.1, 0.1])
+    assert winner.name == pool[1].name and calls[:4] == [(c.name, 1) for c in pool]
 
 
 def test_a_smaller_trial_winner_must_beat_the_bigger_by_more_than_the_noise(clock):
@@ -519,8 +568,10 @@ def test_a_smaller_trial_winner_must_beat_the_bigger_by_more_than_the_noise(cloc
         assert [r["name"] for r in log] == [big.name, small.name]
 
 
-def test_distill_rank_trial_trains_in_the_scratch_directory(clock, tiny_teacher, tmp_path):
+def test_distill_rank_trial_trains_in_the_scratch_directory(clock, tiny_teacher, tmp_path, monkeypatch):
     from rich.console import Console
+
+    import kdcompress.pipeline as pl
 
     from kdcompress.core.config import RunConfig
     from kdcompress.losses import load_checked_preset
@@ -533,6 +584,8 @@ def test_distill_rank_trial_trains_in_the_scratch_directory(clock, tiny_teacher,
     cfg = RunConfig(teacher=tiny_teacher, data=TINY_DATA, budget=Budget(0.05), runtime=RuntimeConfig(device="cpu"),
                     preset=load_checked_preset("kd", ["train.epochs=4", "train.batch_size=16"]), out=tmp_path / "run",
                     candidates=("tinycnn_w8", "tinycnn_w16"))
+    # the two nearly equal epoch costs, fixed (a real probe measures them, test_epoch_probe_*): 1 + 0.9 <= 2
+    monkeypatch.setattr(pl, "epoch_seconds", lambda make, *a, **k: {8: 0.09, 16: 0.1}[make().features[0].out_channels])
     rep = distill(cfg, Console(stderr=True, quiet=True),
                   select_opts=SelectOptions(rank="trial", trial_top=2, trial_budget=0.5))
     t = rep["selection"]["search"]["trial"]
@@ -543,6 +596,52 @@ def test_distill_rank_trial_trains_in_the_scratch_directory(clock, tiny_teacher,
     assert rep["student"]["arch"] == best["name"] == rep["selection"]["chosen"]["name"]
     assert (tmp_path / "run" / "trials" / "tinycnn_w16-e1" / "student.pt").is_file()
     assert (tmp_path / "run" / "trials" / "tinycnn_w8-e1" / "student.pt").is_file()
+    # the plan's costs were measured (train.probe) and kept, so a rerun makes the same plan without timing
+    assert t["epoch_seconds"] == {"tinycnn_w16": 0.1, "tinycnn_w8": 0.09}
+    assert t["main_epoch_seconds"] == t["epoch_seconds"]["tinycnn_w16"] and t["plan"] == [[2, 1]]
+    assert 0 < t["plan_bound_epochs"] <= t["trial_epochs_budget"]
+    kept = json.loads((tmp_path / "run" / "trials" / "epoch_seconds.json").read_text())
+    assert set(kept["seconds"]) == {"tinycnn_w16", "tinycnn_w8"} and kept["setting"]["batch_size"] == 16
+
+
+def test_trial_epoch_seconds_are_measured_once_per_run(tiny_teacher, tmp_path, monkeypatch):
+    import kdcompress.pipeline as pl
+    from kdcompress.core.config import RunConfig
+    from kdcompress.core.runio import RunDir
+    from kdcompress.data import load_data
+    from kdcompress.losses import load_checked_preset
+    from kdcompress.teacher import load_teacher
+
+    from .conftest import TINY_DATA
+
+    teacher = load_teacher(tiny_teacher)
+    splits = load_data(TINY_DATA, teacher.input_spec)
+    cfg = RunConfig(teacher=tiny_teacher, data=TINY_DATA, budget=Budget(0.05), runtime=RuntimeConfig(device="cpu"),
+                    preset=load_checked_preset("kd", ["train.batch_size=16"]), out=tmp_path / "run")
+    run, cpu = RunDir(tmp_path / "run"), torch.device("cpu")
+    first = pl.trial_epoch_seconds(["tinycnn_w8", "resnet8"], cfg, teacher, splits, run, cpu)
+    assert first["resnet8"] > first["tinycnn_w8"] > 0  # 1.5 MFLOPs against 0.05: 4x slower a step here
+
+    def fail(*a, **k):
+        raise AssertionError("measured again")
+    monkeypatch.setattr(pl, "epoch_seconds", fail)
+    assert pl.trial_epoch_seconds(["resnet8", "tinycnn_w8"], cfg, teacher, splits, run, cpu) == first
+    other = replace(cfg, preset=load_checked_preset("kd", ["train.batch_size=32"]))
+    with pytest.raises(AssertionError, match="measured again"):  # another setting: not the same plan
+        pl.trial_epoch_seconds(["resnet8"], other, teacher, splits, run, cpu)
+
+
+def test_epoch_probe_leaves_the_teacher_as_it_was():
+    from kdcompress.students.registry import build_student
+    from kdcompress.train.probe import epoch_seconds
+
+    spec = SPEC
+    teacher = build_student("resnet8", 3, spec).eval()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    s = epoch_seconds(lambda: build_student("tinycnn_w8", 3, spec), spec, batch_size=8, n_train=20, num_classes=3,
+                      teacher=teacher, device=torch.device("cpu"))
+    assert s > 0 and not teacher.training
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
 def test_distill_rank_trial_refuses_another_configuration_before_any_trial(clock, tiny_teacher, tmp_path):

@@ -1,47 +1,70 @@
 """Trial ranking: among the candidates that fit, the one a short distillation trial says learns best.
 
-Successive halving over the top N fits by capacity: every survivor of a rung is trained (from scratch,
-`epochs` of the rung) and scored by its best validation accuracy; the better half survives and the next
-rung doubles the epochs, until one is left. The schedule is sized to `max_epochs` in all (the trial budget:
-by default 25% of the main training's epochs); epochs of the candidates, which all have at most the FLOPs
-of the FLOPs-rule choice, so the bound in epochs also bounds the time. Training is the caller's (the
-pipeline passes `train(name, epochs) -> val accuracy`): select never imports train.
+The pool (trial_pool): the most capable fit of each family first, by capacity, then the other fits by
+capacity; the first `top`. Within a family the bigger sibling is the usual winner, while families differ
+(on mnist5k vgg11_x0_25 beat resnet8/14/20 by 1-1.5 points at a fifth of their training cost), so the few
+trials a budget affords go to different families first.
+
+Successive halving over the pool: every survivor of a rung is trained (from scratch, the rung's epochs)
+and scored by its best validation accuracy; the better half survives and the next rung doubles the
+epochs, until one is left. The budget is time: `budget` in epochs of the main training (the FLOPs-rule
+choice's epochs), and each candidate's epoch is weighed by its measured cost relative to that choice's
+(`costs`: train.probe times training steps; a depthwise mobilenet trains 3-6x slower per step on a CPU
+than a resnet of the same FLOPs, a tiny CNN 4-10x faster). The plan holds the budget even if the most
+expensive candidates always survived. Training is the caller's (the pipeline passes
+`train(name, epochs) -> val accuracy`): select never imports train.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .result import PRECISION_PREFERENCE, Candidate, Selection
 
 
-def halving_plan(n: int, max_epochs: int) -> list[tuple[int, int]]:
-    """[(survivors, epochs)] per rung for `n` candidates within `max_epochs` in all; [] when not even one
-    epoch per candidate per rung fits (then the FLOPs rule stands)."""
-    while n >= 2:
-        rungs = math.ceil(math.log2(n))
-        counts = [max(1, math.ceil(n / 2 ** k)) for k in range(rungs)]
-        unit = sum(c * 2 ** k for k, c in enumerate(counts))  # epochs in all when rung 0 trains 1 epoch
-        e0 = max_epochs // unit
+def halving_plan(costs: Sequence[float], budget: float) -> list[tuple[int, int]]:
+    """[(survivors, epochs)] per rung for a pool whose epochs cost `costs` each (in pool order, in units
+    of the main training's epoch), within `budget` of those units in all; the most candidates (a prefix of
+    the pool) first, then the most epochs. [] when not even 2 candidates fit one epoch per rung (then the
+    FLOPs rule stands). Rung k trains ceil(n / 2^k) candidates for e0 * 2^k epochs, bounded as if the
+    dearest candidates survived every rung."""
+    for n in range(len(costs), 1, -1):
+        counts = [math.ceil(n / 2 ** k) for k in range(math.ceil(math.log2(n)))]
+        dear = sorted(costs[:n], reverse=True)
+        unit = sum(sum(dear[:c]) * 2 ** k for k, c in enumerate(counts))  # cost in all when rung 0 trains 1 epoch
+        e0 = math.floor(budget / unit + 1e-9)
         if e0 >= 1:
             return [(c, e0 * 2 ** k) for k, c in enumerate(counts)]
-        n -= 1
     return []
 
 
+def plan_cost(plan: list[tuple[int, int]], costs: Sequence[float]) -> float:
+    """The most the plan can cost (its bound in halving_plan), in the costs' units."""
+    dear = sorted(costs[: plan[0][0]], reverse=True) if plan else []
+    return sum(sum(dear[:c]) * e for c, e in plan)
+
+
 def trial_pool(selection: Selection, top: int) -> list[Candidate]:
-    """The top `top` fits by capacity that may ship (fits, not slower than its fp32 form, confirmed or not)."""
+    """Up to `top` fits that may ship (fits, not slower than its fp32 form, confirmed or not), one entry per
+    student (its most capable fitting form): the most capable of each family first, by capacity, then the
+    rest by capacity. The first is the FLOPs rule's choice."""
     allowed = {"auto": ("fp32", "fp16", "int8")}.get(selection.precision, (selection.precision,))
     fits = [c for c in selection.candidates if c.fits and not c.slower_than_fp32 and c.precision in allowed]
     ranked = sorted(fits, key=lambda c: (c.flops, c.params, PRECISION_PREFERENCE[c.precision]), reverse=True)
-    seen, out = set(), []
-    for c in ranked:  # one entry per student: its most capable fitting form
+    seen: set[str] = set()
+    students: list[Candidate] = []
+    for c in ranked:
         if c.name not in seen:
             seen.add(c.name)
-            out.append(c)
-    return out[:top]
+            students.append(c)
+    families: set[str] = set()
+    heads, rest = [], []
+    for c in students:
+        (rest if c.family in families else heads).append(c)
+        families.add(c.family)
+    return (heads + rest)[:top]
 
 
 def noise_margin(best: float, n_val: int | None, z: float = 1.0) -> float:
@@ -52,15 +75,16 @@ def noise_margin(best: float, n_val: int | None, z: float = 1.0) -> float:
     return z * math.sqrt(2 * best * (1 - best) / n_val)
 
 
-def successive_halving(pool: list[Candidate], max_epochs: int, train: Callable[[str, int], float],
-                       n_val: int | None = None) -> tuple[Candidate | None, list[dict[str, Any]]]:
+def successive_halving(pool: list[Candidate], budget: float, train: Callable[[str, int], float],
+                       n_val: int | None = None,
+                       costs: Sequence[float] | None = None) -> tuple[Candidate | None, list[dict[str, Any]]]:
     """(winner or None when no plan fits, the log of every trial: rung, name, epochs, val_accuracy).
+    `budget` in epochs of the main training; `costs` each pool candidate's epoch in those units (default 1).
 
-    The last rung's winner is the most capable survivor whose validation accuracy is within one standard
-    error (noise_margin, on `n_val` validation images) of the best: a smaller student displaces a bigger
-    one only on a difference a short trial can resolve. On digits (select_quality, 3 seeds, the same
-    memoised trials) this took the mean regret from 0.61 to 0.33 points."""
-    plan = halving_plan(len(pool), max_epochs)
+    The last rung's winner is the most capable survivor (FLOPs, then params) whose validation accuracy
+    is within one standard error (noise_margin, on `n_val` validation images) of the best: a less capable
+    student displaces another only on a difference a short trial can resolve."""
+    plan = halving_plan(list(costs) if costs is not None else [1.0] * len(pool), budget)
     if not plan:
         return None, []
     alive = pool[: plan[0][0]]
@@ -73,7 +97,8 @@ def successive_halving(pool: list[Candidate], max_epochs: int, train: Callable[[
                         "val_accuracy": scores[c.name]})
         if rung == len(plan) - 1:
             top = max(scores.values())
-            return next(c for c in alive if scores[c.name] >= top - noise_margin(top, n_val)), log
-        # ties: the more capable (earlier in the pool) stays
+            by_capacity = sorted(alive, key=lambda c: (c.flops, c.params), reverse=True)
+            return next(c for c in by_capacity if scores[c.name] >= top - noise_margin(top, n_val)), log
+        # ties: the earlier in the pool stays
         alive = sorted(alive, key=lambda c: -scores[c.name])[: max(1, math.ceil(len(alive) / 2))]
     return alive[0], log
