@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write every run and row here")
     ap.add_argument("--no-margin", action="store_true", help="the trial rule without its one-standard-error "
                     "margin (the rule before 2026-12-01 18:10)")
+    ap.add_argument("--wide", action="store_true", help="the trial plan keeps the pool's size and drops rungs "
+                    "(select.trial.halving_plan wide=True) instead of shrinking the pool")
     ap.add_argument("--reuse", type=Path, default=None, help="an earlier --json file: its runs are not trained again")
     ap.add_argument("--budgets-ms", default=None, help="comma-separated budgets instead of --budgets from the ladder")
     args = ap.parse_args()
@@ -175,7 +177,7 @@ def main() -> None:
         trial, old_rule = [], []
         for seed in seeds:
             winner, _ = successive_halving(pool, budget_epochs, lambda n, e, s=seed: run(n, e, s)[0], n_val=n_val,
-                                           costs=costs)
+                                           costs=costs, wide=args.wide)
             trial.append((winner or sel.chosen).name)
             winner, _ = successive_halving(old_pool(sel, args.trial_top), int(budget_epochs),
                                            lambda n, e, s=seed: run(n, e, s)[0], n_val=n_val)
@@ -183,7 +185,7 @@ def main() -> None:
         rows.append({"budget_ms": b, "fits": fits, "best": best, "best_name": max(full, key=full.get),
                      "flops_choice": sel.chosen.name, "flops_acc": full[sel.chosen.name],
                      "pool": [c.name for c in pool], "costs": [round(c, 3) for c in costs],
-                     "plan": halving_plan(costs, budget_epochs),
+                     "plan": halving_plan(costs, budget_epochs, args.wide),
                      "trial_choices": trial, "trial_accs": [full[n] for n in trial],
                      "old_choices": old_rule, "old_accs": [full[n] for n in old_rule]})
 
@@ -215,7 +217,8 @@ def main() -> None:
     print(f"\nwithin 0.5 point of the best mean (*): trial rule {n_trial:.2f}/{len(rows)} (mean over {len(seeds)} "
           f"seed(s)), FLOPs rule {n_flops}/{len(rows)}, old trial rule {n_old:.2f}/{len(rows)} (goal for trial: >= 7/8); "
           f"main training {epochs} epochs, "
-          f"trial budget {args.trial_budget:g} x epochs, top {args.trial_top}; data {args.data}; "
+          f"trial budget {args.trial_budget:g} x epochs, top {args.trial_top}{', wide plan' if args.wide else ''}; "
+          f"data {args.data}; "
           f"{len(seeds)} seed(s) per candidate")
     print(f"mean regret (points below the best mean): trial rule {statistics.mean(regret_t):.2f}, FLOPs rule "
           f"{statistics.mean(regret_f):.2f}, old trial rule {statistics.mean(regret_o):.2f}; FLOPs - trial {diff:+.2f} [{lo_ci:+.2f}, {hi_ci:+.2f}] "
@@ -226,7 +229,7 @@ def main() -> None:
     if args.json:
         runs = [{"name": n, "epochs": e, "seed": s_, "val": v, "test": t} for (n, e, s_), (v, t) in memo.items()]
         args.json.write_text(json.dumps({"data": args.data, "epochs": epochs, "seeds": seeds, "rows": rows,
-                                         "teacher_sha256": teacher.sha256, "val_images": len(splits.val),
+                                         "teacher_sha256": teacher.sha256, "wide": args.wide, "val_images": len(splits.val),
                                          "epoch_seconds": seconds,
                                          "refused": [[b, m] for b, m in refused], "runs": runs}, indent=1) + "\n")
     fp = machine_fingerprint()

@@ -305,6 +305,37 @@ finally:
 """
 
 
+def test_a_warm_select_imports_no_torch_and_chooses_the_same(clock, tmp_path):
+    """select.warm: the second select of the same teacher file takes the teacher's summary (teachers.json),
+    the zoo's listing and every latency from the cache, in a process where importing torch fails; a
+    changed teacher file is not taken for the old one."""
+    from kdcompress.core.checkpoint import save_checkpoint
+
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint(teacher, STUDENTS.get("resnet8x2").build(3, SPEC), "resnet8x2", ("a", "b", "c"), SPEC)
+    clock(lambda n, p: {"tinycnn_w8": 0.01, "tinycnn_w16": 0.02, "resnet8": 0.5}.get(n, 0.9))
+    args = ["select", "--teacher", str(teacher), "--budget-ms", "0.03", "--candidates", "tinycnn_w8,tinycnn_w16,resnet8",
+            "--no-tune", "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    cold = json.loads(r.stdout)
+    assert cold["chosen"]["name"] == "tinycnn_w16"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def warm():
+        return subprocess.run([sys.executable, "-c", BLOCK_TORCH, *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+    p = warm()
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert got["chosen"] == cold["chosen"] and got["teacher"] == cold["teacher"]
+    assert got["search"]["measured"] == 0 and got["search"]["confirmations"] == 0
+    # another file at the same path (other weights): its sha256 differs, so the warm path does not take it
+    save_checkpoint(teacher, STUDENTS.get("resnet8x2").build(3, SPEC), "resnet8x2", ("a", "b", "x"), SPEC)
+    p = warm()
+    assert p.returncode != 0 and "torch is blocked" in p.stderr + p.stdout
+
+
 def test_export_candidates_profile_without_torch_then_select_from_the_table(clock, tmp_path):
     from kdcompress.core.checkpoint import save_checkpoint
 

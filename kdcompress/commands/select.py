@@ -16,19 +16,44 @@ from ..core.runio import RunDir, atomic_write_json
 from ..select import Selection, save_pareto_plot, select
 from ..select.ladder import export_ladder
 from ..select.search import ladder_rows
-from ..teacher import load_teacher
+from ..select.warm import LazyTeacher, known_summary, remember, summary_key
 from . import Outcome, render
 
 
 def converter():
-    """The fp16/INT8 maker select measures with (export's own converters; select may not import export)."""
-    from ..export.variants import timing_variant
+    """The fp16/INT8 maker select measures with (export's own converters; select may not import export),
+    imported when first used: export imports torch, which a warm selection need not (select.warm)."""
+    def convert(data: bytes, spec, precision: str) -> bytes:
+        from ..export.variants import timing_variant
 
-    return timing_variant
+        return timing_variant(data, spec, precision)
+    return convert
 
 
 def latency_table_arg(path: Path | None) -> tuple[Path, dict[str, Any]] | None:
     return None if path is None else (Path(path), read_table(Path(path)))
+
+
+def teacher_for_select(path: Path, trust: bool, use_cache: bool) -> tuple[int, Any, str, Any]:
+    """(classes, input spec, architecture, model) of the teacher at `path`. When this file was loaded
+    before (select.warm: its sha256 and the load options), the model is a LazyTeacher and torch is not
+    imported unless something has to be measured; otherwise the teacher is loaded and its summary kept."""
+    def load():
+        from ..teacher import load_teacher
+
+        return load_teacher(path, trust=trust, flags=False)  # select has no teacher flags
+    key = summary_key(path, {"trust": trust, "flags": False}) if use_cache else None
+    if (known := known_summary(key, use_cache)) is not None:
+        return known.num_classes, known.input_spec, known.arch, LazyTeacher(known, lambda: load().model)
+    t = load()
+    if key is not None:
+        try:
+            from ..students.registry import capacity
+
+            remember(key, t, capacity(t.model, t.input_spec, memo=True))
+        except Exception:  # a summary is an optimisation: a teacher it cannot describe takes the cold path
+            pass
+    return t.num_classes, t.input_spec, t.arch, t.model
 
 
 def run_select(*, teacher: Path, budget: Budget, runtime: RuntimeConfig, candidates: tuple[str, ...] = (),
@@ -42,16 +67,16 @@ def run_select(*, teacher: Path, budget: Budget, runtime: RuntimeConfig, candida
     console = console or Console(stderr=True)
     with RunDir(Path(out)).claim(force=force) if out is not None else contextlib.nullcontext():
         table = latency_table_arg(latency_table)
-        t = load_teacher(teacher, trust=trust_checkpoint, flags=False)  # select has no teacher flags
-        shape = "x".join(str(v) for v in t.input_spec.shape)
+        num_classes, spec, arch, model = teacher_for_select(Path(teacher), trust_checkpoint, use_cache)
+        shape = "x".join(str(v) for v in spec.shape)
         with console.status("measuring student candidates in ONNX Runtime") as status:
-            sel = select(num_classes=t.num_classes, spec=t.input_spec, budget=budget, runtime=runtime,
-                         teacher_model=t.model, teacher_name=t.arch, names=candidates, use_cache=use_cache,
+            sel = select(num_classes=num_classes, spec=spec, budget=budget, runtime=runtime,
+                         teacher_model=model, teacher_name=arch, names=candidates, use_cache=use_cache,
                          on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({runtime.provider})"),
                          precision=precision, convert=converter(), latency_table=table, tune=tune, prune=prune)
         for w in sel.notes:
             console.print(f"[yellow]warning:[/] {w}")
-        title = f"student ladder for {t.arch} ({t.num_classes} classes, input {shape})"
+        title = f"student ladder for {arch} ({num_classes} classes, input {shape})"
         if out is not None:
             out = Path(out)
             atomic_write_json(out / "selection.json", sel.to_json())
@@ -61,6 +86,8 @@ def run_select(*, teacher: Path, budget: Budget, runtime: RuntimeConfig, candida
 
 
 def run_export_candidates(f: dict[str, Any], names: tuple[str, ...], console) -> Outcome:
+    from ..teacher import load_teacher
+
     t = load_teacher(f["teacher"], trust=f["trust_checkpoint"])
     rows = ladder_rows(t.num_classes, t.input_spec, t.model, names, f["precision"], f["provider"])
     with console.status(f"exporting {len(rows)} candidate model(s) to ONNX"):

@@ -47,3 +47,13 @@ class InputSpec:
                        tuple(float(v) for v in d["std"]))
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"malformed input spec {d!r}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """A model's size: parameters and batch-1 forward FLOPs (torch.utils.flop_counter: a multiply-add
+    counts 2). Here, not in students/, so that a warm selection can hold one without importing torch."""
+
+    params: int
+    flops: int
+

@@ -104,7 +104,12 @@ def torch_threads(n: int) -> Iterator[None]:
     """torch's intra-op threads set to `n` for a block, restored after. select builds, FLOP-counts and
     exports dozens of tiny models at batch 1-2: a second thread only adds synchronisation, and on a shared
     machine every parallel region waits for a descheduled thread (zoo capacities: 32.3 s with 2 threads,
-    5.0 s with 1, at load average 6.5 on 2 cores)."""
+    5.0 s with 1, at load average 6.5 on 2 cores). Where torch is not imported yet (a warm selection may
+    never need it: select.warm) this does not import it, and a block that does import it runs with torch's
+    default threads."""
+    if "torch" not in sys.modules:
+        yield
+        return
     import torch
 
     old = torch.get_num_threads()

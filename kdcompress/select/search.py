@@ -36,6 +36,7 @@ from .result import (PRECISION_PREFERENCE, Candidate, Selection, allowed_precisi
                      measured_precisions)
 from ..core.system import cap_threads, cpu_limit, torch_threads
 from .cache import LatencyCache
+from .warm import LazyTeacher, resolve
 
 
 # A candidate prunes the bigger ones of its family only when it measured clearly over the budget, by more
@@ -100,7 +101,7 @@ def measure_cached(name: str, model, spec: InputSpec, num_classes: int, runtime:
     if stats is None:
         if on_measure:
             on_measure(name)
-        stats = measure_model(model, spec, runtime, batch, graph="screen")
+        stats = measure_model(resolve(model), spec, runtime, batch, graph="screen")
         cache.put(key, stats, graph="screen")
     if own:
         cache.save()
@@ -117,11 +118,35 @@ def zoo_identity(name: str) -> str:
     return f"zoo:{name}:{e.builder.__module__}.{e.builder.__qualname__}:{sorted(e.kwargs.items())}:{__version__}"
 
 
+def zoo_signature() -> list[Any]:
+    """What the zoo's listing depends on, read without importing it (or torch): the kdcompress version, the
+    size and mtime of every module of kdcompress/students, and the installed student plugins."""
+    from importlib.metadata import entry_points
+
+    from .. import __version__
+
+    here = Path(__file__).resolve().parents[1] / "students"
+    files = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in here.glob("*.py"))
+    plugins = sorted([ep.name, ep.value, getattr(ep.dist, "version", None)]
+                     for ep in entry_points(group="kdcompress.students"))
+    return [__version__, files, plugins]
+
+
 def zoo_candidates(num_classes: int, spec: InputSpec, max_flops: int | None, names: tuple[str, ...],
-                   cache: LatencyCache) -> list[tuple[str, Any, str]]:
-    """(name, Capacity, family) of each plausible candidate (as plausible()), with capacities from
-    `cache` (capacity.json beside the latency cache) when known: a warm selection builds no model."""
-    from ..students.registry import STUDENTS, Capacity, capacity
+                   cache: LatencyCache) -> list[tuple[str, Any, str, str]]:
+    """(name, Capacity, family, zoo_identity) of each plausible candidate (as plausible()), from `cache`
+    (capacity.json beside the latency cache) when known: a warm selection neither builds a model nor
+    imports the zoo (the listing is keyed by zoo_signature)."""
+    from ..core.spec import Capacity
+
+    lkey = cache.key("__zoo_listing__", [zoo_signature(), list(names), max_flops], spec, num_classes,
+                     RuntimeConfig(), 1)
+    try:
+        return [(str(n), Capacity(int(p), int(f)), str(fam), str(ident))
+                for n, p, f, fam, ident in cache.entries[lkey]]
+    except (KeyError, TypeError, ValueError):
+        pass
+    from ..students.registry import STUDENTS, capacity
 
     out = []
     for name in names or tuple(STUDENTS.names()):
@@ -138,9 +163,11 @@ def zoo_candidates(num_classes: int, spec: InputSpec, max_flops: int | None, nam
             cache.dirty = True
         if not names and max_flops is not None and cap.flops >= max_flops:
             continue
-        out.append((name, cap, entry.family))
+        out.append((name, cap, entry.family, zoo_identity(name)))
     if not out:
         raise UsageError("no student candidate suits this teacher (all are larger or meant for other input sizes)")
+    cache.entries[lkey] = [[n, c.params, c.flops, fam, ident] for n, c, fam, ident in out]
+    cache.dirty = True
     return out
 
 
@@ -210,7 +237,6 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     worker process would cost a torch import; export_ladder uses a pool for shipping exports). `precision` picks what may ship (module doc); `convert` makes the fp16/int8 bytes. `tune` sweeps ORT settings for each
     candidate that is confirmed. `latency_table` (path, table): take every figure from a table measured on
     the target by `kdcompress profile` instead of measuring here."""
-    from ..students.registry import STUDENTS, capacity
     from .ladder import Exporter
 
     t_start = time.time()
@@ -222,12 +248,23 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     cache = LatencyCache(enabled=use_cache and latency_table is None)
     caps = LatencyCache(cache.path.with_name("capacity.json"), enabled=use_cache)
     with torch_threads(1):  # torch only builds, counts and exports tiny models here (core.system)
-        t_cap = capacity(teacher_model, spec, memo=True) if teacher_model is not None else None
+        if isinstance(teacher_model, LazyTeacher):  # a warm selection: no torch (select.warm)
+            t_cap = teacher_model.capacity
+        elif teacher_model is not None:
+            from ..students.registry import capacity
+
+            t_cap = capacity(teacher_model, spec, memo=True)
+        else:
+            t_cap = None
         teacher_flops = t_cap.flops if t_cap is not None else None
-        info = {n: (None, cap, fam) for n, cap, fam in zoo_candidates(num_classes, spec, teacher_flops, names, caps)}
+        listing = zoo_candidates(num_classes, spec, teacher_flops, names, caps)
+        info = {n: (None, cap, fam) for n, cap, fam, _ in listing}
+        identity = {n: ident for n, _, _, ident in listing}
     caps.save()
 
     def model_of(name: str):
+        from ..students.registry import STUDENTS
+
         if info[name][0] is None:
             info[name] = (STUDENTS.get(name).build(num_classes, spec), *info[name][1:])
         return info[name][0]
@@ -235,7 +272,7 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
                   key=lambda j: (info[j[0]][1].flops, info[j[0]][1].params, -PRECISION_PREFERENCE[j[1]]))
 
     def key(j: tuple[str, str]) -> str:
-        return cache.key(j[0], zoo_identity(j[0]), spec, num_classes, runtime, budget.batch, j[1])
+        return cache.key(j[0], identity[j[0]], spec, num_classes, runtime, budget.batch, j[1])
 
     def fits(stats: LatencyStats) -> bool:
         return budget.ms is None or stats.stat(budget.stat) <= budget.ms

@@ -24,19 +24,23 @@ from typing import Any
 from .result import PRECISION_PREFERENCE, Candidate, Selection
 
 
-def halving_plan(costs: Sequence[float], budget: float) -> list[tuple[int, int]]:
+def halving_plan(costs: Sequence[float], budget: float, wide: bool = False) -> list[tuple[int, int]]:
     """[(survivors, epochs)] per rung for a pool whose epochs cost `costs` each (in pool order, in units
     of the main training's epoch), within `budget` of those units in all; the most candidates (a prefix of
-    the pool) first, then the most epochs. [] when not even 2 candidates fit one epoch per rung (then the
-    FLOPs rule stands). Rung k trains ceil(n / 2^k) candidates for e0 * 2^k epochs, bounded as if the
-    dearest candidates survived every rung."""
+    the pool) first, then the most epochs. [] when not even 2 candidates fit one epoch each (then the FLOPs
+    rule stands). Rung k trains ceil(n / 2^k) candidates for e0 * 2^k epochs, bounded as if the dearest
+    candidates survived every rung. Halving runs down to 2 survivors; with `wide`, a pool that cannot
+    afford every rung keeps its size and drops the last rungs instead (down to one rung: all n for e0
+    epochs, the best of them wins)."""
     for n in range(len(costs), 1, -1):
-        counts = [math.ceil(n / 2 ** k) for k in range(math.ceil(math.log2(n)))]
-        dear = sorted(costs[:n], reverse=True)
-        unit = sum(sum(dear[:c]) * 2 ** k for k, c in enumerate(counts))  # cost in all when rung 0 trains 1 epoch
-        e0 = math.floor(budget / unit + 1e-9)
-        if e0 >= 1:
-            return [(c, e0 * 2 ** k) for k, c in enumerate(counts)]
+        full = math.ceil(math.log2(n))
+        for rungs in range(full, 0 if wide else full - 1, -1):
+            counts = [math.ceil(n / 2 ** k) for k in range(rungs)]
+            dear = sorted(costs[:n], reverse=True)
+            unit = sum(sum(dear[:c]) * 2 ** k for k, c in enumerate(counts))  # in all when rung 0 trains 1 epoch
+            e0 = math.floor(budget / unit + 1e-9)
+            if e0 >= 1:
+                return [(c, e0 * 2 ** k) for k, c in enumerate(counts)]
     return []
 
 
@@ -76,15 +80,16 @@ def noise_margin(best: float, n_val: int | None, z: float = 1.0) -> float:
 
 
 def successive_halving(pool: list[Candidate], budget: float, train: Callable[[str, int], float],
-                       n_val: int | None = None,
-                       costs: Sequence[float] | None = None) -> tuple[Candidate | None, list[dict[str, Any]]]:
+                       n_val: int | None = None, costs: Sequence[float] | None = None,
+                       wide: bool = False) -> tuple[Candidate | None, list[dict[str, Any]]]:
     """(winner or None when no plan fits, the log of every trial: rung, name, epochs, val_accuracy).
-    `budget` in epochs of the main training; `costs` each pool candidate's epoch in those units (default 1).
+    `budget` in epochs of the main training; `costs` each pool candidate's epoch in those units (default 1);
+    `wide` as in halving_plan.
 
     The last rung's winner is the most capable survivor (FLOPs, then params) whose validation accuracy
     is within one standard error (noise_margin, on `n_val` validation images) of the best: a less capable
     student displaces another only on a difference a short trial can resolve."""
-    plan = halving_plan(list(costs) if costs is not None else [1.0] * len(pool), budget)
+    plan = halving_plan(list(costs) if costs is not None else [1.0] * len(pool), budget, wide)
     if not plan:
         return None, []
     alive = pool[: plan[0][0]]

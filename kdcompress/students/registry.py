@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core.registry import Registry
-from ..core.spec import InputSpec
+from ..core.spec import Capacity, InputSpec
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,6 @@ def width_tag(w: float) -> str:
     """0.5 -> '0_5', 1.0 -> '1_0', 0.25 -> '0_25': width multipliers in registered names."""
     s = f"{w:g}"
     return (s if "." in s else s + ".0").replace(".", "_")
-
-
-@dataclass(frozen=True)
-class Capacity:
-    params: int
-    flops: int  # forward FLOPs at batch 1 (torch.utils.flop_counter: a multiply-add counts 2)
 
 
 def capacity(model: nn.Module, spec: InputSpec, *, memo: bool = False) -> Capacity:
