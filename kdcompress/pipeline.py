@@ -254,7 +254,8 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
 
 def rank_by_trial(selection: Selection, cfg: RunConfig, opts: SelectOptions, teacher: Teacher, splits: DataSplits,
                   run: RunDir, device, ddp, console: Console) -> Selection:
-    """--rank trial: successive halving over the pool (select.trial), each trial a short distillation into
+    """--rank trial: successive halving over the pool (select.trial, the wide plan: as many candidates as the
+    budget allows, dropping the last rungs before shrinking the pool), each trial a short distillation into
     run/trials/NAME-eEPOCHS (reused on a rerun), within --trial-budget of the main training's time (each
     candidate's epoch measured by train.probe, kept in run/trials/epoch_seconds.json so that a rerun makes
     the same plan); the winner is confirmed against the budget like any choice."""
@@ -279,8 +280,8 @@ def rank_by_trial(selection: Selection, cfg: RunConfig, opts: SelectOptions, tea
                                                           teacher, splits, run, device))
     main = seconds[selection.chosen.name]
     costs = [seconds[c.name] / main for c in pool]
-    winner, log = successive_halving(pool, budget_epochs, trial, n_val=len(splits.val), costs=costs)
-    plan = halving_plan(costs, budget_epochs)
+    winner, log = successive_halving(pool, budget_epochs, trial, n_val=len(splits.val), costs=costs, wide=True)
+    plan = halving_plan(costs, budget_epochs, wide=True)
     info = {"rank": "trial", "pool": [c.name for c in pool], "trial_epochs_budget": budget_epochs,
             "epoch_seconds": {c.name: round(seconds[c.name], 4) for c in pool}, "main_epoch_seconds": round(main, 4),
             "plan": [list(r) for r in plan], "plan_bound_epochs": round(plan_cost(plan, costs), 3), "trials": log,

@@ -543,6 +543,21 @@ def test_halving_plan_weighs_each_candidate_by_its_measured_epoch_cost():
         assert spent <= plan_cost(plan, costs) + 1e-9
 
 
+def test_a_wide_plan_keeps_the_pool_and_drops_rungs():
+    from kdcompress.select.trial import halving_plan, plan_cost
+
+    costs = [1.0, 0.98, 0.81, 0.77]  # mnist5k: resnet8, wrn10_1, vgg11_x0_25, tinycnn_w32 (measured)
+    assert halving_plan(costs, 5) == [(2, 2)]  # halving to the end: only 2 candidates fit
+    assert halving_plan(costs, 5, wide=True) == [(4, 1)]  # all 4 for an epoch, the best wins
+    assert halving_plan(costs, 12, wide=True) == halving_plan(costs, 12) == [(4, 1), (2, 2)]  # room for both rungs
+    assert halving_plan([1.0] * 8, 5, wide=True) == [(5, 1)] and halving_plan([1.0] * 8, 4.9, wide=True) == [(4, 1)]
+    for n in range(2, 9):
+        for budget in range(0, 30):
+            plan = halving_plan([1.0] * n, budget, wide=True)
+            assert plan_cost(plan, [1.0] * n) <= budget
+            assert not plan or plan[0][0] >= (halving_plan([1.0] * n, budget) or [(0, 0)])[0][0]
+
+
 def test_trial_pool_tries_other_families_before_smaller_siblings(clock):
     from kdcompress.select.trial import trial_pool
 
