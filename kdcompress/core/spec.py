@@ -56,4 +56,8 @@ class Capacity:
 
     params: int
     flops: int
+    # weighted layers (convolutions and linear layers): at small inputs a model's latency follows its
+    # layer count as much as its FLOPs (resnet8x2, 5.5 MFLOPs in 11 layers, ran faster than resnet20, 5.1
+    # MFLOPs in 22), so pruning compares it too (select.search). 0: not counted.
+    layers: int = 0
 

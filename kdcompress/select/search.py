@@ -142,8 +142,8 @@ def zoo_candidates(num_classes: int, spec: InputSpec, max_flops: int | None, nam
     lkey = cache.key("__zoo_listing__", [zoo_signature(), list(names), max_flops], spec, num_classes,
                      RuntimeConfig(), 1)
     try:
-        return [(str(n), Capacity(int(p), int(f)), str(fam), str(ident))
-                for n, p, f, fam, ident in cache.entries[lkey]]
+        return [(str(n), Capacity(int(p), int(f), int(la)), str(fam), str(ident))
+                for n, p, f, la, fam, ident in cache.entries[lkey]]
     except (KeyError, TypeError, ValueError):
         pass
     from ..students.registry import STUDENTS, capacity
@@ -156,17 +156,17 @@ def zoo_candidates(num_classes: int, spec: InputSpec, max_flops: int | None, nam
         ckey = cache.key(name, zoo_identity(name), spec, num_classes, RuntimeConfig(), 1)
         got = cache.entries.get(ckey)
         try:
-            cap = Capacity(int(got["params"]), int(got["flops"]))
+            cap = Capacity(int(got["params"]), int(got["flops"]), int(got["layers"]))
         except (TypeError, KeyError, ValueError):
             cap = capacity(entry.build(num_classes, spec), spec)
-            cache.entries[ckey] = {"params": cap.params, "flops": cap.flops}
+            cache.entries[ckey] = {"params": cap.params, "flops": cap.flops, "layers": cap.layers}
             cache.dirty = True
         if not names and max_flops is not None and cap.flops >= max_flops:
             continue
         out.append((name, cap, entry.family, zoo_identity(name)))
     if not out:
         raise UsageError("no student candidate suits this teacher (all are larger or meant for other input sizes)")
-    cache.entries[lkey] = [[n, c.params, c.flops, fam, ident] for n, c, fam, ident in out]
+    cache.entries[lkey] = [[n, c.params, c.flops, c.layers, fam, ident] for n, c, fam, ident in out]
     cache.dirty = True
     return out
 
@@ -231,8 +231,8 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     on its confirmation (module doc). Without a budget nothing is chosen (the ladder only), except when a
     single candidate was named (`distill --student`), which is then the choice.
 
-    Candidates are measured in order of capacity (FLOPs, params); with a budget, one whose FLOPs and params
-    are both at least those of a same-family, same-precision candidate already measured over budget by more
+    Candidates are measured in order of capacity (FLOPs, params); with a budget, one whose FLOPs, params and
+    weighted layers are all at least those of a same-family, same-precision candidate already measured over budget by more
     than PRUNE_MARGIN is skipped (`prune`). Exports run in-process, one model at a time (a screening export takes 0.05-1 s; a
     worker process would cost a torch import; export_ladder uses a pool for shipping exports). `precision` picks what may ship (module doc); `convert` makes the fp16/int8 bytes. `tune` sweeps ORT settings for each
     candidate that is confirmed. `latency_table` (path, table): take every figure from a table measured on
@@ -278,7 +278,7 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
         return budget.ms is None or stats.stat(budget.stat) <= budget.ms
 
     rows: dict[tuple[str, str], Candidate] = {}
-    over: list[tuple[str, str, int, int, str]] = []  # family, precision, flops, params, name
+    over: list[tuple[str, str, Any, str]] = []  # family, precision, Capacity, name
     skipped: list[dict[str, Any]] = []
     counts = {"measured": 0, "cached": 0, "skipped": 0, "confirmations": 0}
     data: dict[tuple[str, str], tuple[bytes, str]] = {}  # shipping bytes of the confirmed
@@ -287,21 +287,21 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
         if not prune or budget.ms is None:
             return None
         _, cap, fam = info[j[0]]
-        return next((n for f, p, fl, pa, n in over if f == fam and p == j[1] and cap.flops >= fl and cap.params >= pa),
-                    None)
+        return next((n for f, p, o, n in over if f == fam and p == j[1] and cap.flops >= o.flops
+                     and cap.params >= o.params and cap.layers >= o.layers), None)
 
     def record(j, stats: LatencyStats, confirmed: bool, settings: SessionSettings | None, graph: str) -> None:
         _, cap, fam = info[j[0]]
         rows[j] = Candidate(j[0], cap.params, cap.flops, stats, fits(stats), confirmed, j[1], fam,
                             settings or SessionSettings(threads), graph=graph)
         if budget.ms is not None and stats.stat(budget.stat) > PRUNE_MARGIN * budget.ms:
-            over.append((fam, j[1], cap.flops, cap.params, j[0]))
+            over.append((fam, j[1], cap, j[0]))
 
     def skip(j, by: str) -> None:
         _, cap, fam = info[j[0]]
         counts["skipped"] += 1
         skipped.append({"name": j[0], "precision": j[1], "family": fam, "params": cap.params, "flops": cap.flops,
-                        "reason": f"at least the FLOPs and params of {by}, which measured more than "
+                        "reason": f"at least the FLOPs, params and layers of {by}, which measured more than "
                                   f"{100 * (PRUNE_MARGIN - 1):.0f}% over budget"})
 
     def ship_of(ex, j) -> bytes | None:

@@ -59,9 +59,10 @@ def capacity(model: nn.Module, spec: InputSpec, *, memo: bool = False) -> Capaci
     when this architecture was counted before (flops_key): the count runs a forward under FlopCounterMode,
     whose first use in a process imports torch._dynamo (about 1 s), which a warm `select` need not pay."""
     params = sum(p.numel() for p in model.parameters())
+    layers = weighted_layers(model)
     key = flops_key(model, spec, params) if memo else None
     if key is not None and (known := _FlopsMemo.get(key)) is not None:
-        return Capacity(params, known)
+        return Capacity(params, known, layers)
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
@@ -73,7 +74,12 @@ def capacity(model: nn.Module, spec: InputSpec, *, memo: bool = False) -> Capaci
     flops = int(fc.get_total_flops())
     if key is not None:
         _FlopsMemo.put(key, flops)
-    return Capacity(params, flops)
+    return Capacity(params, flops, layers)
+
+
+def weighted_layers(model: nn.Module) -> int:
+    """Convolutions and linear layers in the module tree (each a kernel launch at inference)."""
+    return sum(1 for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)))
 
 
 def flops_key(model: nn.Module, spec: InputSpec, params: int) -> str | None:
