@@ -50,9 +50,10 @@ def teacher_for_select(path: Path, trust: bool, use_cache: bool) -> tuple[int, A
         try:
             from ..students.registry import capacity
 
-            remember(key, t, capacity(t.model, t.input_spec, memo=True))
+            kept = remember(key, t, capacity(t.model, t.input_spec, memo=True))
         except Exception:  # a summary is an optimisation: a teacher it cannot describe takes the cold path
-            pass
+            return t.num_classes, t.input_spec, t.arch, t.model
+        return t.num_classes, t.input_spec, t.arch, LazyTeacher(kept, lambda: t.model)  # counted once
     return t.num_classes, t.input_spec, t.arch, t.model
 
 

@@ -119,10 +119,8 @@ def known_summary(key: str | None, use_cache: bool = True) -> TeacherSummary | N
         return None
 
 
-def remember(key: str | None, teacher, capacity: Capacity) -> None:
-    """Keep the summary of a loaded teacher (kdcompress.teacher.Teacher) under `key`."""
-    if key is None:
-        return
+def remember(key: str, teacher, capacity: Capacity) -> TeacherSummary:
+    """Keep the summary of a loaded teacher (kdcompress.teacher.Teacher) under `key`; returns it."""
     spec = teacher.input_spec
     s = TeacherSummary(teacher.arch, tuple(teacher.classes), tuple(spec.shape), tuple(spec.mean), tuple(spec.std),
                        capacity.params, capacity.flops, repr(teacher.model))
@@ -130,3 +128,4 @@ def remember(key: str | None, teacher, capacity: Capacity) -> None:
     st.entries[key] = {**asdict(s), "path": str(teacher.path)}
     st.dirty = True
     st.save()
+    return s
