@@ -126,7 +126,7 @@ def test_dynamic_batch_really_works(exported, trained, name):
 
 def test_metadata_round_trip(exported, trained):
     from kdcompress import __version__
-    from kdcompress.core.checkpoint import file_sha256
+    from kdcompress.core.fsguard import file_sha256
     from kdcompress.core.onnxio import read_metadata
     from kdcompress.students.checkpoint import load_checkpoint
 

@@ -42,7 +42,7 @@ def export_job(*, run: Path | None, checkpoint: Path | None, out: Path | None, d
     (onnx.checker full, batch 1 and 7 in ORT vs PyTorch), and, with data, measure test accuracy and
     parity on the whole test split, stamping the accuracy into the file. GateError when a variant
     strays from PyTorch beyond its tolerance (after export.json is written)."""
-    from ..core.checkpoint import file_sha256
+    from ..core.fsguard import file_sha256
     from ..students.checkpoint import load_checkpoint
 
     if (run is None) == (checkpoint is None):

@@ -43,7 +43,7 @@ def teacher_for_select(path: Path, trust: bool, use_cache: bool) -> tuple[int, A
 
         return load_teacher(path, trust=trust, flags=False)  # select has no teacher flags
     key = summary_key(path, {"trust": trust, "flags": False}) if use_cache else None
-    if (known := known_summary(key, use_cache)) is not None:
+    if (known := known_summary(key)) is not None:
         return known.num_classes, known.input_spec, known.arch, LazyTeacher(known, lambda: load().model)
     t = load()
     if key is not None:

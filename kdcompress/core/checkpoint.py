@@ -7,7 +7,6 @@ model back from `arch` is the zoo's job (students.checkpoint), so a distilled st
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,6 @@ FORMAT = "kdcompress.checkpoint"
 
 
 VERSION = 1
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(path: Path, model: nn.Module, arch: str, classes: tuple[str, ...], spec: InputSpec,

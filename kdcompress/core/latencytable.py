@@ -14,7 +14,6 @@ latency.json: {"format": TABLE_FORMAT, "input_shape", "num_classes", "batch", "p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .fsguard import file_sha256
 from .ortbench import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
 from .runio import atomic_write_json
 
@@ -69,10 +69,6 @@ def table_stats(entry: dict[str, Any]) -> LatencyStats:
                          "regenerate the table with kdcompress profile") from None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def profile_dir(directory: Path, *, provider: str = "cpu", threads: int | None = None, tune: bool = False,
                 cpu_limit: int = 1, stat: str = "p50", out: Path | None = None,
                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -91,7 +87,7 @@ def profile_dir(directory: Path, *, provider: str = "cpu", threads: int | None =
         path = directory / str(m["file"])
         if not path.is_file():
             raise InputError(f"{path} (listed in {directory / MANIFEST}) is missing; re-export the candidates")
-        if _sha256(path) != m.get("sha256"):
+        if file_sha256(path) != m.get("sha256"):
             raise InputError(f"{path} does not match the checksum in the manifest; re-export the candidates")
         if progress:
             progress(f"{m['key']} ({provider})")

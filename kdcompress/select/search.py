@@ -126,7 +126,7 @@ def zoo_signature() -> list[Any]:
     from .. import __version__
 
     here = Path(__file__).resolve().parents[1] / "students"
-    files = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in here.glob("*.py"))
+    files = sorted([p.name, st.st_size, st.st_mtime_ns] for p in here.glob("*.py") for st in [p.stat()])
     plugins = sorted([ep.name, ep.value, getattr(ep.dist, "version", None)]
                      for ep in entry_points(group="kdcompress.students"))
     return [__version__, files, plugins]

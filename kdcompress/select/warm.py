@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.fsguard import file_sha256
 from ..core.spec import Capacity, InputSpec
 from .cache import LatencyCache, cache_path
 
@@ -94,24 +95,21 @@ def summary_key(path: Path, options: dict[str, Any]) -> str | None:
         p = Path(path)
         if not p.is_file():
             return None
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        size = p.stat().st_size
+        digest, size = file_sha256(p), p.stat().st_size
     except OSError:
         return None
-    raw = json.dumps([SUMMARY_FORMAT, h.hexdigest(), size, options, _versions()], sort_keys=True, default=str)
+    raw = json.dumps([SUMMARY_FORMAT, digest, size, options, _versions()], sort_keys=True, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-def store(use_cache: bool = True) -> LatencyCache:
+def store() -> LatencyCache:
     """teachers.json in the cache root (a JSON dict, read tolerantly and saved atomically)."""
-    return LatencyCache(cache_path().with_name("teachers.json"), enabled=use_cache)
+    return LatencyCache(cache_path().with_name("teachers.json"))
 
 
-def known_summary(key: str | None, use_cache: bool = True) -> TeacherSummary | None:
-    if key is None or not use_cache:
+def known_summary(key: str | None) -> TeacherSummary | None:
+    """The summary kept under `key` (None: no key, as with --no-cache), or None."""
+    if key is None:
         return None
     try:
         return TeacherSummary.from_json(store().entries[key])

@@ -27,9 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.checkpoint import FORMAT, file_sha256
+from ..core.checkpoint import FORMAT
 from ..core.config import TeacherOptions
 from ..core.errors import InputError, UsageError
+from ..core.fsguard import file_sha256
 from ..core.runio import regular_file, safe_torch_load
 from ..core.spec import InputSpec
 from ..students.checkpoint import model_from_kdcompress_dict
