@@ -5,10 +5,11 @@ at 10 or 17 us, and every session of one process ran at the same one of the two 
 CPU, with address randomisation on or off. A figure from the selecting process is therefore one draw, and a
 deployment is another process: the choice is confirmed on several processes, and the slowest counts.
 
-Each child imports only onnxruntime, numpy and this module (no torch: 0.2-0.3 s to start) and prints its
-LatencyStats as one line of JSON.
+Each child imports only onnxruntime, numpy and this module (no torch: 0.2-0.3 s to start), times the
+model for at least FRESH_MIN_TIME_S (and 100 runs) and prints its LatencyStats as one line of JSON. What is
+being sampled is the process, not the runs inside it, so a child's run is short and select can afford many.
 
-    python -m kdcompress.core.freshbench MODEL.onnx PROVIDER SETTINGS_JSON 1,1,8,8
+    python -m kdcompress.core.freshbench MODEL.onnx PROVIDER SETTINGS_JSON 1,1,8,8 [MIN_TIME_S]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,17 +26,18 @@ from .errors import EnvironmentProblem
 from .ortbench import LatencyStats, SessionSettings, make_session, measure_latency
 
 CHILD_TIMEOUT_S = 600  # min 100 runs of the slowest plausible candidate, plus start-up
+FRESH_MIN_TIME_S = 0.15  # per child: 5000 runs of a 10 us model, 100+ of a 1.5 ms one
 
 
-def measure_fresh(model: bytes, provider: str, shape: tuple[int, ...], settings: SessionSettings,
-                  processes: int) -> list[LatencyStats]:
-    """`processes` measurements of `model`, one after another, each in a new Python process."""
+def fresh_draws(model: bytes, provider: str, shape: tuple[int, ...], settings: SessionSettings,
+                processes: int, min_time_s: float = FRESH_MIN_TIME_S) -> Iterator[LatencyStats]:
+    """Up to `processes` measurements of `model`, one after another, each in a new Python process,
+    yielded as they come: the caller stops drawing once it knows enough (select.search.settled)."""
     with tempfile.TemporaryDirectory(prefix="kdc-fresh-") as d:
         path = Path(d) / "model.onnx"
         path.write_bytes(model)
         args = [sys.executable, "-m", "kdcompress.core.freshbench", str(path), provider,
-                json.dumps(settings.to_json()), ",".join(str(v) for v in shape)]
-        out = []
+                json.dumps(settings.to_json()), ",".join(str(v) for v in shape), repr(float(min_time_s))]
         for _ in range(processes):
             try:
                 p = subprocess.run(args, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
@@ -44,14 +47,20 @@ def measure_fresh(model: bytes, provider: str, shape: tuple[int, ...], settings:
             if p.returncode != 0 or not lines:
                 why = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
                 raise EnvironmentProblem(f"a latency measurement in a fresh process failed: {why}")
-            out.append(LatencyStats(**json.loads(lines[-1])))
-    return out
+            yield LatencyStats(**json.loads(lines[-1]))
+
+
+def measure_fresh(model: bytes, provider: str, shape: tuple[int, ...], settings: SessionSettings,
+                  processes: int, min_time_s: float = FRESH_MIN_TIME_S) -> list[LatencyStats]:
+    """`processes` measurements of `model`, each in a new Python process (fresh_draws, all of them)."""
+    return list(fresh_draws(model, provider, shape, settings, processes, min_time_s))
 
 
 def main(argv: list[str] | None = None) -> None:
-    path, provider, settings, shape = argv or sys.argv[1:]
+    path, provider, settings, shape, *rest = argv or sys.argv[1:]
     sess = make_session(Path(path).read_bytes(), provider, settings=SessionSettings.from_json(json.loads(settings)))
-    stats = measure_latency(sess, tuple(int(v) for v in shape.split(",")))
+    stats = measure_latency(sess, tuple(int(v) for v in shape.split(",")),
+                            min_time_s=float(rest[0]) if rest else FRESH_MIN_TIME_S)
     print(json.dumps(asdict(stats)))
 
 

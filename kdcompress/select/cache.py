@@ -51,7 +51,7 @@ class LatencyCache:
         if not isinstance(e, dict):
             return None
         try:
-            return LatencyStats(**{k: v for k, v in e.items() if k not in ("confirmed", "settings", "graph")})
+            return LatencyStats(**{k: v for k, v in e.items() if k not in ("confirmed", "settings", "graph", "draws")})
         except TypeError:
             return None
 
@@ -66,15 +66,27 @@ class LatencyCache:
         e = self.entries.get(key)
         return isinstance(e, dict) and e.get("confirmed") is True and self.get(key) is not None
 
+    def draws(self, key: str) -> list[LatencyStats]:
+        """The confirmation's measurements of a confirmed entry (this process first, then fresh ones), so a
+        later confirmation at another budget only adds draws; [] for an entry confirmed before they were
+        kept (it is confirmed again)."""
+        e = self.entries.get(key)
+        try:
+            return [LatencyStats(**d) for d in e["draws"]] if isinstance(e, dict) and e.get("confirmed") is True else []
+        except (KeyError, TypeError):
+            return []
+
     def graph(self, key: str) -> str:
         """Which export the entry was measured on; entries from before screening existed were "ship"."""
         e = self.entries.get(key)
         return str(e.get("graph", "ship")) if isinstance(e, dict) else "ship"
 
     def put(self, key: str, stats: LatencyStats, confirmed: bool = False,
-            settings: SessionSettings | None = None, graph: str = "ship") -> None:
+            settings: SessionSettings | None = None, graph: str = "ship",
+            draws: list[LatencyStats] | None = None) -> None:
         self.entries[key] = {**asdict(stats), "confirmed": confirmed, "graph": graph,
-                             **({"settings": settings.to_json()} if settings else {})}
+                             **({"settings": settings.to_json()} if settings else {}),
+                             **({"draws": [asdict(d) for d in draws]} if draws else {})}
         self.dirty = True
 
     def save(self) -> None:

@@ -27,11 +27,12 @@ class Candidate:
     settings: SessionSettings | None = None  # the ORT settings the latency was measured with
     slower_than_fp32: bool = False  # a reduced-precision variant that is no faster: never chosen
     graph: str = "ship"  # the export `latency` is of: "screen" (fast TorchScript screening) or "ship" (dynamo)
+    draws: int = 0  # how many processes' measurements the confirmation took (latency is the slowest)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "precision": self.precision, "family": self.family, "params": self.params,
                 "flops": self.flops, "latency_ms": self.latency.to_json(), "fits": self.fits,
-                "confirmed": self.confirmed, "slower_than_fp32": self.slower_than_fp32, "graph": self.graph,
+                "confirmed": self.confirmed, "draws": self.draws, "slower_than_fp32": self.slower_than_fp32, "graph": self.graph,
                 "settings": (self.settings or SessionSettings()).to_json()}
 
 
