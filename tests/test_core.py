@@ -268,3 +268,26 @@ def test_unknown_provider_and_missing_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(EnvironmentProblem, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_file_sha256_is_remembered_only_for_files_not_just_written(tmp_path, monkeypatch):
+    """core.fsguard.file_sha256 reads a large teacher once per process (a cold select asks twice), but a
+    file rewritten in the same coarse mtime tick is never taken for its old self ("racy git")."""
+    import hashlib
+    import os
+
+    import kdcompress.core.fsguard as fsg
+
+    f = tmp_path / "t.bin"
+    f.write_bytes(b"a" * 1000)
+    assert fsg.file_sha256(f) == hashlib.sha256(b"a" * 1000).hexdigest()
+    f.write_bytes(b"b" * 1000)  # same size, at once: maybe the same mtime, but it was just written
+    assert fsg.file_sha256(f) == hashlib.sha256(b"b" * 1000).hexdigest()
+    old = f.stat().st_mtime_ns - 60_000_000_000
+    os.utime(f, ns=(old, old))  # an old file: remembered
+    want_b, want_c, real = hashlib.sha256(b"b" * 1000).hexdigest(), hashlib.sha256(b"c" * 1000).hexdigest(), hashlib.sha256
+    hashed = []
+    monkeypatch.setattr(fsg.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
+    assert fsg.file_sha256(f) == fsg.file_sha256(f) == want_b and len(hashed) == 1  # read once
+    f.write_bytes(b"c" * 1000)  # rewritten later: a new mtime, read again
+    assert fsg.file_sha256(f) == want_c and len(hashed) == 2

@@ -9,6 +9,7 @@ import math
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,27 @@ def regular_file(path: Path, what: str = "file") -> Path:
     return path
 
 
+_DIGESTS: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mtime ns) -> sha256, this process
+
+
 def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, read in 1 MiB blocks (torch-free: a warm select and profile use it)."""
-    h = hashlib.sha256()
+    """The sha256 of a file's bytes, read in 1 MiB blocks (torch-free: a warm select and profile use it).
+    Remembered for this process by the file's identity and modification time, so one command that asks
+    twice (a cold select's summary key, then the teacher it loads) reads a large teacher once; a file
+    rewritten in between has a new mtime (or inode) and is read again. A file modified in the last 2 s is
+    not remembered: file systems stamp mtimes with a coarse clock, so a rewrite within the same tick would
+    keep the old one (the "racy git" problem); any later rewrite of an older file gets a new mtime."""
     with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if (known := _DIGESTS.get(ident)) is not None:
+            return known
+        h = hashlib.sha256()
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if time.time_ns() - st.st_mtime_ns > 2_000_000_000:
+        if len(_DIGESTS) > 256:
+            _DIGESTS.clear()
+        _DIGESTS[ident] = digest
+    return digest

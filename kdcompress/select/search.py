@@ -9,17 +9,11 @@ Adherence: the winner of "largest model whose measurement is under the budget" i
 (low) measurement, so a later re-measurement tends to land above it; and on a shared VM a model's latency
 is drawn once per process (core.freshbench). Before a candidate is chosen it is therefore measured again
 on its shipping graph, once in this process and then in fresh processes, one after another, until the
-draws settle it (`settled`): one draw over the budget rejects it; otherwise it needs CONFIRM_MIN fresh draws
+draws settle it (select.confirm.settled): one draw over the budget rejects it; otherwise it needs CONFIRM_MIN fresh draws
 when its slowest draw leaves SPREAD_BOUND headroom, and CONFIRM_MAX when it does not. A rejected candidate
 is marked as not fitting and the next one down the ranking is confirmed the same way. The slowest draw is
 the figure that counts, and the cache keeps every draw, so a confirmation at another budget only adds the
 draws that budget still needs (none at the same budget: a warm selection measures nothing).
-
-Why so many draws near the budget: on the 2-vCPU VM a 10 us model ran at 10-11 or 16-18 us, and the slow
-speed came up in about 1 process in 6 (RESULTS.md). The chance that a deployment's process is slower than
-all of n draws is 1/(n+1) for independent draws; at n = 4 (the rule before) that was one miss in five at
-the budget's edge, at 16 it is one in seventeen; and 16 draws all miss a slow speed that comes up in 1
-process in 6 in about 5 cases of 100.
 
 Two graphs (select.ladder): every candidate is first measured on its fast TorchScript *screening* export
 (graph "screen"); the confirmation measures the dynamo *shipping* export (graph "ship", the bytes export
@@ -29,7 +23,7 @@ Each Candidate says which graph its latency is from (`graph`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +38,8 @@ from .result import (PRECISION_PREFERENCE, Candidate, Selection, allowed_precisi
                      measured_precisions)
 from ..core.system import cap_threads, cpu_limit, torch_threads
 from .cache import LatencyCache
+from .confirm import (CONFIRM_MAX, CONFIRM_MIN, SPREAD_BOUND, UNSTABLE, confirm_measurements,  # noqa: F401
+                      settled, unstable_note)
 from .warm import LazyTeacher, resolve
 
 
@@ -52,31 +48,6 @@ from .warm import LazyTeacher, resolve
 # and re-measuring one setting moves up to 23% on 2 vCPUs), and so could a bigger sibling, which the
 # exhaustive search would then find and the pruned one not.
 PRUNE_MARGIN = 1.15
-# Confirmation measurements further apart than this (slowest / fastest) make a warning: on the 2-vCPU VM
-# the same 10 us model measured 10 or 17 us in different processes, pinned or not (RESULTS.md).
-UNSTABLE = 1.25
-# The confirmation measures the shipping graph in this process once, then in fresh processes until
-# `settled` (module doc; core.freshbench says why): at least CONFIRM_MIN of them, CONFIRM_MAX when the
-# slowest draw is within SPREAD_BOUND of the budget (the widest per-process spread measured on the 2-vCPU
-# VM is 1.8x). The slowest figure is the one that must fit.
-CONFIRM_MIN = 3
-CONFIRM_MAX = 15
-SPREAD_BOUND = 2.0
-
-
-def settled(values: list[float], budget_ms: float | None) -> bool:
-    """Whether a confirmation's draws (this process's first, then the fresh ones, in the budget's
-    statistic) decide the candidate: one over the budget rejects it; CONFIRM_MIN fresh draws suffice when
-    even SPREAD_BOUND times the slowest fits; otherwise CONFIRM_MAX are drawn."""
-    if not values:
-        return False
-    if budget_ms is None:
-        return len(values) - 1 >= CONFIRM_MIN
-    fresh, slowest = len(values) - 1, max(values)
-    return (slowest > budget_ms or fresh >= CONFIRM_MAX
-            or (fresh >= CONFIRM_MIN and SPREAD_BOUND * slowest <= budget_ms))
-
-
 def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *, onnx: bytes | None = None,
                   precision: str = "fp32", settings: SessionSettings | None = None,
                   graph: str = "ship") -> LatencyStats:
@@ -88,30 +59,6 @@ def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *,
     data = onnx if onnx is not None else (screen_bytes(model, spec, batch=batch)[0] if graph == "screen" else onnx_bytes(model, spec))
     sess = make_session(data, runtime.provider, runtime.threads, settings)
     return measure_latency(sess, (batch, *spec.shape))
-
-
-def confirm_measurements(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *, onnx: bytes,
-                         precision: str = "fp32", settings: SessionSettings | None = None) -> Iterator[LatencyStats]:
-    """The confirmation's fresh-process measurements of the shipping bytes, up to CONFIRM_MAX, yielded one
-    by one (core.freshbench: latency is a per-process draw on a shared VM); the caller stops when the
-    draws are `settled`. A seam: fake clocks replace it (a shorter iterable ends the confirmation)."""
-    from ..core.freshbench import fresh_draws
-
-    del model, precision  # the bytes are the model, in its precision
-    return fresh_draws(onnx, runtime.provider, (batch, *spec.shape), settings or SessionSettings(runtime.threads or 1),
-                       CONFIRM_MAX)
-
-
-def unstable_note(spread: dict[str, tuple[int, float, float]], stat: str) -> tuple[str, ...]:
-    """One warning for the confirmations whose draws spread by more than UNSTABLE (the widest named)."""
-    if not spread:
-        return ()
-    name, (n, fast, slow) = max(spread.items(), key=lambda kv: kv[1][2] / kv[1][1])
-    others = f" ({len(spread) - 1} other candidate(s) too)" if len(spread) > 1 else ""
-    return (f"{name}'s {n} measurements of the shipping graph (this process and {n - 1} fresh one(s)) range "
-            f"from {fast:.4f} to {slow:.4f} ms {stat} (+{100 * (slow / fast - 1):.0f}%){others}: latency on this "
-            "machine depends on the process (or on other load), so a deployment may see either; the slowest "
-            "counts. Re-run select on the target, or leave headroom in the budget",)
 
 
 def tune_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, stat: str, *, onnx: bytes | None = None,
