@@ -76,6 +76,9 @@ def main() -> None:
     ap.add_argument("--budgets", type=int, default=10)
     ap.add_argument("--deploy-draws", type=int, default=5, help="more fresh-process deployments per budget")
     ap.add_argument("--json", help="write the rows and the summary here")
+    ap.add_argument("--rule", choices=("settled", "three"), default="settled",
+                    help="the confirmation's draws: select's rule (select.confirm.settled), or the rule before it "
+                         "(always 3 fresh processes), for an A/B on the same machine")
     ap.add_argument("--remeasure", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.remeasure:
@@ -94,8 +97,12 @@ def main() -> None:
     from kdcompress.core.onnxio import onnx_bytes
     from kdcompress.core.ortbench import SessionSettings
     from kdcompress.core.system import machine_fingerprint
+    from kdcompress.select import confirm
     from kdcompress.select.search import select
     from kdcompress.students.registry import build_student
+
+    if args.rule == "three":
+        confirm.CONFIRM_MIN = confirm.CONFIRM_MAX = 3
 
     shape = parse_shape(args.shape)
     spec = spec_for(shape)
@@ -163,7 +170,7 @@ def main() -> None:
           f"{100 * statistics.median(uses):.1f}% (goal: 10/10, >= 60%); pruned choice = exhaustive choice "
           f"{sum(r[4] is True for r in rows)}/{len(rows)}; refused {len(refused)}/{len(budgets)}; "
           f"all deployments within budget {deploy_ok}/{deploy_n} = {100 * deploy_ok / max(deploy_n, 1):.1f}% "
-          f"(Wilson 95% CI {100 * lo_ci:.1f}-{100 * hi_ci:.1f}%)")
+          f"(Wilson 95% CI {100 * lo_ci:.1f}-{100 * hi_ci:.1f}%); confirmation rule {args.rule}")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "rows": [{"budget_ms": b, "chosen": name, "selected_ms": sel_ms, "draws": draws, "remeasured_ms": again,
@@ -171,7 +178,7 @@ def main() -> None:
                       "fresh_draws": fresh_n, "select_seconds": secs}
                      for b, name, sel_ms, again, same, skipped, more, draws, fresh_n, secs in rows],
             "refused": [{"budget_ms": b, "message": m} for b, m in refused], "within": within,
-            "deployments_within": deploy_ok, "deployments": deploy_n, "stat": args.stat,
+            "deployments_within": deploy_ok, "deployments": deploy_n, "stat": args.stat, "rule": args.rule,
             "machine": machine_fingerprint(), "date": dt.datetime.now().isoformat(timespec="minutes")}, indent=1))
     for b, msg in refused:
         print(f"refused at budget {b:.4f} ms (exit 4, nothing chosen): {msg}")

@@ -48,6 +48,8 @@ from .warm import LazyTeacher, resolve
 # and re-measuring one setting moves up to 23% on 2 vCPUs), and so could a bigger sibling, which the
 # exhaustive search would then find and the pruned one not.
 PRUNE_MARGIN = 1.15
+
+
 def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *, onnx: bytes | None = None,
                   precision: str = "fp32", settings: SessionSettings | None = None,
                   graph: str = "ship") -> LatencyStats:
