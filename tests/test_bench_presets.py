@@ -84,3 +84,22 @@ def test_tune_table_ranks_configurations_by_validation_only(tmp_path):
 def test_no_ce_part_of_a_split_grid(bench):
     assert bench.parse(["--presets", "ickd"]).presets == ["ce", "ickd"]
     assert bench.parse(["--no-ce", "--presets", "ickd"]).presets == ["ickd"]
+
+
+def test_adherence_ab_statistics_by_hand(tmp_path, capsys):
+    """benchmarks/select_adherence_ab.py: Wilson and Fisher against textbook values, and the per-rule
+    counts of two hand-made --json files."""
+    spec = importlib.util.spec_from_file_location("bench_ab", ROOT / "benchmarks" / "select_adherence_ab.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    lo, hi = ab.wilson(48, 50)
+    assert (round(lo, 3), round(hi, 3)) == (0.865, 0.989)
+    assert round(ab.fisher_two_sided(10, 20, 3, 20), 4) == 0.0407  # R: fisher.test(matrix(c(10,10,3,17),2))
+    assert ab.fisher_two_sided(5, 10, 5, 10) == 1.0
+    row = {"budget_ms": 1.0, "selected_ms": 0.9, "remeasured_ms": 0.95, "more_deployments_ms": [0.8, 1.06],
+           "select_seconds": 2.0}
+    (tmp_path / "a.json").write_text(json.dumps({"rows": [row, {**row, "remeasured_ms": 1.2}]}))
+    s = ab.summarise([str(tmp_path / "a.json")])
+    assert (s["first_within"], s["within"], s["deployments"], s["above"], s["above_5"], s["budgets_above"]) == (1, 3, 6, 4, 4, 2)
+    ab.main([f"x={tmp_path / 'a.json'}"])
+    assert "| x | 1 | 1/2 | 3/6 (50.0%" in capsys.readouterr().out
