@@ -289,6 +289,7 @@ def test_cli_json_and_files(clock, teacher_ckpt, tmp_path):
     assert r.exit_code == 0, r.output
     j = json.loads(r.stdout)
     assert j["chosen"]["name"] == "resnet8" and j["budget_ms"] == 0.045 and j["teacher"]["name"] == "resnet8x2"
+    assert j["chosen"]["draws"] == 1 + sel_mod.CONFIRM_MAX  # 0.04 of 0.045 ms: no 2x headroom
     assert json.loads((out / "selection.json").read_text()) == j
     assert (out / "selection.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*.tmp"))
@@ -299,7 +300,7 @@ def test_cli_table_and_ladder(clock, teacher_ckpt):
     r = cli("--teacher", str(teacher_ckpt), "--budget-ms", "0.6", "--candidates", ",".join(NAMES))
     assert r.exit_code == 0, r.output
     for needle in ("tinycnn_w8", "resnet8", "p50 ms", "p90 ms", "fits", "chosen", "resnet8x2 (teacher)",
-                   "teacher itself meets"):
+                   "teacher itself meets", f"ship ({1 + sel_mod.CONFIRM_MIN})", "slowest of the processes"):
         assert needle in r.stdout, needle
     r = cli("--teacher", str(teacher_ckpt), "--candidates", ",".join(NAMES), "--json")
     j = json.loads(r.stdout)

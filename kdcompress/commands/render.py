@@ -151,7 +151,7 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
         notes.append(f"fp32 fallback if the {sel['chosen']['precision']} variant fails its accuracy gate: "
                      f"{sel['fallback']['name']}")
     notes.append("graph: screen = the fast TorchScript export every candidate is screened on; ship = the dynamo "
-                 "graph export writes (every confirmed figure)")
+                 "graph export writes (every confirmed figure: the slowest of the processes in brackets)")
     t.caption = "\n".join(notes)
 
     def fits(c: dict[str, Any]) -> str:
@@ -163,7 +163,8 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
         lat = c["latency_ms"]
         slow = " (slower than fp32)" if c.get("slower_than_fp32") else ""
         t.add_row(c["name"] + ("" if prec == "fp32" else f" ({prec}){slow}"), f"{c['params']:,}", human(c["flops"]), f"{lat['p50']:.4f}", f"{lat['p90']:.4f}",
-                  c.get("graph", "ship"), fits(c), "[bold green]<- chosen[/]" if mark else "", style="bold" if mark else None)
+                  c.get("graph", "ship") + (f" ({c['draws']})" if c.get("draws") else ""), fits(c),
+                  "[bold green]<- chosen[/]" if mark else "", style="bold" if mark else None)
     if sel["teacher"] is not None:
         c = sel["teacher"]
         lat = c["latency_ms"]

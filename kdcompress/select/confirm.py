@@ -5,9 +5,9 @@ Why so many draws near the budget: on the 2-vCPU VM a 10 us model ran at 10-11 o
 speed came up in about 1 process in 6 (RESULTS.md). The chance that a deployment's process is slower than
 all of n draws is 1/(n+1) for independent draws; at n = 4 (the rule before) that was one miss in five at
 the budget's edge, at 16 it is one in seventeen; and 16 draws all miss a slow speed that comes up in 1
-process in 6 in about 5 cases of 100. Measured (RESULTS.md, stop 21): in an A/B on the VM, 6 of 120
-deployments were slower than the confirmed figure, against 33 of 120 with 3 fresh draws; but a burst of
-draws cannot see the VM drift minutes later, and in one run of the same code 16 of 60 were.
+process in 6 in about 5 cases of 100. Measured (RESULTS.md, stop 21): in an A/B on the VM, 18 of 180
+deployments were slower than the confirmed figure, against 48 of 174 with 3 fresh draws; but a burst of
+draws cannot see the VM drift minutes later (one student's deployments spread 2.3x within a minute).
 """
 
 from __future__ import annotations
