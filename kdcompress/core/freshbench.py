@@ -32,7 +32,7 @@ FRESH_MIN_TIME_S = 0.15  # per child: 5000 runs of a 10 us model, 100+ of a 1.5 
 def fresh_draws(model: bytes, provider: str, shape: tuple[int, ...], settings: SessionSettings,
                 processes: int, min_time_s: float = FRESH_MIN_TIME_S) -> Iterator[LatencyStats]:
     """Up to `processes` measurements of `model`, one after another, each in a new Python process,
-    yielded as they come: the caller stops drawing once it knows enough (select.search.settled)."""
+    yielded as they come: the caller stops drawing once it knows enough (select.confirm.settled)."""
     with tempfile.TemporaryDirectory(prefix="kdc-fresh-") as d:
         path = Path(d) / "model.onnx"
         path.write_bytes(model)
