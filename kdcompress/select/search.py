@@ -9,8 +9,8 @@ Adherence: the winner of "largest model whose measurement is under the budget" i
 (low) measurement, so a later re-measurement tends to land above it; and on a shared VM a model's latency
 is drawn once per process (core.freshbench). Before a candidate is chosen it is therefore measured again
 on its shipping graph, once in this process and then in fresh processes, one after another, until the
-draws settle it (select.confirm.settled): one draw over the budget rejects it; otherwise it needs CONFIRM_MIN fresh draws
-when its slowest draw leaves SPREAD_BOUND headroom, and CONFIRM_MAX when it does not. A rejected candidate
+draws settle it (select.confirm.settled): one draw over the budget rejects it; otherwise it needs
+CONFIRM_MIN fresh draws when its slowest draw leaves SPREAD_BOUND headroom, and CONFIRM_MAX when it does not. A rejected candidate
 is marked as not fitting and the next one down the ranking is confirmed the same way. The slowest draw is
 the figure that counts, and the cache keeps every draw, so a confirmation at another budget only adds the
 draws that budget still needs (none at the same budget: a warm selection measures nothing).
@@ -373,7 +373,8 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
             slower = max(runs, key=value)
             faster = min(value(r) for r in runs)
             if value(slower) > UNSTABLE * faster:
-                spread[c.name] = (len(runs), faster, value(slower))
+                shown = c.name if c.precision == "fp32" else f"{c.name} ({c.precision})"
+                spread[shown] = (len(runs), faster, value(slower))
             if drawn:
                 cache.put(key(j), slower, confirmed=True, settings=settings, graph="ship", draws=runs)
                 cache.save()
