@@ -87,7 +87,7 @@ def test_flops_memo_is_used_only_for_the_same_architecture(tmp_path, monkeypatch
     from torch.utils import flop_counter
 
     monkeypatch.setenv("KDCOMPRESS_CACHE", str(tmp_path))
-    monkeypatch.setattr(reg._FlopsMemo, "entries", None)
+    monkeypatch.setattr(reg._FlopsMemo, "store", None)
     spec = InputSpec((1, 8, 8), (0.5,), (0.25,))
     model = STUDENTS.get("tinycnn_w8").build(10, spec)
     assert capacity(model, spec, memo=True).flops == 46400
@@ -102,7 +102,7 @@ def test_flops_memo_is_used_only_for_the_same_architecture(tmp_path, monkeypatch
             counted.append(1)
             return super().__enter__()
     monkeypatch.setattr(flop_counter, "FlopCounterMode", Counting)
-    monkeypatch.setattr(reg._FlopsMemo, "entries", None)  # a new process: read back from disk
+    monkeypatch.setattr(reg._FlopsMemo, "store", None)  # a new process: read back from disk
     again = STUDENTS.get("tinycnn_w8").build(10, spec)  # other weights, same architecture
     assert capacity(again, spec, memo=True) == capacity(model, spec) and len(counted) == 1  # only the unmemoised one
     # another architecture, input shape or class count is counted, never taken from the memo
@@ -115,7 +115,7 @@ def test_flops_memo_is_used_only_for_the_same_architecture(tmp_path, monkeypatch
     assert reg.flops_key(scripted, spec, 1442) is None
     # a broken memo file only costs a recount
     (tmp_path / "flops.json").write_text("{not json")
-    monkeypatch.setattr(reg._FlopsMemo, "entries", None)
+    monkeypatch.setattr(reg._FlopsMemo, "store", None)
     assert capacity(model, spec, memo=True).flops == 46400 and len(counted) == 4
 
 

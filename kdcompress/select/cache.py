@@ -7,12 +7,10 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from ..core.config import RuntimeConfig
-from ..core.errors import KdError
+from ..core.jsonstore import JsonStore
 from ..core.ortbench import LatencyStats, SessionSettings
-from ..core.runio import atomic_write_json
 from ..core.spec import InputSpec
 from ..core.system import cache_root, machine_fingerprint
 
@@ -21,23 +19,13 @@ def cache_path() -> Path:
     return cache_root() / "latency.json"
 
 
-class LatencyCache:
-    """Measured latencies on disk, keyed by what changes them. A broken or read-only cache only costs
-    time: it is re-measured or left unwritten, never trusted half-read."""
+class LatencyCache(JsonStore):
+    """Measured latencies on disk (core.jsonstore), keyed by what changes them. A broken or read-only cache
+    only costs time: it is re-measured or left unwritten, never trusted half-read."""
 
     def __init__(self, path: Path | None = None, enabled: bool = True):
-        self.path = path or cache_path()
-        self.enabled = enabled
+        super().__init__(path or cache_path(), enabled)
         self.fingerprint = machine_fingerprint()
-        self.entries: dict[str, Any] = self._load() if enabled else {}
-        self.dirty = False
-
-    def _load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            return {}
 
     def key(self, name: str, model, spec: InputSpec, num_classes: int, runtime: RuntimeConfig, batch: int,
             precision: str = "fp32") -> str:
@@ -84,15 +72,6 @@ class LatencyCache:
     def put(self, key: str, stats: LatencyStats, confirmed: bool = False,
             settings: SessionSettings | None = None, graph: str = "ship",
             draws: list[LatencyStats] | None = None) -> None:
-        self.entries[key] = {**asdict(stats), "confirmed": confirmed, "graph": graph,
-                             **({"settings": settings.to_json()} if settings else {}),
-                             **({"draws": [asdict(d) for d in draws]} if draws else {})}
-        self.dirty = True
-
-    def save(self) -> None:
-        if self.enabled and self.dirty:
-            try:
-                atomic_write_json(self.path, self.entries)
-                self.dirty = False
-            except (OSError, KdError):  # the cache is an optimisation: an unwritable one is skipped
-                pass
+        self.put_json(key, {**asdict(stats), "confirmed": confirmed, "graph": graph,
+                            **({"settings": settings.to_json()} if settings else {}),
+                            **({"draws": [asdict(d) for d in draws]} if draws else {})})

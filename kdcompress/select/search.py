@@ -130,7 +130,7 @@ def zoo_candidates(num_classes: int, spec: InputSpec, max_flops: int | None, nam
                      RuntimeConfig(), 1)
     try:
         return [(str(n), Capacity(int(p), int(f), int(la)), str(fam), str(ident))
-                for n, p, f, la, fam, ident in cache.entries[lkey]]
+                for n, p, f, la, fam, ident in cache.get_json(lkey)]
     except (KeyError, TypeError, ValueError):
         pass
     from ..students.registry import STUDENTS, capacity
@@ -141,20 +141,18 @@ def zoo_candidates(num_classes: int, spec: InputSpec, max_flops: int | None, nam
         if not names and not entry.suits(spec):
             continue
         ckey = cache.key(name, zoo_identity(name), spec, num_classes, RuntimeConfig(), 1)
-        got = cache.entries.get(ckey)
+        got = cache.get_json(ckey)
         try:
             cap = Capacity(int(got["params"]), int(got["flops"]), int(got["layers"]))
         except (TypeError, KeyError, ValueError):
             cap = capacity(entry.build(num_classes, spec), spec)
-            cache.entries[ckey] = {"params": cap.params, "flops": cap.flops, "layers": cap.layers}
-            cache.dirty = True
+            cache.put_json(ckey, {"params": cap.params, "flops": cap.flops, "layers": cap.layers})
         if not names and max_flops is not None and cap.flops >= max_flops:
             continue
         out.append((name, cap, entry.family, zoo_identity(name)))
     if not out:
         raise UsageError("no student candidate suits this teacher (all are larger or meant for other input sizes)")
-    cache.entries[lkey] = [[n, c.params, c.flops, c.layers, fam, ident] for n, c, fam, ident in out]
-    cache.dirty = True
+    cache.put_json(lkey, [[n, c.params, c.flops, c.layers, fam, ident] for n, c, fam, ident in out])
     return out
 
 

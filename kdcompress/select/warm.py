@@ -112,7 +112,7 @@ def known_summary(key: str | None) -> TeacherSummary | None:
     if key is None:
         return None
     try:
-        return TeacherSummary.from_json(store().entries[key])
+        return TeacherSummary.from_json(store().get_json(key))
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -123,7 +123,6 @@ def remember(key: str, teacher, capacity: Capacity) -> TeacherSummary:
     s = TeacherSummary(teacher.arch, tuple(teacher.classes), tuple(spec.shape), tuple(spec.mean), tuple(spec.std),
                        capacity.params, capacity.flops, repr(teacher.model))
     st = store()
-    st.entries[key] = {**asdict(s), "path": str(teacher.path)}
-    st.dirty = True
+    st.put_json(key, {**asdict(s), "path": str(teacher.path)})
     st.save()
     return s

@@ -108,40 +108,29 @@ def flops_key(model: nn.Module, spec: InputSpec, params: int) -> str | None:
 
 
 class _FlopsMemo:
-    """flops.json in the cache root: {key: flops}. Read once per process; a broken or unwritable file only
-    costs a recount."""
+    """flops.json in the cache root (core.jsonstore): {key: flops}. Read once per process; a broken or
+    unwritable file only costs a recount."""
 
-    entries: dict[str, int] | None = None
+    store = None  # the JsonStore, opened on first use (again when the cache root moves)
 
     @classmethod
-    def _path(cls):
+    def _open(cls):
         from ..core.system import cache_root
 
-        return cache_root() / "flops.json"
+        path = cache_root() / "flops.json"
+        if cls.store is None or cls.store.path != path:
+            from ..core.jsonstore import JsonStore
 
-    @classmethod
-    def _load(cls) -> dict[str, int]:
-        import json
-
-        try:
-            data = json.loads(cls._path().read_text())
-        except (OSError, ValueError):
-            return {}
-        return {k: v for k, v in data.items() if isinstance(v, int) and v >= 0} if isinstance(data, dict) else {}
+            cls.store = JsonStore(path)
+        return cls.store
 
     @classmethod
     def get(cls, key: str) -> int | None:
-        if cls.entries is None:
-            cls.entries = cls._load()
-        return cls.entries.get(key)
+        v = cls._open().get_json(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
     @classmethod
     def put(cls, key: str, flops: int) -> None:
-        from ..core.errors import KdError
-        from ..core.runio import atomic_write_json
-
-        cls.entries = {**cls._load(), **(cls.entries or {}), key: flops}  # keep what another process wrote
-        try:
-            atomic_write_json(cls._path(), cls.entries)
-        except (OSError, KdError):
-            pass
+        st = cls._open()
+        st.put_json(key, flops)
+        st.save()
