@@ -320,10 +320,12 @@ def profile(
     threads: Annotated[int | None, typer.Option(help="ORT intra-op threads without --tune (default 1).")] = None,
     tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Sweep ORT settings per model and keep the best.")] = True,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write the table (default DIR/latency.json).")] = None,
+    processes: Annotated[int, typer.Option(help="Fresh processes per model; its figure is the slowest of them.")] = 5,
     json_: Json = False,
 ) -> None:
-    """Time the exported candidates on THIS machine (the target) with only onnxruntime and numpy; write
-    latency.json (p50/p90/p99 per model, provider, settings, machine) for --latency-table."""
+    """Time the exported candidates on THIS machine (the target) with only onnxruntime and numpy, each in
+    several fresh processes; write latency.json (p50/p90/p99 per model, provider, settings, machine) for
+    --latency-table."""
     _dispatch("profile", locals())
 
 

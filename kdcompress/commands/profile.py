@@ -20,14 +20,22 @@ def run_profile(f: dict[str, Any], console) -> Outcome:
     out = Path(f["out"]) if f["out"] else directory / "latency.json"
     with console.status("timing candidates in ONNX Runtime") as status:
         table = profile_dir(directory, provider=f["provider"], threads=f["threads"], tune=f["tune"],
-                            cpu_limit=cpu_limit(), out=out, progress=lambda m: status.update(f"timing {m}"))
+                            cpu_limit=cpu_limit(), out=out, processes=f["processes"],
+                            progress=lambda m: status.update(f"timing {m}"))
+    if table["unstable"]:
+        key, spread = max(table["unstable"].items(), key=lambda kv: kv[1])
+        others = f" ({len(table['unstable']) - 1} other model(s) too)" if len(table["unstable"]) > 1 else ""
+        console.print(f"[yellow]warning:[/] {key}'s {table['processes']} processes measured up to {spread:.2f}x apart "
+                      f"({table['stat']}){others}: latency on this machine depends on the process or on other "
+                      "load; the table keeps the slowest, so leave headroom or profile with more --processes")
     console.print(f"wrote {out}")
     result = {"latency_table": str(out), **table}
 
     def show() -> None:
         from rich.console import Console
 
-        t = Table(title=f"latency on {table['machine'].get('cpu') or '?'} ({table['provider']}, batch {table['batch']})")
+        t = Table(title=f"latency on {table['machine'].get('cpu') or '?'} ({table['provider']}, batch {table['batch']}, "
+                        f"slowest of {table['processes']} process(es) per model)")
         for col in ("model", "p50 ms", "p90 ms", "p99 ms", "threads", "opt", "execution"):
             t.add_column(col, justify="left" if col in ("model", "opt", "execution") else "right")
         for key, m in table["models"].items():

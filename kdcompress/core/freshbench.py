@@ -29,6 +29,28 @@ CHILD_TIMEOUT_S = 600  # min 100 runs of the slowest plausible candidate, plus s
 FRESH_MIN_TIME_S = 0.15  # per child: 5000 runs of a 10 us model, 100+ of a 1.5 ms one
 
 
+# Draws further apart than this (slowest / fastest, in one statistic) make a warning: on the 2-vCPU VM the
+# same 10 us model measured 10 or 17 us in different processes, and a pure-Python loop varied as much
+# (RESULTS.md). select's confirmation and `kdcompress profile` both use it.
+UNSTABLE = 1.25
+
+
+def draw_file(path: Path, provider: str, shape: tuple[int, ...], settings: SessionSettings,
+              min_time_s: float = FRESH_MIN_TIME_S) -> LatencyStats:
+    """One measurement of the ONNX file at `path` in a new Python process (this module's main)."""
+    args = [sys.executable, "-m", "kdcompress.core.freshbench", str(path), provider, json.dumps(settings.to_json()),
+            ",".join(str(v) for v in shape), repr(float(min_time_s))]
+    try:
+        p = subprocess.run(args, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise EnvironmentProblem(f"a latency measurement in a fresh process took over {CHILD_TIMEOUT_S} s") from None
+    lines = p.stdout.strip().splitlines()
+    if p.returncode != 0 or not lines:
+        why = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+        raise EnvironmentProblem(f"a latency measurement in a fresh process failed: {why}")
+    return LatencyStats(**json.loads(lines[-1]))
+
+
 def fresh_draws(model: bytes, provider: str, shape: tuple[int, ...], settings: SessionSettings,
                 processes: int, min_time_s: float = FRESH_MIN_TIME_S) -> Iterator[LatencyStats]:
     """Up to `processes` measurements of `model`, one after another, each in a new Python process,
@@ -36,18 +58,17 @@ def fresh_draws(model: bytes, provider: str, shape: tuple[int, ...], settings: S
     with tempfile.TemporaryDirectory(prefix="kdc-fresh-") as d:
         path = Path(d) / "model.onnx"
         path.write_bytes(model)
-        args = [sys.executable, "-m", "kdcompress.core.freshbench", str(path), provider,
-                json.dumps(settings.to_json()), ",".join(str(v) for v in shape), repr(float(min_time_s))]
         for _ in range(processes):
-            try:
-                p = subprocess.run(args, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                raise EnvironmentProblem(f"a latency measurement in a fresh process took over {CHILD_TIMEOUT_S} s") from None
-            lines = p.stdout.strip().splitlines()
-            if p.returncode != 0 or not lines:
-                why = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
-                raise EnvironmentProblem(f"a latency measurement in a fresh process failed: {why}")
-            yield LatencyStats(**json.loads(lines[-1]))
+            yield draw_file(path, provider, shape, settings, min_time_s)
+
+
+def slowest(draws: list[LatencyStats]) -> LatencyStats:
+    """Per statistic, the slowest of several processes' measurements (each of p50, p90, p99, mean and min
+    at its maximum, throughput at the slowest mean): a figure that every draw met."""
+    worst_mean = max(d.mean for d in draws)
+    batch = draws[0].batch
+    return LatencyStats(max(d.p50 for d in draws), max(d.p90 for d in draws), max(d.p99 for d in draws), worst_mean,
+                        max(d.min for d in draws), sum(d.iters for d in draws), batch, batch * 1000.0 / worst_mean)
 
 
 def measure_fresh(model: bytes, provider: str, shape: tuple[int, ...], settings: SessionSettings,

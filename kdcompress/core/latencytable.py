@@ -1,15 +1,17 @@
 """Latency measured on the real target: the candidate manifest `select --export-candidates` writes, the
 profiler `kdcompress profile` runs on the target, and the latency table (latency.json) it writes.
 
-Everything here imports only the standard library, numpy and onnxruntime (through ortbench): `profile`
-must run on an edge box that has onnxruntime and numpy but no torch. tests/test_latency_table.py runs it
-in a subprocess whose `import torch` fails.
+Everything here imports only the standard library, numpy and onnxruntime (through ortbench and
+freshbench): `profile` must run on an edge box that has onnxruntime and numpy but no torch.
+tests/test_select_target.py runs it in a subprocess whose `import torch` fails.
 
 manifest.json: {"format": MANIFEST_FORMAT, "input_shape": [C, H, W], "num_classes", "batch",
   "models": [{"key": "resnet8:fp32", "name", "precision", "family", "params", "flops", "file", "sha256"}]}
 latency.json: {"format": TABLE_FORMAT, "input_shape", "num_classes", "batch", "provider", "machine",
-  "tuned", "models": {key: {"name", "precision", "params", "flops", "sha256", "settings", "latency_ms":
-  {p50, p90, p99, mean, min, iters, batch, throughput}}}}
+  "tuned", "processes", "stat", "unstable": {key: slowest/fastest}, "models": {key: {"name", "precision",
+  "params", "flops", "sha256", "settings", "latency_ms": {p50, p90, p99, mean, min, iters, batch,
+  throughput}, "draws": [the same, per process]}}}. A table from before "processes" existed holds one
+  in-process measurement per model and no draws; it is read the same way.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, UsageError
 from .fsguard import file_sha256
-from .ortbench import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
+from .freshbench import UNSTABLE, draw_file, slowest
+from .ortbench import LatencyStats, SessionSettings, sweep_settings
 from .runio import atomic_write_json
 
 MANIFEST_FORMAT = "kdcompress-candidates/1"
 TABLE_FORMAT = "kdcompress-latency-table/1"
 MANIFEST = "manifest.json"
+PROCESSES = 5  # fresh processes per model: a process's latency is one draw (core.freshbench)
+PROCESS_TIME_S = 0.3  # per process and model: profile runs once per target, so each draw may be longer
 
 
 def model_key(name: str, precision: str) -> str:
@@ -70,38 +75,65 @@ def table_stats(entry: dict[str, Any]) -> LatencyStats:
 
 
 def profile_dir(directory: Path, *, provider: str = "cpu", threads: int | None = None, tune: bool = False,
-                cpu_limit: int = 1, stat: str = "p50", out: Path | None = None,
-                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure every model of the manifest in `directory` with the one harness and write latency.json
-    (to `out`, default DIR/latency.json). With `tune`, each model gets the settings sweep and its best
-    settings; otherwise `threads` (default 1) intra-op threads, sequential, all optimisations."""
+                cpu_limit: int = 1, stat: str = "p50", out: Path | None = None, processes: int = PROCESSES,
+                progress: Callable[[str], None] | None = None,
+                draw: Callable[..., LatencyStats] | None = None) -> dict[str, Any]:
+    """Measure every model of the manifest in `directory` with the one harness, each in `processes` new
+    processes, and write latency.json (to `out`, default DIR/latency.json).
+
+    A process's latency is one draw (core.freshbench), so the draws go round the models: process 1 of every
+    model, then process 2 of every model, ..., and a minute in which the machine runs slow lands on all
+    models alike rather than on a block of them. Each model's figure is the slowest of its draws per
+    statistic (freshbench.slowest); its draws are kept beside it, and a model whose draws spread by more than
+    UNSTABLE in `stat` is listed under "unstable". With `tune`, each model's settings are swept first (in
+    this process, short runs); otherwise `threads` (default 1) intra-op threads, sequential, all
+    optimisations. `draw` is a seam for tests (freshbench.draw_file's signature)."""
     from .system import machine_fingerprint
 
+    draw = draw or draw_file
+    if processes < 1:
+        raise UsageError(f"--processes must be at least 1, got {processes}")
     directory = Path(directory)
     manifest = read_manifest(directory)
     batch = int(manifest.get("batch", 1))
     shape = (batch, *(int(v) for v in manifest["input_shape"]))
-    models: dict[str, Any] = {}
     t0 = time.time()
-    for m in manifest["models"]:
+    entries = []
+    for m in manifest["models"]:  # every file is checked before anything is timed
         path = directory / str(m["file"])
         if not path.is_file():
             raise InputError(f"{path} (listed in {directory / MANIFEST}) is missing; re-export the candidates")
         if file_sha256(path) != m.get("sha256"):
             raise InputError(f"{path} does not match the checksum in the manifest; re-export the candidates")
-        if progress:
-            progress(f"{m['key']} ({provider})")
+        entries.append((m, path))
+    settings: dict[str, SessionSettings] = {}
+    for m, path in entries:
         if tune:
-            settings, stats, _ = sweep_settings(path, shape, provider, cpu_limit, stat)
+            if progress:
+                progress(f"{m['key']} ({provider}): sweeping ORT settings")
+            settings[m["key"]], _, _ = sweep_settings(path, shape, provider, cpu_limit, stat)
         else:
-            settings = SessionSettings(threads or 1)
-            stats = measure_latency(make_session(path, provider, settings=settings), shape)
-        models[m["key"]] = {k: m[k] for k in ("name", "precision", "family", "params", "flops", "sha256") if k in m}
-        models[m["key"]].update(settings=settings.to_json(), latency_ms=stats.to_json())
+            settings[m["key"]] = SessionSettings(threads or 1)
+    draws: dict[str, list[LatencyStats]] = {m["key"]: [] for m, _ in entries}
+    for i in range(processes):
+        for m, path in entries:
+            if progress:
+                progress(f"{m['key']} ({provider}), process {i + 1} of {processes}")
+            draws[m["key"]].append(draw(path, provider, shape, settings[m["key"]], PROCESS_TIME_S))
+    models: dict[str, Any] = {}
+    unstable: dict[str, float] = {}
+    for m, _ in entries:
+        key, got = m["key"], draws[m["key"]]
+        models[key] = {k: m[k] for k in ("name", "precision", "family", "params", "flops", "sha256") if k in m}
+        models[key].update(settings=settings[key].to_json(), latency_ms=slowest(got).to_json(),
+                           draws=[d.to_json() for d in got])
+        spread = max(d.stat(stat) for d in got) / min(d.stat(stat) for d in got)
+        if spread > UNSTABLE:
+            unstable[key] = round(spread, 3)
     table = {"format": TABLE_FORMAT, "input_shape": manifest["input_shape"], "num_classes": manifest.get("num_classes"),
-             "batch": batch, "provider": provider, "tuned": tune, "machine": machine_fingerprint(),
-             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 2),
-             "models": models}
+             "batch": batch, "provider": provider, "tuned": tune, "processes": processes, "stat": stat,
+             "machine": machine_fingerprint(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "seconds": round(time.time() - t0, 2), "unstable": unstable, "models": models}
     atomic_write_json(Path(out) if out else directory / "latency.json", table)
     return table
 

@@ -18,9 +18,6 @@ from ..core.config import RuntimeConfig
 from ..core.ortbench import LatencyStats, SessionSettings
 from ..core.spec import InputSpec
 
-# Confirmation measurements further apart than this (slowest / fastest) make a warning: on the 2-vCPU VM
-# the same 10 us model measured 10 or 17 us in different processes, pinned or not (RESULTS.md).
-UNSTABLE = 1.25
 # The confirmation measures the shipping graph in this process once, then in fresh processes until
 # `settled` (module doc; core.freshbench says why): at least CONFIRM_MIN of them, CONFIRM_MAX when the
 # slowest draw is within SPREAD_BOUND of the budget (the widest per-process spread measured on the 2-vCPU
@@ -56,7 +53,8 @@ def confirm_measurements(model, spec: InputSpec, runtime: RuntimeConfig, batch: 
 
 
 def unstable_note(spread: dict[str, tuple[int, float, float]], stat: str) -> tuple[str, ...]:
-    """One warning for the confirmations whose draws spread by more than UNSTABLE (the widest named)."""
+    """One warning for the confirmations whose draws spread by more than core.freshbench.UNSTABLE (the
+    widest named)."""
     if not spread:
         return ()
     name, (n, fast, slow) = max(spread.items(), key=lambda kv: kv[1][2] / kv[1][1])

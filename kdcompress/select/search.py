@@ -31,6 +31,7 @@ from typing import Any
 
 from ..core.config import Budget, RuntimeConfig
 from ..core.errors import BudgetError, UsageError
+from ..core.freshbench import UNSTABLE
 from ..core.latencytable import check_table, model_key, table_stats
 from ..core.ortbench import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
 from ..core.spec import InputSpec
@@ -38,7 +39,7 @@ from .result import (PRECISION_PREFERENCE, Candidate, Selection, allowed_precisi
                      measured_precisions)
 from ..core.system import cap_threads, cpu_limit, torch_threads
 from .cache import LatencyCache
-from .confirm import (CONFIRM_MAX, CONFIRM_MIN, SPREAD_BOUND, UNSTABLE, confirm_measurements,  # noqa: F401
+from .confirm import (CONFIRM_MAX, CONFIRM_MIN, SPREAD_BOUND, confirm_measurements,  # noqa: F401
                       settled, unstable_note)
 from .warm import LazyTeacher, resolve
 
