@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from select_adherence import wilson
+from select_adherence import newcombe, wilson  # noqa: F401  (newcombe: for the tests and profile_adherence)
 
 
 def fisher_two_sided(a: int, n1: int, c: int, n2: int) -> float:

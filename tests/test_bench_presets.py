@@ -96,6 +96,9 @@ def test_adherence_ab_statistics_by_hand(tmp_path, capsys):
     assert (round(lo, 3), round(hi, 3)) == (0.865, 0.989)
     assert round(ab.fisher_two_sided(10, 20, 3, 20), 4) == 0.0407  # R: fisher.test(matrix(c(10,10,3,17),2))
     assert ab.fisher_two_sided(5, 10, 5, 10) == 1.0
+    # Newcombe (1998), Statistics in Medicine 17:873, method 10: 56/70 - 48/80 and 9/10 - 3/10
+    assert tuple(round(v, 4) for v in ab.newcombe(56, 70, 48, 80)) == (0.0524, 0.3339)
+    assert tuple(round(v, 4) for v in ab.newcombe(9, 10, 3, 10)) == (0.1705, 0.8090)
     row = {"budget_ms": 1.0, "selected_ms": 0.9, "remeasured_ms": 0.95, "more_deployments_ms": [0.8, 1.06],
            "select_seconds": 2.0}
     (tmp_path / "a.json").write_text(json.dumps({"rows": [row, {**row, "remeasured_ms": 1.2}]}))
@@ -103,3 +106,18 @@ def test_adherence_ab_statistics_by_hand(tmp_path, capsys):
     assert (s["first_within"], s["within"], s["deployments"], s["above"], s["above_5"], s["budgets_above"]) == (1, 3, 6, 4, 4, 2)
     ab.main([f"x={tmp_path / 'a.json'}"])
     assert "| x | 1 | 1/2 | 3/6 (50.0%" in capsys.readouterr().out
+
+
+def test_profile_adherence_report_on_the_recorded_run(capsys):
+    """benchmarks/profile_adherence.py's table and A/B line, from the rows of the run in RESULTS.md."""
+    spec = importlib.util.spec_from_file_location("bench_pa", ROOT / "benchmarks" / "profile_adherence.py")
+    pa = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pa)
+    rec = json.loads((ROOT / "benchmarks" / "results" / "profile-adherence-2026-12-02.json").read_text())
+    seconds = {int(k): v["profile_seconds"] for k, v in rec["summary"].items()}
+    summary = pa.report(rec["rows"], seconds, 2)
+    out = capsys.readouterr().out
+    assert (summary[1]["within"], summary[1]["deployments"], summary[5]["within"], summary[5]["first_within"]) == (96, 120, 117, 19)
+    assert "| 1 | all | 20 | 0 | 16/20 | 96/120 (80.0%, CI 72.0-86.2)" in out
+    assert "| 5 | all | 20 | 0 | 19/20 | 117/120 (97.5%, CI 92.9-99.1)" in out
+    assert "+17.5 points, Newcombe 95% CI [+9.8, +25.7]" in out and "p = 0.342" in out
