@@ -289,6 +289,23 @@ def test_latency_table_selects_without_measuring(clock):
     assert s.source == "latency-table:t.json" and s.teacher is None
 
 
+def test_a_chosen_row_whose_profile_processes_spread_is_warned_of(clock):
+    """A table from `kdcompress profile` keeps each model's per-process draws: when the chosen one's spread
+    by more than UNSTABLE, the selection says so (the figure is the slowest draw, and it stands)."""
+    clock(lambda n, p: pytest.fail("measured despite a latency table"))
+    table = table_for(NAMES)
+    row = table["models"]["resnet14:fp32"]
+    row["draws"] = [stats(0.05).to_json(), stats(0.08).to_json(), stats(0.06).to_json()]
+    s = choose(0.1, names=NAMES, latency_table=(Path("t.json"), table))
+    assert s.chosen.name == "resnet14" and s.chosen.latency.p50 == 0.08
+    note = " ".join(s.notes)
+    assert "on the target, resnet14 (fp32) measured 0.0500 to 0.0800 ms p50 in its 3 profile processes (+60%)" in note
+    row["draws"] = [stats(0.075).to_json(), stats(0.08).to_json()]  # within 1.25x: nothing to say
+    assert not any("on the target" in n for n in choose(0.1, names=NAMES, latency_table=(Path("t.json"), table)).notes)
+    del row["draws"]  # a table from before profile kept draws
+    assert not any("on the target" in n for n in choose(0.1, names=NAMES, latency_table=(Path("t.json"), table)).notes)
+
+
 @pytest.mark.parametrize("table, needle", [
     (table_for(NAMES, shape=(3, 8, 8)), "measured for input [3, 8, 8]"),
     (table_for(NAMES, batch=4), "at batch 4, not 1"),

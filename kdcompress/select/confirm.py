@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..core.config import RuntimeConfig
+from ..core.freshbench import UNSTABLE
 from ..core.ortbench import LatencyStats, SessionSettings
 from ..core.spec import InputSpec
 
@@ -63,3 +64,21 @@ def unstable_note(spread: dict[str, tuple[int, float, float]], stat: str) -> tup
             f"from {fast:.4f} to {slow:.4f} ms {stat} (+{100 * (slow / fast - 1):.0f}%){others}: latency on this "
             "machine depends on the process (or on other load), so a deployment may see either; the slowest "
             "counts. Re-run select on the target, or leave headroom in the budget",)
+
+
+def table_note(table: dict, chosen, stat: str) -> tuple[str, ...]:
+    """A warning when the chosen candidate's per-process draws on the target (the latency table `kdcompress
+    profile` wrote, its "draws") spread by more than UNSTABLE in `stat`; nothing for a table without draws."""
+    from ..core.latencytable import model_key
+
+    entry = table.get("models", {}).get(model_key(chosen.name, chosen.precision)) or {}
+    try:
+        vals = [float(d[stat]) for d in entry.get("draws") or ()]
+    except (KeyError, TypeError, ValueError):
+        return ()
+    if len(vals) < 2 or max(vals) <= UNSTABLE * min(vals):
+        return ()
+    fast, slow = min(vals), max(vals)
+    return (f"on the target, {chosen.name} ({chosen.precision}) measured {fast:.4f} to {slow:.4f} ms {stat} in its "
+            f"{len(vals)} profile processes (+{100 * (slow / fast - 1):.0f}%): the table's figure is the slowest, and a "
+            "deployment may draw slower still; leave headroom in the budget, or profile with more --processes",)

@@ -40,7 +40,7 @@ from .result import (PRECISION_PREFERENCE, Candidate, Selection, allowed_precisi
 from ..core.system import cap_threads, cpu_limit, torch_threads
 from .cache import LatencyCache
 from .confirm import (CONFIRM_MAX, CONFIRM_MIN, SPREAD_BOUND, confirm_measurements,  # noqa: F401
-                      settled, unstable_note)
+                      settled, table_note, unstable_note)
 from .warm import LazyTeacher, resolve
 
 
@@ -403,6 +403,8 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
                 raise _budget_error(list(rows.values()), budget, provider)
             if chosen.precision != "fp32":
                 fallback = best(("fp32",))
+            if latency_table is not None:
+                notes += table_note(latency_table[1], chosen, budget.stat)
     ordered = sorted(rows.values(), key=lambda c: (c.flops, c.params, -PRECISION_PREFERENCE[c.precision]))
     counts["seconds"] = round(time.time() - t_start, 2)
     return Selection(chosen, tuple(ordered), budget, provider, threads, teacher, notes + unstable_note(spread, budget.stat),
