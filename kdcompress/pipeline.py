@@ -202,8 +202,8 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
     console.print(f"selected [bold]{arch}[/] {selection.chosen.precision} ({selection.chosen.flops:,} FLOPs, p50 "
                   f"{selection.chosen.latency.p50:.4f} ms; budget {cfg.budget.ms} ms)")
     export_opts = export_options_for(export_opts, selection.chosen.precision)
-    if selection.teacher_meets_budget:
-        console.print("[yellow]warning:[/] the teacher itself meets this budget")
+    for w in selection.warnings:  # select's own (unstable latency, capped threads, the teacher fits ...)
+        console.print(f"[yellow]warning:[/] {w}")
 
     try:
         with process_settings(device):

@@ -534,6 +534,32 @@ def test_distill_int8_failing_its_gate_retrains_the_fp32_fallback(clock, tiny_te
     assert saved["precision"]["fell_back"] is True
 
 
+def test_distill_prints_and_reports_every_selection_warning(clock, tiny_teacher, tmp_path, monkeypatch):
+    """select's warnings (an unstable target, capped threads, the teacher fits) reach distill's console and
+    report.md, not only selection.json."""
+    from rich.console import Console
+
+    from kdcompress.core.config import RunConfig
+    from kdcompress.losses import load_checked_preset
+    from kdcompress.pipeline import distill
+    from kdcompress.select.result import Selection, SelectOptions
+
+    from .conftest import TINY_DATA
+
+    said = "on the target, tinycnn_w16 (fp32) measured 0.0500 to 0.0800 ms p50 in its 3 profile processes"
+    monkeypatch.setattr(Selection, "warnings", property(lambda self: (*self.notes, said)))
+    clock(lambda n, p: E2E_LAT[(n, p)])
+    out = tmp_path / "run"
+    cfg = RunConfig(teacher=tiny_teacher, data=TINY_DATA, budget=Budget(0.1), runtime=RuntimeConfig(device="cpu"),
+                    preset=load_checked_preset("kd", ["train.epochs=1", "train.batch_size=16"]), out=out,
+                    candidates=("tinycnn_w8", "tinycnn_w16"))
+    console = Console(record=True, width=300, stderr=True)
+    rep = distill(cfg, console, select_opts=SelectOptions(precision="fp32"))
+    assert f"warning: {said}" in console.export_text()
+    assert f"> Warning: {said}" in (out / "report.md").read_text()
+    assert said in rep["selection"]["warnings"]
+
+
 # ------------------------------------------------------------------------------------------ trial ranking
 
 
