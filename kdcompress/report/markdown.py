@@ -143,9 +143,7 @@ def _distill_section(r: dict[str, Any]) -> list[str]:
         lat = c["latency_ms"]
         lines.append(f"| {c['name']} | {c['params']:,} | {c['flops']:,} | {lat['p50']:.4f} | {lat['p90']:.4f} | "
                      f"{'yes' if c['fits'] else 'no'} | {'**yes**' if c['name'] == chosen else ''} |")
-    warnings = sel.get("warnings") or (["the teacher itself meets this budget; a student buys speed you may not need"]
-                                       if sel.get("teacher_meets_budget") else [])  # a report from before warnings
-    for w in warnings:
+    for w in sel.get("warnings") or ():  # select's warnings, the teacher-fits one among them
         lines += ["", f"> Warning: {w}"]
     return lines
 
