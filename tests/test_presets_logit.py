@@ -167,12 +167,14 @@ def test_cli_gdkd_default_k_on_three_classes_is_one_line(tiny_teacher, tmp_path)
 ])
 def test_logit_standardisation_presets(name, kind, weights, params):
     """kd_ls / dkd_ls: the authors' recipe (Sun et al., CVPR 2024) with standardize on, cited; dkd_ls with the
-    kd-weight chosen on mnist5k validation data (3, not the authors' CIFAR-100 9), which it says."""
+    kd-weight chosen on mnist5k validation data (3, not the authors' CIFAR-100 9), which it says, with the
+    authors' current recipe (alpha 9, beta 72, T 2) named correctly."""
     p = load_checked_preset(name)
     assert {t.key: t.weight for t in p.terms} == weights and p.terms[-1].params == params
     assert "arXiv:2403.01427" in p.reference and "--logit-stand --base-temp 2 --kd-weight 9" in p.reference
     if name == "dkd_ls":
-        assert "validation" in p.description and "dkd.alpha=9 --set dkd.beta=81" in p.description
+        assert "validation" in p.description and "dkd.alpha=9 --set dkd.beta=72 --set dkd.T=2" in p.description
+        assert "BETA = 8*9 = 72" in p.reference and "DKD.T = base-temp = 2" in p.reference
     obj = Objective(p.terms, LossContext(10))
     assert obj.losses[kind].params.standardize is True
     g = torch.Generator().manual_seed(0)
