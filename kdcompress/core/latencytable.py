@@ -90,7 +90,6 @@ def profile_dir(directory: Path, *, provider: str = "cpu", threads: int | None =
     optimisations. `draw` is a seam for tests (freshbench.draw_file's signature)."""
     from .system import machine_fingerprint
 
-    draw = draw or draw_file
     if processes < 1:
         raise UsageError(f"--processes must be at least 1, got {processes}")
     directory = Path(directory)
@@ -98,28 +97,45 @@ def profile_dir(directory: Path, *, provider: str = "cpu", threads: int | None =
     batch = int(manifest.get("batch", 1))
     shape = (batch, *(int(v) for v in manifest["input_shape"]))
     t0 = time.time()
+    entries = _checked_entries(directory, manifest)
+    settings: dict[str, SessionSettings] = {}
+    for m, path in entries:
+        if tune and progress:
+            progress(f"{m['key']} ({provider}): sweeping ORT settings")
+        settings[m["key"]] = (sweep_settings(path, shape, provider, cpu_limit, stat)[0] if tune
+                              else SessionSettings(threads or 1))
+    draws: dict[str, list[LatencyStats]] = {m["key"]: [] for m, _ in entries}
+    for i in range(processes):
+        for m, path in entries:
+            if progress:
+                progress(f"{m['key']} ({provider}), process {i + 1} of {processes}")
+            draws[m["key"]].append((draw or draw_file)(path, provider, shape, settings[m["key"]], PROCESS_TIME_S))
+    models, unstable = _table_models(entries, settings, draws, stat)
+    table = {"format": TABLE_FORMAT, "input_shape": manifest["input_shape"], "num_classes": manifest.get("num_classes"),
+             "batch": batch, "provider": provider, "tuned": tune, "processes": processes, "stat": stat,
+             "machine": machine_fingerprint(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "seconds": round(time.time() - t0, 2), "unstable": unstable, "models": models}
+    atomic_write_json(Path(out) if out else directory / "latency.json", table)
+    return table
+
+
+def _checked_entries(directory: Path, manifest: dict[str, Any]) -> list[tuple[dict[str, Any], Path]]:
+    """(manifest entry, file) of every model, each file checked against its checksum before anything is timed."""
     entries = []
-    for m in manifest["models"]:  # every file is checked before anything is timed
+    for m in manifest["models"]:
         path = directory / str(m["file"])
         if not path.is_file():
             raise InputError(f"{path} (listed in {directory / MANIFEST}) is missing; re-export the candidates")
         if file_sha256(path) != m.get("sha256"):
             raise InputError(f"{path} does not match the checksum in the manifest; re-export the candidates")
         entries.append((m, path))
-    settings: dict[str, SessionSettings] = {}
-    for m, path in entries:
-        if tune:
-            if progress:
-                progress(f"{m['key']} ({provider}): sweeping ORT settings")
-            settings[m["key"]], _, _ = sweep_settings(path, shape, provider, cpu_limit, stat)
-        else:
-            settings[m["key"]] = SessionSettings(threads or 1)
-    draws: dict[str, list[LatencyStats]] = {m["key"]: [] for m, _ in entries}
-    for i in range(processes):
-        for m, path in entries:
-            if progress:
-                progress(f"{m['key']} ({provider}), process {i + 1} of {processes}")
-            draws[m["key"]].append(draw(path, provider, shape, settings[m["key"]], PROCESS_TIME_S))
+    return entries
+
+
+def _table_models(entries, settings: dict[str, SessionSettings], draws: dict[str, list[LatencyStats]],
+                  stat: str) -> tuple[dict[str, Any], dict[str, float]]:
+    """The table's per-model entries (the slowest draw per statistic, every draw kept) and the models whose
+    draws spread by more than UNSTABLE in `stat`."""
     models: dict[str, Any] = {}
     unstable: dict[str, float] = {}
     for m, _ in entries:
@@ -130,12 +146,7 @@ def profile_dir(directory: Path, *, provider: str = "cpu", threads: int | None =
         spread = max(d.stat(stat) for d in got) / min(d.stat(stat) for d in got)
         if spread > UNSTABLE:
             unstable[key] = round(spread, 3)
-    table = {"format": TABLE_FORMAT, "input_shape": manifest["input_shape"], "num_classes": manifest.get("num_classes"),
-             "batch": batch, "provider": provider, "tuned": tune, "processes": processes, "stat": stat,
-             "machine": machine_fingerprint(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-             "seconds": round(time.time() - t0, 2), "unstable": unstable, "models": models}
-    atomic_write_json(Path(out) if out else directory / "latency.json", table)
-    return table
+    return models, unstable
 
 
 def check_table(table: dict[str, Any], path: Path, *, input_shape: tuple[int, ...], batch: int,

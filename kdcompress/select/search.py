@@ -30,25 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import Budget, RuntimeConfig
-from ..core.errors import BudgetError, UsageError
-from ..core.freshbench import UNSTABLE
-from ..core.latencytable import check_table, model_key, table_stats
+from ..core.errors import UsageError
 from ..core.ortbench import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
 from ..core.spec import InputSpec
-from .result import (PRECISION_PREFERENCE, Candidate, Selection, allowed_precisions,
-                     measured_precisions)
 from ..core.system import cap_threads, cpu_limit, torch_threads
 from .cache import LatencyCache
-from .confirm import (CONFIRM_MAX, CONFIRM_MIN, SPREAD_BOUND, confirm_measurements,  # noqa: F401
-                      settled, table_note, unstable_note)
+from .confirm import CONFIRM_MAX, CONFIRM_MIN, SPREAD_BOUND, confirm_measurements, settled, unstable_note  # noqa: F401
+from .engine import (PRUNE_MARGIN, LatencySource, MeasuredSource, Probes, SearchState,  # noqa: F401
+                     TableSource, choose, screen)
+from .result import PRECISION_PREFERENCE, Candidate, Selection, measured_precisions  # noqa: F401
 from .warm import LazyTeacher, resolve
-
-
-# A candidate prunes the bigger ones of its family only when it measured clearly over the budget, by more
-# than 15%: nearer, a re-measurement of it could fit (screening figures sit 3-10% off the shipping graph's,
-# and re-measuring one setting moves up to 23% on 2 vCPUs), and so could a bigger sibling, which the
-# exhaustive search would then find and the pruned one not.
-PRUNE_MARGIN = 1.15
 
 
 def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *, onnx: bytes | None = None,
@@ -177,13 +168,6 @@ def plausible(num_classes: int, spec: InputSpec, max_flops: int | None,
     return out
 
 
-def _budget_error(rows: list[Candidate], budget: Budget, provider: str) -> BudgetError:
-    fastest = min(rows, key=lambda c: c.latency.stat(budget.stat))
-    return BudgetError(
-        f"no student meets the {budget.ms:g} ms budget ({budget.stat}, batch {budget.batch}, {provider}); "
-        f"the fastest candidate, {fastest.name}, measured {fastest.latency.stat(budget.stat):.4f} ms")
-
-
 def ladder_rows(num_classes: int, spec: InputSpec, teacher_model, names: tuple[str, ...],
                 precision: str, provider: str) -> list[dict[str, Any]]:
     """The candidates a selection would measure (what `select --export-candidates` writes), in the order
@@ -208,205 +192,78 @@ def export_wave(exporter, jobs: list[tuple[str, str]], graph: str = "ship") -> d
     return {j: (b, "ship") for j, b in exporter.many(jobs).items()}
 
 
+def _teacher_capacity(teacher_model, spec: InputSpec):
+    if isinstance(teacher_model, LazyTeacher):  # a warm selection: no torch (select.warm)
+        return teacher_model.capacity
+    if teacher_model is None:
+        return None
+    from ..students.registry import capacity
+
+    return capacity(teacher_model, spec, memo=True)
+
+
+def _open_search(num_classes: int, spec: InputSpec, budget: Budget, runtime: RuntimeConfig, teacher_model,
+                 names: tuple[str, ...], precs: tuple[str, ...], cache: LatencyCache, caps: LatencyCache,
+                 prune: bool, tune: bool) -> tuple[SearchState, Any]:
+    """The candidates phase: the plausible students (from the capacity store when known) x the precisions
+    measured, in order of capacity; and the teacher's capacity."""
+    with torch_threads(1):  # torch only builds, counts and exports tiny models here (core.system)
+        t_cap = _teacher_capacity(teacher_model, spec)
+        listing = zoo_candidates(num_classes, spec, t_cap.flops if t_cap is not None else None, names, caps)
+    caps.save()
+    capacity = {n: (cap, fam) for n, cap, fam, _ in listing}
+    jobs = sorted(((n, p) for n in capacity for p in precs),
+                  key=lambda j: (capacity[j[0]][0].flops, capacity[j[0]][0].params, -PRECISION_PREFERENCE[j[1]]))
+
+    def build(name: str):
+        from ..students.registry import STUDENTS
+
+        return STUDENTS.get(name).build(num_classes, spec)
+    st = SearchState(num_classes, spec, budget, runtime, capacity, {n: ident for n, _, _, ident in listing}, jobs,
+                     cache, build, prune=prune, tune=tune)
+    return st, t_cap
+
+
+def _probes() -> Probes:
+    """This module's measuring functions, looked up at call time (tests replace them with fake clocks)."""
+    return Probes(measure=measure_model, draws=confirm_measurements, export=export_wave, tune=tune_model,
+                  teacher=measure_cached)
+
+
 def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: RuntimeConfig,
            teacher_model=None, teacher_name: str = "teacher", names: tuple[str, ...] = (),
            use_cache: bool = True, on_measure: Callable[[str], None] | None = None, precision: str = "fp32",
            convert=None, prune: bool = True, tune: bool = False,
            latency_table: tuple[Path, dict[str, Any]] | None = None) -> Selection:
     """Measure the candidates (and the teacher), then choose the most capable one that meets the budget
-    on its confirmation (module doc). Without a budget nothing is chosen (the ladder only), except when a
-    single candidate was named (`distill --student`), which is then the choice.
+    on its confirmation (module doc; the phases are select.engine's). Without a budget nothing is chosen
+    (the ladder only), except when a single candidate was named (`distill --student`), which is then the choice.
 
-    Candidates are measured in order of capacity (FLOPs, params); with a budget, one whose FLOPs, params and
-    weighted layers are all at least those of a same-family, same-precision candidate already measured over budget by more
-    than PRUNE_MARGIN is skipped (`prune`). Exports run in-process, one model at a time (a screening export takes 0.05-1 s; a
-    worker process would cost a torch import; export_ladder uses a pool for shipping exports). `precision` picks what may ship (module doc); `convert` makes the fp16/int8 bytes. `tune` sweeps ORT settings for each
-    candidate that is confirmed. `latency_table` (path, table): take every figure from a table measured on
-    the target by `kdcompress profile` instead of measuring here."""
+    `prune`: with a budget, skip a candidate at least as big as a same-family, same-precision one measured
+    clearly over it. `precision` picks what may ship; `convert` makes the fp16/int8 bytes. `tune` sweeps ORT
+    settings for each candidate that is confirmed. `latency_table` (path, table): every figure from a table
+    measured on the target by `kdcompress profile` instead of measuring here."""
     from .ladder import Exporter
 
     t_start = time.time()
     threads, note = cap_threads(runtime.threads)
     runtime = replace(runtime, threads=threads)
     precs, pnotes = measured_precisions(precision, runtime.provider)
-    notes = tuple(n for n in (note, *pnotes) if n)
-    spread: dict[str, tuple[int, float, float]] = {}  # confirmations spread by more than UNSTABLE: draws, fastest, slowest
     cache = LatencyCache(enabled=use_cache and latency_table is None)
     caps = LatencyCache(cache.path.with_name("capacity.json"), enabled=use_cache)
-    with torch_threads(1):  # torch only builds, counts and exports tiny models here (core.system)
-        if isinstance(teacher_model, LazyTeacher):  # a warm selection: no torch (select.warm)
-            t_cap = teacher_model.capacity
-        elif teacher_model is not None:
-            from ..students.registry import capacity
-
-            t_cap = capacity(teacher_model, spec, memo=True)
-        else:
-            t_cap = None
-        teacher_flops = t_cap.flops if t_cap is not None else None
-        listing = zoo_candidates(num_classes, spec, teacher_flops, names, caps)
-        info = {n: (None, cap, fam) for n, cap, fam, _ in listing}
-        identity = {n: ident for n, _, _, ident in listing}
-    caps.save()
-
-    def model_of(name: str):
-        from ..students.registry import STUDENTS
-
-        if info[name][0] is None:
-            info[name] = (STUDENTS.get(name).build(num_classes, spec), *info[name][1:])
-        return info[name][0]
-    jobs = sorted(((n, p) for n in info for p in precs),
-                  key=lambda j: (info[j[0]][1].flops, info[j[0]][1].params, -PRECISION_PREFERENCE[j[1]]))
-
-    def key(j: tuple[str, str]) -> str:
-        return cache.key(j[0], identity[j[0]], spec, num_classes, runtime, budget.batch, j[1])
-
-    def fits(stats: LatencyStats) -> bool:
-        return budget.ms is None or stats.stat(budget.stat) <= budget.ms
-
-    rows: dict[tuple[str, str], Candidate] = {}
-    over: list[tuple[str, str, Any, str]] = []  # family, precision, Capacity, name
-    skipped: list[dict[str, Any]] = []
-    counts = {"measured": 0, "cached": 0, "skipped": 0, "confirmations": 0, "fresh_draws": 0}
-    data: dict[tuple[str, str], tuple[bytes, str]] = {}  # shipping bytes of the confirmed
-
-    def pruned_by(j: tuple[str, str]) -> str | None:
-        if not prune or budget.ms is None:
-            return None
-        _, cap, fam = info[j[0]]
-        return next((n for f, p, o, n in over if f == fam and p == j[1] and cap.flops >= o.flops
-                     and cap.params >= o.params and cap.layers >= o.layers), None)
-
-    def record(j, stats: LatencyStats, confirmed: bool, settings: SessionSettings | None, graph: str,
-               draws: int = 0) -> None:
-        _, cap, fam = info[j[0]]
-        rows[j] = Candidate(j[0], cap.params, cap.flops, stats, fits(stats), confirmed, j[1], fam,
-                            settings or SessionSettings(threads), graph=graph, draws=draws)
-        if budget.ms is not None and stats.stat(budget.stat) > PRUNE_MARGIN * budget.ms:
-            over.append((fam, j[1], cap, j[0]))
-
-    def skip(j, by: str) -> None:
-        _, cap, fam = info[j[0]]
-        counts["skipped"] += 1
-        skipped.append({"name": j[0], "precision": j[1], "family": fam, "params": cap.params, "flops": cap.flops,
-                        "reason": f"at least the FLOPs, params and layers of {by}, which measured more than "
-                                  f"{100 * (PRUNE_MARGIN - 1):.0f}% over budget"})
-
-    def ship_of(ex, j) -> bytes | None:
-        if j not in data:
-            data.update(export_wave(ex, [j], "ship"))
-        return data[j][0] if j in data else None
-
-    source = "measured"
-    provider = runtime.provider
-    with torch_threads(1), Exporter(num_classes, spec, convert, 1, build=model_of, batch=budget.batch) as ex:
-        if latency_table is not None:
-            path, table = latency_table
-            check_table(table, path, input_shape=tuple(spec.shape), batch=budget.batch,
-                        wanted={model_key(*j): (info[j[0]][1].params, info[j[0]][1].flops) for j in jobs})
-            for j in jobs:
-                e = table["models"][model_key(*j)]
-                record(j, table_stats(e), True, SessionSettings.from_json(e.get("settings") or {}), "ship")
-            source, provider = f"latency-table:{path}", str(table.get("provider", provider))
-        for j in jobs if latency_table is None else ():
-            if (by := pruned_by(j)) is not None:
-                skip(j, by)
-            elif (st := cache.get(key(j))) is not None:
-                counts["cached"] += 1
-                record(j, st, cache.confirmed(key(j)), cache.settings(key(j)), cache.graph(key(j)),
-                       len(cache.draws(key(j))))
-            else:
-                if on_measure:
-                    on_measure(j[0] if j[1] == "fp32" else f"{j[0]} ({j[1]})")
-                blob, graph = export_wave(ex, [j], "screen").get(j, (None, "screen"))
-                stats = measure_model(model_of(j[0]), spec, runtime, budget.batch, onnx=blob, precision=j[1],
-                                      graph=graph)
-                counts["measured"] += 1
-                cache.put(key(j), stats, graph=graph)
-                record(j, stats, False, None, graph)
-        teacher = None
-        if teacher_model is not None and latency_table is None:
-            cap = t_cap
-            stats = measure_cached("__teacher__", teacher_model, spec, num_classes, runtime, budget.batch, cache,
-                                   on_measure and (lambda _: on_measure(f"the teacher ({teacher_name})")))
-            t_key = cache.key("__teacher__", teacher_model, spec, num_classes, runtime, budget.batch)
-            teacher = Candidate(teacher_name, cap.params, cap.flops, stats, fits(stats), graph=cache.graph(t_key))
+    st, t_cap = _open_search(num_classes, spec, budget, runtime, teacher_model, names, precs, cache, caps,
+                             prune, tune)
+    source: LatencySource = (TableSource(*latency_table) if latency_table is not None
+                             else MeasuredSource(_probes(), on_measure))
+    with torch_threads(1), Exporter(num_classes, spec, convert, 1, build=st.model_of, batch=budget.batch) as ex:
+        screen(st, source, ex)
+        teacher = source.teacher(st, teacher_model, t_cap, teacher_name)
         cache.save()
-
-        for j, c in list(rows.items()):
-            fp = rows.get((j[0], "fp32"))
-            if j[1] != "fp32" and fp is not None and c.latency.stat(budget.stat) >= fp.latency.stat(budget.stat):
-                rows[j] = replace(c, slower_than_fp32=True)
-
-        def confirm(c: Candidate) -> Candidate:
-            j = (c.name, c.precision)
-            if latency_table is not None:  # the target's own figures are the confirmation
-                return c
-            runs = cache.draws(key(j))  # an earlier confirmation's draws: only the missing ones are added
-            settings = cache.settings(key(j)) if runs else None
-            value = lambda r: r.stat(budget.stat)  # noqa: E731
-            drawn = not settled([value(r) for r in runs], budget.ms)
-            if drawn:
-                counts["confirmations"] += 1
-                model, ship = model_of(c.name), ship_of(ex, j)  # every draw is of the shipping graph
-                if on_measure:
-                    on_measure(f"{c.name} again (confirming it meets the budget"
-                               f"{', tuning ORT settings' if tune and not runs else ''})")
-                if not runs:
-                    if tune:
-                        settings, first = tune_model(model, spec, runtime, budget.batch, budget.stat, onnx=ship,
-                                                     precision=c.precision)
-                    elif c.graph == "ship":  # the screening export fell back: its figure is of the shipping graph
-                        first = c.latency
-                    else:
-                        first = measure_model(model, spec, runtime, budget.batch, onnx=ship, precision=c.precision)
-                    runs = [first]
-                if not settled([value(r) for r in runs], budget.ms):  # e.g. this process's draw is over
-                    more = iter(confirm_measurements(model, spec, runtime, budget.batch, onnx=ship,
-                                                     precision=c.precision, settings=settings))
-                    for r in more:
-                        runs.append(r)
-                        counts["fresh_draws"] += 1
-                        if settled([value(r) for r in runs], budget.ms):
-                            break
-                    getattr(more, "close", lambda: None)()  # no more fresh processes started
-            slower = max(runs, key=value)
-            faster = min(value(r) for r in runs)
-            if value(slower) > UNSTABLE * faster:
-                shown = c.name if c.precision == "fp32" else f"{c.name} ({c.precision})"
-                spread[shown] = (len(runs), faster, value(slower))
-            if drawn:
-                cache.put(key(j), slower, confirmed=True, settings=settings, graph="ship", draws=runs)
-                cache.save()
-            rows[j] = replace(c, latency=slower, fits=fits(slower), confirmed=True,
-                              settings=settings or SessionSettings(threads), graph="ship", draws=len(runs))
-            return rows[j]
-
-        def best(allowed: tuple[str, ...]) -> Candidate | None:
-            while True:
-                ranked = sorted((c for c in rows.values() if c.fits and not c.slower_than_fp32 and c.precision in allowed),
-                                key=lambda c: (c.flops, c.params, PRECISION_PREFERENCE[c.precision]), reverse=True)
-                if not ranked:
-                    return None
-                c = confirm(ranked[0])
-                fp = rows.get((c.name, "fp32"))
-                if c.precision != "fp32" and fp is not None and c.latency.stat(budget.stat) >= fp.latency.stat(budget.stat):
-                    c = rows[(c.name, c.precision)] = replace(c, slower_than_fp32=True)
-                if c.fits and not c.slower_than_fp32:
-                    return c
-
-        chosen = fallback = None
-        if budget.ms is None:
-            chosen = rows[jobs[0]] if len(names) == 1 else None
-        else:
-            chosen = best(allowed_precisions(precision))
-            if chosen is None:
-                raise _budget_error(list(rows.values()), budget, provider)
-            if chosen.precision != "fp32":
-                fallback = best(("fp32",))
-            if latency_table is not None:
-                notes += table_note(latency_table[1], chosen, budget.stat)
-    ordered = sorted(rows.values(), key=lambda c: (c.flops, c.params, -PRECISION_PREFERENCE[c.precision]))
-    counts["seconds"] = round(time.time() - t_start, 2)
-    return Selection(chosen, tuple(ordered), budget, provider, threads, teacher, notes + unstable_note(spread, budget.stat),
-                     precision, fallback,
-                     tuple(skipped), source, counts)
+        chosen, fallback = choose(st, source, ex, precision, single=len(names) == 1)
+    notes = tuple(n for n in (note, *pnotes) if n)
+    notes += source.notes(chosen, budget.stat) if chosen is not None else ()
+    ordered = sorted(st.rows.values(), key=lambda c: (c.flops, c.params, -PRECISION_PREFERENCE[c.precision]))
+    st.counts["seconds"] = round(time.time() - t_start, 2)
+    return Selection(chosen, tuple(ordered), budget, source.provider(runtime), threads, teacher,
+                     notes + unstable_note(st.spread, budget.stat), precision, fallback, tuple(st.skipped),
+                     source.label, st.counts)
