@@ -78,7 +78,7 @@ def test_auto_trains_the_winner_and_reports_the_ranking(tiny_teacher, tmp_path):
     rk = rep["preset_ranking"]
     assert rk["candidates"] == ["kd", "dist", "dkd"] and rk["plan"] == [[3, 1], [2, 2]]
     assert [(t["preset"], t["epochs"]) for t in rk["trials"]][:3] == [("kd", 1), ("dist", 1), ("dkd", 1)]
-    assert rk["epochs_spent"] == 7 and rk["seconds_spent"] > 0 and rk["skipped"] == []
+    assert rk["epochs_spent"] == 7 and 0 < rk["seconds_spent"] <= rk["wall_seconds"] and rk["skipped"] == []
     # the winner is the last rung's best (ties: simplest first) and is the preset actually trained
     last = [t for t in rk["trials"] if t["rung"] == 1]
     top = max(t["val_accuracy"] for t in last)
@@ -123,6 +123,16 @@ def test_a_rerun_after_an_interrupt_reuses_the_finished_ranking(tiny_teacher, tm
     rep = json.loads(r.stdout)
     assert rep["preset_ranking"] == kept and rep["preset"]["name"] == kept["winner"]
     assert "reused" in r.stderr
+    # --restart ranks again: every trial trains anew (its old checkpoints discarded)
+    monkeypatch.undo()
+    real, calls = ap.train, []
+
+    def counted(**kw):
+        calls.append((kw["preset"].name, kw["restart"]))
+        return real(**kw)
+    monkeypatch.setattr(ap, "train", counted)
+    assert runner.invoke(app, [*args, "--restart"]).exit_code == 0
+    assert sorted(calls) == [("dist", True), ("kd", True)]
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -149,6 +159,13 @@ def test_bad_auto_flags_are_one_line_and_change_nothing(tiny_teacher, tmp_path, 
     for n in needles:
         assert n in lines[0], lines[0]
     assert _tree(tmp_path) == before
+
+
+def test_auto_with_rank_trial_is_refused_before_any_work(tiny_teacher, tmp_path):
+    args = [a for a in _distill(tiny_teacher, tmp_path / "r") if a not in ("--student", "tinycnn_w8")]
+    r = runner.invoke(app, [*args, "--budget-ms", "1", "--rank", "trial"])
+    assert r.exit_code == UsageError.exit_code and "cannot be combined with --rank trial" in r.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_auto_presets_without_auto_is_refused(tiny_teacher, tmp_path):
