@@ -14,6 +14,7 @@ from rich.console import Console
 
 from . import losses, students
 from .core.classes import match_classes
+from .commands.autopreset import choose_preset
 from .core.config import RunConfig, RuntimeConfig, preset_to_json
 from .core.errors import BudgetError, InputError, KdError, UsageError
 from .core.onnxio import build_metadata, read_metadata, stamp_metadata
@@ -173,6 +174,9 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
         if not cfg.restart:
             ddp.on_main(lambda: check_resumable(run, fingerprint_of(selection.chosen.name), ignore=("arch",)))
         selection = rank_by_trial(selection, cfg, select_opts, teacher, splits, run, device, ddp, console)
+    if cfg.auto is not None and cfg.auto.winner is None:  # --preset auto: paired short trials pick the preset
+        cfg = choose_preset(cfg, selection.chosen.name, fingerprint_of, teacher, splits, run, device, ddp, console,
+                            student_init)
     arch = selection.chosen.name
     fingerprint = fingerprint_of(arch)
 
@@ -242,6 +246,8 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
                             capacity=students.capacity(student, spec), result=result, checkpoint=run.student,
                             val=val, artifacts=artifacts, device=device, selection=selection)
     report["precision"] = precision
+    if cfg.auto is not None:
+        report["preset_ranking"] = cfg.auto.ranking
     if fallback is not None:  # the reduced-precision choice failed its gate; another student ships
         fb_cfg = replace(cfg, student=fallback, out=run.root / "fallback", candidates=())
         fb = distill(fb_cfg, console, export_opts=replace(export_opts, int8=False, fp16=False), gates=gates,

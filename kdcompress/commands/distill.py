@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.config import Budget, RunConfig, RuntimeConfig, TeacherOptions
+from ..core.config import AutoPreset, Budget, RunConfig, RuntimeConfig, TeacherOptions
 from ..core.errors import UsageError
 from ..export import ExportOptions
 from ..losses import load_checked_preset
@@ -13,6 +13,7 @@ from ..pipeline import run_demo as demo
 from ..select.result import SelectOptions
 from ..validate import Gates, raise_for_gates
 from . import Outcome, render
+from .autopreset import auto_from_flags
 
 
 def preset_from_flags(name: str, epochs: int | None, overrides: list[str] | None):
@@ -27,12 +28,27 @@ def teacher_options(f: dict[str, Any]) -> TeacherOptions:
                                      input_shape=f["input_shape"], mean=f["mean"], std=f["std"])
 
 
+def auto_preset(f: dict[str, Any]) -> AutoPreset | None:
+    """--preset auto (and its flags) as an AutoPreset; None for a named preset."""
+    if f["preset"] != "auto":
+        if f.get("auto_presets") is not None:
+            raise UsageError("--auto-presets needs --preset auto")
+        return None
+    if f.get("rank") == "trial" and f["student"] is None:
+        raise UsageError("--preset auto cannot be combined with --rank trial (both rank by trials); "
+                         "choose the student first (--rank trial with --preset kd), then rank presets with --student")
+    sets = [*(f["set_"] or []), *([f"train.epochs={f['epochs']}"] if f["epochs"] is not None else [])]
+    return auto_from_flags(f.get("auto_presets"), f.get("auto_budget", 1.0), sets)
+
+
 def run_config(f: dict[str, Any]) -> RunConfig:
     if f["student"] is not None and not f["student"].strip():
         raise UsageError("--student is empty; give a student name (kdcompress students) or leave it out")
     if f["budget_ms"] is None and f["student"] is None:
         raise UsageError("give --budget-ms (to select a student) or --student NAME")
-    return RunConfig(teacher=f["teacher"], data=f["data"], preset=preset_from_flags(f["preset"], f["epochs"], f["set_"]),
+    auto = auto_preset(f)
+    preset = auto.candidates[0] if auto else preset_from_flags(f["preset"], f["epochs"], f["set_"])
+    return RunConfig(teacher=f["teacher"], data=f["data"], preset=preset, auto=auto,
                      budget=Budget(f["budget_ms"], f["stat"]),
                      runtime=RuntimeConfig(f["device"], f["provider"], f["threads"], f["compile_"]),
                      out=f["out"], student=f["student"], trust_checkpoint=f["trust_checkpoint"], restart=f["restart"],

@@ -230,6 +230,25 @@ class TeacherOptions:
 
 
 @dataclass(frozen=True)
+class AutoPreset:
+    """`--preset auto`: candidate presets (--epochs, train.* --set applied; simplest first), the trials' budget
+    as a fraction of the main training's epochs; once ranked (select/presetrank.py) the winner, its ranking."""
+
+    candidates: tuple[Preset, ...]
+    budget: float = 1.0
+    winner: str | None = None
+    ranking: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.budget) and self.budget > 0):
+            raise UsageError(f"--auto-budget must be a finite number > 0, got {self.budget}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requested": "auto", "candidates": [p.name for p in self.candidates], "budget": self.budget,
+                "winner": self.winner}
+
+
+@dataclass(frozen=True)
 class RunConfig:
     teacher: Path
     data: str
@@ -243,6 +262,7 @@ class RunConfig:
     restart: bool = False
     teacher_options: TeacherOptions = field(default_factory=TeacherOptions)
     download: bool = False  # let torchvision datasets (cifar10:, mnist:, ...) download into their root
+    auto: AutoPreset | None = None  # --preset auto; `preset` is then the winner once auto.winner is set
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -250,6 +270,7 @@ class RunConfig:
             "teacher_options": self.teacher_options.to_json(),
             "data": self.data,
             "preset": preset_to_json(self.preset),
+            **({"auto_preset": self.auto.to_json()} if self.auto is not None else {}),
             "budget": dataclasses.asdict(self.budget),
             "runtime": dataclasses.asdict(self.runtime),
             "out": str(self.out),

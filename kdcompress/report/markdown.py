@@ -148,6 +148,22 @@ def _distill_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _preset_ranking(r: dict[str, Any]) -> list[str]:
+    """--preset auto: one paragraph on how the preset was chosen."""
+    k = r.get("preset_ranking")
+    if not k:
+        return []
+    last = {t["preset"]: t["val_accuracy"] for t in k["trials"] if t["rung"] == len(k.get("plan") or []) - 1}
+    text = (f"--preset auto chose **{k['winner']}** among {', '.join(k['candidates'])}: "
+            + (f"{len(k['trials'])} paired trials (same student, seed and initial weights) by successive halving "
+               f"(plan {', '.join(f'{n} x {e} epoch(s)' for n, e in k['plan'])}), scored on the validation split "
+               f"({k['val_images']} images); last round " + ", ".join(f"{n} {_pct(a)}" for n, a in last.items())
+               + f"; ties go to {k.get('tie_break', 'the simpler preset')}. Cost: {k['epochs_spent']} trial epochs, "
+               f"{k.get('wall_seconds', k['seconds_spent']):.1f} s." if k["trials"] else "the only candidate left, so no trial ran.")
+            + "".join(f" Skipped {s['preset']}: {s['reason']}." for s in k["skipped"]))
+    return ["## Preset ranking", "", text, ""]
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     title = (f"# kdcompress report: {r['preset']['name']} on {r['data']['name']}" if r["kind"] == "distill"
@@ -157,7 +173,7 @@ def render_markdown(r: dict[str, Any]) -> str:
              f"({m.get('cpus', '?')} CPUs), ONNX Runtime {m.get('onnxruntime', '?')} `{r['provider']}` with "
              f"{r['threads']} thread(s)" + (f"; training device `{r['device']}`." if r.get("device") else "."), ""]
     if r["kind"] == "distill":
-        lines += _distill_section(r) + [""]
+        lines += _distill_section(r) + [""] + _preset_ranking(r)
     lines += ["## Models in ONNX Runtime", ""] + _models_table(r) + [""] + _gates_section(r) + [""]
     plots = r.get("plots") or []
     if plots:

@@ -83,12 +83,33 @@ def noise_margin(best: float, n_val: int | None, z: float = 1.0) -> float:
     return z * math.sqrt(2 * best * (1 - best) / n_val)
 
 
+def run_rungs(names: Sequence[str], plan: list[tuple[int, int]], train: Callable[[str, int], float],
+              pick: Callable[[list[str], dict[str, float]], str]) -> tuple[str, list[dict[str, Any]]]:
+    """Successive halving over `names` (pool order) along `plan` (halving_plan): each rung trains every
+    survivor for the rung's epochs (`train(name, epochs) -> val accuracy`), the better half goes on in pool
+    order (ties: the earlier in the pool stays); `pick(survivors, scores)` chooses among the last rung's. Returns (the
+    winner, the log of every trial: rung, name, epochs, val_accuracy). Shared by the student trial below
+    and the preset ranking (presetrank.py), which differ only in the pool and the last pick."""
+    alive = list(names[: plan[0][0]])
+    log: list[dict[str, Any]] = []
+    for rung, (_, epochs) in enumerate(plan):
+        scores = {}
+        for name in alive:
+            scores[name] = train(name, epochs)
+            log.append({"rung": rung, "name": name, "epochs": epochs, "val_accuracy": scores[name]})
+        if rung == len(plan) - 1:
+            return pick(alive, scores), log
+        better = set(sorted(alive, key=lambda n: -scores[n])[: max(1, math.ceil(len(alive) / 2))])
+        alive = [n for n in alive if n in better]  # in pool order, which `pick` may rely on
+    raise ValueError("an empty plan trains nothing")
+
+
 def successive_halving(pool: list[Candidate], budget: float, train: Callable[[str, int], float],
                        n_val: int | None = None, costs: Sequence[float] | None = None,
                        wide: bool = False) -> tuple[Candidate | None, list[dict[str, Any]]]:
-    """(winner or None when no plan fits, the log of every trial: rung, name, epochs, val_accuracy).
-    `budget` in epochs of the main training; `costs` each pool candidate's epoch in those units (default 1);
-    `wide` as in halving_plan.
+    """(winner or None when no plan fits, the log of every trial: rung, name, precision, epochs,
+    val_accuracy). `budget` in epochs of the main training; `costs` each pool candidate's epoch in those
+    units (default 1); `wide` as in halving_plan.
 
     The last rung's winner is the most capable survivor (FLOPs, then params) whose validation accuracy
     is within one standard error (noise_margin, on `n_val` validation images) of the best: a less capable
@@ -96,18 +117,14 @@ def successive_halving(pool: list[Candidate], budget: float, train: Callable[[st
     plan = halving_plan(list(costs) if costs is not None else [1.0] * len(pool), budget, wide)
     if not plan:
         return None, []
-    alive = pool[: plan[0][0]]
-    log: list[dict[str, Any]] = []
-    for rung, (_, epochs) in enumerate(plan):
-        scores = {}
-        for c in alive:
-            scores[c.name] = train(c.name, epochs)
-            log.append({"rung": rung, "name": c.name, "precision": c.precision, "epochs": epochs,
-                        "val_accuracy": scores[c.name]})
-        if rung == len(plan) - 1:
-            top = max(scores.values())
-            by_capacity = sorted(alive, key=lambda c: (c.flops, c.params), reverse=True)
-            return next(c for c in by_capacity if scores[c.name] >= top - noise_margin(top, n_val)), log
-        # ties: the earlier in the pool stays
-        alive = sorted(alive, key=lambda c: -scores[c.name])[: max(1, math.ceil(len(alive) / 2))]
-    return alive[0], log
+    by_name = {c.name: c for c in pool}
+
+    def most_capable_near_best(alive: list[str], scores: dict[str, float]) -> str:
+        top = max(scores.values())
+        by_capacity = sorted(alive, key=lambda n: (by_name[n].flops, by_name[n].params), reverse=True)
+        return next(n for n in by_capacity if scores[n] >= top - noise_margin(top, n_val))
+
+    winner, log = run_rungs([c.name for c in pool], plan, train, most_capable_near_best)
+    log = [{"rung": r["rung"], "name": r["name"], "precision": by_name[r["name"]].precision,
+            "epochs": r["epochs"], "val_accuracy": r["val_accuracy"]} for r in log]
+    return by_name[winner], log
