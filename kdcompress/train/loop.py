@@ -45,7 +45,7 @@ from ..core.types import NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS, LossContext, P
 from .distributed import SINGLE, Dist
 from .interrupt import GracefulStop, signal_name
 from .step import Feeder, StepEngine
-from .teacher_cache import TeacherCache, cache_key, load_or_build, stored_k
+from .teacher_cache import TeacherCache, cache_key, check_mixable, load_or_build, stored_k
 
 POLL_STEPS = 16  # GPU or torchrun: steps between looks at the NaN guard and stop requests (each is a sync)
 
@@ -132,6 +132,13 @@ def _read_checkpoint(run: RunDir, fingerprint: dict[str, Any], ignore: tuple[str
     return ck
 
 
+def check_training(cfg: TrainConfig, splits: DataSplits) -> None:
+    """Refuse, before anything is written, a training configuration this data cannot serve: a mixed
+    teacher-output cache over a split that has no cheap access by index (teacher_cache.check_mixable)."""
+    if cfg.teacher_cache == "views":
+        check_mixable(splits.train, cfg.mix)
+
+
 def check_resumable(run: RunDir, fingerprint: dict[str, Any], ignore: tuple[str, ...] = ()) -> None:
     """Refuse, before anything is written, a run directory whose checkpoint has another configuration
     (or cannot be read): the same check training makes when it resumes. Keys in `ignore` are not compared
@@ -181,6 +188,7 @@ def train(*, arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, tea
         raise InputError(f"teacher has {teacher.num_classes} classes but the data has {splits.num_classes}")
     if len(splits.train) < 2:
         raise InputError(f"training split of {splits.name} has {len(splits.train)} sample(s); need at least 2")
+    check_training(preset.train, splits)
 
     with contextlib.ExitStack() as held:
 
@@ -267,11 +275,11 @@ class _Session:
             state = dist.on_main(lambda: _prepare(self.objective, pctx, self.run, self.fingerprint))
             if not dist.is_main:
                 self.objective.load_prepared(state, pctx)
+        self.feeder = Feeder(splits.train, self.device, bs, cfg.seed, dist)
         self.engine = StepEngine(student=self.student, objective=self.objective, opt=self.opt,
                                  teacher=teacher.outputs if teacher is not None else None, spec=self.spec,
                                  device=self.device, aug_mode=self.aug_mode, dist=dist, compile=compile,
-                                 cache=self._teacher_cache())
-        self.feeder = Feeder(splits.train, self.device, bs, cfg.seed, dist)
+                                 cache=self._teacher_cache(), mixing=cfg.mix, take=self.feeder.take)
         self.steps = splits.train.num_batches(bs, drop_last=True, world=dist.world)
         self.poll_every = POLL_STEPS if (self.cuda or dist.enabled) else 1
         self.t0 = time.perf_counter()
@@ -291,7 +299,8 @@ class _Session:
         c = self.splits.num_classes
         key = cache_key(teacher_sha256=sha, data=self.fingerprint.get("data", self.splits.name),
                         split=self.splits.train, spec=self.spec, mode=self.aug_mode, views=cfg.cache_views,
-                        seed=cfg.seed, k=stored_k(c, cfg.cache_topk), num_classes=c, embed=want_embed)
+                        seed=cfg.seed, k=stored_k(c, cfg.cache_topk), num_classes=c, embed=want_embed,
+                        mixing=cfg.mix)
         cache = self.dist.main_first(lambda: load_or_build(
             teacher.outputs, key=key, split=self.splits.train, spec=self.spec, device=self.device,
             embed_dim=teacher.embed_dim, batch_size=self.bs, amp=self.cuda, console=self.console,
