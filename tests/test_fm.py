@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from kdcompress.cli import app
 from kdcompress.core.config import TrainConfig
 from kdcompress.core.errors import UsageError
+from kdcompress.core.runio import RunDir
 from kdcompress.core.spec import InputSpec
 from kdcompress.core.splits import Batch, TensorSplit, normalize
 from kdcompress.core.types import LossContext, ModelOut
@@ -30,10 +31,11 @@ from kdcompress.students import build_student
 from kdcompress.teacher.formats import load_teacher
 from kdcompress.train import teacher_cache as tc
 from kdcompress.train.augment import augment, augment_view, blend, mix_uniforms, partner_of, view_draws
-from kdcompress.train.loop import _optimizer
+from kdcompress.train.loop import _optimizer, train
 from kdcompress.train.step import Feeder, StepEngine
 
 from .conftest import TINY_DATA
+from .helpers import train_factories
 
 runner = CliRunner()
 SPEC = InputSpec((1, 8, 8), (0.5,), (0.25,))
@@ -259,6 +261,23 @@ def test_cli_refuses_a_mixed_cache_over_streamed_files_before_any_file(tiny_teac
                     "train.teacher_cache=off")
     assert _snapshot(tmp_path) == before
     assert not (tmp_path / "run" / "config.json").exists()
+    # train() called directly meets the same refusal when the cache is built, before any step
+    teacher = load_teacher(tiny_teacher)
+    splits = load_data(f"imagefolder:{tmp_path / 'imgs'},load=stream", teacher.input_spec)
+    preset = load_checked_preset("fm", ["train.epochs=1", "train.teacher_cache=views"])
+    with pytest.raises(UsageError, match=r"load=memory"):
+        train(arch="tinycnn_w8", splits=splits, spec=teacher.input_spec, preset=preset, teacher=teacher,
+              run=RunDir(tmp_path / "api"), device=torch.device("cpu"), fingerprint={"data": "imgs"},
+              console=Console(file=io.StringIO()),
+              **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
+    assert not (tmp_path / "api" / "checkpoints" / "last.pt").exists()
+    # held in memory, the same data is mixed and cached
+    splits = load_data(f"imagefolder:{tmp_path / 'imgs'},load=memory", teacher.input_spec)
+    result = train(arch="tinycnn_w8", splits=splits, spec=teacher.input_spec, preset=preset, teacher=teacher,
+                   run=RunDir(tmp_path / "mem"), device=torch.device("cpu"), fingerprint={"data": "imgs-mem"},
+                   console=Console(file=io.StringIO()),
+                   **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
+    assert result.epochs == 1 and json.loads((tmp_path / "mem" / "teacher_cache.json").read_text())["key"]["mix"] == "mixup"
 
 
 # ----------------------------------------------------------------------------------------------- (d) preset

@@ -14,7 +14,8 @@ from ..core.types import NEED_LABELS
 from . import bickd, ce, dist, dkd, gdkd, ickd, kd, nd, nkd  # noqa: F401  (registration side effect)
 from .base import LOSSES, Loss, Objective, warmup_factor
 
-__all__ = ["LOSSES", "Loss", "Objective", "check_mixing", "check_terms", "load_checked_preset", "preset_needs", "warmup_factor"]
+__all__ = ["LOSSES", "Loss", "Objective", "check_mixing", "check_terms", "load_checked_preset", "preset_needs",
+           "warmup_factor"]
 
 
 def check_terms(preset: Preset) -> Preset:

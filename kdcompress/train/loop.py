@@ -45,7 +45,7 @@ from ..core.types import NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS, LossContext, P
 from .distributed import SINGLE, Dist
 from .interrupt import GracefulStop, signal_name
 from .step import Feeder, StepEngine
-from .teacher_cache import TeacherCache, cache_key, check_mixable, load_or_build, stored_k
+from .teacher_cache import TeacherCache, cache_key, load_or_build, stored_k
 
 POLL_STEPS = 16  # GPU or torchrun: steps between looks at the NaN guard and stop requests (each is a sync)
 
@@ -132,13 +132,6 @@ def _read_checkpoint(run: RunDir, fingerprint: dict[str, Any], ignore: tuple[str
     return ck
 
 
-def check_training(cfg: TrainConfig, splits: DataSplits) -> None:
-    """Refuse, before anything is written, a training configuration this data cannot serve: a mixed
-    teacher-output cache over a split that has no cheap access by index (teacher_cache.check_mixable)."""
-    if cfg.teacher_cache == "views":
-        check_mixable(splits.train, cfg.mix)
-
-
 def check_resumable(run: RunDir, fingerprint: dict[str, Any], ignore: tuple[str, ...] = ()) -> None:
     """Refuse, before anything is written, a run directory whose checkpoint has another configuration
     (or cannot be read): the same check training makes when it resumes. Keys in `ignore` are not compared
@@ -188,7 +181,6 @@ def train(*, arch: str, splits: DataSplits, spec: InputSpec, preset: Preset, tea
         raise InputError(f"teacher has {teacher.num_classes} classes but the data has {splits.num_classes}")
     if len(splits.train) < 2:
         raise InputError(f"training split of {splits.name} has {len(splits.train)} sample(s); need at least 2")
-    check_training(preset.train, splits)
 
     with contextlib.ExitStack() as held:
 
@@ -297,10 +289,9 @@ class _Session:
                              "use train.teacher_cache=off")
         want_embed = NEED_TEACHER_EMBED in needs
         c = self.splits.num_classes
-        key = cache_key(teacher_sha256=sha, data=self.fingerprint.get("data", self.splits.name),
+        key = cache_key(teacher_sha256=sha, data=self.fingerprint.get("data", self.splits.name), mixing=cfg.mix,
                         split=self.splits.train, spec=self.spec, mode=self.aug_mode, views=cfg.cache_views,
-                        seed=cfg.seed, k=stored_k(c, cfg.cache_topk), num_classes=c, embed=want_embed,
-                        mixing=cfg.mix)
+                        seed=cfg.seed, k=stored_k(c, cfg.cache_topk), num_classes=c, embed=want_embed)
         cache = self.dist.main_first(lambda: load_or_build(
             teacher.outputs, key=key, split=self.splits.train, spec=self.spec, device=self.device,
             embed_dim=teacher.embed_dim, batch_size=self.bs, amp=self.cuda, console=self.console,

@@ -42,7 +42,8 @@ from ..core import system
 from ..core.errors import EnvironmentProblem, InputError, UsageError
 from ..core.runio import atomic_torch_save, atomic_write_json, safe_torch_load
 from ..core.spec import InputSpec
-from ..core.splits import RandomAccess, Split, normalize
+from ..core.config import TrainConfig
+from ..core.splits import DataSplits, RandomAccess, Split, normalize
 from ..core.types import ModelOut
 from .augment import augment_view, blend, mix, mix_uniforms, pad_of, partner_of, shift_flip, view_draws
 
@@ -231,6 +232,14 @@ def build(teacher_fn, split: Split, spec: InputSpec, device: torch.device, *, mo
             if embed is not None:
                 embed[b.index, v] = out.embed.float().cpu().half()
     return TeacherCache(values, classes, embed, num_classes, seed, mode, mixing)
+
+
+def check_training(cfg: TrainConfig, splits: DataSplits) -> None:
+    """Refuse a training configuration this data cannot serve: a mixed teacher-output cache over a split
+    that has no cheap access by index. The pipeline asks before it writes anything; a direct train() call
+    meets the same refusal when the cache is built (before the first step)."""
+    if cfg.teacher_cache == "views":
+        check_mixable(splits.train, cfg.mix)
 
 
 def check_mixable(split: Split, mixing: str) -> None:
