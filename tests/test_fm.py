@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from kdcompress.cli import app
 from kdcompress.core.config import TrainConfig
-from kdcompress.core.errors import UsageError
-from kdcompress.core.runio import RunDir
+from kdcompress.core.errors import Interrupted, UsageError
+from kdcompress.core.runio import RunDir, safe_torch_load
 from kdcompress.core.spec import InputSpec
 from kdcompress.core.splits import Batch, TensorSplit, normalize
 from kdcompress.core.types import LossContext, ModelOut
@@ -35,7 +35,7 @@ from kdcompress.train.loop import _optimizer, train
 from kdcompress.train.step import Feeder, StepEngine
 
 from .conftest import TINY_DATA
-from .helpers import train_factories
+from .helpers import sigterm_at_step, train_factories
 
 runner = CliRunner()
 SPEC = InputSpec((1, 8, 8), (0.5,), (0.25,))
@@ -289,7 +289,7 @@ def test_fm_preset_is_kd_alone_at_t1_on_mixed_views():
     assert [(t.kind, t.weight, t.params) for t in p.terms] == [("kd", 1.0, {"T": 1.0})]
     assert p.train.mix == "mixup" and p.train.optimizer == "adamw" and p.train.schedule == "cosine"
     assert p.train.teacher_cache == "off" and p.train.epochs == 1000
-    assert "arXiv:2106.05237" in p.reference and "[paper]" in p.reference and "[ours]" in p.reference
+    assert "arXiv:2106.05237" in p.reference and "From the paper:" in p.reference and "Ours (kdcompress):" in p.reference
     assert p.description and p.variant is False
     # KD at T = 1 is the plain batch-mean KL(teacher || student): nothing else enters the objective
     obj = Objective(p.terms, LossContext(4))
@@ -300,6 +300,38 @@ def test_fm_preset_is_kd_alone_at_t1_on_mixed_views():
     kl = (pt * (torch.log_softmax(z_t, 1) - torch.log_softmax(z_s, 1))).sum(1).mean()
     assert float(total) == pytest.approx(float(kl), rel=1e-6) and set(parts) == {"kd"}
     assert load_checked_preset("fm", ["train.mix=cutmix"]).train.mix == "cutmix"
+
+
+def test_an_interrupted_online_fm_run_resumes_to_the_same_weights(tiny_teacher, tmp_path, monkeypatch):
+    """The online mix draws (permutation, lambda) come from the step's checkpointed generator, so a run
+    stopped mid-epoch ends with the weights of one that was not."""
+    teacher = load_teacher(tiny_teacher)
+    splits = load_data(TINY_DATA, teacher.input_spec)
+    preset = load_checked_preset("fm", ["train.epochs=2", "train.batch_size=16", "train.augment=crop_flip"])
+
+    def run(out: Path):
+        return train(arch="tinycnn_w8", splits=splits, spec=teacher.input_spec, preset=preset, teacher=teacher,
+                     run=RunDir(out), device=torch.device("cpu"), fingerprint={"p": "fm"},
+                     console=Console(file=io.StringIO()),
+                     **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
+
+    ref = run(tmp_path / "ref")
+    orig = sigterm_at_step(monkeypatch, epoch=2, step=2)
+    with pytest.raises(Interrupted):
+        run(tmp_path / "run")
+    monkeypatch.setattr(StepEngine, "step", orig)
+    got = run(tmp_path / "run")
+    a = safe_torch_load(tmp_path / "run" / "student.pt")["state_dict"]
+    b = safe_torch_load(tmp_path / "ref" / "student.pt")["state_dict"]
+    assert got.resumed_from_epoch == 1 and all(torch.equal(a[k], b[k]) for k in a)
+    # and mixing changed the training: the unmixed run ends elsewhere
+    plain = load_checked_preset("fm", ["train.epochs=2", "train.batch_size=16", "train.augment=crop_flip",
+                                       "train.mix=none"])
+    other = train(arch="tinycnn_w8", splits=splits, spec=teacher.input_spec, preset=plain, teacher=teacher,
+                  run=RunDir(tmp_path / "plain"), device=torch.device("cpu"), fingerprint={"p": "fm-none"},
+                  console=Console(file=io.StringIO()),
+                  **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, plain))
+    assert other.history[-1]["kd"] != ref.history[-1]["kd"]
 
 
 @pytest.fixture(scope="module")
