@@ -25,8 +25,8 @@ from torch import Tensor
 
 _M31 = 2**31 - 1
 MIXINGS = ("none", "mixup", "cutmix")
-# hash streams (the last key of `mix`): 1-3 the view's crop, 4-6 the partner's crop, 7 the epoch's view slot
-# (teacher_cache.epoch_views), 8-10 the mixing uniforms, 11 the partner
+# The last key of each `mix` hash: 1-3 the view's crop (view_draws stream 0), 4-6 its partner's crop (stream
+# _PARTNER_CROP = 1), 7 the epoch's view slot (teacher_cache.epoch_views), 8-10 the mixing uniforms, 11 the partner.
 _PARTNER_CROP, _UNIFORMS, _PARTNER = 1, 8, 11
 
 
@@ -68,7 +68,8 @@ def mix_batch(x: Tensor, mixing: str, generator: torch.Generator | None) -> Tens
 
 def blend(a: Tensor, b: Tensor, u: Tensor, mixing: str) -> Tensor:
     """Mix images `a` with partners `b` (both (B, C, H, W)) given per-sample uniforms u (B, 3) in [0, 1):
-    lambda = u[:, 0]. mixup: lambda a + (1 - lambda) b (two elementwise ops, the same on every device).
+    lambda = u[:, 0]. mixup: lambda a + (1 - lambda) b (separate elementwise ops, each correctly rounded, so
+    the same bits on every device).
     cutmix: a box of b pasted into a, of side round(sqrt(1 - lambda) * size), centred at (u1 H, u2 W) and
     clipped to the image (CutMix, Yun et al. 2019; its clipped area is what it is: labels are not mixed)."""
     if mixing == "mixup":

@@ -30,19 +30,19 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..core import system
+from ..core.config import TrainConfig
 from ..core.errors import EnvironmentProblem, InputError, UsageError
 from ..core.runio import atomic_torch_save, atomic_write_json, safe_torch_load
 from ..core.spec import InputSpec
-from ..core.config import TrainConfig
 from ..core.splits import DataSplits, RandomAccess, Split, normalize
 from ..core.types import ModelOut
 from .augment import augment_view, blend, mix, mix_uniforms, pad_of, partner_of, shift_flip, view_draws
