@@ -31,7 +31,7 @@ from .select.precision import apply_precision_gate, export_options_for, selectio
 from .select.result import SelectOptions
 from .select.trial import halving_plan, plan_cost, successive_halving, trial_pool
 from .teacher import Teacher, load_teacher, teacher_onnx_bytes, teacher_strength
-from .train import TrainResult, check_resumable, setup_distributed, train
+from .train import TrainResult, check_resumable, check_training, setup_distributed, train
 from .train.probe import epoch_seconds
 from .validate import (
     THROUGHPUT_BATCH,
@@ -149,6 +149,7 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
     teacher.check_needs(losses.preset_needs(cfg.preset), cfg.preset.name)
     splits = ddp.main_first(lambda: load_data(cfg.data, teacher.input_spec, download=cfg.download))
     splits = check_compatible(teacher, splits, console)
+    check_training(cfg.preset.train, splits)  # e.g. a mixed teacher cache over streamed files: before --out changes
     spec = teacher.input_spec
     # a teacher at chance level (class order, normalisation, architecture) is refused before --out is touched
     t_val = teacher_strength(teacher, splits, device, allow_weak=allow_weak_teacher,

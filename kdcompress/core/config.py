@@ -39,6 +39,9 @@ class TrainConfig:
     milestone_epochs: int = 240
     gamma: float = 0.1
     augment: str = "auto"  # auto | none | shift | crop_flip
+    # Mixing on top of the augmentation (train/augment.py): each image blended with a partner image, the same
+    # mixed image for teacher and student; labels are not mixed, so only label-free presets take it (fm).
+    mix: str = "none"  # none | mixup | cutmix
     seed: int = 0
     num_workers: int = 0
     # Teacher-output cache (train/teacher_cache.py): off = the teacher runs in every step (the default);
@@ -59,6 +62,7 @@ class TrainConfig:
             (self.schedule in ("cosine", "step", "constant"), "schedule", "must be cosine, step or constant"),
             (self.augment in ("auto", "none", "shift", "crop_flip"), "augment",
              "must be auto, none, shift or crop_flip"),
+            (self.mix in ("none", "mixup", "cutmix"), "mix", "must be none, mixup or cutmix"),
             (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be a finite number >= 0"),
             (self.milestone_epochs >= 1, "milestone_epochs", "must be >= 1"),
             (self.num_workers >= 0, "num_workers", "must be >= 0"),

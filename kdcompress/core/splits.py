@@ -58,6 +58,19 @@ class TensorSplit:
     def num_batches(self, batch_size: int, drop_last: bool = False, world: int = 1) -> int:
         return count_batches(len(self), batch_size, drop_last, world)
 
+    def take(self, index: Tensor) -> Tensor:
+        """The images of samples `index` (RandomAccess)."""
+        return self.x[index]
+
+
+@runtime_checkable
+class RandomAccess(Protocol):
+    """Optional beside Split: the images of any samples by index, cheaply (the split is held in memory).
+    TensorSplit and the uint8 ArraySplit offer it; a split decoded from image files per batch does not.
+    Its one consumer is mixing partners in replayed views (train.mix with train.teacher_cache=views)."""
+
+    def take(self, index: Tensor) -> Tensor: ...
+
 
 @runtime_checkable
 class Split(Protocol):

@@ -247,6 +247,10 @@ class ArraySplit:
     def num_batches(self, batch_size: int, drop_last: bool = False, world: int = 1) -> int:
         return count_batches(len(self), batch_size, drop_last, world)
 
+    def take(self, index: Tensor) -> Tensor:
+        """The images of samples `index`, converted as `batches` converts them (core.splits.RandomAccess)."""
+        return _conform(self.src[index], self.shape)
+
 
 def file_split(paths: tuple[str, ...], y: Tensor, shape: tuple[int, int, int], workers: int | None,
                *, in_memory: bool) -> TensorSplit | FileSplit:

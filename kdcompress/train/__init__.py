@@ -5,5 +5,7 @@ pipeline hands it; it imports no other stage."""
 from .distributed import SINGLE, Dist
 from .distributed import setup as setup_distributed
 from .loop import TrainResult, check_resumable, evaluate, train
+from .teacher_cache import check_training
 
-__all__ = ["SINGLE", "Dist", "TrainResult", "check_resumable", "evaluate", "setup_distributed", "train"]
+__all__ = ["SINGLE", "Dist", "TrainResult", "check_resumable", "check_training", "evaluate", "setup_distributed",
+           "train"]

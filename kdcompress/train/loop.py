@@ -267,11 +267,11 @@ class _Session:
             state = dist.on_main(lambda: _prepare(self.objective, pctx, self.run, self.fingerprint))
             if not dist.is_main:
                 self.objective.load_prepared(state, pctx)
+        self.feeder = Feeder(splits.train, self.device, bs, cfg.seed, dist)
         self.engine = StepEngine(student=self.student, objective=self.objective, opt=self.opt,
                                  teacher=teacher.outputs if teacher is not None else None, spec=self.spec,
                                  device=self.device, aug_mode=self.aug_mode, dist=dist, compile=compile,
-                                 cache=self._teacher_cache())
-        self.feeder = Feeder(splits.train, self.device, bs, cfg.seed, dist)
+                                 cache=self._teacher_cache(), mixing=cfg.mix, take=self.feeder.take)
         self.steps = splits.train.num_batches(bs, drop_last=True, world=dist.world)
         self.poll_every = POLL_STEPS if (self.cuda or dist.enabled) else 1
         self.t0 = time.perf_counter()
@@ -289,7 +289,7 @@ class _Session:
                              "use train.teacher_cache=off")
         want_embed = NEED_TEACHER_EMBED in needs
         c = self.splits.num_classes
-        key = cache_key(teacher_sha256=sha, data=self.fingerprint.get("data", self.splits.name),
+        key = cache_key(teacher_sha256=sha, data=self.fingerprint.get("data", self.splits.name), mixing=cfg.mix,
                         split=self.splits.train, spec=self.spec, mode=self.aug_mode, views=cfg.cache_views,
                         seed=cfg.seed, k=stored_k(c, cfg.cache_topk), num_classes=c, embed=want_embed)
         cache = self.dist.main_first(lambda: load_or_build(

@@ -11,7 +11,10 @@ On CUDA (none of this changes the maths):
     device-side gather; otherwise batches are sliced (or decoded by the split's DataLoader workers) and
     pinned in a background thread, then copied asynchronously.
 With a teacher-output cache (teacher_cache.py, `train.teacher_cache=views`) the step runs no teacher: the batch
-is augmented into this epoch's cached view of each sample and the teacher's outputs on it are looked up.
+is augmented into this epoch's cached view of each sample and the teacher's outputs on it are looked up. With
+`train.mix` the batch is mixed after the crop (augment.py): online with a permutation of the batch, cached with
+each view's own partner, whose image `take` fetches from the training split (a gather on the device when the
+split is resident; else a host read, one synchronisation per step).
 `compile=True` wraps the student's training forward in torch.compile; the student module itself is what the
 trainer saves, so checkpoints and export never see the compiled wrapper. Under torchrun the forward is
 wrapped in DDP, and trainable parts of the losses (ND's projector) have their gradients averaged explicitly.
@@ -64,13 +67,14 @@ class StepEngine:
     def __init__(self, *, student: nn.Module, objective: nn.Module, opt: torch.optim.Optimizer,
                  teacher: TeacherFn | None, spec: InputSpec, device: torch.device, aug_mode: str,
                  dist: Dist = SINGLE, compile: bool = False, amp: bool | None = None,
-                 channels_last: bool | None = None, cache: TeacherCache | None = None):
+                 channels_last: bool | None = None, cache: TeacherCache | None = None, mixing: str = "none",
+                 take: Callable[[Tensor], Tensor] | None = None):
         cuda = device.type == "cuda"
         self.device = device
         self.amp = cuda if amp is None else amp
         self.channels_last = cuda if channels_last is None else channels_last
         self.objective, self.opt, self.teacher, self.dist = objective, opt, teacher, dist
-        self.aug_mode = aug_mode
+        self.aug_mode, self.mixing, self.take = aug_mode, mixing, take
         needs = objective.needs
         self.s_embed = NEED_STUDENT_EMBED in needs
         self.t_embed = NEED_TEACHER_EMBED in needs
@@ -88,14 +92,18 @@ class StepEngine:
         self.extra_params = [p for p in objective.parameters() if p.requires_grad]
 
     def inputs(self, batch: Batch, gen: torch.Generator | None) -> Tensor:
-        x = (augment(batch.x, self.aug_mode, gen) - self.mean) / self.std
+        x = (augment(batch.x, self.aug_mode, gen, self.mixing) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def cached_inputs(self, batch: Batch, epoch: int) -> tuple[Tensor, ModelOut]:
         """This epoch's view of each sample (the one the cached teacher saw) and the teacher's outputs on it."""
         assert self.cache is not None
         view = self.cache.epoch_views(batch.index, epoch)
-        x = (self.cache.inputs(batch.x, batch.index, view) - self.mean) / self.std
+        px = None
+        if self.cache.mixing != "none":
+            assert self.take is not None, "a mixed cache needs the training images by index (take)"
+            px = self.take(self.cache.partners(batch.index, view))
+        x = (self.cache.inputs(batch.x, batch.index, view, px) - self.mean) / self.std
         x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
         return x, self.cache.lookup(batch.index, view)
 
@@ -133,6 +141,14 @@ class Feeder:
             free, _ = torch.cuda.mem_get_info(device)
             if split.x.nbytes + split.y.nbytes <= RESIDENT_FRACTION * free:
                 self.resident = (split.x.to(device), split.y.to(device))
+
+    def take(self, index: Tensor) -> Tensor:
+        """The images of training samples `index` on the device (mixing partners of cached views): a gather
+        from the resident copy, else read from the split (core.splits.RandomAccess) and copied."""
+        if self.resident is not None:
+            return self.resident[0][index.to(self.device)]
+        x = self.split.take(index.cpu())
+        return x.to(self.device) if self.device.type != "cuda" else x.pin_memory().to(self.device, non_blocking=True)
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         kw = dict(shuffle=True, drop_last=True, seed=self.seed, epoch=epoch, rank=self.dist.rank,
