@@ -31,7 +31,8 @@ from .select.precision import apply_precision_gate, export_options_for, selectio
 from .select.result import SelectOptions
 from .select.trial import halving_plan, plan_cost, successive_halving, trial_pool
 from .teacher import Teacher, load_teacher, teacher_onnx_bytes, teacher_strength
-from .train import TrainResult, check_resumable, check_training, setup_distributed, train
+from .train import (CacheDecision, CacheFacts, TrainResult, check_resumable, check_training, decide_cache,
+                    setup_distributed, train)
 from .train.probe import epoch_seconds
 from .validate import (
     THROUGHPUT_BATCH,
@@ -179,6 +180,7 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
         cfg = choose_preset(cfg, selection.chosen.name, fingerprint_of, teacher, splits, run, device, ddp, console,
                             student_init)
     arch = selection.chosen.name
+    cfg, cache_choice = with_teacher_cache(cfg, teacher, selection, splits)  # before the fingerprint records it
     fingerprint = fingerprint_of(arch)
 
     def begin() -> None:
@@ -247,6 +249,7 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
                             capacity=students.capacity(student, spec), result=result, checkpoint=run.student,
                             val=val, artifacts=artifacts, device=device, selection=selection)
     report["precision"] = precision
+    report["training"]["teacher_cache"] = cache_choice.to_json()
     if cfg.auto is not None:
         report["preset_ranking"] = cfg.auto.ranking
     if fallback is not None:  # the reduced-precision choice failed its gate; another student ships
@@ -257,6 +260,24 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
                   "precision": {**report["precision"], "fallback_run": str(fb_cfg.out)}}
     report = write_report(json.loads(json.dumps(report)), run.root)
     return report
+
+
+def with_teacher_cache(cfg: RunConfig, teacher: Teacher, selection: Selection,
+                       splits: DataSplits) -> tuple[RunConfig, CacheDecision]:
+    """train.teacher_cache=auto decided for this teacher, student and run (train.cachechoice), written into the
+    preset's training settings so config.json and the resume fingerprint record what runs."""
+    from .core.types import NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS
+
+    needs = losses.preset_needs(cfg.preset)
+    t_flops = selection.teacher.flops if selection.teacher is not None else (
+        students.capacity(teacher.model, teacher.input_spec).flops if teacher.exportable else None)
+    facts = CacheFacts(teacher_flops=t_flops, student_flops=selection.chosen.flops,
+                       reads_teacher=bool(needs & {NEED_TEACHER_LOGITS, NEED_TEACHER_EMBED}),
+                       teacher_file=bool(teacher.sha256),
+                       embed_dim=teacher.embed_dim if NEED_TEACHER_EMBED in needs else None)
+    decision = decide_cache(cfg.preset.train, facts, splits.train, splits.num_classes)
+    train_cfg = replace(cfg.preset.train, teacher_cache=decision.used)
+    return replace(cfg, preset=replace(cfg.preset, train=train_cfg)), decision
 
 
 def rank_by_trial(selection: Selection, cfg: RunConfig, opts: SelectOptions, teacher: Teacher, splits: DataSplits,

@@ -44,9 +44,10 @@ class TrainConfig:
     mix: str = "none"  # none | mixup | cutmix
     seed: int = 0
     num_workers: int = 0
-    # Teacher-output cache (train/teacher_cache.py): off = the teacher runs in every step (the default);
-    # views = its outputs on `cache_views` seeded augmented views per sample are computed once and reused.
-    teacher_cache: str = "off"  # off | views
+    # Teacher-output cache (train/teacher_cache.py): off = the teacher runs in every step; views = its outputs on
+    # `cache_views` seeded augmented views per sample are computed once and reused; auto (the default) = views
+    # where it pays (train.teacher_cache.decide_cache: a teacher >= 10x the student's FLOPs, a run long enough).
+    teacher_cache: str = "auto"  # auto | off | views
     cache_views: int = 8
     cache_topk: int = 0  # logits kept per view; 0 = all when C <= 100, else 20 (the rest as in FKD)
 
@@ -66,7 +67,7 @@ class TrainConfig:
             (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be a finite number >= 0"),
             (self.milestone_epochs >= 1, "milestone_epochs", "must be >= 1"),
             (self.num_workers >= 0, "num_workers", "must be >= 0"),
-            (self.teacher_cache in ("off", "views"), "teacher_cache", "must be 'off' or 'views'"),
+            (self.teacher_cache in ("auto", "off", "views"), "teacher_cache", "must be 'auto', 'off' or 'views'"),
             (1 <= self.cache_views <= 256, "cache_views", "must be in [1, 256]"),
             (self.cache_topk >= 0, "cache_topk", "must be >= 0 (0 = automatic)"),
         ]

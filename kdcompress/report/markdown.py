@@ -20,6 +20,14 @@ SCHEMA_VERSION = 1
 KINDS = ("distill", "validate")
 
 
+def _cache(d: dict | None) -> str:
+    """The teacher-output cache decision (train.cachechoice), or nothing for a report from before it."""
+    if not d:
+        return ""
+    how = "replayed from the teacher-output cache" if d["used"] == "views" else "computed online in every step"
+    return f" Teacher outputs: {how} (train.teacher_cache={d['requested']}: {d['reason']})."
+
+
 def _warmups(rows: list[dict]) -> str:
     """' Warm-up: dkd 3 epochs (20 of 240 in the recipe, scaled).' for the terms that have one."""
     parts = [f"{w['term']} {w['epochs']} epoch(s)" + (f" ({w['recipe_epochs']} of {w['recipe_length']} in the recipe, "
@@ -130,7 +138,7 @@ def _distill_section(r: dict[str, Any]) -> list[str]:
         f"- Training: {r['epochs']} epochs in {r['training']['seconds']:.1f} s; best validation accuracy "
         f"{_pct(s.get('val_accuracy_best'))} at epoch {s.get('best_epoch')} (final epoch "
         f"{_pct(s.get('val_accuracy_final'))}); the shipped weights are the best-validation epoch's."
-        + _warmups(r["training"].get("warmup") or []),
+        + _warmups(r["training"].get("warmup") or []) + _cache(r["training"].get("teacher_cache")),
         "",
         "## Candidates measured for selection",
         "",

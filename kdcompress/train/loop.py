@@ -279,7 +279,7 @@ class _Session:
     def _teacher_cache(self) -> TeacherCache | None:
         """train.teacher_cache=views: the teacher's outputs on the seeded views, read or built once."""
         cfg, teacher, needs = self.cfg, self.teacher, self.objective.needs
-        if cfg.teacher_cache == "off" or teacher is None or self.start_epoch > cfg.epochs:
+        if cfg.teacher_cache != "views" or teacher is None or self.start_epoch > cfg.epochs:  # auto: decided
             return None
         if not needs & {NEED_TEACHER_LOGITS, NEED_TEACHER_EMBED}:
             return None
