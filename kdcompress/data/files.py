@@ -92,7 +92,8 @@ def conform_splits(splits: DataSplits, shape: tuple[int, int, int]) -> DataSplit
     def f(s: TensorSplit) -> TensorSplit:
         return TensorSplit(conform(s.x, shape), s.y)
 
-    return replace(splits, train=f(splits.train), val=f(splits.val), test=f(splits.test), shape=shape)
+    return replace(splits, train=f(splits.train), val=f(splits.val), test=f(splits.test), shape=shape,
+                   native_shape=splits.native_shape or splits.shape)
 
 
 def _check_classes(where: str, classes: tuple[str, ...], counts: dict[str, int]) -> None:
@@ -218,7 +219,8 @@ def _three_splits(listing: dict, y_all: dict) -> dict[str, tuple[str, np.ndarray
 
 def _files(name: str, listing: Listing, shape, load_mode: str, workers: int | None) -> DataSplits:
     classes, rows = listing
-    shape = shape or image_shape(rows.get("train", rows.get("all"))[0][0])
+    native = image_shape(rows.get("train", rows.get("all"))[0][0])
+    shape = shape or native
     y_all = {s: np.array([lab for _, lab in r], dtype=np.int64) for s, r in rows.items()}
     picks = _three_splits(rows, y_all)
     total = sum(len(i) for _, i in picks.values())
@@ -227,7 +229,7 @@ def _files(name: str, listing: Listing, shape, load_mode: str, workers: int | No
     for s, (src, idx) in picks.items():
         paths = tuple(str(rows[src][i][0]) for i in idx)
         splits[s] = file_split(paths, torch.from_numpy(y_all[src][idx]), shape, workers, in_memory=mode == "memory")
-    return DataSplits(name, splits["train"], splits["val"], splits["test"], classes, shape, "crop_flip")
+    return DataSplits(name, splits["train"], splits["val"], splits["test"], classes, shape, "crop_flip", native)
 
 
 MEMORY_LIMIT = 2 << 30  # bytes of float32 images held in RAM before splits switch to per-batch decoding
@@ -257,7 +259,7 @@ def _arrays(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     splits = [array_split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)), shape,
                           in_memory=mode == "memory") for x, y in parts]
     augment = "crop_flip" if kind.startswith("cifar") else "shift"
-    return DataSplits(kind, *splits, classes, shape, augment)
+    return DataSplits(kind, *splits, classes, shape, augment, native)  # type: ignore[arg-type]
 
 
 class _ArrayUnpickler(pickle.Unpickler):
