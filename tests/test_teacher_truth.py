@@ -133,3 +133,33 @@ def test_class_order_finding_rule():
     hits = sum(class_order_finding(rng.integers(0, 12, 60), rng.integers(0, 12, 60), NUMERIC) is not None
                for _ in range(200))
     assert hits == 0
+
+
+def test_timm_folder_saved_at_its_pretrained_size_is_refused_naming_the_input_size(tmp_path):
+    """timm's save_for_hf records the model's pretrained_cfg input size (224 px for most, 176 for
+    resnet10t) whatever size it was trained at: on 16x16 images the weak-teacher refusal names that size
+    and the --input-shape to try."""
+    import timm
+    from timm.models import save_for_hf
+
+    data = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        (data / f"c{k}").mkdir(parents=True)
+        for j in range(40):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / f"c{k}" / f"{j}.png")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
+    save_for_hf(model, str(tmp_path / "hf"), model_config={"label_names": ["c0", "c1", "c2"]}, safe_serialization=True)
+    c, h, w = json.loads((tmp_path / "hf" / "config.json").read_text())["pretrained_cfg"]["input_size"]
+    assert (c, h, w) != (3, 16, 16)
+    base = ["distill", "--teacher", str(tmp_path / "hf"), "--data", f"imagefolder:{data}", "--student", "tinycnn_w8",
+            "--device", "cpu", "--out", str(tmp_path / "run")]
+    r = runner.invoke(app, base)
+    assert r.exit_code == InputError.exit_code, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no better than chance" in lines[0], r.stderr
+    assert f"{c}x{h}x{w}" in lines[0] and "16x16" in lines[0] and "--input-shape 3,16,16" in lines[0]
+    r = runner.invoke(app, [*base, "--input-shape", "3,16,16"])  # the size is the user's now: not blamed
+    assert r.exit_code == InputError.exit_code and "no better than chance" in r.stderr
+    assert "--input-shape 3,16,16" not in r.stderr and not (tmp_path / "run").exists()
