@@ -163,3 +163,82 @@ def test_timm_folder_saved_at_its_pretrained_size_is_refused_naming_the_input_si
     r = runner.invoke(app, [*base, "--input-shape", "3,16,16"])  # the size is the user's now: not blamed
     assert r.exit_code == InputError.exit_code and "no better than chance" in r.stderr
     assert "--input-shape 3,16,16" not in r.stderr and not (tmp_path / "run").exists()
+
+
+class TwoHeads(nn.Module):
+    """A classifier exported with its features beside the logits, features first (as many tools do)."""
+
+    def __init__(self, classes: int = 3, channels: int = 1, width: int = 16):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, width, 3, padding=1)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        f = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        return f, self.fc(f)
+
+
+def _export(model: nn.Module, path: Path, example: torch.Tensor, outputs: list[str]) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["x"], output_names=outputs,
+                          dynamic_axes={"x": {0: "n"}, **{o: {0: "n"} for o in outputs}})
+    return path
+
+
+NORM = ["--mean", "0.5", "--std", "0.25"]
+
+
+def test_two_output_onnx_teacher_reads_the_logits_not_the_features(tmp_path):
+    from kdcompress.core.config import TeacherOptions
+    from kdcompress.core.errors import UsageError
+    from kdcompress.teacher import load_teacher
+
+    torch.manual_seed(0)
+    m = TwoHeads().eval()
+    p = _export(m, tmp_path / "two.onnx", torch.zeros(2, 1, 8, 8), ["features", "logits"])
+    r = runner.invoke(app, ["teacher", "inspect", str(p), *NORM])
+    assert r.exit_code == UsageError.exit_code, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "2 outputs" in lines[0] and "'features' (2, 16)" in lines[0]
+    assert "'logits' (2, 3)" in lines[0] and "--num-classes" in lines[0]
+    r = runner.invoke(app, ["teacher", "inspect", str(p), *NORM, "--num-classes", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["num_classes"] == 3
+    t = load_teacher(p, options=TeacherOptions(num_classes=3, mean=(0.5,), std=(0.25,)))
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(t.model(x), m(x)[1], atol=1e-5)
+    r = runner.invoke(app, ["teacher", "inspect", str(p), *NORM, "--num-classes", "5"])
+    assert r.exit_code == InputError.exit_code and "none is (batch, 5)" in r.stderr, r.output
+    # distill measures the run's copy of the teacher in ONNX Runtime: it keeps the logits output alone
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["distill", "--teacher", str(p), "--data", "synthetic:classes=3,size=8,n=90", "--student",
+                            "tinycnn_w8", "--epochs", "1", "--device", "cpu", "--out", str(out), "--json", *NORM,
+                            "--num-classes", "3", "--allow-weak-teacher"])
+    assert r.exit_code == 0, r.output
+    import onnx
+
+    assert [o.name for o in onnx.load(str(out / "teacher.onnx")).graph.output] == ["logits"]
+
+
+def test_float16_input_onnx_teacher_is_fed_float16_and_matches_fp32(tmp_path):
+    """A graph exported from a .half() model takes and returns float16: it is fed float16 and its outputs are
+    read as float32, within fp16 rounding of the fp32 model (before, it was refused as a wrong input shape)."""
+    from kdcompress.core.config import TeacherOptions
+    from kdcompress.teacher import load_teacher
+
+    torch.manual_seed(0)
+    m = TwoHeads(channels=3).eval()
+    half = TwoHeads(channels=3).eval()
+    half.load_state_dict(m.state_dict())
+    p = _export(half.half(), tmp_path / "fp16.onnx", torch.zeros(2, 3, 8, 8, dtype=torch.float16), ["f", "logits"])
+    r = runner.invoke(app, ["teacher", "inspect", str(p), *NORM, "--num-classes", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    t = load_teacher(p, options=TeacherOptions(num_classes=3, mean=(0.5,), std=(0.25,)))
+    x = torch.randn(16, 3, 8, 8)
+    with torch.no_grad():
+        got, ref = t.model(x), m(x)[1]
+    assert got.dtype == torch.float32 and torch.allclose(got, ref, atol=1e-2), (got - ref).abs().max()
