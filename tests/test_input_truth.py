@@ -250,3 +250,39 @@ def test_malformed_mean_in_onnx_metadata_is_refused_by_teacher_and_validate(tmp_
     assert str(p) in line and "'mean'" in line and "--mean" in line
     r = runner.invoke(app, ["validate", "--onnx", str(p), "--data", SYNTH, "--mean", "0.5", "--json"])
     assert r.exit_code == 0, r.output  # the flag wins over the file
+
+
+# ------------------------------------------------------------------------------------------ validate
+
+
+class Brightness(nn.Module):
+    """A fixed 3-channel classifier: class 'bright' when the mean over all channels is above 0.5."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3))[:, None] - 0.5
+        return torch.cat([m, -m], dim=1) * 10  # output 0 is class "bright"
+
+
+def test_validate_converts_grey_and_16_bit_images_for_an_rgb_model_as_distill_does(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, level in (("bright", 215), ("dark", 40)):  # class order: bright, dark
+        d = tmp_path / "imgs" / name
+        d.mkdir(parents=True)
+        for j in range(20):
+            a = np.clip(level + rng.normal(0, 10, (8, 8)), 0, 255)
+            if j % 2:  # 16-bit grey ('I;16'), as scanners and medical images come
+                Image.fromarray((a * 257).astype(np.uint16)).save(d / f"{j}.png")
+            else:
+                Image.fromarray(a.astype(np.uint8), mode="L").save(d / f"{j}.png")
+    with Image.open(tmp_path / "imgs" / "dark" / "1.png") as im:
+        assert im.mode.startswith("I")
+    p = tmp_path / "rgb.onnx"
+    torch.onnx.export(Brightness(), (torch.zeros(2, 3, 8, 8),), str(p), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    r = runner.invoke(app, ["validate", "--onnx", str(p), "--data", f"imagefolder:{tmp_path / 'imgs'}",
+                            "--mean", "0", "--std", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)["variants"][0]
+    # the model puts 'bright' (output 0) on bright images and 'dark' (output 1) on dark ones: perfect only
+    # when every grey and 16-bit image reached it as three equal channels in [0, 1]
+    assert rep["accuracy"] == 1.0 and rep["per_class_accuracy"] == {"bright": 1.0, "dark": 1.0}

@@ -118,10 +118,8 @@ def _meta_floats(meta: dict[str, str], key: str, channels: int, path: Path) -> t
     return _floats(values, channels, f"metadata {key}")
 
 
-def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
-             std: tuple[float, ...] | None = None, layout: str | None = None) -> ModelInput:
-    """Read an ONNX classifier's input contract. Flags win over kdcompress metadata; the graph supplies
-    shape and layout where neither says; a file with no normalisation anywhere needs --mean/--std."""
+def _graph_input(path: Path, layout: str | None):
+    """(proto, metadata, the graph's image input, its dims, layout, its (C, H, W) dims: None where symbolic)."""
     import onnx
 
     check_onnx(path)
@@ -141,6 +139,22 @@ def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean
     if layout not in ("NCHW", "NHWC"):
         raise UsageError(f"--layout must be NCHW or NHWC, got '{layout}'")
     chw = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
+    return proto, meta, inp, dims, layout, chw
+
+
+def input_channels(path: Path, layout: str | None = None) -> int | None:
+    """The image channels an ONNX classifier takes (its graph, else its input_shape metadata); None: unknown."""
+    _, meta, _, _, _, chw = _graph_input(path, layout)
+    meta_shape = _json_list(meta, "input_shape")
+    c = chw[0] or (meta_shape[0] if meta_shape and len(meta_shape) == 3 else None)
+    return int(c) if isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 1 else None
+
+
+def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
+             std: tuple[float, ...] | None = None, layout: str | None = None) -> ModelInput:
+    """Read an ONNX classifier's input contract. Flags win over kdcompress metadata; the graph supplies
+    shape and layout where neither says; a file with no normalisation anywhere needs --mean/--std."""
+    proto, meta, inp, dims, layout, chw = _graph_input(path, layout)
     meta_shape = _json_list(meta, "input_shape")
     fallback = tuple(meta_shape) if meta_shape and len(meta_shape) == 3 else data_shape
     shape = tuple(int(g) if g else (int(fallback[i]) if fallback else 0) for i, g in enumerate(chw))
