@@ -30,7 +30,7 @@ from .select import Selection, save_pareto_plot, select
 from .select.precision import apply_precision_gate, export_options_for, selection_kwargs
 from .select.result import SelectOptions
 from .select.trial import halving_plan, plan_cost, successive_halving, trial_pool
-from .teacher import Teacher, load_teacher, teacher_onnx_bytes, teacher_strength
+from .teacher import Teacher, input_size_hint, load_teacher, teacher_check, teacher_onnx_bytes
 from .train import (CacheDecision, CacheFacts, TrainResult, check_resumable, check_training, decide_cache,
                     setup_distributed, train)
 from .train.probe import epoch_seconds
@@ -153,8 +153,11 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
     check_training(cfg.preset.train, splits)  # e.g. a mixed teacher cache over streamed files: before --out changes
     spec = teacher.input_spec
     # a teacher at chance level (class order, normalisation, architecture) is refused before --out is touched
-    t_val = teacher_strength(teacher, splits, device, allow_weak=allow_weak_teacher,
-                             warn=lambda m: console.print(f"[yellow]warning:[/] {m}"))
+    checked = teacher_check(teacher, splits, device, allow_weak=allow_weak_teacher,
+                            warn=lambda m: console.print(f"[yellow]warning:[/] {m}"),
+                            shape_hint=input_size_hint(teacher, splits.native_shape or splits.shape,
+                                                       cfg.teacher_options.input_shape is not None))
+    t_val = checked.accuracy
 
     # select: before any training, so an impossible budget costs seconds, not an epoch
     with console.status("measuring student candidates in ONNX Runtime") as status:
@@ -258,6 +261,8 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
                      select_opts=replace(select_opts, precision="fp32", rank="flops", latency_table=None))
         report = {**fb, "run_dir": str(run.root), "selection": report["selection"],
                   "precision": {**report["precision"], "fallback_run": str(fb_cfg.out)}}
+    if checked.class_order is not None:  # accepted with --allow-weak-teacher: the report says what was seen
+        report["teacher"] = {**report["teacher"], "class_order": checked.class_order.to_json()}
     report = write_report(json.loads(json.dumps(report)), run.root)
     return report
 

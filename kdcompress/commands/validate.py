@@ -21,6 +21,7 @@ from ..validate.models import (
     ModelInput,
     describe,
     effective_threads,
+    input_channels,
     map_classes,
     reference_logits,
     validate_models,
@@ -48,6 +49,17 @@ def _teacher_source(teacher: Path, splits: DataSplits, mean, std, layout, warn):
     return (data, mi), {"path": str(teacher), "arch": t.arch, "sha256_checkpoint": t.sha256, "params": t.params}
 
 
+def load_images_for(data: str, channels: int | None) -> DataSplits:
+    """The dataset as distill hands it to a model of `channels` channels: read at its own size, then, where
+    its channels differ (grey or 16-bit grey images, an RGB model), read again through the same conversion
+    distill uses (load_data with the model's shape: grey -> RGB by replication, 16-bit by value / 257)."""
+    splits = load_data(data)
+    if channels is None or channels == splits.shape[0]:
+        return splits
+    c = channels
+    return load_data(data, InputSpec((c, *splits.shape[1:]), (0.0,) * c, (1.0,) * c))  # type: ignore[arg-type]
+
+
 def validate_job(*, files: list[Path], data: str, teacher: Path | None, checkpoint: Path | None,
                  runtime: RuntimeConfig, gates: Gates, mean: tuple[float, ...] | None = None,
                  std: tuple[float, ...] | None = None, layout: str | None = None, batch: int = 1,
@@ -66,7 +78,7 @@ def validate_job(*, files: list[Path], data: str, teacher: Path | None, checkpoi
         console.print(f"[yellow]warning:[/] {m}")
 
     runtime = effective_threads(runtime, warn)
-    splits = load_data(data)
+    splits = load_images_for(data, input_channels(Path(files[0]), layout))
     # every model is scored against the data by class NAME (its metadata's classes -> the data's order)
     inputs = [map_classes(describe(Path(f), data_shape=splits.shape, mean=mean, std=std, layout=layout),
                           splits.classes, str(f), warn) for f in files]

@@ -23,6 +23,16 @@ def is_integer_name(name: str) -> bool:
     return s.isdigit() and s.isascii()
 
 
+def duplicate(names: Iterable[str]) -> str | None:
+    """The first name that appears a second time, or None."""
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            return n
+        seen.add(n)
+    return None
+
+
 def class_order(names: Iterable[str]) -> tuple[str, ...]:
     """The distinct names in label order: numeric names by value when all are integers, else string order."""
     uniq = {str(n) for n in names}
@@ -52,6 +62,10 @@ def match_classes(model: tuple[str, ...], data: tuple[str, ...], what: str, *,
     model whose metadata says "0".."K-1" means those classes). Raises ValueError (one line) when the
     names cannot be matched; `fix` is the remedy the message names."""
     model, data = tuple(model), tuple(data)
+    for side, names in ((what, model), ("the data", data)):
+        dup = duplicate(names)
+        if dup is not None:  # two outputs (or labels) under one name cannot be mapped by name
+            raise ValueError(f"{side} names class '{dup}' twice; {fix}")
     if model == data:
         return None, None
     if len(model) == len(data) and set(model) == set(data):

@@ -175,6 +175,27 @@ class RuntimeConfig:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
 
 
+def read_class_names(value: str) -> tuple[str, ...]:
+    """--classes: `a,b,c`, or a text file with one name per line (UTF-8, a byte-order mark stripped, as
+    Windows editors write one). A name listed twice in a file is the file's fault (InputError, with the
+    lines); twice on the command line, the flag's (UsageError, from TeacherOptions)."""
+    p = Path(value)
+    if not p.is_file():
+        return tuple(n.strip() for n in value.split(",") if n.strip())
+    try:
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--classes file {p} cannot be read as UTF-8 text: {e}") from None
+    names = [(i, n.strip()) for i, n in enumerate(lines, start=1) if n.strip()]
+    first: dict[str, int] = {}
+    for i, n in names:
+        if n in first:
+            raise InputError(f"--classes file {p} names '{n}' twice (lines {first[n]} and {i}); each output "
+                             "needs its own name")
+        first[n] = i
+    return tuple(n for _, n in names)
+
+
 @dataclass(frozen=True)
 class TeacherOptions:
     """What the teacher flags say (--teacher-arch, --num-classes, --classes, --input-shape, --mean, --std).
@@ -215,11 +236,7 @@ class TeacherOptions:
                    std: str | None = None) -> TeacherOptions:
         """Parse the CLI strings: `--classes cat,dog` (or a text file, one name per line),
         `--input-shape 3,224,224` (or 3x224x224), `--mean 0.485,0.456,0.406`."""
-        names = None
-        if classes is not None:
-            p = Path(classes)
-            lines = p.read_text().splitlines() if p.is_file() else classes.split(",")
-            names = tuple(n.strip() for n in lines if n.strip())
+        names = read_class_names(classes) if classes is not None else None
         shape = None
         if input_shape is not None:
             parts = input_shape.replace("x", ",").split(",")

@@ -11,6 +11,33 @@ from .errors import InputError
 MAX_PIXELS = 4096 * 4096  # one image's H*W above this is refused (a typo such as 3,22400,224)
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _shown(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def number_list(v: Any, field: str) -> tuple[float, ...]:
+    """A recorded mean/std (JSON from a file's metadata) as floats: a number or a non-empty list of numbers.
+    Anything else (a string such as "0.5" or "[a,b]", a bool, an empty list) is a ValueError naming the
+    field, so a file's malformed value is refused, never iterated character by character or ignored."""
+    if _is_number(v):
+        return (float(v),)
+    if isinstance(v, (list, tuple)) and v and all(_is_number(e) for e in v):
+        return tuple(float(e) for e in v)
+    raise ValueError(f"{field} is {_shown(v)}, not a number or a list of numbers")
+
+
+def int_list(v: Any, field: str) -> tuple[int, ...]:
+    """A recorded input shape as integers: a non-empty list of whole numbers (3.0 counts, 3.5 does not)."""
+    if isinstance(v, (list, tuple)) and v and all(_is_number(e) and float(e).is_integer() for e in v):
+        return tuple(int(e) for e in v)
+    raise ValueError(f"{field} is {_shown(v)}, not a list of integers")
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a model eats: one image's shape (C, H, W), NCHW layout, and per-channel normalisation.
@@ -43,10 +70,9 @@ class InputSpec:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> InputSpec:
         try:
-            return cls(tuple(int(v) for v in d["shape"]), tuple(float(v) for v in d["mean"]),
-                       tuple(float(v) for v in d["std"]))
+            return cls(int_list(d["shape"], "shape"), number_list(d["mean"], "mean"), number_list(d["std"], "std"))  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"malformed input spec {d!r}: {e}") from None
+            raise InputError(f"malformed input spec {_shown(d)}: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,9 @@ class DataSplits:
     classes: tuple[str, ...]
     shape: tuple[int, int, int]
     default_augment: str
+    # the images' own (C, H, W) before they were converted to `shape` (the first image's, for files);
+    # None where unknown. The teacher check names it when a teacher at another size scores at chance.
+    native_shape: tuple[int, int, int] | None = None
 
     @property
     def num_classes(self) -> int:

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import pickle
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +94,8 @@ def conform_splits(splits: DataSplits, shape: tuple[int, int, int]) -> DataSplit
     def f(s: TensorSplit) -> TensorSplit:
         return TensorSplit(conform(s.x, shape), s.y)
 
-    return replace(splits, train=f(splits.train), val=f(splits.val), test=f(splits.test), shape=shape)
+    return replace(splits, train=f(splits.train), val=f(splits.val), test=f(splits.test), shape=shape,
+                   native_shape=splits.native_shape or splits.shape)
 
 
 def _check_classes(where: str, classes: tuple[str, ...], counts: dict[str, int]) -> None:
@@ -167,6 +170,9 @@ def _read_csv(path: Path) -> Listing:
     except (UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"{path} is not a readable CSV file: {e}") from None
     keys = {h.strip().lower(): h for h in header}
+    twice = next((k for k in ("path", "label", "split") if [h.strip().lower() for h in header].count(k) > 1), None)
+    if twice:
+        raise InputError(f"{path}: the header has two `{twice}` columns ({', '.join(header)}); keep one")
     if "path" not in keys or "label" not in keys:
         raise InputError(f"{path}: needs `path` and `label` columns, found {', '.join(header) or 'none'}")
     if not rows:
@@ -177,11 +183,15 @@ def _read_csv(path: Path) -> Listing:
     classes = class_order(labels)  # the one rule (core.classes), as for image folders
     index = {c: i for i, c in enumerate(classes)}
     listing: dict[str, list[tuple[Path, int]]] = {}
+    seen: dict[Path, tuple[int, str]] = {}  # image -> (row, label) where it was first listed
     for n, (r, lab) in enumerate(zip(rows, labels, strict=True), start=2):
         p = Path(str(r[keys["path"]] or "").strip()).expanduser()
         p = p if p.is_absolute() else path.parent / p
         if not p.is_file():
             raise InputError(f"{path}: row {n}: image not found: {p}")
+        first = seen.setdefault(p.resolve(), (n, lab))
+        if first[1] != lab:  # one image under two names: whichever won, half its rows would be mislabelled
+            raise InputError(f"{path}: row {n} labels {p.name} '{lab}' but row {first[0]} labels it '{first[1]}'")
         split = str(r.get(keys["split"]) or "").strip().lower() if "split" in keys else "all"
         if split not in ("all", "train", "val", "test"):
             raise InputError(f"{path}: row {n}: split must be train, val or test, got '{split}'")
@@ -218,7 +228,8 @@ def _three_splits(listing: dict, y_all: dict) -> dict[str, tuple[str, np.ndarray
 
 def _files(name: str, listing: Listing, shape, load_mode: str, workers: int | None) -> DataSplits:
     classes, rows = listing
-    shape = shape or image_shape(rows.get("train", rows.get("all"))[0][0])
+    native = image_shape(rows.get("train", rows.get("all"))[0][0])
+    shape = shape or native
     y_all = {s: np.array([lab for _, lab in r], dtype=np.int64) for s, r in rows.items()}
     picks = _three_splits(rows, y_all)
     total = sum(len(i) for _, i in picks.values())
@@ -227,7 +238,7 @@ def _files(name: str, listing: Listing, shape, load_mode: str, workers: int | No
     for s, (src, idx) in picks.items():
         paths = tuple(str(rows[src][i][0]) for i in idx)
         splits[s] = file_split(paths, torch.from_numpy(y_all[src][idx]), shape, workers, in_memory=mode == "memory")
-    return DataSplits(name, splits["train"], splits["val"], splits["test"], classes, shape, "crop_flip")
+    return DataSplits(name, splits["train"], splits["val"], splits["test"], classes, shape, "crop_flip", native)
 
 
 MEMORY_LIMIT = 2 << 30  # bytes of float32 images held in RAM before splits switch to per-batch decoding
@@ -257,7 +268,7 @@ def _arrays(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     splits = [array_split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)), shape,
                           in_memory=mode == "memory") for x, y in parts]
     augment = "crop_flip" if kind.startswith("cifar") else "shift"
-    return DataSplits(kind, *splits, classes, shape, augment)
+    return DataSplits(kind, *splits, classes, shape, augment, native)  # type: ignore[arg-type]
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -362,15 +373,23 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a gzip stream corrupted inside
         raise InputError(f"cannot read {path}: {e}") from None
+    if not data:
+        raise InputError(f"{path} is empty (0 bytes); replace it with the dataset's idx file")
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise InputError(f"{path} is not an idx file of unsigned bytes")
     ndim = data[3]
+    if not 1 <= ndim <= 4 or len(data) < 4 + 4 * ndim:
+        raise InputError(f"{path}: its idx header is broken ({ndim} dimensions in a {len(data)}-byte file)")
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     body = data[4 + 4 * ndim:]
-    if len(body) != int(np.prod(dims)):
-        raise InputError(f"{path}: header says {dims} but holds {len(body)} bytes")
+    if 0 in dims:
+        raise InputError(f"{path} holds no items (its header says {dims}); replace it with the dataset's idx file")
+    want = math.prod(dims)  # Python integers: a header of 4e9 x 4e9 x 4e9 does not wrap around
+    if len(body) != want:
+        what = "truncated" if len(body) < want else "longer than its header says"
+        raise InputError(f"{path} is {what}: its header says {dims} = {want:,} bytes but it holds {len(body):,}")
     return np.frombuffer(body, dtype=np.uint8).reshape(dims).copy()  # writable, for torch.from_numpy
 
 

@@ -23,6 +23,8 @@ def model_from_kdcompress_dict(path: Path, obj: dict[str, Any]) -> nn.Module:
         state = obj["state_dict"]
     except KeyError as e:
         raise InputError(f"{path}: checkpoint lacks the entry {e}") from None
+    except InputError as e:  # a malformed or non-finite input_spec: name the file
+        raise InputError(f"{path}: {e.message}") from None
     if arch not in STUDENTS:
         raise InputError(f"{path}: unknown architecture '{arch}' in checkpoint")
     model = STUDENTS.get(arch).build(len(classes), spec)

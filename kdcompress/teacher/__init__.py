@@ -3,6 +3,7 @@ classes, input spec). `load_teacher` is the one entry point; `teacher_onnx_bytes
 
 from .formats import load_teacher
 from .model import Teacher, teacher_onnx_bytes
-from .strength import WEAK_TEACHER_Z, teacher_strength
+from .strength import WEAK_TEACHER_Z, TeacherCheck, input_size_hint, teacher_check, teacher_strength
 
-__all__ = ["WEAK_TEACHER_Z", "Teacher", "load_teacher", "teacher_onnx_bytes", "teacher_strength"]
+__all__ = ["WEAK_TEACHER_Z", "Teacher", "TeacherCheck", "input_size_hint", "load_teacher", "teacher_check",
+           "teacher_onnx_bytes", "teacher_strength"]

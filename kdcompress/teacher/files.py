@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,9 @@ def read_hf_folder(path: Path, arch_given: bool) -> tuple[dict[str, Tensor], Rec
            "num_classes": cfg.get("num_classes"), "input_size": pcfg.get("input_size"),
            "mean": pcfg.get("mean"), "std": pcfg.get("std")}
     rec = recorded_from_dict(raw)
-    return state, Recorded(arch=rec.arch or file_rec.arch, classes=rec.classes or file_rec.classes,
-                           num_classes=rec.num_classes or file_rec.num_classes, shape=rec.shape or file_rec.shape,
-                           mean=rec.mean or file_rec.mean, std=rec.std or file_rec.std), weights
+    both = Recorded(arch=rec.arch or file_rec.arch, classes=rec.classes or file_rec.classes,
+                    num_classes=rec.num_classes or file_rec.num_classes, shape=rec.shape or file_rec.shape,
+                    mean=rec.mean or file_rec.mean, std=rec.std or file_rec.std)
+    # a file's malformed value counts where the combined value is that file's (the other gives none)
+    problems = tuple(p for src in (rec, file_rec) for p in src.problems if getattr(both, p[0]) == getattr(src, p[0]))
+    return state, replace(both, problems=problems), weights

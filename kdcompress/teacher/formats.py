@@ -91,8 +91,11 @@ def load_any(path: Path, options: TeacherOptions, *, trust: bool) -> Teacher:
         raise InputError(f"{path} holds a {type(obj).__name__}, not a model or its weights")
     if obj.get("format") == FORMAT:
         model = model_from_kdcompress_dict(path, obj)
+        named = recorded_from_dict({"classes": list(obj["classes"])})  # names checked (none twice)
+        fields = spec_fields(obj.get("input_spec"))
         rec = Recorded(arch=str(obj["arch"]), classes=tuple(str(c) for c in obj["classes"]),
-                       metrics=dict(obj.get("metrics", {})), **spec_fields(obj.get("input_spec")))
+                       metrics=dict(obj.get("metrics", {})), **fields,
+                       problems=(*fields.pop("problems", ()), *named.problems))
         return _finish(path, model, "kdcompress", rec.arch or "", rec, options)
     if _is_state_dict(obj):
         return _from_state_dict(path, obj, Recorded(), options, "state_dict")
@@ -115,7 +118,18 @@ def _is_state_dict(d: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------------- resolution
 
 
+def _refuse_problems(path: Path, rec: Recorded, given: dict[str, object]) -> None:
+    """A value the file records malformed (rec.problems) is refused, naming the field, the file and the
+    flag that overrides it, when no flag gives that value (a flag wins over the file, so it needs none)."""
+    flags = {"shape": "--input-shape C,H,W", "mean": "--mean", "std": "--std", "classes": "--classes a,b,..."}
+    for field_, flag in flags.items():
+        why = rec.problem(field_)
+        if why and field_ in given and given[field_] is None:
+            raise InputError(f"teacher {path} records a malformed {field_}: {why}; fix the file or give {flag}")
+
+
 def _resolve_spec(path: Path, rec: Recorded, opt: TeacherOptions) -> InputSpec:
+    _refuse_problems(path, rec, {"shape": opt.input_shape, "mean": opt.mean, "std": opt.std})
     shape = opt.input_shape or rec.shape
     mean = opt.mean or rec.mean
     std = opt.std or rec.std
@@ -138,6 +152,7 @@ def _resolve_spec(path: Path, rec: Recorded, opt: TeacherOptions) -> InputSpec:
 def _resolve_classes(path: Path, rec: Recorded, opt: TeacherOptions, outputs: int | None) -> tuple[str, ...]:
     """Names from --classes or the file; a count from --num-classes, the file or the model's output width.
     Without names the classes are "0".."K-1" (index names: only the count is checked against the data)."""
+    _refuse_problems(path, rec, {"classes": opt.classes})
     names = opt.classes or rec.classes
     count = opt.num_classes or (len(names) if names else None) or rec.num_classes or outputs
     if count is None:
@@ -161,6 +176,7 @@ def _from_state_dict(path: Path, state: dict[str, Tensor], rec: Recorded, opt: T
         raise UsageError(f"teacher {path} holds only weights; give --teacher-arch NAME (a torchvision model "
                          "such as resnet18, timm:NAME for a timm model, or a kdcompress zoo name such as resnet8x4)")
     spec = _resolve_spec(path, rec, opt)
+    _refuse_problems(path, rec, {"classes": opt.classes})
     named = opt.classes or rec.classes
     count = opt.num_classes or (len(named) if named else None) or rec.num_classes  # else: the classifier's width
     if count is not None:
@@ -264,7 +280,7 @@ def _load_onnx(path: Path, opt: TeacherOptions) -> Teacher:
             try:
                 raw[key] = json.loads(meta[key])
             except json.JSONDecodeError:
-                raw[key] = None
+                raw[key] = meta[key]  # not JSON ("[a,b]"): kept, so the reader calls it malformed
     graph_in = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
     if len(graph_in) != 1:
         raise InputError(f"ONNX teacher {path} has {len(graph_in)} inputs; expected one image tensor")
@@ -274,9 +290,33 @@ def _load_onnx(path: Path, opt: TeacherOptions) -> Teacher:
         raw["input_shape"] = [dims[3], dims[1], dims[2]] if layout == "NHWC" else dims[1:]
     rec = recorded_from_dict(raw)
     spec = _resolve_spec(path, rec, opt)
-    t = _finish(path, OrtTeacher(path, layout), "onnx", f"onnx:{proto.graph.name or path.stem}", rec, opt, spec=spec)
+    model = OrtTeacher(path, layout)
+    if len(proto.graph.output) > 1:
+        model = OrtTeacher(path, layout, _logits_output(path, model, spec, rec, opt))
+    t = _finish(path, model, "onnx", f"onnx:{proto.graph.name or path.stem}", rec, opt, spec=spec)
     params = sum(math.prod(init.dims) for init in proto.graph.initializer)
     return replace(t, params=params)
+
+
+def _logits_output(path: Path, model: OrtTeacher, spec: InputSpec, rec: Recorded, opt: TeacherOptions) -> str:
+    """The output of a graph with several (logits + features, say) that holds the logits: the one of
+    shape (batch, classes) for the class count the flags or the file give (the first when several fit),
+    or the only rank-2 output when no count is known. Otherwise a one-line refusal listing the outputs."""
+    shapes = model.output_shapes(torch.zeros((2, *spec.shape)))
+    listed = ", ".join(f"'{n}' {s}" for n, s in shapes.items())
+    names = opt.classes or rec.classes
+    count = opt.num_classes or (len(names) if names else None) or rec.num_classes
+    two_d = [n for n, s in shapes.items() if len(s) == 2]
+    if count is None:
+        if len(two_d) == 1:
+            return two_d[0]
+        raise UsageError(f"ONNX teacher {path} has {len(shapes)} outputs ({listed}) and records no class count to "
+                         "tell the logits by; give --num-classes N (or --classes) and the output of that width is used")
+    fits = [n for n in two_d if shapes[n][1] == count]
+    if fits:
+        return next((n for n in shapes if n in fits), fits[0])  # graph order: the first that fits
+    raise InputError(f"ONNX teacher {path} has {len(shapes)} outputs ({listed}) and none is (batch, {count}) for "
+                     f"its {count} classes; export the logits as an output, or check --num-classes/--classes")
 
 
 def _check_finite_weights(path: Path, model: nn.Module) -> None:

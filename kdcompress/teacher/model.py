@@ -131,13 +131,27 @@ def teacher_onnx_bytes(teacher: Teacher, metadata: dict[str, Any] | None = None)
                 raise InputError(f"TorchScript teacher {teacher.path} cannot be exported to ONNX: {first[:200]}") from None
         data = buf.getvalue()
     elif teacher.format == "onnx":
-        data = _dynamic_batch(_inlined(Path(teacher.path)), teacher)
+        data = _only_output(_dynamic_batch(_inlined(Path(teacher.path)), teacher), getattr(teacher.model, "output_name", None))
     else:
         return onnx_bytes(teacher.model, teacher.input_spec, metadata=metadata)
     if not metadata:
         return data
     proto = onnx.load_from_string(data)
     set_metadata(proto, metadata)
+    return proto.SerializeToString()
+
+
+def _only_output(data: bytes, name: str | None) -> bytes:
+    """A graph with several outputs (logits + features) reduced to the one the teacher reads, so whatever
+    measures the copy (validate takes a file's first output) sees the logits."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    if name is None or len(proto.graph.output) < 2:
+        return data
+    keep = [o for o in proto.graph.output if o.name == name]
+    del proto.graph.output[:]
+    proto.graph.output.extend(keep)
     return proto.SerializeToString()
 
 

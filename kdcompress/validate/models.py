@@ -19,7 +19,7 @@ from ..core.config import RuntimeConfig
 from ..core.errors import InputError, UsageError
 from ..core.onnxio import TOLERANCES, VARIANTS, Tolerance, detect_variant
 from ..core.ortbench import LatencyStats, check_onnx, make_session, measure_latency, stored_settings
-from ..core.spec import InputSpec
+from ..core.spec import InputSpec, number_list
 from ..core.splits import Split, normalize
 from ..core.system import cap_threads
 from .gates import GateResult, Gates, check_gates, recommend
@@ -86,6 +86,20 @@ def _json_list(meta: dict[str, str], key: str) -> list | None:
     return v if isinstance(v, list) else None
 
 
+def _meta_numbers(meta: dict[str, str], key: str, path: Path) -> tuple[float, ...] | None:
+    """A mean/std the file's metadata records (None: it records none); a malformed one ("0.5" as a JSON
+    string, "[a,b]") is refused naming the field and the file, not taken as absent."""
+    if key not in meta:
+        return None
+    try:
+        return number_list(json.loads(meta[key]), f"its metadata '{key}'")
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: its metadata '{key}' is {meta[key][:60]!r}, not JSON; re-export the file "
+                         f"or give --{key}") from None
+    except ValueError as e:
+        raise InputError(f"{path}: {e}; re-export the file or give --{key}") from None
+
+
 def _floats(values: tuple[float, ...] | None, channels: int, flag: str) -> tuple[float, ...] | None:
     if values is None:
         return None
@@ -96,10 +110,16 @@ def _floats(values: tuple[float, ...] | None, channels: int, flag: str) -> tuple
     return tuple(values)
 
 
-def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
-             std: tuple[float, ...] | None = None, layout: str | None = None) -> ModelInput:
-    """Read an ONNX classifier's input contract. Flags win over kdcompress metadata; the graph supplies
-    shape and layout where neither says; a file with no normalisation anywhere needs --mean/--std."""
+def _meta_floats(meta: dict[str, str], key: str, channels: int, path: Path) -> tuple[float, ...] | None:
+    values = _meta_numbers(meta, key, path)
+    if values is not None and len(values) not in (1, channels):
+        raise InputError(f"{path}: its metadata '{key}' has {len(values)} values for a {channels}-channel input; "
+                         f"re-export the file or give --{key}")
+    return _floats(values, channels, f"metadata {key}")
+
+
+def _graph_input(path: Path, layout: str | None):
+    """(proto, metadata, the graph's image input, its dims, layout, its (C, H, W) dims: None where symbolic)."""
     import onnx
 
     check_onnx(path)
@@ -119,6 +139,22 @@ def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean
     if layout not in ("NCHW", "NHWC"):
         raise UsageError(f"--layout must be NCHW or NHWC, got '{layout}'")
     chw = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
+    return proto, meta, inp, dims, layout, chw
+
+
+def input_channels(path: Path, layout: str | None = None) -> int | None:
+    """The image channels an ONNX classifier takes (its graph, else its input_shape metadata); None: unknown."""
+    _, meta, _, _, _, chw = _graph_input(path, layout)
+    meta_shape = _json_list(meta, "input_shape")
+    c = chw[0] or (meta_shape[0] if meta_shape and len(meta_shape) == 3 else None)
+    return int(c) if isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 1 else None
+
+
+def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
+             std: tuple[float, ...] | None = None, layout: str | None = None) -> ModelInput:
+    """Read an ONNX classifier's input contract. Flags win over kdcompress metadata; the graph supplies
+    shape and layout where neither says; a file with no normalisation anywhere needs --mean/--std."""
+    proto, meta, inp, dims, layout, chw = _graph_input(path, layout)
     meta_shape = _json_list(meta, "input_shape")
     fallback = tuple(meta_shape) if meta_shape and len(meta_shape) == 3 else data_shape
     shape = tuple(int(g) if g else (int(fallback[i]) if fallback else 0) for i, g in enumerate(chw))
@@ -128,8 +164,9 @@ def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean
     if data_shape is not None and tuple(data_shape) != shape:
         raise InputError(f"{path} expects images of {shape} (C, H, W) but the data has {tuple(data_shape)}")
     c = shape[0]
-    m = _floats(mean, c, "--mean") or _floats(tuple(_json_list(meta, "mean") or ()) or None, c, "metadata mean")
-    s = _floats(std, c, "--std") or _floats(tuple(_json_list(meta, "std") or ()) or None, c, "metadata std")
+    # flags win: a file's metadata is read (and can be refused) only where no flag gives the value
+    m = _floats(mean, c, "--mean") or _meta_floats(meta, "mean", c, path)
+    s = _floats(std, c, "--std") or _meta_floats(meta, "std", c, path)
     if m is None or s is None:
         raise UsageError(f"{path} carries no normalisation (mean/std) metadata; give --mean and --std "
                          "(--mean 0 --std 1 feeds images in [0, 1] unchanged)")
