@@ -64,6 +64,14 @@ def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *,
     return measure_latency(sess, (batch, *spec.shape))
 
 
+def measure_file(path: Path, layout: str, spec: InputSpec, runtime: RuntimeConfig, batch: int) -> LatencyStats:
+    """An ONNX teacher's latency on its own file (ORT reads any external data beside it), fed in its layout:
+    exporting the ORT-run module would trace no graph at all."""
+    c, h, w = spec.shape
+    sess = make_session(Path(path), runtime.provider, runtime.threads)
+    return measure_latency(sess, (batch, h, w, c) if layout == "NHWC" else (batch, c, h, w))
+
+
 def tune_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, stat: str, *, onnx: bytes | None = None,
                precision: str = "fp32") -> tuple[SessionSettings, LatencyStats]:
     """The settings sweep (ortbench.settings_grid up to the CPU limit): the best settings and their stats."""
@@ -89,8 +97,10 @@ def measure_cached(name: str, model, spec: InputSpec, num_classes: int, runtime:
     if stats is None:
         if on_measure:
             on_measure(name)
-        stats = measure_model(resolve(model), spec, runtime, batch, graph="screen")
-        cache.put(key, stats, graph="screen")
+        own_file = model.onnx_file if isinstance(model, LazyTeacher) else None
+        stats = (measure_file(*own_file, spec, runtime, batch) if own_file is not None
+                 else measure_model(resolve(model), spec, runtime, batch, graph="screen"))
+        cache.put(key, stats, graph="screen" if own_file is None else "ship")  # an ONNX teacher's own graph
     if own:
         cache.save()
     return stats
@@ -184,16 +194,16 @@ def _budget_error(rows: list[Candidate], budget: Budget, provider: str) -> Budge
         f"the fastest candidate, {fastest.name}, measured {fastest.latency.stat(budget.stat):.4f} ms")
 
 
-def ladder_rows(num_classes: int, spec: InputSpec, teacher_model, names: tuple[str, ...],
+def ladder_rows(num_classes: int, spec: InputSpec, teacher_flops: int | None, names: tuple[str, ...],
                 precision: str, provider: str) -> list[dict[str, Any]]:
     """The candidates a selection would measure (what `select --export-candidates` writes), in the order
-    of capacity: {"name", "precision", "family", "params", "flops"} per (student, precision)."""
+    of capacity: {"name", "precision", "family", "params", "flops"} per (student, precision).
+    `teacher_flops` is the loaded teacher's count (None: unknown, and nothing is filtered by it)."""
     from ..students.registry import STUDENTS, capacity
 
     precs, _ = measured_precisions(precision, provider)
-    t_flops = capacity(teacher_model, spec).flops if teacher_model is not None else None
     rows = []
-    for name, model in plausible(num_classes, spec, t_flops, names):
+    for name, model in plausible(num_classes, spec, teacher_flops, names):
         cap = capacity(model, spec)
         rows += [{"name": name, "precision": p, "family": STUDENTS.get(name).family, "params": cap.params,
                   "flops": cap.flops} for p in precs]
@@ -234,8 +244,8 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     cache = LatencyCache(enabled=use_cache and latency_table is None)
     caps = LatencyCache(cache.path.with_name("capacity.json"), enabled=use_cache)
     with torch_threads(1):  # torch only builds, counts and exports tiny models here (core.system)
-        if isinstance(teacher_model, LazyTeacher):  # a warm selection: no torch (select.warm)
-            t_cap = teacher_model.capacity
+        if isinstance(teacher_model, LazyTeacher):  # the loader's count (select.warm): no torch; FLOPs None
+            t_cap = teacher_model.capacity        # when unknown, so the capacity filter is off, never at 0
         elif teacher_model is not None:
             from ..students.registry import capacity
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.errors import EnvironmentProblem
+from ..core.fsguard import file_sha256
 from ..core.ortbench import make_session
 from ..core.system import cpu_limit
 
@@ -62,6 +63,13 @@ class OrtTeacher(nn.Module):
         step = self.fixed_batch or max(len(arr), 1)
         outs = [sess.run([self.output_name], {self.input_name: arr[i:i + step]})[0] for i in range(0, len(arr), step)]
         return torch.from_numpy(np.concatenate(outs)).to(x.device)
+
+    def extra_repr(self) -> str:
+        """The file's content and layout: repr(model) keys select's latency cache, and two ONNX teachers of one
+        input shape are different graphs (the default repr, "OrtTeacher()", would share one entry)."""
+        if not hasattr(self, "_sha256"):
+            self._sha256 = file_sha256(self.path)
+        return f"sha256={self._sha256}, layout={self.layout}"
 
     def __deepcopy__(self, memo):  # an ORT session cannot be copied; a fresh one over the same file is equal
         return OrtTeacher(self.path, self.layout)
