@@ -41,7 +41,7 @@ from ..core.system import cap_threads, cpu_limit, torch_threads
 from .cache import LatencyCache
 from .confirm import (CONFIRM_MAX, CONFIRM_MIN, SPREAD_BOUND, confirm_measurements,  # noqa: F401
                       settled, table_note, unstable_note)
-from .warm import LazyTeacher, resolve
+from .warm import LazyTeacher, measure_file, resolve
 
 
 # A candidate prunes the bigger ones of its family only when it measured clearly over the budget, by more
@@ -62,14 +62,6 @@ def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *,
     data = onnx if onnx is not None else (screen_bytes(model, spec, batch=batch)[0] if graph == "screen" else onnx_bytes(model, spec))
     sess = make_session(data, runtime.provider, runtime.threads, settings)
     return measure_latency(sess, (batch, *spec.shape))
-
-
-def measure_file(path: Path, layout: str, spec: InputSpec, runtime: RuntimeConfig, batch: int) -> LatencyStats:
-    """An ONNX teacher's latency on its own file (ORT reads any external data beside it), fed in its layout:
-    exporting the ORT-run module would trace no graph at all."""
-    c, h, w = spec.shape
-    sess = make_session(Path(path), runtime.provider, runtime.threads)
-    return measure_latency(sess, (batch, h, w, c) if layout == "NHWC" else (batch, c, h, w))
 
 
 def tune_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, stat: str, *, onnx: bytes | None = None,

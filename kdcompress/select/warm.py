@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.config import RuntimeConfig
 from ..core.fsguard import file_sha256
+from ..core.ortbench import LatencyStats, make_session, measure_latency
 from ..core.spec import Capacity, InputSpec
 from .cache import LatencyCache, cache_path
 
@@ -141,3 +143,11 @@ def remember(key: str, summary: TeacherSummary, path: Path) -> None:
     st = store()
     st.put_json(key, {**asdict(summary), "path": str(path)})
     st.save()
+
+
+def measure_file(path: Path, layout: str, spec: InputSpec, runtime: RuntimeConfig, batch: int) -> LatencyStats:
+    """An ONNX teacher's latency on its own file (ORT reads any external data beside it), fed in its layout:
+    exporting the ORT-run module would trace no graph at all."""
+    c, h, w = spec.shape
+    sess = make_session(Path(path), runtime.provider, runtime.threads)
+    return measure_latency(sess, (batch, h, w, c) if layout == "NHWC" else (batch, c, h, w))
