@@ -142,6 +142,7 @@ def _print_json(obj: Any) -> None:
 def _dispatch(name: str, flags: dict[str, Any]) -> None:
     """Run command `name` with the parsed flags; print its JSON or its table; then its check (gates)."""
     flags = dict(flags)
+    flags.update(flags.pop("teacher_flags", None) or {})  # the shared teacher flags (commands.flags.teacher_flags)
     as_json = bool(flags.pop("json_", False))
 
     def go() -> None:
@@ -162,13 +163,14 @@ def _dispatch(name: str, flags: dict[str, Any]) -> None:
     run_guarded(go)
 
 
-from .commands.flags import (Out, SetOpt, Device, Provider, Threads, Json, TeacherArch, NumClasses, Classes, InputShape, Mean, Std, Trust, Calib, Fp16, Int8, Simplify, Precision, LatencyTable, Tune, MinAgreement, MaxAccuracyDrop)  # noqa: E402
+from .commands.flags import (Out, SetOpt, Device, Provider, Threads, Json, Calib, Fp16, Int8, Simplify, Precision, LatencyTable, Tune, MinAgreement, MaxAccuracyDrop, teacher_flags)  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ distill
 
 
 @app.command()
+@teacher_flags
 def distill(
     teacher: Annotated[Path, typer.Option(help="Teacher: kdcompress checkpoint, state_dict or .safetensors (+ --teacher-arch), dict or Lightning checkpoint, Hugging Face-style folder, TorchScript or .onnx.")],
     data: Annotated[str, typer.Option(help="Dataset spec: digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, cifar10:/root, cifar100:/root, mnist:/root, fashionmnist:/root.")],
@@ -185,15 +187,8 @@ def distill(
     threads: Threads = None,
     out: Out = Path("runs/distill"),
     set_: SetOpt = None,
-    trust_checkpoint: Trust = False,
     restart: Annotated[bool, typer.Option(help="Discard this run directory's outputs and checkpoints (only files kdcompress wrote) and start over.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress run (nothing in it is deleted).")] = False,
-    teacher_arch: TeacherArch = None,
-    num_classes: NumClasses = None,
-    classes: Classes = None,
-    input_shape: InputShape = None,
-    mean: Mean = None,
-    std: Std = None,
     download: Annotated[bool, typer.Option("--download", help="Let cifar10/cifar100/mnist/fashionmnist download into their root, and --student-init pretrained fetch weights.")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the student's training forward (faster steps on a GPU after a compile pause).")] = False,
     fp16: Fp16 = False,
@@ -216,6 +211,7 @@ def distill(
     trial_budget: Annotated[float, typer.Option("--trial-budget", help="--rank trial: trial time in all, as a "
                                                 "fraction of the main training's (each candidate's epoch timed).")] = 0.25,
     json_: Json = False,
+    **teacher_flags: Any,
 ) -> None:
     """The whole job: teacher -> select -> distill -> export -> validate -> report.
 
@@ -248,10 +244,11 @@ def export(
 
 
 @app.command()
+@teacher_flags
 def validate(
     onnx: Annotated[list[Path], typer.Option("--onnx", help="ONNX classifier(s) to validate; repeat for variants.")],
     data: Annotated[str, typer.Option(help="Dataset spec; its test split is used.")],
-    teacher: Annotated[Path | None, typer.Option(help="Teacher (kdcompress .pt or .onnx), measured identically.")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher in any supported format (+ the teacher flags), measured identically.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="The student's PyTorch checkpoint, for parity.")] = None,
     provider: Provider = "cpu",
     threads: Threads = None,
@@ -259,13 +256,12 @@ def validate(
     max_accuracy_drop: MaxAccuracyDrop = None,
     budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Gate: latency <= X ms.")] = None,
     stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50, p90 or p99.")] = "p50",
-    mean: Annotated[str | None, typer.Option(help="Normalisation mean, e.g. 0.485,0.456,0.406 (overrides metadata).")] = None,
-    std: Annotated[str | None, typer.Option(help="Normalisation std (overrides metadata).")] = None,
     layout: Annotated[str | None, typer.Option(help="Input layout NCHW or NHWC (default: metadata or graph).")] = None,
     throughput_batch: Annotated[int, typer.Option(help="Batch size for the throughput measurement.")] = 32,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write report.json, report.md and plots here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress directory (nothing in it is deleted).")] = False,
     json_: Json = False,
+    **teacher_flags: Any,
 ) -> None:
     """Accuracy, parity, latency and gates of any ONNX image classifier in ONNX Runtime (exit 5: a gate failed)."""
     _dispatch("validate", locals())
@@ -284,8 +280,9 @@ def report(
 
 
 @app.command("select")
+@teacher_flags
 def select_cmd(
-    teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (kdcompress format); sets the input shape.")],
+    teacher: Annotated[Path, typer.Option(help="Teacher in any supported format (+ the teacher flags); sets the input shape.")],
     budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per batch, ms; "
                                                     "without it the measured ladder is printed, nothing chosen.")] = None,
     stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50, p90 or p99.")] = "p50",
@@ -297,7 +294,6 @@ def select_cmd(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-measure everything; neither read nor write the latency cache.")] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for selection.json and selection.png.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress directory (nothing in it is deleted).")] = False,
-    trust_checkpoint: Annotated[bool, typer.Option(help="Allow pickled (code-carrying) checkpoints.")] = False,
     precision: Precision = "fp32",
     latency_table: LatencyTable = None,
     export_candidates: Annotated[Path | None, typer.Option(
@@ -309,6 +305,7 @@ def select_cmd(
     workers: Annotated[int | None, typer.Option(help="Processes for --export-candidates' ONNX exports (default: the "
                                                      "CPU limit); measuring exports in-process.")] = None,
     json_: Json = False,
+    **teacher_flags: Any,
 ) -> None:
     """Measure every plausible student in ONNX Runtime at the teacher's input shape and pick the most
     capable one (FLOPs, then params) that meets the budget."""
@@ -349,18 +346,13 @@ def teacher_train(
 
 
 @teacher_app.command("inspect")
+@teacher_flags
 def teacher_inspect(
     teacher: Annotated[Path, typer.Argument(help="Teacher file in any supported format.")],
-    teacher_arch: TeacherArch = None,
-    num_classes: NumClasses = None,
-    classes: Classes = None,
-    input_shape: InputShape = None,
-    mean: Mean = None,
-    std: Std = None,
-    trust_checkpoint: Trust = False,
     provider: Provider = "cpu",
     threads: Threads = None,
     json_: Json = False,
+    **teacher_flags: Any,
 ) -> None:
     """Format, architecture, size, classes, input spec, features, and latency measured in ONNX Runtime."""
     _dispatch("teacher inspect", locals())

@@ -135,7 +135,7 @@ def test_impossible_budget_names_fastest_before_training(tiny_teacher, tmp_path)
 
 def test_presets_list_and_show():
     r = invoke("presets", "list", "--json")
-    names = [p["name"] for p in json.loads(r.stdout)]
+    names = [p["name"] for p in json.loads(r.stdout)["presets"]]
     assert "kd" in names and "ce" in names
     r = invoke("presets", "show", "kd")
     assert r.exit_code == 0 and "T=4.0" in r.stdout and "0.9" in r.stdout

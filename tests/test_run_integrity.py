@@ -375,7 +375,7 @@ def test_the_console_entry_point_keeps_output_and_exit_codes_without_the_interpr
         p = subprocess.run([sys.executable, "-m", "kdcompress", "presets", "list", "--json"], stdout=f,
                            stderr=subprocess.PIPE, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "ickd" in {row["name"] for row in json.loads(out.read_text())}
+    assert "ickd" in {row["name"] for row in json.loads(out.read_text())["presets"]}
 
     p = subprocess.run([sys.executable, "-m", "kdcompress", "select", "--teacher", str(tmp_path / "none.pt"),
                         "--budget-ms", "1"], capture_output=True, text=True, timeout=120)
@@ -390,7 +390,7 @@ def test_the_console_entry_point_keeps_output_and_exit_codes_without_the_interpr
 
     p = subprocess.run(f"{sys.executable} -m kdcompress presets list --json | head -c 1", shell=True,
                        capture_output=True, text=True, timeout=120)
-    assert p.stdout == "[" and "Traceback" not in p.stderr, p.stderr
+    assert p.stdout == "{" and "Traceback" not in p.stderr, p.stderr
 
 
 def test_teacher_train_claims_its_hidden_run_directory(tmp_path):

@@ -185,12 +185,9 @@ def test_trusted_pickle_whose_module_is_missing_says_so(tmp_path):
         load_teacher(tmp_path / "net.pt", trust=True, options=TeacherOptions(input_shape=(4, 1, 1), mean=(0.0,), std=(1.0,)))
 
 
-def test_commands_without_teacher_flags_do_not_suggest_them(tmp_path, timm_model):
-    torch.save(timm_model.state_dict(), tmp_path / "m.pth")  # needs --teacher-arch, which validate/select lack
-    with pytest.raises(UsageError) as e:
-        load_teacher(tmp_path / "m.pth", flags=False)
-    assert "this command has no teacher flags" in str(e.value) and "--teacher-arch" not in str(e.value)
-    with pytest.raises(UsageError, match="--teacher-arch"):  # distill and teacher inspect have it
+def test_a_weights_only_teacher_names_the_flag_every_teacher_command_takes(tmp_path, timm_model):
+    torch.save(timm_model.state_dict(), tmp_path / "m.pth")  # distill, select, validate, inspect all take it
+    with pytest.raises(UsageError, match="give --teacher-arch NAME"):
         load_teacher(tmp_path / "m.pth")
 
 

@@ -15,9 +15,14 @@ class Outcome:
     """What a command hands back: `result` (printed by --json, strict JSON), `show` (the human view on
     stdout) and `check` (raises the documented error after the result was printed, e.g. a failed gate)."""
 
-    result: Any
+    result: dict[str, Any] | None
     show: Callable[[], None] | None = None
     check: Callable[[], None] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        # every --json output is one JSON object (a pipeline reads each the same way); None: a silent rank
+        if self.result is not None and not isinstance(self.result, dict):
+            raise TypeError(f"a command's result must be a dict for --json, got {type(self.result).__name__}")
 
 
 # command name -> "module:function" under kdcompress.commands

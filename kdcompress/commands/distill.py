@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.config import AutoPreset, Budget, RunConfig, RuntimeConfig, TeacherOptions
+from ..core.config import AutoPreset, Budget, RunConfig, RuntimeConfig
 from ..core.errors import UsageError
 from ..export import ExportOptions
 from ..losses import load_checked_preset
@@ -14,6 +14,7 @@ from ..select.result import SelectOptions
 from ..validate import Gates, raise_for_gates
 from . import Outcome, render
 from .autopreset import auto_from_flags
+from .flags import teacher_options
 
 
 def preset_from_flags(name: str, epochs: int | None, overrides: list[str] | None):
@@ -21,11 +22,6 @@ def preset_from_flags(name: str, epochs: int | None, overrides: list[str] | None
     if epochs is not None:
         sets.append(f"train.epochs={epochs}")
     return load_checked_preset(name, sets)
-
-
-def teacher_options(f: dict[str, Any]) -> TeacherOptions:
-    return TeacherOptions.from_flags(arch=f["teacher_arch"], num_classes=f["num_classes"], classes=f["classes"],
-                                     input_shape=f["input_shape"], mean=f["mean"], std=f["std"])
 
 
 def auto_preset(f: dict[str, Any]) -> AutoPreset | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,9 +20,39 @@ TeacherArch = Annotated[str | None, typer.Option("--teacher-arch", help="Archite
 NumClasses = Annotated[int | None, typer.Option("--num-classes", help="Teacher's class count (when the file does not record it).")]
 Classes = Annotated[str | None, typer.Option("--classes", help="Teacher's class names in output order: a,b,c or a text file with one per line.")]
 InputShape = Annotated[str | None, typer.Option("--input-shape", help="Teacher's input C,H,W, e.g. 3,224,224.")]
-Mean = Annotated[str | None, typer.Option("--mean", help="Per-channel normalisation mean, e.g. 0.485,0.456,0.406.")]
-Std = Annotated[str | None, typer.Option("--std", help="Per-channel normalisation std, e.g. 0.229,0.224,0.225.")]
-Trust = Annotated[bool, typer.Option(help="Allow pickled (code-carrying) checkpoints.")]
+Mean = Annotated[str | None, typer.Option("--mean", help="Per-channel normalisation mean, e.g. 0.485,0.456,0.406 (overrides what the teacher file records; validate: every model's).")]
+Std = Annotated[str | None, typer.Option("--std", help="Per-channel normalisation std, e.g. 0.229,0.224,0.225 (overrides what the teacher file records; validate: every model's).")]
+Trust = Annotated[bool, typer.Option(help="Allow pickled (code-carrying) teacher checkpoints.")]
+
+# The one definition of the teacher flags: every command that reads a teacher (distill, select, validate,
+# teacher inspect) takes exactly these, through `teacher_flags`, so a plain state_dict teacher works with each
+# of them and a new command cannot drift. (parameter name, type, default)
+TEACHER_FLAGS: tuple[tuple[str, Any, Any], ...] = (
+    ("teacher_arch", TeacherArch, None), ("num_classes", NumClasses, None), ("classes", Classes, None),
+    ("input_shape", InputShape, None), ("mean", Mean, None), ("std", Std, None), ("trust_checkpoint", Trust, False),
+)
+
+
+def teacher_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a typer command the shared teacher flags: its `**teacher_flags` parameter is replaced, in the
+    signature typer reads, by one keyword parameter per TEACHER_FLAGS entry (typer then passes them in it)."""
+    sig = inspect.signature(command, eval_str=True)  # typer reads __signature__ as it is: no strings in it
+    kept = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    if len(kept) == len(sig.parameters):
+        raise TypeError(f"{command.__name__} needs a **teacher_flags parameter to take the teacher flags")
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+             for name, kind, default in TEACHER_FLAGS]
+    command.__signature__ = sig.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]
+    command.__annotations__ = {**command.__annotations__, **{n: k for n, k, _ in TEACHER_FLAGS}}
+    return command
+
+
+def teacher_options(f: dict[str, Any]):
+    """The parsed teacher flags of a command as core.config.TeacherOptions (validated there)."""
+    from ..core.config import TeacherOptions
+
+    return TeacherOptions.from_flags(arch=f["teacher_arch"], num_classes=f["num_classes"], classes=f["classes"],
+                                     input_shape=f["input_shape"], mean=f["mean"], std=f["std"])
 
 
 Fp16 = Annotated[bool, typer.Option("--fp16", help="Also export a float16 variant (float32 inputs/outputs).")]

@@ -9,6 +9,7 @@ from ..core.config import TeacherOptions
 from ..core.ortbench import make_session, measure_latency
 from ..teacher import load_teacher, teacher_onnx_bytes
 from . import Outcome, render
+from .flags import teacher_options
 
 
 def inspect_teacher(path: Path, *, options: TeacherOptions | None = None, trust: bool = False,
@@ -30,8 +31,6 @@ def inspect_teacher(path: Path, *, options: TeacherOptions | None = None, trust:
 
 
 def run_inspect(f: dict[str, Any], console) -> Outcome:
-    from .distill import teacher_options
-
     info = inspect_teacher(f["teacher"], options=teacher_options(f), trust=f["trust_checkpoint"],
                            provider=f["provider"], threads=f["threads"])
     return Outcome(info, lambda: render.teacher_table(info))

@@ -13,7 +13,8 @@ from . import Outcome, render
 
 def run_list(f: dict[str, Any], console) -> Outcome:
     rows = [load_checked_preset(n) for n in builtin_preset_names()]
-    result = [{"name": p.name, "description": p.description, "variant": p.variant} for p in rows]
+    # one JSON object, like every other --json output (a pipeline reads each the same way)
+    result = {"presets": [{"name": p.name, "description": p.description, "variant": p.variant} for p in rows]}
     return Outcome(result, lambda: render.presets_table(rows))
 
 

@@ -169,8 +169,8 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
         c = sel["teacher"]
         lat = c["latency_ms"]
         t.add_section()
-        t.add_row(f"{c['name']} (teacher)", f"{c['params']:,}", human(c["flops"]), f"{lat['p50']:.4f}",
-                  f"{lat['p90']:.4f}", c.get("graph", "ship"), fits(c) + (" [yellow](!)[/]" if sel["teacher_meets_budget"] else ""), "",
+        t.add_row(f"{c['name']} (teacher)", f"{c['params']:,}", "unknown" if c["flops"] is None else human(c["flops"]),
+                  f"{lat['p50']:.4f}", f"{lat['p90']:.4f}", c.get("graph", "ship"), fits(c) + (" [yellow](!)[/]" if sel["teacher_meets_budget"] else ""), "",
                   style="italic")
     _console().print(t)
 

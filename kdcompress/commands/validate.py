@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..core.build import parse_floats
-from ..core.config import RuntimeConfig
+from ..core.config import RuntimeConfig, TeacherOptions
 from ..core.errors import UsageError
 from ..core.runio import RunDir
 from ..core.spec import InputSpec
@@ -27,21 +27,23 @@ from ..validate.models import (
     validate_models,
 )
 from . import Outcome, render
+from .flags import teacher_options
 
 
-def _teacher_source(teacher: Path, splits: DataSplits, mean, std, layout, warn):
+def _teacher_source(teacher: Path, splits: DataSplits, options: TeacherOptions, trust: bool, layout, warn):
+    """The teacher as validate measures it: an ONNX file as it is (its metadata, or --mean/--std, which win as
+    for every --onnx file; --classes names its outputs), any other format read with the teacher flags."""
     from ..core.onnxio import INPUT_NAME, onnx_bytes
     from ..teacher import load_teacher
 
     if Path(teacher).suffix.lower() == ".onnx":
-        try:
-            mi = describe(teacher, data_shape=splits.shape, layout=layout)
-        except UsageError:  # no normalisation metadata: assume the student's flags apply to it too
-            mi = describe(teacher, data_shape=splits.shape, mean=mean, std=std, layout=layout)
+        mi = describe(teacher, data_shape=splits.shape, mean=options.mean, std=options.std, layout=layout)
+        if options.classes is not None:
+            mi = replace(mi, classes=options.classes)
         mi = map_classes(mi, splits.classes, f"teacher {teacher}", warn)
         info = {"path": str(teacher)}
         return (Path(teacher), mi), info
-    t = load_teacher(Path(teacher), flags=False)  # validate has no teacher flags to suggest
+    t = load_teacher(Path(teacher), trust=trust, options=options)
     cols = check_fit(f"teacher {teacher}", t.classes, t.input_spec, splits, warn, recorded=False)
     data = onnx_bytes(t.model, t.input_spec)
     mi = ModelInput(INPUT_NAME, "NCHW", t.input_spec, "tensor(float)", None, t.classes, "fp32", {},
@@ -61,7 +63,8 @@ def load_images_for(data: str, channels: int | None) -> DataSplits:
 
 
 def validate_job(*, files: list[Path], data: str, teacher: Path | None, checkpoint: Path | None,
-                 runtime: RuntimeConfig, gates: Gates, mean: tuple[float, ...] | None = None,
+                 runtime: RuntimeConfig, gates: Gates, teacher_options: TeacherOptions | None = None,
+                 trust_checkpoint: bool = False, mean: tuple[float, ...] | None = None,
                  std: tuple[float, ...] | None = None, layout: str | None = None, batch: int = 1,
                  throughput_batch: int = THROUGHPUT_BATCH, out: Path | None = None, console,
                  force: bool = False) -> dict[str, Any]:
@@ -92,7 +95,8 @@ def validate_job(*, files: list[Path], data: str, teacher: Path | None, checkpoi
             reference = reference[:, cols]  # the checkpoint's class order -> the data's
     t_src, t_info = (None, None)
     if teacher is not None:
-        t_src, t_info = _teacher_source(Path(teacher), splits, mean, std, layout, warn)
+        opts = teacher_options or TeacherOptions(mean=mean, std=std)
+        t_src, t_info = _teacher_source(Path(teacher), splits, opts, trust_checkpoint, layout, warn)
     with console.status("validating in ONNX Runtime") as status:
         val = validate_models([Path(f) for f in files], inputs, splits.test, splits.classes, runtime, gates,
                               reference=reference, teacher=t_src, batch=batch, throughput_batch=throughput_batch,
@@ -107,15 +111,23 @@ def validate_job(*, files: list[Path], data: str, teacher: Path | None, checkpoi
     return report
 
 
+TEACHER_ONLY = ("teacher_arch", "num_classes", "classes", "input_shape", "trust_checkpoint")
+
+
 def run_validate(f: dict[str, Any], console) -> Outcome:
+    given = [k for k in TEACHER_ONLY if f[k] not in (None, False)]
+    if f["teacher"] is None and given:  # --mean/--std also describe the --onnx files; these only a teacher
+        raise UsageError(f"--{given[0].replace('_', '-')} describes a teacher; give --teacher FILE or leave it out")
     if f["throughput_batch"] < 1:
         raise UsageError(f"--throughput-batch must be >= 1, got {f['throughput_batch']}")
     if f["out"] is not None:  # before any work: an --out that cannot take the report is refused in seconds
         with RunDir(Path(f["out"])).claim(force=f["force"]):
             pass
+    options = teacher_options(f)  # --mean/--std are the teacher's and every --onnx file's (they override metadata)
     report = validate_job(force=f["force"], files=list(f["onnx"]), data=f["data"], teacher=f["teacher"], checkpoint=f["checkpoint"],
                           runtime=RuntimeConfig("cpu", f["provider"], f["threads"]),
                           gates=Gates(f["min_agreement"], f["max_accuracy_drop"], f["budget_ms"], f["stat"]),
-                          mean=parse_floats(f["mean"], "--mean"), std=parse_floats(f["std"], "--std"),
+                          teacher_options=options, trust_checkpoint=f["trust_checkpoint"],
+                          mean=options.mean, std=options.std,
                           layout=f["layout"], throughput_batch=f["throughput_batch"], out=f["out"], console=console)
     return Outcome(report, lambda: render.validation_table(report), lambda: raise_for_gates(report))

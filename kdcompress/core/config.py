@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
@@ -316,19 +317,28 @@ def builtin_preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
 
 
+def is_preset_path(name_or_path: str) -> bool:
+    """A user preset is recognised by its spelling alone (it ends in .toml or holds a path separator), never by
+    what the working directory holds: a file or folder named `kd` there must not shadow the built-in `kd`."""
+    seps = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    return name_or_path.endswith(".toml") or any(s in name_or_path for s in seps)
+
+
 def load_preset(name_or_path: str) -> Preset:
-    """A built-in name (`kd`, `dkd`, ...) or a path to the user's own TOML file."""
+    """A built-in name (`kd`, `dkd`, ...), which always wins, or a path to the user's own TOML file
+    (`./kd.toml`, `/x/kd`: see is_preset_path)."""
     path = Path(name_or_path)
-    if name_or_path.endswith(".toml") or path.exists():
+    if is_preset_path(name_or_path):
         if not path.is_file():
             raise InputError(f"preset file not found: {path}")
         text, source = path.read_text(), str(path)
     else:
         names = builtin_preset_names()
         if name_or_path not in names:
+            local = f"; for the file here give ./{name_or_path}" if path.exists() else ""
             raise UsageError(
                 f"unknown preset '{name_or_path}'{did_you_mean(name_or_path, names)}; "
-                f"choose from: {', '.join(names)}, or give a .toml path"
+                f"choose from: {', '.join(names)}, or give a .toml path{local}"
             )
         text = resources.files("kdcompress.presets").joinpath(f"{name_or_path}.toml").read_text()
         source = f"builtin:{name_or_path}"

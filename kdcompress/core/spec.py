@@ -81,7 +81,7 @@ class Capacity:
     counts 2). Here, not in students/, so that a warm selection can hold one without importing torch."""
 
     params: int
-    flops: int
+    flops: int | None  # None only for a teacher whose FLOPs cannot be counted (never 0 for "unknown")
     # weighted layers (convolutions and linear layers): at small inputs a model's latency follows its
     # layer count as much as its FLOPs (resnet8x2, 5.5 MFLOPs in 11 layers, ran faster than resnet20, 5.1
     # MFLOPs in 22), so pruning compares it too (select.search). 0: not counted.

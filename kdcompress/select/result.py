@@ -18,7 +18,7 @@ PRECISION_PREFERENCE = {"fp32": 2, "fp16": 1, "int8": 0}  # equal capacity: the 
 class Candidate:
     name: str
     params: int
-    flops: int
+    flops: int | None  # None only in the teacher's row, when its FLOPs cannot be counted
     latency: LatencyStats
     fits: bool
     confirmed: bool = False  # a second, independent measurement agreed (only ever needed near the choice)

@@ -39,7 +39,7 @@ from .confirm import CONFIRM_MAX, CONFIRM_MIN, SPREAD_BOUND, confirm_measurement
 from .engine import (PRUNE_MARGIN, LatencySource, MeasuredSource, Probes, SearchState,  # noqa: F401
                      TableSource, choose, screen)
 from .result import PRECISION_PREFERENCE, Candidate, Selection, measured_precisions  # noqa: F401
-from .warm import LazyTeacher, resolve
+from .warm import LazyTeacher, measure_file, resolve
 
 
 def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *, onnx: bytes | None = None,
@@ -80,8 +80,10 @@ def measure_cached(name: str, model, spec: InputSpec, num_classes: int, runtime:
     if stats is None:
         if on_measure:
             on_measure(name)
-        stats = measure_model(resolve(model), spec, runtime, batch, graph="screen")
-        cache.put(key, stats, graph="screen")
+        own_file = model.onnx_file if isinstance(model, LazyTeacher) else None
+        stats = (measure_file(*own_file, spec, runtime, batch) if own_file is not None
+                 else measure_model(resolve(model), spec, runtime, batch, graph="screen"))
+        cache.put(key, stats, graph="screen" if own_file is None else "ship")  # an ONNX teacher's own graph
     if own:
         cache.save()
     return stats
@@ -168,16 +170,16 @@ def plausible(num_classes: int, spec: InputSpec, max_flops: int | None,
     return out
 
 
-def ladder_rows(num_classes: int, spec: InputSpec, teacher_model, names: tuple[str, ...],
+def ladder_rows(num_classes: int, spec: InputSpec, teacher_flops: int | None, names: tuple[str, ...],
                 precision: str, provider: str) -> list[dict[str, Any]]:
     """The candidates a selection would measure (what `select --export-candidates` writes), in the order
-    of capacity: {"name", "precision", "family", "params", "flops"} per (student, precision)."""
+    of capacity: {"name", "precision", "family", "params", "flops"} per (student, precision).
+    `teacher_flops` is the loaded teacher's count (None: unknown, and nothing is filtered by it)."""
     from ..students.registry import STUDENTS, capacity
 
     precs, _ = measured_precisions(precision, provider)
-    t_flops = capacity(teacher_model, spec).flops if teacher_model is not None else None
     rows = []
-    for name, model in plausible(num_classes, spec, t_flops, names):
+    for name, model in plausible(num_classes, spec, teacher_flops, names):
         cap = capacity(model, spec)
         rows += [{"name": name, "precision": p, "family": STUDENTS.get(name).family, "params": cap.params,
                   "flops": cap.flops} for p in precs]
@@ -193,8 +195,8 @@ def export_wave(exporter, jobs: list[tuple[str, str]], graph: str = "ship") -> d
 
 
 def _teacher_capacity(teacher_model, spec: InputSpec):
-    if isinstance(teacher_model, LazyTeacher):  # a warm selection: no torch (select.warm)
-        return teacher_model.capacity
+    if isinstance(teacher_model, LazyTeacher):  # the loader's count (select.warm): no torch; FLOPs None when
+        return teacher_model.capacity          # unknown, so the capacity filter is off, never at 0
     if teacher_model is None:
         return None
     from ..students.registry import capacity

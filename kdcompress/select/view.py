@@ -50,7 +50,7 @@ def save_pareto_plot(sel: Selection, path: Path, title: str = "") -> None:
     for c in cands:
         ax.annotate(c.name, (c.flops, c.latency.stat(stat)), fontsize=5.5, xytext=(3, 2),
                     textcoords="offset points", color="0.3")
-    if sel.teacher is not None:
+    if sel.teacher is not None and sel.teacher.flops is not None:  # unknown FLOPs: no place on this axis
         t = sel.teacher
         ax.scatter([t.flops], [t.latency.stat(stat)], marker="^", s=70, color="black",
                    label=f"teacher ({t.name})", zorder=3)

@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.config import RuntimeConfig
 from ..core.fsguard import file_sha256
+from ..core.ortbench import LatencyStats, make_session, measure_latency
 from ..core.spec import Capacity, InputSpec
 from .cache import LatencyCache, cache_path
 
-SUMMARY_FORMAT = 1
+SUMMARY_FORMAT = 2  # 2: FLOPs from the loaded Teacher (None when unknown; an ONNX teacher's from its graph)
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,9 @@ class TeacherSummary:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     params: int
-    flops: int
+    flops: int | None  # None: not countable (a TorchScript module torch's counter cannot run); never 0 for unknown
     model_text: str  # repr(model): the latency cache's key for the teacher
+    onnx_layout: str | None = None  # an ONNX teacher run in ORT: its graph's input layout (measured on its file)
 
     @property
     def num_classes(self) -> int:
@@ -49,18 +52,27 @@ class TeacherSummary:
     def from_json(cls, d: dict[str, Any]) -> TeacherSummary:
         return cls(str(d["arch"]), tuple(str(c) for c in d["classes"]), tuple(int(v) for v in d["shape"]),
                    tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]), int(d["params"]),
-                   int(d["flops"]), str(d["model_text"]))
+                   None if d["flops"] is None else int(d["flops"]), str(d["model_text"]),
+                   None if d.get("onnx_layout") is None else str(d["onnx_layout"]))
 
 
 class LazyTeacher:
     """Stands for the teacher's model in select(): its capacity and cache key from the summary; the real
     model (`model()`) only when something has to be measured."""
 
-    def __init__(self, summary: TeacherSummary, load: Callable[[], Any]):
-        self.summary, self._load, self._model = summary, load, None
+    def __init__(self, summary: TeacherSummary, load: Callable[[], Any], path: Path | None = None):
+        self.summary, self._load, self._model, self.path = summary, load, None, path
+
+    @property
+    def onnx_file(self) -> tuple[Path, str] | None:
+        """(file, input layout) of an ONNX teacher: measured on its own graph, never re-exported."""
+        if self.summary.onnx_layout is None or self.path is None:
+            return None
+        return self.path, self.summary.onnx_layout
 
     @property
     def capacity(self) -> Capacity:
+        """params and FLOPs; FLOPs None when the teacher's cannot be counted (select then filters on none)."""
         return Capacity(self.summary.params, self.summary.flops)
 
     def model(self):
@@ -117,12 +129,25 @@ def known_summary(key: str | None) -> TeacherSummary | None:
         return None
 
 
-def remember(key: str, teacher, capacity: Capacity) -> TeacherSummary:
-    """Keep the summary of a loaded teacher (kdcompress.teacher.Teacher) under `key`; returns it."""
+def summary_of(teacher) -> TeacherSummary:
+    """What select needs of a loaded teacher (kdcompress.teacher.Teacher): its params and FLOPs as the loader
+    counted them (FLOPs None when unknown), never re-counted on the module (an ORT-run module counts 0)."""
     spec = teacher.input_spec
-    s = TeacherSummary(teacher.arch, tuple(teacher.classes), tuple(spec.shape), tuple(spec.mean), tuple(spec.std),
-                       capacity.params, capacity.flops, repr(teacher.model))
+    layout = getattr(teacher.model, "layout", "NCHW") if teacher.format == "onnx" else None
+    return TeacherSummary(teacher.arch, tuple(teacher.classes), tuple(spec.shape), tuple(spec.mean),
+                          tuple(spec.std), int(teacher.params), teacher.flops, repr(teacher.model), layout)
+
+
+def remember(key: str, summary: TeacherSummary, path: Path) -> None:
+    """Keep `summary` of the teacher file at `path` under `key` in teachers.json."""
     st = store()
-    st.put_json(key, {**asdict(s), "path": str(teacher.path)})
+    st.put_json(key, {**asdict(summary), "path": str(path)})
     st.save()
-    return s
+
+
+def measure_file(path: Path, layout: str, spec: InputSpec, runtime: RuntimeConfig, batch: int) -> LatencyStats:
+    """An ONNX teacher's latency on its own file (ORT reads any external data beside it), fed in its layout:
+    exporting the ORT-run module would trace no graph at all."""
+    c, h, w = spec.shape
+    sess = make_session(Path(path), runtime.provider, runtime.threads)
+    return measure_latency(sess, (batch, h, w, c) if layout == "NHWC" else (batch, c, h, w))

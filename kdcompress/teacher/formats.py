@@ -38,6 +38,7 @@ from .archs import fit_weights, is_torchvision
 from .embedding import find_embedding
 from .files import is_hf_folder, read_hf_folder, read_safetensors
 from .model import OUTPUT_LOGITS, OUTPUT_PROBABILITIES, Teacher
+from .onnxflops import onnx_flops
 from .ortteacher import OrtTeacher, graph_layout
 from .recorded import Recorded, recorded_from_dict, recorded_from_module, spec_fields
 
@@ -247,7 +248,7 @@ def _finish(path: Path, model: nn.Module, fmt: str, arch: str, rec: Recorded, op
     via, head, dim = find_embedding(model, probe, probe_out)
     output = OUTPUT_PROBABILITIES if is_probability(logits) and is_probability(probe_out) else OUTPUT_LOGITS
     flops: int | None = None
-    if not isinstance(model, OrtTeacher):  # ORT runs outside torch: its FLOPs cannot be counted here
+    if not isinstance(model, OrtTeacher):  # ORT runs outside torch: _load_onnx counts them on the graph
         try:
             flops = capacity(model, spec, memo=True).flops
         except Exception:  # some scripted or exotic modules defeat the FLOP counter; leave it unknown
@@ -295,7 +296,8 @@ def _load_onnx(path: Path, opt: TeacherOptions) -> Teacher:
         model = OrtTeacher(path, layout, _logits_output(path, model, spec, rec, opt))
     t = _finish(path, model, "onnx", f"onnx:{proto.graph.name or path.stem}", rec, opt, spec=spec)
     params = sum(math.prod(init.dims) for init in proto.graph.initializer)
-    return replace(t, params=params)
+    # counted on the graph (torch's counter sees nothing of ORT's run); None when it cannot be counted
+    return replace(t, params=params, flops=onnx_flops(proto, spec.shape, layout))
 
 
 def _logits_output(path: Path, model: OrtTeacher, spec: InputSpec, rec: Recorded, opt: TeacherOptions) -> str:
@@ -326,21 +328,9 @@ def _check_finite_weights(path: Path, model: nn.Module) -> None:
             raise InputError(f"teacher {path} has NaN or infinite values in '{name}'; the file is broken")
 
 
-TEACHER_FLAGS = ("--teacher-arch", "--num-classes", "--classes", "--input-shape", "--mean", "--std")
-
-
-def load_teacher(path: Path, *, trust: bool = False, options: TeacherOptions | None = None,
-                 flags: bool = True) -> Teacher:
+def load_teacher(path: Path, *, trust: bool = False, options: TeacherOptions | None = None) -> Teacher:
     """Load a teacher in any supported format (see this module); flags in `options` override what
-    the file records. Pickled code runs only with trust=True (--trust-checkpoint). flags=False: the calling
-    command has no teacher flags, so a hint naming one is replaced by what that command can take."""
+    the file records. Pickled code runs only with trust=True (--trust-checkpoint). Every command that reads
+    a teacher takes the same teacher flags (commands.flags.TEACHER_FLAGS), so an error may name any of them."""
     regular_file(Path(path), "teacher")  # a FIFO or a device would block the reader
-    try:
-        return load_any(Path(path), options or TeacherOptions(), trust=trust)
-    except UsageError as e:
-        msg = str(e)
-        if flags or not any(f in msg for f in TEACHER_FLAGS):
-            raise
-        cause = msg.split("; give ")[0].split("; use ")[0]
-        raise UsageError(f"{cause}; this command has no teacher flags: give it a teacher file that records them "
-                         "(a kdcompress checkpoint, or the teacher.onnx a distill run writes)") from None
+    return load_any(Path(path), options or TeacherOptions(), trust=trust)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.errors import EnvironmentProblem, InputError
+from ..core.fsguard import file_sha256
 from ..core.ortbench import make_session
 from ..core.system import cpu_limit
 
@@ -82,6 +83,13 @@ class OrtTeacher(nn.Module):
             arr = np.concatenate([arr] * -(-self.fixed_batch // len(arr)))[: self.fixed_batch]
         names = [o.name for o in sess.get_outputs()]
         return {n: tuple(np.shape(v)) for n, v in zip(names, sess.run(names, {self.input_name: arr}), strict=True)}
+
+    def extra_repr(self) -> str:
+        """The file's content and layout: repr(model) keys select's latency cache, and two ONNX teachers of one
+        input shape are different graphs (the default repr, "OrtTeacher()", would share one entry)."""
+        if not hasattr(self, "_sha256"):
+            self._sha256 = file_sha256(self.path)
+        return f"sha256={self._sha256}, layout={self.layout}, output={self.output_name}"
 
     def __deepcopy__(self, memo):  # an ORT session cannot be copied; a fresh one over the same file is equal
         return OrtTeacher(self.path, self.layout, self.output_name)
