@@ -148,7 +148,7 @@ def record_in_report(rd: RunDir, files: RunFiles, rows: list[dict[str, Any]]) ->
         return False
     fresh = [{k: v for k, v in r.items() if k in ("variant", "opset", "sha256", "bytes", "checks")}
              | {"onnx": str(recorded / Path(r["onnx"]).name), "source": "export"}
-             | ({"test_accuracy": r["accuracy"]} if "accuracy" in r else {}) for r in mine]
+             | ({"test_accuracy": r["accuracy"], "parity": r["parity"]} if "accuracy" in r else {}) for r in mine]
     names = {Path(r["onnx"]).name for r in fresh}
     old = [a for a in files.report.get("artifacts") or [] if Path(str(a.get("onnx"))).name not in names]
     report = {**files.report, "artifacts": old + fresh}
