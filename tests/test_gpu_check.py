@@ -8,20 +8,52 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("doctor", "teacher", "distill_eager", "distill_compile", "teacher_cache", "throughput", "kd_vs_baseline",
          "ickd_over_kd", "select", "validate_cpu", "fp16_parity")
 
 
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_DIR": str(tmp_path / "work")}
-    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+def _bare_path(tmp_path: Path) -> str:
+    """A PATH whose `python` and `python3` cannot import kdcompress (nor typer): this interpreter without
+    its site-packages and PYTHONPATH (-S -I), as on a fresh machine whose python is not the project's."""
+    shims = tmp_path / "bare-bin"
+    shims.mkdir(exist_ok=True)
+    for name in ("python", "python3"):
+        (shims / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "$@"\n')
+        (shims / name).chmod(0o755)
+    return f"{shims}:/usr/bin:/bin"
+
+
+def _run(tmp_path: Path, *args: str, script: Path = ROOT / "benchmarks" / "gpu_check.sh",
+         python: str | None = None) -> subprocess.CompletedProcess:
+    """The script with a PATH whose python cannot run kdcompress; PYTHON set only when `python` is given."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env |= {"PATH": _bare_path(tmp_path), "GPU_CHECK_DIR": str(tmp_path / "work")}
+    if python is not None:
+        env["PYTHON"] = python
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _checkout_with_venv(tmp_path: Path, venv: Path | None) -> Path:
+    """A checkout's layout (benchmarks/, kdcompress/ and, when given, .venv as links) under tmp_path."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("benchmarks", "kdcompress"):
+        (repo / name).symlink_to(ROOT / name, target_is_directory=True)
+    if venv is not None:
+        (repo / ".venv").symlink_to(venv, target_is_directory=True)
+    return repo
 
 
 def test_the_dry_run_passes_every_step_and_prints_one_summary_table(tmp_path):
-    r = _run(tmp_path, "--dry-run")
+    """Run the way a device session runs it: `python` on PATH is not the project's. The script finds the
+    checkout's .venv itself (`make test` creates it); a checkout without one names this interpreter in PYTHON."""
+    venv = ROOT / ".venv" / "bin" / "python"
+    r = _run(tmp_path, "--dry-run", python=None if venv.exists() else sys.executable)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert f"using {venv if venv.exists() else sys.executable}" in r.stderr
     lines = r.stdout.splitlines()
     head = next(i for i, ln in enumerate(lines) if ln.startswith("kdcompress GPU check (dry run on the CPU"))
     rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in lines[head + 3:] if ln.startswith("| ")}
@@ -52,3 +84,28 @@ def test_a_failing_step_fails_the_check_and_bad_arguments_are_refused(tmp_path, 
     assert (tmp_path / "crash.traceback").is_file()
     r = _run(tmp_path, "--bogus")
     assert r.returncode == 2 and "unknown argument" in r.stderr
+
+
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="needs the tests to run in a virtual environment")
+def test_the_script_finds_the_checkouts_venv_when_python_on_path_cannot_run_kdcompress(tmp_path):
+    repo = _checkout_with_venv(tmp_path, Path(sys.prefix))
+    r = _run(tmp_path, "--which-python", script=repo / "benchmarks" / "gpu_check.sh")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(repo / ".venv" / "bin" / "python")
+
+
+def test_without_a_usable_python_it_says_how_to_make_one_in_one_line(tmp_path):
+    repo = _checkout_with_venv(tmp_path, None)
+    r = _run(tmp_path, "--dry-run", script=repo / "benchmarks" / "gpu_check.sh")
+    assert r.returncode == 1 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and "run `make install` first (creates .venv)" in lines[0], r.stderr
+    assert not (tmp_path / "work").exists()  # refused before any work
+
+
+def test_a_python_named_in_PYTHON_that_cannot_run_kdcompress_is_refused_not_replaced(tmp_path):
+    repo = _checkout_with_venv(tmp_path, Path(sys.prefix))
+    r = _run(tmp_path, "--which-python", script=repo / "benchmarks" / "gpu_check.sh",
+             python=str(tmp_path / "bare-bin" / "python3"))
+    assert r.returncode == 1 and r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1 and "PYTHON=" in r.stderr and "make install" in r.stderr

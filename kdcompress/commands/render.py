@@ -69,7 +69,8 @@ def export_lines(result: dict[str, Any]) -> None:
         par = a.get("parity")
         extra = (f"  test acc {100 * a['accuracy']:.2f}%  max|diff| {par['max_abs_diff']:.3g}  "
                  f"agreement {100 * par['top1_agreement']:.2f}%" if par else "")
-        c.print(f"{a['variant']:5s} {a['onnx']}  {a['bytes']:,} bytes{extra}", markup=False, highlight=False)
+        kept = "  (kept: the file report.json vouches for)" if a.get("kept") else ""
+        c.print(f"{a['variant']:5s} {a['onnx']}  {a['bytes']:,} bytes{extra}{kept}", markup=False, highlight=False)
 
 
 def report_lines(r: dict[str, Any]) -> None:

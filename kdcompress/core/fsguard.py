@@ -34,8 +34,39 @@ def os_error(e: OSError, path: Path | str | None = None, doing: str = "writing")
     if e.errno == errno.ENOTDIR:
         return InputError(f"a part of {where} is not a directory")
     if e.errno == errno.ENOENT:
-        return InputError(f"file not found: {where}")
+        if doing == "reading":
+            return InputError(f"file not found: {where}")
+        # a write, create or lock that meets ENOENT: a folder on the way is missing, not the file itself
+        return InputError(f"cannot finish {doing} {where}: a directory on its path does not exist")
     return InputError(f"cannot access {where}: {reason}")
+
+
+SPECIAL_ROOTS = ("/proc", "/sys", "/dev")  # kernel and device filesystems: no place for a file or a run
+
+
+def special_root(path: Path | str) -> str | None:
+    """The special filesystem (/proc, /sys, /dev) that `path` lies in once links are resolved, else None."""
+    real = os.path.realpath(path)
+    return next((r for r in SPECIAL_ROOTS if real == r or real.startswith(r + "/")), None)
+
+
+def check_output_file(path: Path, flag: str = "--out") -> None:
+    """Before any work: a file path that kdcompress can write. Refuses, naming the cause, a path inside
+    /proc, /sys or /dev, a directory, an existing FIFO or device, a path below a file, and a directory that
+    is not writable. Nothing is created."""
+    path = Path(path)
+    if (root := special_root(path)) is not None:
+        raise InputError(f"{flag} {path} is inside {root}, a special filesystem that cannot hold files; "
+                         "give a path in a regular directory")
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a directory; give a file path")
+    if path.exists():
+        regular_file(path, f"{flag}")
+    existing = next((p for p in Path(os.path.abspath(path)).parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise InputError(f"{flag} {path}: {existing} is not a directory")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: directory {existing} is not writable")
 
 
 def strict_json(obj: Any) -> Any:
@@ -84,9 +115,10 @@ def check_confined(path: Path) -> None:
                              "links out of a run directory: remove it or use another --out")
 
 
-def regular_file(path: Path, what: str = "file") -> Path:
+def regular_file(path: Path, what: str = "file", *, expected: str | None = None) -> Path:
     """Refuse, at once, a path that exists but is not a regular file (a FIFO or a device would block a
-    reader forever or stream without end). Symlinks to regular files are fine."""
+    reader forever or stream without end). Symlinks to regular files are fine. A directory is refused
+    when `expected` names the file wanted ("an .onnx file"); otherwise the caller says what it means."""
     path = Path(path)
     try:
         st = path.stat()
@@ -95,6 +127,8 @@ def regular_file(path: Path, what: str = "file") -> Path:
     except OSError as e:
         raise os_error(e, path, "reading") from None
     if stat.S_ISDIR(st.st_mode):
+        if expected is not None:
+            raise InputError(f"{what} {path} is a directory, expected {expected}")
         return path  # the caller says what a directory means for it
     if not stat.S_ISREG(st.st_mode):
         kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if (

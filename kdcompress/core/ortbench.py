@@ -69,7 +69,7 @@ def check_onnx(path: Path) -> None:
     import onnx
 
     path = Path(path)
-    regular_file(path, "ONNX file")  # a FIFO or a device would block the reader
+    regular_file(path, "ONNX file", expected="an .onnx file")  # a FIFO or a device would block the reader
     if not path.is_file():
         raise InputError(f"ONNX file not found: {path}")
     if path.stat().st_size == 0:

@@ -21,13 +21,25 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, UsageError
-from .fsguard import MARKER, _file_mode, check_confined, os_error, regular_file, run_root_of, strict_json
+from .fsguard import (
+    MARKER,
+    _file_mode,
+    check_confined,
+    os_error,
+    regular_file,
+    run_root_of,
+    special_root,
+    strict_json,
+)
 
 __all__ = ["MARKER", "RunDir", "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
            "check_confined", "os_error", "read_json", "regular_file", "run_root_of", "safe_torch_load", "strict_json"]
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
+    if (root := special_root(path)) is not None:  # /proc answers "not found" to a new file: say the cause
+        raise InputError(f"cannot write {path}: it is inside {root}, a special filesystem that cannot hold "
+                         "files; give a path in a regular directory")
     check_confined(path)
     if path.is_dir():
         raise InputError(f"{path} is a directory; give a file path")
@@ -251,10 +263,9 @@ class RunDir:
 
     def check_path(self) -> None:
         """What `--out` names can hold a run: checked before any work, nothing written."""
-        real = os.path.realpath(self.root)
-        for sys_root in ("/proc", "/sys", "/dev"):
-            if real == sys_root or real.startswith(sys_root + "/"):
-                raise InputError(f"--out {self.root} is inside {sys_root}, which cannot hold a run directory")
+        if (sys_root := special_root(self.root)) is not None:
+            raise InputError(f"--out {self.root} is inside {sys_root}, a special filesystem that cannot hold a "
+                             "run directory; give a path in a regular directory")
         if self.root.is_symlink() and not self.root.exists():
             raise InputError(f"--out {self.root} is a dangling symlink")
         if self.root.exists() and not self.root.is_dir():
@@ -315,10 +326,11 @@ class RunDir:
             atomic_write_json(self.marker, {"format": "kdcompress.run", "version": 1, "command": command})
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, fix: str = "wait for it or use another --out") -> Iterator[None]:
         """Hold an exclusive lock on the run directory (flock on the directory itself, released by the
         kernel when the process dies, even by SIGKILL): two jobs never train into one run directory.
-        Re-entrant within a process (the pipeline holds it from the first check; training takes it again)."""
+        Re-entrant within a process (the pipeline holds it from the first check; training takes it again).
+        `fix`: what the refusal of a busy directory tells the user to do."""
         import fcntl
 
         key = os.path.realpath(self.root)
@@ -343,8 +355,7 @@ class RunDir:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise UsageError(f"run directory {self.root} is in use by another kdcompress process; wait for "
-                                 "it or use another --out") from None
+                raise UsageError(f"run directory {self.root} is in use by another kdcompress process; {fix}") from None
             except OSError:
                 pass  # a filesystem without flock (some network mounts): run unlocked rather than refuse
             with _HELD_LOCK:

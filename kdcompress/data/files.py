@@ -159,7 +159,7 @@ def _scan_imagefolder(root: Path) -> Listing:
 
 
 def _read_csv(path: Path) -> Listing:
-    regular_file(path, "CSV file")  # a FIFO would block the reader
+    regular_file(path, "CSV file", expected="a .csv file")  # a FIFO would block the reader
     if not path.is_file():
         raise InputError(f"CSV file not found: {path}")
     try:

@@ -6,6 +6,8 @@ from .onnx import (
            DEFAULT_CALIB,
            ExportOptions,
            OnnxArtifact,
+           VariantBuild,
+           build_variants,
            calibration_images,
            export_onnx,
            export_variants,
@@ -13,4 +15,4 @@ from .onnx import (
 )
 
 __all__ = ["CHECK_BATCHES", "DEFAULT_CALIB", "ExportOptions", "OnnxArtifact", "calibration_images", "export_onnx",
-           "export_variants", "variant_path"]
+           "VariantBuild", "build_variants", "export_variants", "variant_path"]

@@ -152,48 +152,83 @@ def check_batches(data: bytes, model: nn.Module, probe: np.ndarray, variant: str
             "within_tolerance": max(diffs) <= tol, "batch_consistency_max_abs_diff": consistency}
 
 
-def export_variants(model: nn.Module, spec: InputSpec, fp32_path: Path, opts: ExportOptions,
-                    metadata: dict[str, Any], *, calib: np.ndarray | None = None,
-                    probe: np.ndarray | None = None) -> list[OnnxArtifact]:
-    """Write the fp32 file and each requested variant beside it; every file passes onnx.checker
-    (full_check) and runs at batch 1 and 7 in ONNX Runtime, compared with PyTorch on `probe` images
-    (default: seeded N(0, 1) in the normalised space)."""
-    import onnx
+@dataclass(frozen=True)
+class VariantBuild:
+    """One exported file, checked, still in memory: what a caller decides to write (or keep) as a whole."""
 
-    from .variants import topological_sort
+    variant: str
+    path: Path
+    opset: int
+    data: bytes
+    metadata: dict[str, str]
+    checks: dict[str, Any]
 
-    if opts.int8 and calib is None:
-        raise UsageError("--int8 needs training images to calibrate on: give --data (or export a run)")
+    def artifact(self) -> OnnxArtifact:
+        return OnnxArtifact(self.variant, self.path, self.opset, hashlib.sha256(self.data).hexdigest(),
+                            len(self.data), dict(self.metadata), self.checks)
+
+    def write(self) -> OnnxArtifact:
+        atomic_write_bytes(self.path, self.data)
+        return self.artifact()
+
+
+def _probe(spec: InputSpec, probe: np.ndarray | None) -> np.ndarray:
+    """CHECK_BATCHES' largest number of images: `probe` repeated as needed, or seeded N(0, 1) without one."""
     if probe is None:
         probe = np.random.default_rng(0).standard_normal((max(CHECK_BATCHES), *spec.shape)).astype(np.float32)
     probe = probe[:max(CHECK_BATCHES)]
     if len(probe) < max(CHECK_BATCHES):
         probe = np.concatenate([probe] * (-(-max(CHECK_BATCHES) // len(probe))))[:max(CHECK_BATCHES)]
+    return probe
 
+
+def _variant_proto(base, variant: str, calib: np.ndarray | None):
+    """The ModelProto of `variant` made from the fp32 `base` (which stays unchanged)."""
+    import onnx
+
+    from .variants import topological_sort
+
+    if variant == "fp32":
+        return base
+    if variant == "fp16":
+        return to_fp16(onnx.load_from_string(base.SerializeToString()))
+    with tempfile.TemporaryDirectory(prefix="kdc-export-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(base.SerializeToString())
+        to_int8(src, dst, calib, INPUT_NAME)
+        proto = onnx.load(str(dst))
+    topological_sort(proto)
+    # quant_pre_process stamps its own keys; ours describe the file that ships
+    keep = [p for p in proto.metadata_props if not p.key.startswith("onnx.")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    return proto
+
+
+def build_variants(model: nn.Module, spec: InputSpec, fp32_path: Path, opts: ExportOptions,
+                   metadata: dict[str, Any], *, calib: np.ndarray | None = None,
+                   probe: np.ndarray | None = None) -> list[VariantBuild]:
+    """The fp32 file and each requested variant, in memory: every one passes onnx.checker (full_check)
+    and runs at batch 1 and 7 in ONNX Runtime, compared with PyTorch on `probe` images (default: seeded
+    N(0, 1) in the normalised space). Nothing is written."""
+    if opts.int8 and calib is None:
+        raise UsageError("--int8 needs training images to calibrate on: give --data (or export a run)")
+    probe = _probe(spec, probe)
     base = onnx_proto(model, spec, opset=opts.opset, simplify=opts.simplify)
-    out: list[OnnxArtifact] = []
+    out: list[VariantBuild] = []
     for variant in opts.variants:
-        path = variant_path(fp32_path, variant)
         meta = {**metadata, "variant": variant, "opset": opts.opset, "simplified": opts.simplify}
-        if variant == "fp32":
-            proto = base
-        elif variant == "fp16":
-            proto = to_fp16(onnx.load_from_string(base.SerializeToString()))
-        else:
-            with tempfile.TemporaryDirectory(prefix="kdc-export-") as tmp:
-                src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-                src.write_bytes(base.SerializeToString())
-                to_int8(src, dst, calib, INPUT_NAME)
-                proto = onnx.load(str(dst))
-            topological_sort(proto)
-            # quant_pre_process stamps its own keys; ours describe the file that ships
-            keep = [p for p in proto.metadata_props if not p.key.startswith("onnx.")]
-            del proto.metadata_props[:]
-            proto.metadata_props.extend(keep)
+        proto = _variant_proto(base, variant, calib)
         set_metadata(proto, meta)
         data = checked_bytes(proto, f"the {variant} ONNX model")
         checks = check_batches(data, model, probe, variant)
-        atomic_write_bytes(path, data)
-        out.append(OnnxArtifact(variant, path, opts.opset, hashlib.sha256(data).hexdigest(), len(data),
+        out.append(VariantBuild(variant, variant_path(fp32_path, variant), opts.opset, data,
                                 {k: encode_value(v) for k, v in meta.items()}, checks))
     return out
+
+
+def export_variants(model: nn.Module, spec: InputSpec, fp32_path: Path, opts: ExportOptions,
+                    metadata: dict[str, Any], *, calib: np.ndarray | None = None,
+                    probe: np.ndarray | None = None) -> list[OnnxArtifact]:
+    """build_variants, then every file written beside `fp32_path` (after all of them passed their checks)."""
+    return [b.write() for b in build_variants(model, spec, fp32_path, opts, metadata, calib=calib, probe=probe)]

@@ -188,6 +188,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     lines += _per_class(r) + [""]
     files = [f"- `{v['onnx']}` ({v['name']}, sha256 `{v['sha256'][:16]}…`)" for v in r["variants"]]
+    files += [f"- `{a['onnx']}` ({a['variant']}, written by `kdcompress export`: checked against PyTorch, latency not "
+              f"measured; sha256 `{a['sha256'][:16]}…`)" for a in r.get("artifacts") or [] if a.get("source") == "export"]
     if r["kind"] == "distill":
         files.append(f"- `{r['student']['checkpoint']}` (PyTorch checkpoint)")
     lines += ["## Files", "", *files, ""]
