@@ -64,7 +64,7 @@ def _child(args) -> None:
     if spec["engine"] == "torch":
         import torch
 
-        from kdcompress.core.ortbench import measure_latency
+        from kdcompress.runtime.ortbench import measure_latency
 
         torch.set_num_threads(1)
         model = _build(spec["model"], spec["classes"], shape)
@@ -73,7 +73,7 @@ def _child(args) -> None:
     else:
         import onnxruntime as ort
 
-        from kdcompress.core.ortbench import make_session, measure_latency
+        from kdcompress.runtime.ortbench import make_session, measure_latency
 
         if spec.get("level"):
             so = ort.SessionOptions()
@@ -146,7 +146,7 @@ def _digits_students(tmp: Path) -> list[tuple[str, Path]]:
 def _export_plain(name: str, model, shape, tmp: Path) -> tuple[Path, Path]:
     import torch
 
-    from kdcompress.core.onnxio import onnx_bytes
+    from kdcompress.runtime.onnxio import onnx_bytes
     from kdcompress.core.spec import InputSpec
 
     c = shape[0]
@@ -215,8 +215,8 @@ def bench_int8(tmp: Path, digits: list[tuple[str, Path]]) -> None:
     import numpy as np
     import torch
 
-    from kdcompress.core.onnxio import build_metadata
-    from kdcompress.core.ortbench import make_session
+    from kdcompress.runtime.onnxio import build_metadata
+    from kdcompress.runtime.ortbench import make_session
     from kdcompress.core.spec import InputSpec
     from kdcompress.data.specs import load_data
     from kdcompress.export.onnx import ExportOptions, calibration_images, export_variants

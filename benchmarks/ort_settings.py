@@ -28,7 +28,7 @@ MODELS = [("digits resnet8", "resnet8", 10, (1, 8, 8)), ("resnet20", "resnet20",
 
 
 def child(spec: dict) -> None:
-    from kdcompress.core.ortbench import SessionSettings, make_session, measure_latency
+    from kdcompress.runtime.ortbench import SessionSettings, make_session, measure_latency
 
     shape = (1, *spec["shape"])
     grid = [SessionSettings(**s) for s in spec["grid"]]
@@ -53,8 +53,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from kdcompress.core.onnxio import onnx_bytes
-    from kdcompress.core.ortbench import EXEC_MODES, OPT_LEVELS, SessionSettings, sweep_settings
+    from kdcompress.runtime.onnxio import onnx_bytes
+    from kdcompress.runtime.ortbench import EXEC_MODES, OPT_LEVELS, SessionSettings, sweep_settings
     from kdcompress.core.spec import InputSpec
     from kdcompress.core.system import cpu_limit, machine_fingerprint
 

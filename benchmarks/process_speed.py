@@ -75,7 +75,7 @@ def main() -> None:
         child(args.child[0], args.child[1] == "1")
         return
 
-    from kdcompress.core.onnxio import onnx_bytes
+    from kdcompress.runtime.onnxio import onnx_bytes
     from kdcompress.core.spec import InputSpec
     from kdcompress.core.system import machine_fingerprint
     from kdcompress.students.registry import build_student

@@ -76,9 +76,9 @@ def main() -> None:
     ap.add_argument("--json", help="write the rows and the summary here")
     args = ap.parse_args()
 
-    from kdcompress.core.freshbench import measure_fresh
-    from kdcompress.core.latencytable import read_manifest
-    from kdcompress.core.ortbench import SessionSettings
+    from kdcompress.runtime.freshbench import measure_fresh
+    from kdcompress.runtime.latencytable import read_manifest
+    from kdcompress.runtime.ortbench import SessionSettings
     from kdcompress.core.system import machine_fingerprint
 
     t0 = time.time()

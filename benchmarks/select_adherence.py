@@ -102,9 +102,9 @@ def main() -> None:
     torch.set_num_threads(1)
     from kdcompress.core.config import Budget, RuntimeConfig
     from kdcompress.core.errors import BudgetError
-    from kdcompress.core.freshbench import measure_fresh
-    from kdcompress.core.onnxio import onnx_bytes
-    from kdcompress.core.ortbench import SessionSettings
+    from kdcompress.runtime.freshbench import measure_fresh
+    from kdcompress.runtime.onnxio import onnx_bytes
+    from kdcompress.runtime.ortbench import SessionSettings
     from kdcompress.core.system import machine_fingerprint
     from kdcompress.select import confirm
     from kdcompress.select.search import select

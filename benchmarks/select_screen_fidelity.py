@@ -1,7 +1,7 @@
 """Is the fast TorchScript screening export faithful to the dynamo graph that ships?
 
 For every zoo student that suits the digits input (1x8x8, 10 classes; random init: latency does not depend
-on the weights) this exports the model both ways (core.onnxio.screen_bytes and onnx_bytes), times each
+on the weights) this exports the model both ways (runtime.onnxio.screen_bytes and onnx_bytes), times each
 export, and measures the ORT p50 at batch 1 of both graphs with the same session settings (the select
 defaults: CPU provider, 1 intra-op thread; the screening graph has a static batch of 1, as select exports it
 at the budget's batch), in interleaved rounds (screen, ship, ship, screen, ...: a
@@ -30,8 +30,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from kdcompress.core.onnxio import onnx_bytes, screen_bytes
-    from kdcompress.core.ortbench import make_session, measure_latency
+    from kdcompress.runtime.onnxio import onnx_bytes, screen_bytes
+    from kdcompress.runtime.ortbench import make_session, measure_latency
     from kdcompress.core.spec import InputSpec
     from kdcompress.core.system import cpu_limit, machine_fingerprint
     from kdcompress.students.registry import STUDENTS

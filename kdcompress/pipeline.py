@@ -17,7 +17,7 @@ from .core.classes import match_classes
 from .commands.autopreset import choose_preset
 from .core.config import RunConfig, RuntimeConfig, preset_to_json
 from .core.errors import BudgetError, InputError, KdError, UsageError
-from .core.onnxio import build_metadata, read_metadata, stamp_metadata
+from .runtime.onnxio import build_metadata, read_metadata, stamp_metadata
 from .core.runio import RunDir, atomic_write_bytes, atomic_write_json
 from .core.spec import InputSpec
 from .core.splits import DataSplits, images, normalize

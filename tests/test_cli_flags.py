@@ -19,7 +19,7 @@ from kdcompress.cli import app
 from kdcompress.core.checkpoint import save_checkpoint
 from kdcompress.core.config import load_preset
 from kdcompress.core.errors import UsageError
-from kdcompress.core.ortbench import LatencyStats
+from kdcompress.runtime.ortbench import LatencyStats
 from kdcompress.core.spec import InputSpec
 from kdcompress.students.registry import STUDENTS, capacity
 

@@ -222,7 +222,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
 def test_onnx_export_parity_dynamic_batch_and_metadata(tmp_path):
     import onnxruntime as ort
 
-    from kdcompress.core.onnxio import read_metadata
+    from kdcompress.runtime.onnxio import read_metadata
     from kdcompress.export.onnx import export_onnx
     from kdcompress.students.registry import build_student
 
@@ -245,8 +245,8 @@ def test_onnx_export_parity_dynamic_batch_and_metadata(tmp_path):
 
 
 def test_latency_harness_percentiles_ordered():
-    from kdcompress.core.onnxio import onnx_bytes
-    from kdcompress.core.ortbench import make_session, measure_latency
+    from kdcompress.runtime.onnxio import onnx_bytes
+    from kdcompress.runtime.ortbench import make_session, measure_latency
     from kdcompress.core.system import cpu_limit
     from kdcompress.students.registry import build_student
 
@@ -260,7 +260,7 @@ def test_latency_harness_percentiles_ordered():
 
 def test_unknown_provider_and_missing_cuda():
     from kdcompress.core.errors import EnvironmentProblem
-    from kdcompress.core.ortbench import make_session
+    from kdcompress.runtime.ortbench import make_session
     from kdcompress.core.system import resolve_device
 
     with pytest.raises(EnvironmentProblem):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from kdcompress.cli import app
 from kdcompress.core.errors import GateError, InputError, UsageError
-from kdcompress.core.onnxio import TOLERANCES
+from kdcompress.runtime.onnxio import TOLERANCES
 
 from .conftest import TINY_DATA, assert_valid_report
 
@@ -103,7 +103,7 @@ def test_export_writes_three_checked_variants(exported):
 
 @pytest.mark.parametrize("name", ["student.onnx", "student.fp16.onnx", "student.int8.onnx"])
 def test_dynamic_batch_really_works(exported, trained, name):
-    from kdcompress.core.ortbench import make_session
+    from kdcompress.runtime.ortbench import make_session
     from kdcompress.data.specs import load_data
 
     _, d = exported
@@ -127,7 +127,7 @@ def test_dynamic_batch_really_works(exported, trained, name):
 def test_metadata_round_trip(exported, trained):
     from kdcompress import __version__
     from kdcompress.core.fsguard import file_sha256
-    from kdcompress.core.onnxio import read_metadata
+    from kdcompress.runtime.onnxio import read_metadata
     from kdcompress.students.checkpoint import load_checkpoint
 
     result, d = exported
@@ -231,7 +231,7 @@ def test_wrong_normalisation_fails_agreement_gate(exported, trained, tmp_path):
 
 
 def test_model_with_wrong_metadata_mean_fails_gate(exported, trained, tmp_path):
-    from kdcompress.core.onnxio import stamp_metadata
+    from kdcompress.runtime.onnxio import stamp_metadata
 
     _, d = exported
     bad = tmp_path / "bad.onnx"
@@ -394,7 +394,7 @@ def test_recommend(rows, expected):
 
 
 def test_topological_sort_repairs_fp16_graph():
-    from kdcompress.core.onnxio import onnx_proto
+    from kdcompress.runtime.onnxio import onnx_proto
     from kdcompress.core.spec import InputSpec
     from kdcompress.export.variants import to_fp16
     from kdcompress.students.registry import build_student

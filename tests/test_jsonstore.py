@@ -57,7 +57,7 @@ def test_an_unwritable_store_is_skipped_and_keeps_its_puts(tmp_path):
 
 
 def test_latency_cache_entries_survive_a_concurrent_writer(tmp_path):
-    from kdcompress.core.ortbench import LatencyStats
+    from kdcompress.runtime.ortbench import LatencyStats
 
     path = tmp_path / "latency.json"
     stats = LatencyStats(1.0, 1.1, 1.2, 1.05, 0.9, 100, 1, 950.0)

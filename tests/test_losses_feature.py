@@ -209,7 +209,7 @@ def _initializers(model_proto) -> list[tuple[int, ...]]:
 def test_nd_preset_end_to_end_and_projector_not_exported(tiny_teacher, tmp_path):
     import onnx
 
-    from kdcompress.core.onnxio import onnx_bytes
+    from kdcompress.runtime.onnxio import onnx_bytes
 
     r = _distill(tiny_teacher, tmp_path, "nd")
     assert r.exit_code == 0, r.output

@@ -6,10 +6,10 @@ import pytest
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
-from kdcompress.core.freshbench import slowest
+from kdcompress.runtime.freshbench import slowest
 from kdcompress.core.fsguard import file_sha256
-from kdcompress.core.latencytable import MANIFEST_FORMAT, profile_dir, read_table, table_stats
-from kdcompress.core.ortbench import LatencyStats, SessionSettings
+from kdcompress.runtime.latencytable import MANIFEST_FORMAT, profile_dir, read_table, table_stats
+from kdcompress.runtime.ortbench import LatencyStats, SessionSettings
 
 
 def stats(p50, p90=None, mean=None, mn=None, iters=100):
@@ -63,7 +63,7 @@ def test_draws_go_round_the_models_and_the_slowest_is_the_figure(tmp_path):
 
 
 def test_profile_warns_of_an_unstable_machine_and_refuses_zero_processes(tmp_path, monkeypatch):
-    import kdcompress.core.latencytable as lt
+    import kdcompress.runtime.latencytable as lt
 
     d = ladder(tmp_path, ["a:fp32"])
     it = iter([1.0, 2.0])

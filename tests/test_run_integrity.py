@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from kdcompress.cli import app, run_guarded
 from kdcompress.core.errors import EnvironmentProblem, InputError, UsageError
-from kdcompress.core.ortbench import error_cause, make_session, ort_max_opset
+from kdcompress.runtime.ortbench import error_cause, make_session, ort_max_opset
 from kdcompress.core.runio import MARKER, RunDir, atomic_write_bytes, atomic_write_json, read_json, strict_json
 
 from .helpers import sigterm_at_step

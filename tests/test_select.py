@@ -15,7 +15,7 @@ import kdcompress.select.search as sel_mod
 from kdcompress.cli import app
 from kdcompress.core.config import Budget, RuntimeConfig
 from kdcompress.core.errors import BudgetError, UsageError
-from kdcompress.core.ortbench import LatencyStats, SessionSettings
+from kdcompress.runtime.ortbench import LatencyStats, SessionSettings
 from kdcompress.core.spec import InputSpec
 from kdcompress.select.cache import LatencyCache, cache_path
 from kdcompress.select.search import Candidate, Selection, select

@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-import kdcompress.core.freshbench as fresh_mod
+import kdcompress.runtime.freshbench as fresh_mod
 import kdcompress.select.search as sel_mod
 from kdcompress.core.config import Budget, RuntimeConfig
-from kdcompress.core.ortbench import SessionSettings
+from kdcompress.runtime.ortbench import SessionSettings
 from kdcompress.select.cache import cache_path
 from kdcompress.select.search import CONFIRM_MAX, CONFIRM_MIN, SPREAD_BOUND, select, settled
 

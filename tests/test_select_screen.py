@@ -17,8 +17,8 @@ import torch
 
 import kdcompress.select.search as sel_mod
 from kdcompress.core.config import Budget, RuntimeConfig
-from kdcompress.core.onnxio import INPUT_NAME, onnx_bytes, screen_bytes
-from kdcompress.core.ortbench import LatencyStats, SessionSettings
+from kdcompress.runtime.onnxio import INPUT_NAME, onnx_bytes, screen_bytes
+from kdcompress.runtime.ortbench import LatencyStats, SessionSettings
 from kdcompress.core.spec import InputSpec
 from kdcompress.select.ladder import Exporter, export_ladder
 from kdcompress.select.cache import cache_path
@@ -210,13 +210,13 @@ def test_real_selection_records_both_graphs():
 
 
 def test_fresh_process_measurements_need_no_torch_and_fail_in_one_line(tmp_path):
-    """core.freshbench: the confirmation's fresh processes time the shipping bytes with onnxruntime alone
+    """runtime.freshbench: the confirmation's fresh processes time the shipping bytes with onnxruntime alone
     (torch blocked in the child), and a model they cannot load is one EnvironmentProblem line."""
     import subprocess
     import sys
 
     from kdcompress.core.errors import EnvironmentProblem
-    from kdcompress.core.freshbench import measure_fresh
+    from kdcompress.runtime.freshbench import measure_fresh
 
     model = STUDENTS.get("tinycnn_w8").build(3, SPEC).eval()
     data = onnx_bytes(model, SPEC)
@@ -230,7 +230,7 @@ def test_fresh_process_measurements_need_no_torch_and_fail_in_one_line(tmp_path)
              "        if name == 'torch' or name.startswith('torch.'):\n"
              "            raise ImportError('torch is blocked')\n"
              "sys.meta_path.insert(0, B())\n"
-             "from kdcompress.core.freshbench import main\n"
+             "from kdcompress.runtime.freshbench import main\n"
              f"main([{str(path)!r}, 'cpu', '{{\"threads\": 1}}', '1,1,8,8'])\n")
     p = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr

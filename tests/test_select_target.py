@@ -22,8 +22,8 @@ import kdcompress.students.registry as reg
 from kdcompress.cli import app
 from kdcompress.core.config import Budget, RuntimeConfig
 from kdcompress.core.errors import BudgetError, InputError, UsageError
-from kdcompress.core.latencytable import TABLE_FORMAT, model_key
-from kdcompress.core.ortbench import LatencyStats, SessionSettings
+from kdcompress.runtime.latencytable import TABLE_FORMAT, model_key
+from kdcompress.runtime.ortbench import LatencyStats, SessionSettings
 from kdcompress.core.spec import InputSpec
 from kdcompress.select.search import select
 from kdcompress.students.registry import STUDENTS, capacity
@@ -418,7 +418,7 @@ def test_export_candidates_profile_without_torch_then_select_from_the_table(cloc
 
 
 def test_profile_refuses_a_modified_file(tmp_path):
-    from kdcompress.core.latencytable import MANIFEST_FORMAT
+    from kdcompress.runtime.latencytable import MANIFEST_FORMAT
 
     (tmp_path / "a.onnx").write_bytes(b"not the exported model")
     (tmp_path / "manifest.json").write_text(json.dumps({"format": MANIFEST_FORMAT, "input_shape": [1, 8, 8],
@@ -500,7 +500,7 @@ def _distill(tiny_teacher, out, drop):
 
 
 def test_distill_auto_ships_int8_with_its_settings(clock, tiny_teacher, tmp_path):
-    from kdcompress.core.onnxio import read_metadata
+    from kdcompress.runtime.onnxio import read_metadata
 
     clock(lambda n, p: E2E_LAT[(n, p)])
     rep = _distill(tiny_teacher, tmp_path / "run", 1.0)
@@ -782,8 +782,8 @@ def test_distill_rank_trial_refuses_another_configuration_before_any_trial(clock
 
 def test_validate_uses_the_settings_a_file_carries(monkeypatch, tmp_path):
     import kdcompress.validate.models as vm
-    from kdcompress.core.onnxio import onnx_bytes
-    from kdcompress.core.ortbench import stored_settings
+    from kdcompress.runtime.onnxio import onnx_bytes
+    from kdcompress.runtime.ortbench import stored_settings
 
     s = {"threads": 2, "opt_level": "extended", "execution": "parallel"}
     path = tmp_path / "m.onnx"

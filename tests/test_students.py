@@ -174,7 +174,7 @@ def test_timm_students_cover_the_mobile_families_and_are_timm_models():
 def _export_parity(name: str) -> None:
     import onnxruntime as ort
 
-    from kdcompress.core.onnxio import INPUT_NAME, onnx_bytes
+    from kdcompress.runtime.onnxio import INPUT_NAME, onnx_bytes
 
     spec = smallest_spec(name)
     model = calibrated(STUDENTS.get(name).build(6, spec))

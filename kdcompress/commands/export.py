@@ -9,8 +9,8 @@ from typing import Any
 from .. import __version__
 from ..core.errors import GateError, InputError, UsageError
 from ..core.fsguard import check_output_file
-from ..core.onnxio import build_metadata, stamp_metadata
-from ..core.ortbench import make_session
+from ..runtime.onnxio import build_metadata, stamp_metadata
+from ..runtime.ortbench import make_session
 from ..core.runio import RunDir, atomic_write_json, read_json, safe_torch_load
 from ..core.spec import InputSpec
 from ..data.specs import load_data

@@ -1,14 +1,14 @@
 """`kdcompress profile DIR`: time the candidate ladder that `select --export-candidates DIR` wrote, on the
 machine this runs on (the deployment target), and write DIR/latency.json for `--latency-table`.
 
-Imports only onnxruntime and numpy (through core.latencytable): the target needs no torch."""
+Imports only onnxruntime and numpy (through runtime.latencytable): the target needs no torch."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from ..core.latencytable import profile_dir
+from ..runtime.latencytable import profile_dir
 from ..core.system import cpu_limit
 from . import Outcome
 

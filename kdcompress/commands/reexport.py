@@ -74,7 +74,7 @@ def vouched_files(report: dict[str, Any], rd: RunDir) -> dict[Path, str]:
 def carried_metadata(rd: RunDir) -> dict[str, str]:
     """student.onnx's metadata less the per-file keys; without a student.onnx, the ONNX Runtime settings
     and precision selection.json chose (what distill writes into it)."""
-    from ..core.onnxio import encode_value, read_metadata
+    from ..runtime.onnxio import encode_value, read_metadata
 
     if rd.onnx.is_file():
         return {k: v for k, v in read_metadata(rd.onnx).items() if k not in PER_FILE_KEYS}
@@ -127,7 +127,7 @@ def _same_path(a: Path, b: Path) -> bool:
 
 def kept_artifact(b: VariantBuild) -> OnnxArtifact:
     """The file already on disk (validated, stamped), described as export describes what it writes."""
-    from ..core.onnxio import read_metadata
+    from ..runtime.onnxio import read_metadata
 
     data = b.path.read_bytes()
     return OnnxArtifact(b.variant, b.path, b.opset, hashlib.sha256(data).hexdigest(), len(data),

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from ..core.config import Budget, RuntimeConfig, TeacherOptions
 from ..core.errors import UsageError
-from ..core.latencytable import read_table
+from ..runtime.latencytable import read_table
 from ..core.runio import RunDir, atomic_write_json
 from ..select import Selection, save_pareto_plot, select
 from ..select.ladder import export_ladder

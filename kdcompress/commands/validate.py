@@ -33,7 +33,7 @@ from .flags import teacher_options
 def _teacher_source(teacher: Path, splits: DataSplits, options: TeacherOptions, trust: bool, layout, warn):
     """The teacher as validate measures it: an ONNX file as it is (its metadata, or --mean/--std, which win as
     for every --onnx file; --classes names its outputs), any other format read with the teacher flags."""
-    from ..core.onnxio import INPUT_NAME, onnx_bytes
+    from ..runtime.onnxio import INPUT_NAME, onnx_bytes
     from ..teacher import load_teacher
 
     if Path(teacher).suffix.lower() == ".onnx":

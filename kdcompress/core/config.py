@@ -17,9 +17,8 @@ from typing import Any
 
 from .build import build_dataclass, coerce, parse_floats, parse_value
 from .errors import InputError, UsageError
-from .ortbench import STATS
 from .registry import did_you_mean
-from .spec import InputSpec
+from .spec import STATS, InputSpec
 
 # --------------------------------------------------------------------------------------------- train
 
@@ -146,7 +145,7 @@ class Preset:
 @dataclass(frozen=True)
 class Budget:
     ms: float | None
-    stat: str = "p50"  # one of ortbench.STATS
+    stat: str = "p50"  # one of core.spec.STATS
     batch: int = 1
 
     def __post_init__(self) -> None:

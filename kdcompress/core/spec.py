@@ -8,6 +8,8 @@ from typing import Any
 
 from .errors import InputError
 
+STATS = ("p50", "p90", "p99")  # the latency statistics a budget can name (runtime.ortbench computes them)
+
 MAX_PIXELS = 4096 * 4096  # one image's H*W above this is refused (a typo such as 3,22400,224)
 
 

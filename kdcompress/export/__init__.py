@@ -1,4 +1,4 @@
-"""The export stage: fp32 ONNX (core.onnxio's conversion) plus fp16/int8 variants, each checked against
+"""The export stage: fp32 ONNX (runtime.onnxio's conversion) plus fp16/int8 variants, each checked against
 PyTorch at batch 1 and 7."""
 
 from .onnx import (

@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..core.config import RuntimeConfig
-from ..core.freshbench import UNSTABLE
-from ..core.ortbench import LatencyStats, SessionSettings
+from ..runtime.freshbench import UNSTABLE
+from ..runtime.ortbench import LatencyStats, SessionSettings
 from ..core.spec import InputSpec
 
 # The confirmation measures the shipping graph in this process once, then in fresh processes until
-# `settled` (module doc; core.freshbench says why): at least CONFIRM_MIN of them, CONFIRM_MAX when the
+# `settled` (module doc; runtime.freshbench says why): at least CONFIRM_MIN of them, CONFIRM_MAX when the
 # slowest draw is within SPREAD_BOUND of the budget (the widest per-process spread measured on the 2-vCPU
 # VM is 1.8x). The slowest figure is the one that must fit.
 CONFIRM_MIN = 3
@@ -44,9 +44,9 @@ def settled(values: list[float], budget_ms: float | None) -> bool:
 def confirm_measurements(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *, onnx: bytes,
                          precision: str = "fp32", settings: SessionSettings | None = None) -> Iterator[LatencyStats]:
     """The confirmation's fresh-process measurements of the shipping bytes, up to CONFIRM_MAX, yielded one
-    by one (core.freshbench: latency is a per-process draw on a shared VM); the caller stops when the
+    by one (runtime.freshbench: latency is a per-process draw on a shared VM); the caller stops when the
     draws are `settled`. A seam: fake clocks replace it (a shorter iterable ends the confirmation)."""
-    from ..core.freshbench import fresh_draws
+    from ..runtime.freshbench import fresh_draws
 
     del model, precision  # the bytes are the model, in its precision
     return fresh_draws(onnx, runtime.provider, (batch, *spec.shape), settings or SessionSettings(runtime.threads or 1),
@@ -54,7 +54,7 @@ def confirm_measurements(model, spec: InputSpec, runtime: RuntimeConfig, batch: 
 
 
 def unstable_note(spread: dict[str, tuple[int, float, float]], stat: str) -> tuple[str, ...]:
-    """One warning for the confirmations whose draws spread by more than core.freshbench.UNSTABLE (the
+    """One warning for the confirmations whose draws spread by more than runtime.freshbench.UNSTABLE (the
     widest named)."""
     if not spread:
         return ()
@@ -69,7 +69,7 @@ def unstable_note(spread: dict[str, tuple[int, float, float]], stat: str) -> tup
 def table_note(table: dict, chosen, stat: str) -> tuple[str, ...]:
     """A warning when the chosen candidate's per-process draws on the target (the latency table `kdcompress
     profile` wrote, its "draws") spread by more than UNSTABLE in `stat`; nothing for a table without draws."""
-    from ..core.latencytable import model_key
+    from ..runtime.latencytable import model_key
 
     entry = table.get("models", {}).get(model_key(chosen.name, chosen.precision)) or {}
     try:

@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 from ..core.config import Budget, RuntimeConfig
 from ..core.errors import BudgetError
-from ..core.freshbench import UNSTABLE
-from ..core.latencytable import check_table, model_key, table_stats
-from ..core.ortbench import LatencyStats, SessionSettings
+from ..runtime.freshbench import UNSTABLE
+from ..runtime.latencytable import check_table, model_key, table_stats
+from ..runtime.ortbench import LatencyStats, SessionSettings
 from ..core.spec import Capacity, InputSpec
 from .cache import LatencyCache
 from .confirm import settled, table_note

@@ -1,10 +1,10 @@
 """Turning candidates into ONNX bytes, and writing the candidate ladder to a directory
 (`select --export-candidates DIR`) for `kdcompress profile` on the target.
 
-Two graphs per candidate. The *screening* graph (graph "screen": core.onnxio.screen_bytes, the TorchScript
+Two graphs per candidate. The *screening* graph (graph "screen": runtime.onnxio.screen_bytes, the TorchScript
 exporter at a static batch, 0.05-1 s a model) is what a selection measures first; it is made in-process,
 since a spawned worker costs a torch import (seconds) and the export is short. The *shipping* graph (graph "ship":
-core.onnxio.onnx_bytes, the dynamo exporter export uses, 1-6 s a model and single-threaded Python) is
+runtime.onnxio.onnx_bytes, the dynamo exporter export uses, 1-6 s a model and single-threaded Python) is
 what a confirmation measures and what --export-candidates writes; a wave of several of those runs in a
 small pool of spawned processes (spawn, not fork: the parent holds torch's thread pools) when workers > 1.
 Measuring happens in the parent with the pool idle, so exports never disturb a timing. Precision variants
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UsageError
-from ..core.latencytable import MANIFEST, MANIFEST_FORMAT, model_key
+from ..runtime.latencytable import MANIFEST, MANIFEST_FORMAT, model_key
 from ..core.runio import atomic_write_bytes, atomic_write_json
 from ..core.spec import InputSpec
 from ..core.system import torch_threads
@@ -46,7 +46,7 @@ def candidate_onnx(name: str, num_classes: int, spec: InputSpec, precision: str,
     weights) in `precision`. Module level so that a spawned worker can run it."""
     import torch
 
-    from ..core.onnxio import onnx_bytes
+    from ..runtime.onnxio import onnx_bytes
     from ..students.registry import build_student
 
     torch.set_num_threads(1)
@@ -80,7 +80,7 @@ class Exporter:
         return self.build(name) if self.build else build_student(name, self.num_classes, self.spec)
 
     def ship(self, job: Job) -> bytes:
-        from ..core.onnxio import onnx_bytes
+        from ..runtime.onnxio import onnx_bytes
 
         name, precision = job
         if (name, "ship") not in self._fp32:
@@ -89,7 +89,7 @@ class Exporter:
 
     def screen(self, job: Job) -> tuple[bytes, str]:
         """(bytes, graph): the screening graph, or the shipping one where the TorchScript export fails."""
-        from ..core.onnxio import screen_bytes
+        from ..runtime.onnxio import screen_bytes
 
         name, precision = job
         if (name, "screen") not in self._fp32:

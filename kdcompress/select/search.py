@@ -7,7 +7,7 @@ per machine fingerprint, provider, ORT version, input shape, batch, threads and 
 
 Adherence: the winner of "largest model whose measurement is under the budget" is biased towards a lucky
 (low) measurement, so a later re-measurement tends to land above it; and on a shared VM a model's latency
-is drawn once per process (core.freshbench). Before a candidate is chosen it is therefore measured again
+is drawn once per process (runtime.freshbench). Before a candidate is chosen it is therefore measured again
 on its shipping graph, once in this process and then in fresh processes, one after another, until the
 draws settle it (select.confirm.settled): one draw over the budget rejects it; otherwise it needs
 CONFIRM_MIN fresh draws when its slowest draw leaves SPREAD_BOUND headroom, and CONFIRM_MAX when it does not. A rejected candidate
@@ -31,7 +31,7 @@ from typing import Any
 
 from ..core.config import Budget, RuntimeConfig
 from ..core.errors import UsageError
-from ..core.ortbench import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
+from ..runtime.ortbench import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
 from ..core.spec import InputSpec
 from ..core.system import cap_threads, cpu_limit, torch_threads
 from .cache import LatencyCache
@@ -47,7 +47,7 @@ def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *,
                   graph: str = "ship") -> LatencyStats:
     """The one measurement: `onnx` (or `model` exported to fp32 ONNX: the shipping graph, or with
     graph="screen" the fast screening export) in a fresh ORT session."""
-    from ..core.onnxio import onnx_bytes, screen_bytes
+    from ..runtime.onnxio import onnx_bytes, screen_bytes
 
     del precision  # carried for fakes in tests: the bytes already are that precision
     data = onnx if onnx is not None else (screen_bytes(model, spec, batch=batch)[0] if graph == "screen" else onnx_bytes(model, spec))
@@ -58,7 +58,7 @@ def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *,
 def tune_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, stat: str, *, onnx: bytes | None = None,
                precision: str = "fp32") -> tuple[SessionSettings, LatencyStats]:
     """The settings sweep (ortbench.settings_grid up to the CPU limit): the best settings and their stats."""
-    from ..core.onnxio import onnx_bytes
+    from ..runtime.onnxio import onnx_bytes
 
     del precision
     data = onnx if onnx is not None else onnx_bytes(model, spec)
@@ -70,7 +70,7 @@ def measure_cached(name: str, model, spec: InputSpec, num_classes: int, runtime:
                    cache: LatencyCache | None = None,
                    on_measure: Callable[[str], None] | None = None) -> LatencyStats:
     """ORT latency of `model` at `batch`, from the cache when this machine measured it. Measured on the
-    fast screening export (core.onnxio.screen_bytes), not the shipping one: this is the teacher's latency
+    fast screening export (runtime.onnxio.screen_bytes), not the shipping one: this is the teacher's latency
     (name "__teacher__"), which is only reported beside the student's and never shipped; the cache entry
     says graph "screen" (an entry from before screening existed was measured on the shipping graph)."""
     own = cache is None

@@ -270,7 +270,7 @@ def is_probability(out: Tensor) -> bool:
 def _load_onnx(path: Path, opt: TeacherOptions) -> Teacher:
     import onnx
 
-    from ..core.ortbench import check_onnx
+    from ..runtime.ortbench import check_onnx
 
     check_onnx(path)
     proto = onnx.load(str(path), load_external_data=False)

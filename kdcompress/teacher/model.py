@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.onnxio import onnx_bytes, set_metadata
+from ..runtime.onnxio import onnx_bytes, set_metadata
 from ..core.errors import InputError, UsageError
 from ..core.spec import InputSpec
 
@@ -114,7 +114,7 @@ def teacher_onnx_bytes(teacher: Teacher, metadata: dict[str, Any] | None = None)
     """The teacher as one self-contained ONNX file (for ORT validation and latency), metadata added.
 
     ONNX teachers are copied as they are; TorchScript goes through the TorchScript-based exporter (the
-    dynamo exporter cannot trace a ScriptModule); everything else through core.onnxio.onnx_bytes."""
+    dynamo exporter cannot trace a ScriptModule); everything else through runtime.onnxio.onnx_bytes."""
     import onnx
 
     if teacher.format == "torchscript":
@@ -176,7 +176,7 @@ def _dynamic_batch(data: bytes, teacher: Teacher) -> bytes:
     import numpy as np
     import onnx
 
-    from ..core.ortbench import make_session
+    from ..runtime.ortbench import make_session
 
     proto = onnx.load_from_string(data)
     init = {t.name for t in proto.graph.initializer}

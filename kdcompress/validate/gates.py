@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import GateError, UsageError
-from ..core.ortbench import STATS
+from ..runtime.ortbench import STATS
 
 GATE_NAMES = ("finite", "parity", "min_agreement", "max_accuracy_drop", "budget_ms")
 

@@ -9,7 +9,7 @@ Each child imports only onnxruntime, numpy and this module (no torch: 0.2-0.3 s 
 model for at least FRESH_MIN_TIME_S (and 100 runs) and prints its LatencyStats as one line of JSON. What is
 being sampled is the process, not the runs inside it, so a child's run is short and select can afford many.
 
-    python -m kdcompress.core.freshbench MODEL.onnx PROVIDER SETTINGS_JSON 1,1,8,8 [MIN_TIME_S]
+    python -m kdcompress.runtime.freshbench MODEL.onnx PROVIDER SETTINGS_JSON 1,1,8,8 [MIN_TIME_S]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from .errors import EnvironmentProblem
+from ..core.errors import EnvironmentProblem
 from .ortbench import LatencyStats, SessionSettings, make_session, measure_latency
 
 CHILD_TIMEOUT_S = 600  # min 100 runs of the slowest plausible candidate, plus start-up
@@ -38,7 +38,7 @@ UNSTABLE = 1.25
 def draw_file(path: Path, provider: str, shape: tuple[int, ...], settings: SessionSettings,
               min_time_s: float = FRESH_MIN_TIME_S) -> LatencyStats:
     """One measurement of the ONNX file at `path` in a new Python process (this module's main)."""
-    args = [sys.executable, "-m", "kdcompress.core.freshbench", str(path), provider, json.dumps(settings.to_json()),
+    args = [sys.executable, "-m", "kdcompress.runtime.freshbench", str(path), provider, json.dumps(settings.to_json()),
             ",".join(str(v) for v in shape), repr(float(min_time_s))]
     try:
         p = subprocess.run(args, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)

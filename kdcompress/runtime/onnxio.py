@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputError, UsageError
-from .runio import atomic_write_bytes
-from .spec import InputSpec
+from ..core.errors import InputError, UsageError
+from ..core.runio import atomic_write_bytes
+from ..core.spec import InputSpec
 
 INPUT_NAME = "input"
 

@@ -22,16 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, UsageError
-from .fsguard import file_sha256
+from ..core.errors import InputError, UsageError
+from ..core.fsguard import file_sha256
 from .freshbench import UNSTABLE, draw_file, slowest
 from .ortbench import LatencyStats, SessionSettings, sweep_settings
-from .runio import atomic_write_json
+from ..core.runio import atomic_write_json
 
 MANIFEST_FORMAT = "kdcompress-candidates/1"
 TABLE_FORMAT = "kdcompress-latency-table/1"
 MANIFEST = "manifest.json"
-PROCESSES = 5  # fresh processes per model: a process's latency is one draw (core.freshbench)
+PROCESSES = 5  # fresh processes per model: a process's latency is one draw (runtime.freshbench)
 PROCESS_TIME_S = 0.3  # per process and model: profile runs once per target, so each draw may be longer
 
 
@@ -81,14 +81,14 @@ def profile_dir(directory: Path, *, provider: str = "cpu", threads: int | None =
     """Measure every model of the manifest in `directory` with the one harness, each in `processes` new
     processes, and write latency.json (to `out`, default DIR/latency.json).
 
-    A process's latency is one draw (core.freshbench), so the draws go round the models: process 1 of every
+    A process's latency is one draw (runtime.freshbench), so the draws go round the models: process 1 of every
     model, then process 2 of every model, ..., and a minute in which the machine runs slow lands on all
     models alike rather than on a block of them. Each model's figure is the slowest of its draws per
     statistic (freshbench.slowest); its draws are kept beside it, and a model whose draws spread by more than
     UNSTABLE in `stat` is listed under "unstable". With `tune`, each model's settings are swept first (in
     this process, short runs); otherwise `threads` (default 1) intra-op threads, sequential, all
     optimisations. `draw` is a seam for tests (freshbench.draw_file's signature)."""
-    from .system import machine_fingerprint
+    from ..core.system import machine_fingerprint
 
     if processes < 1:
         raise UsageError(f"--processes must be at least 1, got {processes}")

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EnvironmentProblem, InputError
-from .fsguard import regular_file
+from ..core.errors import EnvironmentProblem, InputError
+from ..core.fsguard import regular_file
+from ..core.spec import STATS
 
 # The latency statistics a budget or a gate may name: one list for select, distill and validate alike.
-STATS = ("p50", "p90", "p99")
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
