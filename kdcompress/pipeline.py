@@ -37,9 +37,9 @@ from .train.probe import epoch_seconds
 from .validate import (
     THROUGHPUT_BATCH,
     Gates,
-    accuracy_drop_warning,
     ModelInput,
     Validation,
+    accuracy_drop_warning,
     describe,
     effective_threads,
     reference_logits,

@@ -59,6 +59,10 @@ def _pct(v: float | None, missing: str = "–") -> str:
     return _num(100 * v if finite(v) else v, ".2f", missing) + ("%" if finite(v) else "")
 
 
+def _times(v: float | None, missing: str = "–") -> str:
+    return _num(v, ".2f", missing) + ("x" if finite(v) else "")
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if finite(a) and finite(b) and b else None
 
@@ -84,7 +88,7 @@ def _models_table(r: dict[str, Any]) -> list[str]:
             f"| {name} | `{Path(v['onnx']).name}` | {_size(v['bytes'])} | {_pct(v['accuracy'])} | "
             f"{_pct(v.get('accuracy_top5'))} | {_ms(lat, 'p50')} | {_ms(lat, 'p90')} | {_ms(lat, 'p99')} | "
             f"{_num(thr.get('throughput'), ',.0f')} ({thr.get('batch', '–')}) | {_num(par.get('max_abs_diff'), '.3g')} | "
-            f"{_pct(par.get('top1_agreement'))} | {_num(v.get('speedup_vs_teacher'), '.2f')}x | "
+            f"{_pct(par.get('top1_agreement'))} | {_times(v.get('speedup_vs_teacher'))} | "
             f"{_num(100 * delta if finite(delta) else delta, '+.2f')} | {'pass' if v['passed'] else '**FAIL**'} |")
     lines += ["", f"Latency is batch {r['variants'][0]['latency_ms']['batch'] if r['variants'] else 1}; gates use "
               f"{stat}. Speed-up is the teacher's p50 over the model's."]
@@ -146,8 +150,7 @@ def _shipped_lines(r: dict[str, Any]) -> list[str]:
         f"- Ships: nothing: no variant passed every gate (the command exits 5); {file} would have shipped.",
         f"- {budget[0].upper()}{budget[1:]}"
         + ("" if r.get("budget_ms") is None else f" (batch {(v.get('latency_ms') or {}).get('batch', 1)})") + ".",
-        f"- {v['variant']} speed-up over the teacher (p50): {_num(v.get('speedup_vs_teacher'), '.2f', 'n/a')}"
-        f"{'x' if finite(v.get('speedup_vs_teacher')) else ''}; "
+        f"- {v['variant']} speed-up over the teacher (p50): {_times(v.get('speedup_vs_teacher'), 'n/a')}; "
         f"accuracy change: {_num(100 * delta if finite(delta) else delta, '+.2f', 'n/a')} points"
         + (f" ({100 * ratio:.1f}% of the teacher's)." if ratio is not None else "."),
         f"- {v['variant']} ONNX Runtime vs PyTorch on {par.get('samples', 'n/a')} test images: max |diff| "
