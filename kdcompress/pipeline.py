@@ -25,7 +25,7 @@ from .core.system import process_settings, resolve_device
 from .data import align_classes, load_data
 from .export import CHECK_BATCHES, ExportOptions, OnnxArtifact, calibration_images, export_variants
 from .export.variants import timing_variant
-from .report import distill_report, write_report
+from .report import add_shipped, distill_report, intended_variant, write_report
 from .select import Selection, save_pareto_plot, select
 from .select.precision import apply_precision_gate, export_options_for, selection_kwargs
 from .select.result import SelectOptions
@@ -39,6 +39,7 @@ from .validate import (
     Gates,
     ModelInput,
     Validation,
+    accuracy_drop_warning,
     describe,
     effective_threads,
     reference_logits,
@@ -209,8 +210,9 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
             atomic_write_bytes(run.teacher_onnx, t_onnx)
 
     ddp.on_main(begin)
+    budget = "no budget set" if cfg.budget.ms is None else f"budget {cfg.budget.ms:g} ms {cfg.budget.stat}"
     console.print(f"selected [bold]{arch}[/] {selection.chosen.precision} ({selection.chosen.flops:,} FLOPs, p50 "
-                  f"{selection.chosen.latency.p50:.4f} ms; budget {cfg.budget.ms} ms)")
+                  f"{selection.chosen.latency.p50:.4f} ms; {budget})")
     export_opts = export_options_for(export_opts, selection.chosen.precision)
     for w in selection.warnings:  # select's own (unstable latency, capped threads, the teacher fits ...)
         console.print(f"[yellow]warning:[/] {w}")
@@ -263,7 +265,21 @@ def _distill(cfg: RunConfig, console: Console, run: RunDir, ddp, device, runtime
                   "precision": {**report["precision"], "fallback_run": str(fb_cfg.out)}}
     if checked.class_order is not None:  # accepted with --allow-weak-teacher: the report says what was seen
         report["teacher"] = {**report["teacher"], "class_order": checked.class_order.to_json()}
-    report = write_report(json.loads(json.dumps(report)), run.root)
+    report = finish_report(report, run.root, gates, console, announce=fallback is None)
+    return write_report(json.loads(json.dumps(report)), run.root)
+
+
+def finish_report(report: dict[str, Any], root: Path, gates: Gates, console: Console, *,
+                  announce: bool) -> dict[str, Any]:
+    """The `shipped` block (report.add_shipped) and the report's own warnings: the file that ships scoring
+    far below the teacher with no --max-accuracy-drop gate. `announce`: print them (a fallback run did)."""
+    report = add_shipped(report, root)
+    v = intended_variant(report)
+    warning = v and accuracy_drop_warning(f"the shipped {v['variant']} student ({v['path']})", v.get("accuracy"),
+                                          (report.get("teacher") or {}).get("accuracy"), gates)
+    report["warnings"] = [warning] if warning else []
+    for w in report["warnings"] if announce else ():
+        console.print(f"[yellow]warning:[/] {w}")
     return report
 
 

@@ -37,7 +37,7 @@ def test_distill_end_to_end_json(tiny_teacher, tmp_path):
     for f in ("config.json", "student.pt", "student.onnx", "report.json", "report.md"):
         assert (out / f).is_file(), f
     assert report == json.loads((out / "report.json").read_text())
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert report["student"]["arch"] == "tinycnn_w8"
     assert report["epochs"] == 2 and report["preset"]["name"] == "kd"
     assert set(report["student"]["latency_ms"]) >= {"p50", "p90", "p99"}

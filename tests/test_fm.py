@@ -323,7 +323,7 @@ def test_an_interrupted_online_fm_run_resumes_to_the_same_weights(tiny_teacher, 
     got = run(tmp_path / "run")
     a = safe_torch_load(tmp_path / "run" / "student.pt")["state_dict"]
     b = safe_torch_load(tmp_path / "ref" / "student.pt")["state_dict"]
-    assert got.resumed_from_epoch == 1 and all(torch.equal(a[k], b[k]) for k in a)
+    assert (got.resumed_from_epoch, got.resumed_from_step) == (2, 2) and all(torch.equal(a[k], b[k]) for k in a)
     # and mixing changed the training: the unmixed run ends elsewhere
     plain = load_checked_preset("fm", ["train.epochs=2", "train.batch_size=16", "train.augment=crop_flip",
                                        "train.mix=none"])

@@ -98,7 +98,7 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_teac
 
     monkeypatch.setattr(StepEngine, "step", orig)
     got = _train(tiny_teacher, out, preset)
-    assert got.resumed_from_epoch == 1
+    assert (got.resumed_from_epoch, got.resumed_from_step) == (2, 2)  # resumed inside epoch 2, after its step 2
 
     def strip(h):
         return [{k: v for k, v in row.items() if k != "train_seconds"} for row in h]
@@ -107,6 +107,25 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_weights(tiny_teac
     a, b = _weights(out / "student.pt"), _weights(tmp_path / "ref" / "student.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(row["train_seconds"] > 0 for row in got.history)
+
+
+def test_mid_epoch_resume_in_epoch_1_is_recorded_in_train_json(tiny_teacher, tmp_path, monkeypatch):
+    """A distill interrupted inside its first epoch, then rerun: train.json (and report.json) say it resumed
+    in epoch 1 after step 2, not `resumed_from_epoch: 0`, which reads as a fresh run."""
+    orig = sigterm_at_step(monkeypatch, epoch=1, step=2)
+    out = tmp_path / "run"
+    r = runner.invoke(app, _args(tiny_teacher, out, 2))
+    assert r.exit_code == 128 + signal.SIGTERM, r.output
+    assert "interrupted by SIGTERM at epoch 1 step 2/3" in " ".join(r.stderr.split())
+    monkeypatch.setattr(StepEngine, "step", orig)
+    r = runner.invoke(app, _args(tiny_teacher, out, 2))
+    assert r.exit_code == 0, r.output
+    saved = json.loads((out / "train.json").read_text())
+    assert (saved["resumed_from_epoch"], saved["resumed_from_step"]) == (1, 2)
+    assert json.loads(r.stdout)["training"]["resumed_from_epoch"] == 1
+    assert [row["epoch"] for row in saved["history"]] == [1, 2]
+    fresh = json.loads(runner.invoke(app, _args(tiny_teacher, tmp_path / "fresh", 1)).stdout)["training"]
+    assert (fresh["resumed_from_epoch"], fresh["resumed_from_step"]) == (0, 0)  # 0: not resumed
 
 
 def _start(teacher: Path, out: Path, epochs: int) -> subprocess.Popen:
@@ -161,7 +180,9 @@ def test_sigkill_then_sigterm_of_real_training_processes_resume_each_time(tiny_t
     r = runner.invoke(app, _args(tiny_teacher, run.root, epochs, BIG_DATA))
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
-    assert report["training"]["resumed_from_epoch"] == ck["epoch"]
+    # resumed inside the epoch the signal interrupted, or after the last finished one
+    assert report["training"]["resumed_from_epoch"] == ck["epoch"] + (1 if ck["step"] else 0)
+    assert report["training"]["resumed_from_step"] == ck["step"]
     assert [row["epoch"] for row in report["training"]["history"]] == list(range(1, epochs + 1))
     assert (run.root / "student.pt").is_file() and (run.root / "report.json").is_file()
     _no_tmp(run.root)

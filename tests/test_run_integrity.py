@@ -306,7 +306,8 @@ def test_restart_interrupted_leaves_no_old_outputs_and_the_hint_resumes(tiny_tea
     monkeypatch.setattr(StepEngine, "step", orig)
     r = runner.invoke(app, _distill(tiny_teacher, out, "--json", epochs=2))  # the hint, followed
     assert r.exit_code == 0, r.output
-    assert _strict_load(out / "train.json")["resumed_from_epoch"] == 1
+    saved = _strict_load(out / "train.json")
+    assert (saved["resumed_from_epoch"], saved["resumed_from_step"]) == (2, 1)  # inside epoch 2, after its step 1
     assert (out / "notes.txt").read_text() == "the user's"
     for p in out.rglob("*.json"):
         _strict_load(p)

@@ -136,7 +136,7 @@ def test_a_cached_run_trains_without_the_teacher_and_resumes_to_the_same_weights
     assert not forwards  # the first run's cache is reused
     monkeypatch.setattr(StepEngine, "step", orig)
     got = _train(tiny_teacher, tmp_path / "run", extra=CACHED)
-    assert got.resumed_from_epoch == 1 and not forwards
+    assert (got.resumed_from_epoch, got.resumed_from_step) == (2, 2) and not forwards
     a = safe_torch_load(tmp_path / "run" / "student.pt")["state_dict"]
     b = safe_torch_load(tmp_path / "ref" / "student.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -23,27 +23,41 @@ def human(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _pct(v: Any) -> str:
+    from ..report.shipped import finite
+
+    return f"{100 * v:.2f}%" if finite(v) else "n/a"
+
+
 def distill_summary(r: dict[str, Any]) -> None:
+    """The teacher and the file that ships (report.json's `shipped`; report.shipped), its budget line, and
+    every variant. Imported lazily: report.shipped is pure, but the report package imports torch."""
+    from ..report.shipped import budget_sentence, finite, intended_variant
+
+    v = intended_variant(r) or {}
+    s = {**v, "arch": f"{r['student']['arch']} ({v.get('variant', 'fp32')})", "params": r["student"]["params"]}
     t = Table(title=f"kdcompress {r['preset']['name']}: {r['teacher']['arch']} -> {r['student']['arch']}")
     for col in ("", "arch", "params", "test acc", "p50 ms", "p90 ms", "p99 ms"):
         t.add_column(col, justify="right" if col not in ("", "arch") else "left")
-    for role in ("teacher", "student"):
-        m = r[role]
-        lat = m["latency_ms"]
-        t.add_row(role, m["arch"], f"{m['params']:,}", f"{100 * m['accuracy']:.2f}%", f"{lat['p50']:.4f}",
-                  f"{lat['p90']:.4f}", f"{lat['p99']:.4f}")
+    for role, m in (("teacher", r["teacher"]), ("ships" if r.get("recommended") else "student", s)):
+        lat = m.get("latency_ms") or {}
+        t.add_row(role, m["arch"], f"{m['params']:,}", _pct(m.get("accuracy")),
+                  *(f"{lat[k]:.4f}" if finite(lat.get(k)) else "n/a" for k in ("p50", "p90", "p99")))
     c = _console()
     c.print(t)
-    budget = r["budget_ms"]
-    ok = r["student"]["meets_budget"]
-    c.print(f"budget {budget if budget is not None else '-'} ms ({r['budget_stat']}): "
-            f"{'[green]met[/]' if ok else '[red]missed[/]'}; speed-up {r['speedup']:.2f}x; "
-            f"student reaches {100 * r['accuracy_ratio']:.1f}% of the teacher's accuracy; "
-            f"parity max|diff| {r['parity']['max_abs_diff']:.2e}, agreement {100 * r['parity']['top1_agreement']:.2f}%")
-    for v in r.get("variants", []):
-        c.print(f"  {v['name']:5s} {v['onnx']}: top-1 {100 * v['accuracy']:.2f}%, p50 {v['latency_ms']['p50']:.4f} ms, "
-                f"gates {'pass' if v['passed'] else '[red]FAIL[/]'}" + (" [bold](recommended)[/]" if v["recommended"] else ""))
-    c.print(f"outputs in {r['run_dir']}/: student.onnx, student.pt, report.json, report.md, plots/")
+    budget = budget_sentence(r, v or None).replace("MISSED", "[red]MISSED[/]").replace(": met", ": [green]met[/]")
+    sp, diff, ta = v.get("speedup_vs_teacher"), (v.get("parity") or {}).get("max_abs_diff"), r["teacher"].get("accuracy")
+    ratio = v.get("accuracy") / ta if finite(v.get("accuracy")) and finite(ta) and ta else None
+    c.print(f"{budget}; speed-up {f'{sp:.2f}x' if finite(sp) else 'n/a'}; "
+            f"student reaches {f'{100 * ratio:.1f}%' if ratio is not None else 'n/a'} of the teacher's accuracy; "
+            f"parity max|diff| {f'{diff:.2e}' if finite(diff) else 'n/a'}, "
+            f"agreement {_pct((v.get('parity') or {}).get('top1_agreement'))}")
+    for w in r.get("variants", []):
+        c.print(f"  {w['name']:5s} {w['onnx']}: top-1 {_pct(w.get('accuracy'))}, p50 {w['latency_ms']['p50']:.4f} ms, "
+                f"gates {'pass' if w['passed'] else '[red]FAIL[/]'}" + (" [bold](recommended)[/]" if w["recommended"] else ""))
+    ships = (r.get("shipped") or {}).get("path")
+    c.print(f"outputs in {r['run_dir']}/: " + (f"ships {ships}; " if ships else "nothing ships (no variant passed every "
+                                                "gate); ") + "student.pt, report.json, report.md, plots/")
 
 
 def validation_table(r: dict[str, Any]) -> None:

@@ -2,5 +2,7 @@
 
 from .assemble import data_json, distill_report, header, validate_report
 from .markdown import load_schema, render_markdown, rerender, write_report
+from .shipped import add_shipped, intended_variant
 
-__all__ = ["data_json", "distill_report", "header", "load_schema", "render_markdown", "rerender", "validate_report", "write_report"]
+__all__ = ["add_shipped", "data_json", "distill_report", "header", "intended_variant", "load_schema", "render_markdown",
+           "rerender", "validate_report", "write_report"]

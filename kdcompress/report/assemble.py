@@ -12,6 +12,7 @@ import torch
 from .. import __version__
 from ..core.splits import DataSplits
 from ..core.system import machine_fingerprint
+from .markdown import SCHEMA_VERSION
 
 
 def data_json(spec: str, splits: DataSplits) -> dict[str, Any]:
@@ -20,15 +21,16 @@ def data_json(spec: str, splits: DataSplits) -> dict[str, Any]:
 
 
 def header(kind: str) -> dict[str, Any]:
-    return {"schema_version": 1, "kind": kind, "kdcompress_version": __version__,
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "kdcompress_version": __version__,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "machine": machine_fingerprint() | {"torch": torch.__version__}}
 
 
 def distill_report(*, run_root: Path, preset, data_spec: str, splits: DataSplits, budget, teacher, teacher_val,
                    arch: str, capacity, result, checkpoint: Path, val, artifacts, device, selection) -> dict[str, Any]:
-    """report.json of a distill run (before its precision section) from the stages' outputs: the Teacher,
-    the student's Capacity, the TrainResult, the Validation, the OnnxArtifacts and the Selection."""
+    """report.json of a distill run (before its precision section and its `shipped` block, shipped.py) from
+    the stages' outputs: the Teacher, the student's Capacity, the TrainResult, the Validation, the
+    OnnxArtifacts and the Selection. `student` is the trained student and its fp32 file."""
     from ..core.config import preset_to_json
 
     fp32 = val.variant("fp32")
@@ -48,7 +50,7 @@ def distill_report(*, run_root: Path, preset, data_spec: str, splits: DataSplits
                     "val_accuracy_best": result.best_val_accuracy,
                     "val_accuracy_final": result.final_val_accuracy, "best_epoch": result.best_epoch,
                     "checkpoint": str(checkpoint),
-                    "meets_budget": budget.ms is None or s_stat <= budget.ms},
+                    "meets_budget": None if budget.ms is None else s_stat <= budget.ms},
         "parity": fp32.parity.to_json(),
         "speedup": fp32.speedup,
         "accuracy_delta": fp32.accuracy_delta,

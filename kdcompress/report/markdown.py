@@ -3,6 +3,9 @@
 The schema is kdcompress/report/report.schema.json (shipped in the wheel). `schema_version` changes only when a
 field is removed, renamed or changes type; new fields keep the version (consumers ignore unknown keys).
 Two kinds share it: `distill` (the whole job) and `validate` (ONNX files measured on their own).
+Version 2: a distill report names the file it ships first (`shipped`, shipped.py) and `student.meets_budget`
+is null without a budget (it was true). `kdcompress report` re-renders version 1 reports as they are.
+Every figure in report.md goes through _num/_pct: a missing or non-finite value reads "n/a", never "nan".
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError
+from ..core.fsguard import strict_json
 from ..core.runio import atomic_write_json, atomic_write_text, read_json
 from .plots import render_plots
+from .shipped import budget_sentence, finite, intended_variant
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KINDS = ("distill", "validate")
 
 
@@ -39,16 +44,27 @@ def load_schema() -> dict[str, Any]:
     return json.loads(resources.files("kdcompress.report").joinpath("report.schema.json").read_text())
 
 
+def _num(v: float | None, fmt: str, missing: str = "–") -> str:
+    """`v` formatted; `missing` when absent, "n/a" when not a finite number (a NaN never reads "+nan")."""
+    if v is None:
+        return missing
+    return format(v, fmt) if finite(v) else "n/a"
+
+
 def _ms(d: dict[str, Any] | None, k: str) -> str:
-    return "–" if not d or d.get(k) is None else f"{d[k]:.4f}"
+    return _num((d or {}).get(k), ".4f")
 
 
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.2f}%"
+def _pct(v: float | None, missing: str = "–") -> str:
+    return _num(100 * v if finite(v) else v, ".2f", missing) + ("%" if finite(v) else "")
 
 
-def _num(v: float | None, fmt: str) -> str:
-    return "–" if v is None else format(v, fmt)
+def _times(v: float | None, missing: str = "–") -> str:
+    return _num(v, ".2f", missing) + ("x" if finite(v) else "")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if finite(a) and finite(b) and b else None
 
 
 def _models_table(r: dict[str, Any]) -> list[str]:
@@ -61,7 +77,7 @@ def _models_table(r: dict[str, Any]) -> list[str]:
     t = r.get("teacher")
     if t:
         lat, thr = t["latency_ms"], t.get("throughput") or {}
-        lines.append(f"| teacher | `{Path(t.get('onnx') or '').name}` | {_size(t.get('bytes'))} | {_pct(t['accuracy'])} | "
+        lines.append(f"| teacher | `{Path(t.get('onnx') or '').name}` | {_size(t.get('bytes'))} | {_pct(t.get('accuracy'))} | "
                      f"{_pct(t.get('accuracy_top5'))} | {_ms(lat, 'p50')} | {_ms(lat, 'p90')} | {_ms(lat, 'p99')} | "
                      f"{_num(thr.get('throughput'), ',.0f')} ({thr.get('batch', '–')}) | | | 1.00x | | |")
     for v in r["variants"]:
@@ -71,9 +87,9 @@ def _models_table(r: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {name} | `{Path(v['onnx']).name}` | {_size(v['bytes'])} | {_pct(v['accuracy'])} | "
             f"{_pct(v.get('accuracy_top5'))} | {_ms(lat, 'p50')} | {_ms(lat, 'p90')} | {_ms(lat, 'p99')} | "
-            f"{thr['throughput']:,.0f} ({thr['batch']}) | {_num(par.get('max_abs_diff'), '.3g')} | "
-            f"{_pct(par.get('top1_agreement'))} | {_num(v.get('speedup_vs_teacher'), '.2f')}x | "
-            f"{_num(None if delta is None else 100 * delta, '+.2f')} | {'pass' if v['passed'] else '**FAIL**'} |")
+            f"{_num(thr.get('throughput'), ',.0f')} ({thr.get('batch', '–')}) | {_num(par.get('max_abs_diff'), '.3g')} | "
+            f"{_pct(par.get('top1_agreement'))} | {_times(v.get('speedup_vs_teacher'))} | "
+            f"{_num(100 * delta if finite(delta) else delta, '+.2f')} | {'pass' if v['passed'] else '**FAIL**'} |")
     lines += ["", f"Latency is batch {r['variants'][0]['latency_ms']['batch'] if r['variants'] else 1}; gates use "
               f"{stat}. Speed-up is the teacher's p50 over the model's."]
     return lines
@@ -98,7 +114,7 @@ def _gates_section(r: dict[str, Any]) -> list[str]:
         if rec else "No variant passes every gate; the command exits with code 5."))
     if g["failed"]:
         lines += ["", "| variant | gate | value | threshold | detail |", "|---|---|---:|---:|---|"]
-        lines += [f"| {f['variant']} | {f['gate']} | {f['value']:.4g} | {f['threshold']:.4g} | {f['detail']} |"
+        lines += [f"| {f['variant']} | {f['gate']} | {_num(f['value'], '.4g')} | {_num(f['threshold'], '.4g')} | {f['detail']} |"
                   for f in g["failed"]]
     return lines
 
@@ -117,9 +133,33 @@ def _per_class(r: dict[str, Any], limit: int = 40) -> list[str]:
     return lines
 
 
+def _shipped_lines(r: dict[str, Any]) -> list[str]:
+    """What ships and how it does: the budget, speed-up, accuracy and parity of THAT file (shipped.py), so a
+    run that ships int8 never reads as the fp32 file missing the budget."""
+    v, t = intended_variant(r), r.get("teacher") or {}
+    if v is None:
+        return []
+    file = f"the {v['variant']} file `{v.get('path') or Path(v['onnx']).name}`"
+    ships = r.get("recommended") == v["name"]
+    budget = budget_sentence(r, v)
+    par = v.get("parity") or {}
+    delta = v.get("accuracy_delta_vs_teacher")
+    ratio = _ratio(v.get("accuracy"), t.get("accuracy"))
+    return [
+        f"- Ships: {file} (sha256 `{(v.get('sha256') or '')[:16]}…`)." if ships else
+        f"- Ships: nothing: no variant passed every gate (the command exits 5); {file} would have shipped.",
+        f"- {budget[0].upper()}{budget[1:]}"
+        + ("" if r.get("budget_ms") is None else f" (batch {(v.get('latency_ms') or {}).get('batch', 1)})") + ".",
+        f"- {v['variant']} speed-up over the teacher (p50): {_times(v.get('speedup_vs_teacher'), 'n/a')}; "
+        f"accuracy change: {_num(100 * delta if finite(delta) else delta, '+.2f', 'n/a')} points"
+        + (f" ({100 * ratio:.1f}% of the teacher's)." if ratio is not None else "."),
+        f"- {v['variant']} ONNX Runtime vs PyTorch on {par.get('samples', 'n/a')} test images: max |diff| "
+        f"{_num(par.get('max_abs_diff'), '.3g', 'n/a')}, top-1 agreement {_pct(par.get('top1_agreement'), 'n/a')}.",
+    ]
+
+
 def _distill_section(r: dict[str, Any]) -> list[str]:
-    s, t, p = r["student"], r["teacher"], r["parity"]
-    budget = r.get("budget_ms")
+    s, t = r["student"], r["teacher"]
     lines = [
         f"Preset **{r['preset']['name']}**"
         + (" (kdcompress variant: the paper's exact form is unconfirmed)" if r['preset'].get('variant') else "")
@@ -128,16 +168,11 @@ def _distill_section(r: dict[str, Any]) -> list[str]:
         "",
         f"- Teacher {t['arch']} ({t['params']:,} params, {'unknown' if t.get('flops') is None else format(t['flops'], ',')} FLOPs) -> student {s['arch']} "
         f"({s['params']:,} params, {s['flops']:,} FLOPs).",
-        f"- Budget: {'none' if budget is None else f'{budget:g} ms'} ({r['budget_stat']}, batch "
-        f"{s['latency_ms']['batch']}); the fp32 student {'meets' if s.get('meets_budget') else 'MISSES'} it.",
-        f"- fp32 speed-up over the teacher (p50): {r['speedup']:.2f}x; accuracy change: "
-        f"{100 * r['accuracy_delta']:+.2f} points"
-        + (f" ({100 * r['accuracy_ratio']:.1f}% of the teacher's)." if r.get("accuracy_ratio") else "."),
-        f"- fp32 ONNX Runtime vs PyTorch on {p['samples']} test images: max |diff| {p['max_abs_diff']:.3g}, "
-        f"top-1 agreement {_pct(p['top1_agreement'])}.",
+        *_shipped_lines(r),
+        *(f"- **Warning:** {w}" for w in r.get("warnings") or ()),
         f"- Training: {r['epochs']} epochs in {r['training']['seconds']:.1f} s; best validation accuracy "
-        f"{_pct(s.get('val_accuracy_best'))} at epoch {s.get('best_epoch')} (final epoch "
-        f"{_pct(s.get('val_accuracy_final'))}); the shipped weights are the best-validation epoch's."
+        f"{_pct(s.get('val_accuracy_best'), 'n/a')} at epoch {s.get('best_epoch')} (final epoch "
+        f"{_pct(s.get('val_accuracy_final'), 'n/a')}); the shipped weights are the best-validation epoch's."
         + _warmups(r["training"].get("warmup") or []) + _cache(r["training"].get("teacher_cache")),
         "",
         "## Candidates measured for selection",
@@ -187,7 +222,9 @@ def render_markdown(r: dict[str, Any]) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     lines += _per_class(r) + [""]
-    files = [f"- `{v['onnx']}` ({v['name']}, sha256 `{v['sha256'][:16]}…`)" for v in r["variants"]]
+    files = [f"- `{v['onnx']}` ({v['name']}, sha256 `{v['sha256'][:16]}…`)"
+             + (" **shipped**" if r["kind"] == "distill" and v["name"] == r.get("recommended") else "")
+             for v in r["variants"]]
     files += [f"- `{a['onnx']}` ({a['variant']}, written by `kdcompress export`: checked against PyTorch, latency not "
               f"measured; sha256 `{a['sha256'][:16]}…`)" for a in r.get("artifacts") or [] if a.get("source") == "export"]
     if r["kind"] == "distill":
@@ -199,7 +236,7 @@ def render_markdown(r: dict[str, Any]) -> str:
 def write_report(report: dict[str, Any], root: Path) -> dict[str, Any]:
     """Plots, then report.json (naming them), then report.md, all into `root`. Returns the report."""
     root = Path(root)
-    report = {**report, "plots": render_plots(report, root)}
+    report = strict_json({**report, "plots": render_plots(report, root)})  # report.md reads what report.json holds
     atomic_write_json(root / "report.json", report)
     atomic_write_text(root / "report.md", render_markdown(report))
     return report

@@ -61,15 +61,16 @@ class TrainResult:
     history: tuple[dict[str, Any], ...]
     seconds: float
     device: str
-    resumed_from_epoch: int
+    resumed_from_epoch: int  # a mid-epoch resume: the epoch it continued; else the last finished one (0: fresh)
     world_size: int = 1
+    resumed_from_step: int = 0  # a mid-epoch resume: the batches of resumed_from_epoch done before it
 
     def to_json(self) -> dict[str, Any]:
         return {"arch": self.arch, "checkpoint": str(self.checkpoint), "epochs": self.epochs,
                 "best_epoch": self.best_epoch, "best_val_accuracy": self.best_val_accuracy,
                 "final_val_accuracy": self.final_val_accuracy, "history": list(self.history),
-                "seconds": round(self.seconds, 3), "device": self.device,
-                "resumed_from_epoch": self.resumed_from_epoch, "world_size": self.world_size}
+                "seconds": round(self.seconds, 3), "device": self.device, "world_size": self.world_size,
+                "resumed_from_epoch": self.resumed_from_epoch, "resumed_from_step": self.resumed_from_step}
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -255,7 +256,7 @@ class _Session:
                 self.partial = {"sums": ck["partial"]["sums"][dist.rank], "seconds": ck["partial"]["seconds"]}
             where = f"epoch {ck['epoch'] + 1} step {skip}" if skip else f"after epoch {ck['epoch']}"
             self.console.print(f"[dim]resuming {run.root} {where}[/]")
-        self.resumed_from = self.start_epoch - 1
+        self.resumed_from = (self.start_epoch, self.skip) if self.skip else (self.start_epoch - 1, 0)
 
     def setup_steps(self, compile: bool) -> None:
         cfg, splits, teacher, dist = self.cfg, self.splits, self.teacher, self.dist
@@ -309,8 +310,7 @@ class _Session:
                 "objective": self.objective.state_dict(), "optimizer": self.opt.state_dict(),
                 "rng": {k: [r[k] for r in rngs] for k in ("torch", "aug", "cuda")},
                 "partial": {"sums": part, "seconds": seconds} if step else None,
-                "history": self.history, "best": self.best,
-            }, self.run.last_checkpoint)
+                "history": self.history, "best": self.best}, self.run.last_checkpoint)
 
     def run_epochs(self) -> None:
         cfg, console = self.cfg, self.console
@@ -417,4 +417,4 @@ class _Session:
         self.dist.on_main(write)
         return TrainResult(self.arch, run.student, self.cfg.epochs, int(best["epoch"]), float(best["acc"]),
                            float(history[-1]["val_accuracy"]), tuple(history), time.perf_counter() - self.t0,
-                           str(self.device), self.resumed_from, self.dist.world)
+                           str(self.device), self.resumed_from[0], self.dist.world, self.resumed_from[1])

@@ -1,6 +1,6 @@
 """The validate stage: any ONNX classifier in ONNX Runtime (accuracy, parity, latency) and the gates."""
 
-from .gates import GateResult, Gates, check_gates, raise_for_gates, recommend
+from .gates import GateResult, Gates, accuracy_drop_warning, check_gates, raise_for_gates, recommend
 from .models import (
                      THROUGHPUT_BATCH,
                      ModelInput,
@@ -15,6 +15,7 @@ from .models import (
                      validate_models,
 )
 
-__all__ = ["THROUGHPUT_BATCH", "GateResult", "Gates", "ModelInput", "Validation", "accuracy_metrics", "check_gates",
+__all__ = ["THROUGHPUT_BATCH", "GateResult", "Gates", "ModelInput", "Validation", "accuracy_drop_warning",
+           "accuracy_metrics", "check_gates",
            "describe", "effective_threads", "map_classes", "onnx_logits", "parity", "raise_for_gates", "recommend",
            "reference_logits", "validate_models"]

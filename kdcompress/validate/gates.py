@@ -12,6 +12,9 @@ Every variant (fp32, fp16, int8, or each file given to `validate`) is checked ag
 The recommended variant is the fastest one that passes every gate and is not slower than fp32. The run
 passes when there is one; a failed run exits with GateError's code (5) after its report is written, and
 report.json lists every failed (variant, gate) pair.
+
+Without a max_accuracy_drop gate, a shipped file more than WARN_ACCURACY_DROP below the teacher is not
+silently "recommended": distill warns (console, report.md, report.json `warnings`) and names the gate.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..core.errors import GateError, UsageError
 from ..runtime.ortbench import STATS
 
 GATE_NAMES = ("finite", "parity", "min_agreement", "max_accuracy_drop", "budget_ms")
+WARN_ACCURACY_DROP = 0.05  # 5 points of top-1 below the teacher: worth a warning even when no gate asks
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,22 @@ def check_gates(ev, par, teacher, gates: Gates) -> list[GateResult]:
         out.append(GateResult("budget_ms", v <= gates.budget_ms, v, gates.budget_ms,
                               f"{gates.budget_stat} {v:.4f} ms at batch {ev.latency.batch} vs budget {gates.budget_ms:g} ms"))
     return out
+
+
+def accuracy_drop_warning(what: str, top1: float | None, teacher_top1: float | None, gates: Gates,
+                          *, threshold: float = WARN_ACCURACY_DROP) -> str | None:
+    """The warning for a file `what` far below its teacher (top-1 fractions), or None. With --max-accuracy-drop
+    the gate decides (and fails the run, exit 5), so no warning is added to it."""
+    import math
+
+    if gates.max_accuracy_drop is not None or top1 is None or teacher_top1 is None:
+        return None
+    drop = teacher_top1 - top1
+    if not math.isfinite(drop) or drop <= threshold + 1e-12:
+        return None
+    return (f"{what} scores {100 * drop:.1f} points below the teacher ({100 * top1:.2f}% vs {100 * teacher_top1:.2f}% "
+            f"top-1 on the test split); train longer (--epochs) or pick a larger student, and gate it with "
+            f"--max-accuracy-drop {threshold:g} (exit 5 when exceeded)")
 
 
 def recommend(rows: list[tuple[str, str, float, bool]]) -> str | None:
