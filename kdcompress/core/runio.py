@@ -225,7 +225,8 @@ class RunDir:
     # entries a directory without the marker may hold to be adopted as a run (one from before the marker)
     OUTPUTS = ("config.json", "selection.json", "selection.png", "train.json", "student.pt", "student.onnx",
                "student.fp16.onnx", "student.int8.onnx", "teacher.onnx", "validation.json", "report.json",
-               "report.md", "export.json", "plots/accuracy_latency.png", "plots/training.png")
+               "report.md", "export.json", "metrics.csv", "teacher_cache.json", "preset_ranking.json",
+               "plots/accuracy_latency.png", "plots/training.png", "plots/confusion.png")
     CHECKPOINTS = ("last.pt", "best.pt", "prepared.pt")
 
     def _ours(self) -> list[Path]:

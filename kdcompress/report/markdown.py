@@ -130,7 +130,17 @@ def _per_class(r: dict[str, Any], limit: int = 40) -> list[str]:
         lines.append(f"| {c} | " + " | ".join(_pct((m.get("per_class_accuracy") or {}).get(c)) for _, m in cols) + " |")
     if len(classes) > limit:
         lines.append(f"| … {len(classes) - limit} more in report.json | " + " | ".join("" for _ in cols) + " |")
-    return lines
+    return lines + _confused(cols)
+
+
+def _confused(cols: list[tuple[str, dict[str, Any]]], limit: int = 5) -> list[str]:
+    """The most frequent confusions of each model (report.json `confusion.top`; the counts in `confusion.matrix`)."""
+    rows = [(name, c) for name, m in cols for c in ((m.get("confusion") or {}).get("top") or [])[:limit]]
+    if not rows:
+        return []
+    return ["", "Most frequent confusions on the test split (true -> predicted, images):", "",
+            "| model | true | predicted | images |", "|---|---|---|---:|"] + [
+        f"| {name} | {c['true']} | {c['predicted']} | {c['count']} |" for name, c in rows]
 
 
 def _shipped_lines(r: dict[str, Any]) -> list[str]:

@@ -13,7 +13,15 @@ from ..core.runio import atomic_write_bytes
 
 ACCURACY_LATENCY = "plots/accuracy_latency.png"
 TRAINING = "plots/training.png"
-_NOT_LOSSES = {"epoch", "lr", "val_accuracy", "seconds"}
+CONFUSION = "plots/confusion.png"
+CONFUSION_PLOT_MAX = 50  # classes; above it the heatmap is unreadable (report.json keeps the counts)
+_NOT_LOSSES = {"epoch", "lr", "val_accuracy"}
+
+
+def loss_columns(history: list[dict[str, Any]]) -> list[str]:
+    """The history columns that are loss terms: not the epoch, learning rate, accuracy or a duration."""
+    return [k for k, v in history[0].items()
+            if k not in _NOT_LOSSES and not k.endswith("seconds") and isinstance(v, (int, float))]
 
 
 def _figure(w: float, h: float):
@@ -73,7 +81,7 @@ def training_curves(history: list[dict[str, Any]], path: Path) -> bool:
     if not history:
         return False
     epochs = [r["epoch"] for r in history]
-    parts = [k for k in history[0] if k not in _NOT_LOSSES and isinstance(history[0][k], (int, float))]
+    parts = loss_columns(history)
     fig = _figure(9.0, 3.6)
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for k in parts:
@@ -97,6 +105,39 @@ def training_curves(history: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def _shipped_eval(report: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    v = report.get("shipped") or next((v for v in report.get("variants", []) if v.get("recommended")), None)
+    v = v or next(iter(report.get("variants", [])), None)
+    return (f"student {v.get('name', '')}".strip(), v) if v else None
+
+
+def confusion_matrices(report: dict[str, Any], path: Path) -> bool:
+    """Row-normalised test confusion of the shipped student and of the teacher, side by side."""
+    classes = (report.get("data") or {}).get("classes") or []
+    panels = [(label, m["confusion"]["matrix"]) for label, m in
+              [_shipped_eval(report) or ("", {}), ("teacher", report.get("teacher") or {})]
+              if (m.get("confusion") or {}).get("matrix")]
+    if not panels or not classes or len(classes) > CONFUSION_PLOT_MAX:
+        return False
+    import numpy as np
+
+    fig = _figure(4.4 * len(panels), 4.0)
+    for k, (label, matrix) in enumerate(panels):
+        m = np.asarray(matrix, dtype=float)
+        rows = m / np.maximum(m.sum(1, keepdims=True), 1)
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        im = ax.imshow(100 * rows, cmap="Blues", vmin=0, vmax=100)
+        ax.set_title(f"{label}: test confusion (% of each true class)", fontsize=8)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        if len(classes) <= 20:
+            ax.set_xticks(range(len(classes)), [str(c) for c in classes], rotation=90, fontsize=6)
+            ax.set_yticks(range(len(classes)), [str(c) for c in classes], fontsize=6)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    _save(fig, path)
+    return True
+
+
 def render_plots(report: dict[str, Any], root: Path) -> list[str]:
     """Draw every plot the report supports into `root`; returns their paths relative to `root`."""
     root = Path(root)
@@ -106,4 +147,6 @@ def render_plots(report: dict[str, Any], root: Path) -> list[str]:
     history = (report.get("training") or {}).get("history") or []
     if training_curves(history, root / TRAINING):
         out.append(TRAINING)
+    if confusion_matrices(report, root / CONFUSION):
+        out.append(CONFUSION)
     return out

@@ -31,14 +31,15 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from torch import nn
 
 from ..core.checkpoint import save_checkpoint
 from ..core.infer import shard_hits
 from ..core.config import Preset, TrainConfig
 from ..core.errors import InputError, Interrupted, TrainingError, UsageError
-from ..core.runio import RunDir, atomic_torch_save, safe_torch_load
+from ..core.runio import RunDir, atomic_torch_save, atomic_write_bytes, safe_torch_load
 from ..core.spec import InputSpec
 from ..core.splits import DataSplits
 from ..core.types import NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS, LossContext, PrepareContext, TeacherLike
@@ -46,6 +47,22 @@ from .distributed import SINGLE, Dist
 from .interrupt import GracefulStop, signal_name
 from .step import Feeder, StepEngine
 from .teacher_cache import TeacherCache, cache_key, load_or_build, stored_k
+
+METRICS_CSV = "metrics.csv"
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """The run's per-epoch history as CSV (epoch, lr, validation accuracy, each loss term, seconds), rewritten
+    whole and atomically after every epoch, so a resumed run's file is the same as an uninterrupted one's."""
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 POLL_STEPS = 16  # GPU or torchrun: steps between looks at the NaN guard and stop requests (each is a sync)
 
@@ -315,7 +332,8 @@ class _Session:
     def run_epochs(self) -> None:
         cfg, console = self.cfg, self.console
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console,
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[status]}"), console=console,
                             transient=False, disable=console.quiet or not console.is_terminal)
         with progress, self.stop.deferring():
             task = progress.add_task(f"train {self.arch}", total=cfg.epochs * self.steps,
@@ -396,6 +414,8 @@ class _Session:
                **{k: round(float(v) / (steps * dist.world), 6) for k, v in zip(keys, totals, strict=True)},
                "train_seconds": round(seconds, 4)}
         self.history.append(row)
+        if dist.is_main:
+            write_metrics_csv(self.run.root / METRICS_CSV, self.history)
         if val_acc > self.best["acc"]:
             self.best = {"acc": val_acc, "epoch": epoch}
             if dist.is_main:

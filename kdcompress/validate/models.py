@@ -187,15 +187,35 @@ def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean
 # ------------------------------------------------------------------------------------------ metrics
 
 
+CONFUSION_MAX_CLASSES = 100  # above it report.json keeps only the most frequent confusions, not the C x C matrix
+TOP_CONFUSIONS = 10
+
+
 @dataclass(frozen=True)
 class Accuracy:
     top1: float
     top5: float | None  # only where there are at least 10 classes
     per_class: dict[str, float | None]  # None for a class absent from the split
+    confusion: np.ndarray | None = None  # (C, C) counts: rows the true class, columns the predicted one
 
     def to_json(self) -> dict[str, Any]:
-        return {"accuracy": round(self.top1, 6), "accuracy_top5": None if self.top5 is None else round(self.top5, 6),
-                "per_class_accuracy": {k: None if v is None else round(v, 6) for k, v in self.per_class.items()}}
+        out = {"accuracy": round(self.top1, 6), "accuracy_top5": None if self.top5 is None else round(self.top5, 6),
+               "per_class_accuracy": {k: None if v is None else round(v, 6) for k, v in self.per_class.items()}}
+        if self.confusion is not None:
+            out["confusion"] = confusion_json(self.confusion, tuple(self.per_class))
+        return out
+
+
+def confusion_json(m: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
+    """The matrix (rows: true class, columns: predicted; up to CONFUSION_MAX_CLASSES classes) and the most
+    frequent off-diagonal cells, by class name."""
+    off = m.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:TOP_CONFUSIONS]
+    top = [{"true": classes[i], "predicted": classes[j], "count": int(off[i, j])}
+           for i, j in zip(*np.unravel_index(order, off.shape), strict=True) if off[i, j] > 0]
+    matrix = m.astype(int).tolist() if len(classes) <= CONFUSION_MAX_CLASSES else None
+    return {"matrix": matrix, "top": top}
 
 
 def accuracy_metrics(logits: np.ndarray, y: np.ndarray, classes: tuple[str, ...]) -> Accuracy:
@@ -206,11 +226,12 @@ def accuracy_metrics(logits: np.ndarray, y: np.ndarray, classes: tuple[str, ...]
     if len(classes) >= 10:
         best5 = np.argpartition(-logits, 4, axis=1)[:, :5]
         top5 = float((best5 == y[:, None]).any(1).mean())
-    per = {}
-    for i, name in enumerate(classes):
-        mask = y == i
-        per[name] = float((logits[mask].argmax(1) == i).mean()) if mask.any() else None
-    return Accuracy(top1, top5, per)
+    pred = logits.argmax(1)
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(confusion, (y, pred), 1)
+    per = {name: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
+           for i, name in enumerate(classes)}
+    return Accuracy(top1, top5, per, confusion)
 
 
 @dataclass(frozen=True)
