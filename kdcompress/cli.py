@@ -328,6 +328,22 @@ def profile(
     _dispatch("profile", locals())
 
 
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="An exported .onnx file or a kdcompress checkpoint (student.pt).")],
+    images: Annotated[Path, typer.Argument(metavar="INPUT",
+                                           help="An image, a folder of images, or a CSV whose first column is paths.")],
+    topk: Annotated[int, typer.Option(help="Classes per image, most probable first.")] = 5,
+    mean: Annotated[str | None, typer.Option(help="Per-channel mean, for an ONNX file that records none.")] = None,
+    std: Annotated[str | None, typer.Option(help="Per-channel std, for an ONNX file that records none.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write every prediction to a .csv or .json file.")] = None,
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads.")] = None,
+    json_: Json = False,
+) -> None:
+    """Top-k predictions with the preprocessing the model's metadata records (size, channels, mean/std, layout)."""
+    _dispatch("predict", locals())
+
+
 # ------------------------------------------------------------------------------------------ teacher
 
 

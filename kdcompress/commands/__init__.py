@@ -39,6 +39,7 @@ COMMANDS = {
     "doctor": "doctor:run_doctor",
     "presets list": "presets:run_list",
     "presets show": "presets:run_show",
+    "predict": "predict:run_predict",
 }
 
 

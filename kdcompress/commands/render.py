@@ -219,3 +219,14 @@ def doctor_table(info: dict[str, Any]) -> None:
         c.print(f"[yellow]warning:[/] {w}")
     if not info["warnings"]:
         c.print("[green]no known problems[/]")
+
+
+def predictions(r: dict[str, Any], limit: int = 50) -> None:
+    """`predict`: one line per image, its top-k classes with probabilities (the first `limit` images)."""
+    c = _console()
+    for row in r["predictions"][:limit]:
+        best = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in row["top"])
+        c.print(f"{row['path']}: {best}", markup=False, highlight=False, soft_wrap=True)
+    if len(r["predictions"]) > limit:
+        rest = len(r["predictions"]) - limit
+        c.print(f"... {rest} more" + (f" in {r['out']}" if r["out"] else " (write them all with --out FILE.csv)"))
