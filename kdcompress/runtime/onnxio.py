@@ -47,9 +47,27 @@ def build_metadata(*, arch: str, classes: tuple[str, ...] | list[str], spec: Inp
         "std": list(spec.std), "input_shape": list(spec.shape), "layout": "NCHW", "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME, "preset": preset or "", "teacher_sha256": teacher_sha256 or "",
     }
+    meta["preprocess"] = preprocess_description(spec)
     if val_accuracy is not None:
         meta["val_accuracy"] = round(val_accuracy, 6)
     return meta
+
+
+def preprocess_description(spec: InputSpec) -> dict[str, Any]:
+    """Everything a deployment does to an image file before the graph, as kdcompress's readers do it
+    (data.imagesplits.decode, then core.splits.normalize): no other file or library is needed to feed it."""
+    c, h, w = spec.shape
+    return {
+        "color": "L" if c == 1 else "RGB",  # PIL modes: grey images are replicated to RGB, RGB turned to luma L
+        "alpha": "dropped",
+        "sixteen_bit_grey": "rounded value / 257 to 8 bits",
+        "resize": {"rule": "cover", "size": [h, w], "interpolation": "bilinear",
+                   "note": "scale so the image covers the size, keeping its aspect ratio (PIL Image.resize, BILINEAR)"},
+        "crop": {"rule": "center", "size": [h, w]},
+        "scale": "divide the 8-bit values by 255 (to [0, 1])",
+        "normalize": "(x - mean[c]) / std[c] per channel",
+        "layout": "NCHW", "dtype": "float32", "output": "logits over classes, in the order of `classes`",
+    }
 
 
 def encode_value(v: Any) -> str:
