@@ -472,11 +472,15 @@ def _readonly_dir(c: Ctx) -> Path:
 RunCase = Callable[[Ctx], list[str]]
 RUN_CASES: list[tuple[str, RunCase, int, tuple[str, ...]]] = [
     # --- the run directory itself
-    ("resume with another student", lambda c: c.distill("--student", "tinycnn_w16"), USAGE, ("different configuration",)),
-    ("resume with another loss parameter", lambda c: c.distill("--set", "kd.T=2"), USAGE, ("different configuration",)),
+    # the refusal names the keys that differ, old -> new
+    ("resume with another student", lambda c: c.distill("--student", "tinycnn_w16"), USAGE,
+     ("different configuration", "arch: ", "-> tinycnn_w16")),
+    ("resume with another loss parameter", lambda c: c.distill("--set", "kd.T=2"), USAGE,
+     ("different configuration", "params.T: 4.0 -> 2")),
     ("resume with other data", lambda c: c.distill("--data", "synthetic:classes=3,size=8,n=120"), USAGE,
-     ("different configuration",)),
-    ("resume with another seed", lambda c: c.distill("--set", "train.seed=7"), USAGE, ("different configuration",)),
+     ("different configuration", "data: ", "n=120")),
+    ("resume with another seed", lambda c: c.distill("--set", "train.seed=7"), USAGE,
+     ("different configuration", "seed: 0 -> 7")),
     ("run directory busy", lambda c: (_hold_lock(c), c.distill())[1], USAGE, ("in use",)),
     ("--restart of a busy run directory", lambda c: (_hold_lock(c), c.distill() + ["--restart"])[1], USAGE,
      ("in use",)),

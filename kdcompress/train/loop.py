@@ -145,9 +145,33 @@ def _read_checkpoint(run: RunDir, fingerprint: dict[str, Any], ignore: tuple[str
         raise InputError(f"{run.last_checkpoint} is not a kdcompress training checkpoint; use --restart to start over")
     got, keep = ck.get("fingerprint"), lambda fp: {k: v for k, v in fp.items() if k not in ignore}
     if not isinstance(got, dict) or keep(got) != keep(fingerprint):
-        raise UsageError(f"{run.root} holds a run with a different configuration; "
+        diff = config_diff(keep(got) if isinstance(got, dict) else {}, keep(fingerprint))
+        raise UsageError(f"{run.root} holds a run with a different configuration ({diff}); "
                          "use --restart to start over or another --out")
     return ck
+
+
+def config_diff(old: Any, new: Any, prefix: str = "", limit: int = 4) -> str:
+    """The dotted keys whose values differ between two fingerprints, with both values (the first `limit`)."""
+    rows = list(_differences(old, new, prefix))
+    shown = [f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in rows[:limit]]
+    return "; ".join(shown) + (f"; and {len(rows) - limit} more" if len(rows) > limit else "") or "unreadable"
+
+
+def _differences(old: Any, new: Any, prefix: str):
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in dict.fromkeys([*old, *new]):
+            yield from _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            yield from _differences(a, b, f"{prefix}{i}.")
+    elif old != new:
+        yield prefix.rstrip("."), old, new
+
+
+def _short(v: Any, width: int = 40) -> str:
+    text = "unset" if v is None else str(v)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def check_resumable(run: RunDir, fingerprint: dict[str, Any], ignore: tuple[str, ...] = ()) -> None:
