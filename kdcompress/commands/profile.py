@@ -10,12 +10,10 @@ from typing import Any
 
 from ..runtime.latencytable import profile_dir
 from ..core.system import cpu_limit
-from . import Outcome
+from . import Outcome, render
 
 
 def run_profile(f: dict[str, Any], console) -> Outcome:
-    from rich.table import Table
-
     directory = Path(f["directory"])
     out = Path(f["out"]) if f["out"] else directory / "latency.json"
     with console.status("timing candidates in ONNX Runtime") as status:
@@ -31,17 +29,4 @@ def run_profile(f: dict[str, Any], console) -> Outcome:
     console.print(f"wrote {out}")
     result = {"latency_table": str(out), **table}
 
-    def show() -> None:
-        from rich.console import Console
-
-        t = Table(title=f"latency on {table['machine'].get('cpu') or '?'} ({table['provider']}, batch {table['batch']}, "
-                        f"slowest of {table['processes']} process(es) per model)")
-        for col in ("model", "p50 ms", "p90 ms", "p99 ms", "threads", "opt", "execution"):
-            t.add_column(col, justify="left" if col in ("model", "opt", "execution") else "right")
-        for key, m in table["models"].items():
-            lat, s = m["latency_ms"], m["settings"]
-            t.add_row(key, f"{lat['p50']:.4f}", f"{lat['p90']:.4f}", f"{lat['p99']:.4f}", str(s["threads"]),
-                      s["opt_level"], s["execution"])
-        Console().print(t)
-
-    return Outcome(result, show)
+    return Outcome(result, lambda: render.profile_table(table))

@@ -3,17 +3,42 @@ a command returned (the same object `--json` prints), so the table and the JSON 
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def _console() -> Console:
-    # piped output (a file, a log) gets a table wide enough for the names instead of 80 columns
-    return Console() if sys.stdout.isatty() else Console(width=120)
+    """A terminal's own width; piped output (a file, a log) takes $COLUMNS when set, else 120 columns."""
+    if sys.stdout.isatty():
+        return Console()
+    cols = os.environ.get("COLUMNS", "")
+    return Console(width=int(cols) if cols.isdigit() and int(cols) >= 40 else 120)
+
+
+def fit_table(title: str, columns: list[tuple[str, str, int | None]], rows: list[list[str]], width: int,
+              **kw: Any) -> Table:
+    """A table whose cells are never cut: columns (header, justify, drop rank; None: always kept) are dropped,
+    lowest rank first, until every cell fits `width`; a name longer than the rest of the line folds."""
+    size = [max([len(h)] + [len(Text.from_markup(r[i]).plain) for r in rows]) + 3 for i, (h, _, _) in
+            enumerate(columns)]
+    keep = list(range(len(columns)))
+    for i in sorted((i for i, c in enumerate(columns) if c[2] is not None), key=lambda i: columns[i][2]):
+        if sum(size[j] for j in keep) + 1 <= width:
+            break
+        keep.remove(i)
+    t = Table(title=title, **kw)
+    for i in keep:
+        h, justify, rank = columns[i]
+        t.add_column(h, justify=justify, no_wrap=rank is not None, overflow="fold")
+    for r in rows:
+        t.add_row(*(r[i] for i in keep))
+    return t
 
 
 def human(n: float) -> str:
@@ -61,20 +86,34 @@ def distill_summary(r: dict[str, Any]) -> None:
 
 
 def validation_table(r: dict[str, Any]) -> None:
-    t = Table(title=f"kdcompress validate on {r['data']['name']} ({r['provider']}, {r['threads']} thread(s))")
-    for col in ("model", "top-1", "p50 ms", "p90 ms", "p99 ms", "img/s", "max|diff|", "agree", "speed-up", "gates"):
-        t.add_column(col, justify="left" if col == "model" else "right")
-    rows = ([("teacher", r["teacher"], None)] if r.get("teacher") else []) + [(v["name"], v, v) for v in r["variants"]]
-    for name, m, v in rows:
+    cols = [("model", "left", None), ("top-1", "right", None), ("p50 ms", "right", None), ("p90 ms", "right", 3),
+            ("p99 ms", "right", 1), ("img/s", "right", 2), ("max|diff|", "right", 4), ("agree", "right", 5),
+            ("speed-up", "right", 6), ("gates", "right", None)]
+    rows = []
+    for name, m, v in ([("teacher", r["teacher"], None)] if r.get("teacher") else []) + [
+            (v["name"], v, v) for v in r["variants"]]:
         lat, par = m["latency_ms"], (v or {}).get("parity") or {}
         sp = (v or {}).get("speedup_vs_teacher")
-        t.add_row(name + (" *" if v and v["recommended"] else ""), f"{100 * m['accuracy']:.2f}%", f"{lat['p50']:.4f}",
-                  f"{lat['p90']:.4f}", f"{lat['p99']:.4f}", f"{m['throughput']['throughput']:,.0f}",
-                  f"{par['max_abs_diff']:.3g}" if par else "-", f"{100 * par['top1_agreement']:.2f}%" if par else "-",
-                  f"{sp:.2f}x" if sp else "-", "-" if v is None else ("pass" if v["passed"] else "[red]FAIL[/]"))
+        rows.append([name + (" *" if v and v["recommended"] else ""), f"{100 * m['accuracy']:.2f}%", f"{lat['p50']:.4f}",
+                     f"{lat['p90']:.4f}", f"{lat['p99']:.4f}", f"{m['throughput']['throughput']:,.0f}",
+                     f"{par['max_abs_diff']:.3g}" if par else "-", f"{100 * par['top1_agreement']:.2f}%" if par else "-",
+                     f"{sp:.2f}x" if sp else "-", "-" if v is None else ("pass" if v["passed"] else "[red]FAIL[/]")])
     c = _console()
-    c.print(t)
+    c.print(fit_table(f"kdcompress validate on {r['data']['name']} ({r['provider']}, {r['threads']} thread(s))",
+                      cols, rows, c.width))
     c.print(f"recommended: {r['recommended'] or 'none (no variant passed every gate)'}")
+
+
+def profile_table(table: dict[str, Any]) -> None:
+    """`profile`'s latency table: model keys are never cut; settings columns go first at a narrow width."""
+    cols = [("model", "left", None), ("p50 ms", "right", None), ("p90 ms", "right", 4), ("p99 ms", "right", 2),
+            ("threads", "right", 3), ("opt", "left", 1), ("execution", "left", 0)]
+    rows = [[key, f"{m['latency_ms']['p50']:.4f}", f"{m['latency_ms']['p90']:.4f}", f"{m['latency_ms']['p99']:.4f}",
+             str(m["settings"]["threads"]), m["settings"]["opt_level"], m["settings"]["execution"]]
+            for key, m in table["models"].items()]
+    c = _console()
+    c.print(fit_table(f"latency on {table['machine'].get('cpu') or '?'} ({table['provider']}, batch {table['batch']}, "
+                      f"slowest of {table['processes']} process(es) per model)", cols, rows, c.width))
 
 
 def export_lines(result: dict[str, Any]) -> None:
@@ -151,13 +190,9 @@ def preset_detail(p, params: list[dict[str, Any]]) -> None:
 
 
 def selection_table(sel: dict[str, Any], title: str) -> None:
-    """The measured ladder of a selection.json object (Selection.to_json), the teacher's row last."""
+    """The measured ladder of a selection.json object (Selection.to_json), the teacher's row last. At a narrow
+    width the graph, p90 and params columns go first; names and p50 are never cut."""
     budget = "none (ladder only)" if sel["budget_ms"] is None else f"{sel['budget_ms']:g} ms {sel['stat']}"
-    t = Table(title=f"{title}\nbudget {budget}, batch {sel['batch']}, {sel['provider']}, {sel['threads']} thread(s)",
-              caption="\n".join(f"warning: {w}" for w in sel["warnings"]) or None, caption_style="yellow")
-    for col in ("name", "params", "FLOPs", "p50 ms", "p90 ms", "graph", "fits", "chosen"):
-        t.add_column(col, justify="left" if col in ("name", "graph", "fits", "chosen") else "right",
-                     no_wrap=col == "name")
     chosen = ((sel["chosen"] or {}).get("name"), (sel["chosen"] or {}).get("precision", "fp32"))
     notes = [f"warning: {w}" for w in sel["warnings"]]
     if sel.get("skipped"):
@@ -167,27 +202,29 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
                      f"{sel['fallback']['name']}")
     notes.append("graph: screen = the fast TorchScript export every candidate is screened on; ship = the dynamo "
                  "graph export writes (every confirmed figure: the slowest of the processes in brackets)")
-    t.caption = "\n".join(notes)
 
     def fits(c: dict[str, Any]) -> str:
         return "-" if sel["budget_ms"] is None else ("yes" if c["fits"] else "no")
 
+    rows = []
     for c in sel["candidates"]:
         prec = c.get("precision", "fp32")
-        mark = (c["name"], prec) == chosen
         lat = c["latency_ms"]
         slow = " (slower than fp32)" if c.get("slower_than_fp32") else ""
-        t.add_row(c["name"] + ("" if prec == "fp32" else f" ({prec}){slow}"), f"{c['params']:,}", human(c["flops"]), f"{lat['p50']:.4f}", f"{lat['p90']:.4f}",
-                  c.get("graph", "ship") + (f" ({c['draws']})" if c.get("draws") else ""), fits(c),
-                  "[bold green]<- chosen[/]" if mark else "", style="bold" if mark else None)
+        mark = "[bold green]<- chosen[/]" if (c["name"], prec) == chosen else ""
+        rows.append([c["name"] + ("" if prec == "fp32" else f" ({prec}){slow}"), f"{c['params']:,}", human(c["flops"]),
+                     f"{lat['p50']:.4f}", f"{lat['p90']:.4f}",
+                     c.get("graph", "ship") + (f" ({c['draws']})" if c.get("draws") else ""), fits(c), mark])
     if sel["teacher"] is not None:
-        c = sel["teacher"]
-        lat = c["latency_ms"]
-        t.add_section()
-        t.add_row(f"{c['name']} (teacher)", f"{c['params']:,}", "unknown" if c["flops"] is None else human(c["flops"]),
-                  f"{lat['p50']:.4f}", f"{lat['p90']:.4f}", c.get("graph", "ship"), fits(c) + (" [yellow](!)[/]" if sel["teacher_meets_budget"] else ""), "",
-                  style="italic")
-    _console().print(t)
+        c, lat = sel["teacher"], sel["teacher"]["latency_ms"]
+        rows.append([f"[italic]{c['name']} (teacher)[/]", f"{c['params']:,}",
+                     "unknown" if c["flops"] is None else human(c["flops"]), f"{lat['p50']:.4f}", f"{lat['p90']:.4f}",
+                     c.get("graph", "ship"), fits(c) + (" [yellow](!)[/]" if sel["teacher_meets_budget"] else ""), ""])
+    con = _console()
+    cols = [("name", "left", None), ("params", "right", 2), ("FLOPs", "right", 3), ("p50 ms", "right", None),
+            ("p90 ms", "right", 1), ("graph", "left", 0), ("fits", "left", None), ("chosen", "left", None)]
+    con.print(fit_table(f"{title}\nbudget {budget}, batch {sel['batch']}, {sel['provider']}, {sel['threads']} "
+                        "thread(s)", cols, rows, con.width, caption="\n".join(notes), caption_style="yellow"))
 
 
 def doctor_table(info: dict[str, Any]) -> None:
