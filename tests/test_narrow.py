@@ -59,3 +59,11 @@ def test_a_wide_terminal_keeps_every_column(monkeypatch, capsys):
     render.selection_table(SEL, "kdcompress select")
     text = capsys.readouterr().out
     assert "graph" in text and "p90 ms" in text and "1,234,567" in text
+
+
+def test_select_and_export_say_what_to_run_next(capsys):
+    render.selection_table(SEL, "kdcompress select")
+    assert "next:\n  kdcompress distill --teacher TEACHER --data DATA --budget-ms 0.1\n" in capsys.readouterr().out
+    render.export_lines({"artifacts": [{"variant": "fp32", "onnx": "out/student.onnx", "bytes": 1000}]})
+    text = capsys.readouterr().out
+    assert "kdcompress validate --onnx out/student.onnx --data DATA" in text and "kdcompress predict out/student.onnx" in text

@@ -83,6 +83,17 @@ def distill_summary(r: dict[str, Any]) -> None:
     ships = (r.get("shipped") or {}).get("path")
     c.print(f"outputs in {r['run_dir']}/: " + (f"ships {ships}; " if ships else "nothing ships (no variant passed every "
                                                 "gate); ") + "student.pt, report.json, report.md, plots/")
+    if ships:
+        next_steps(c, [f"kdcompress predict {r['run_dir']}/{ships} IMAGES", f"kdcompress validate --onnx "
+                       f"{r['run_dir']}/{ships} --data NEW_DATA --teacher {r['teacher'].get('path', 'TEACHER')}",
+                       f"kdcompress export --run {r['run_dir']} --int8"])
+
+
+def next_steps(c: Console, commands: list[str]) -> None:
+    """What to run next, after a command's own output (the human view only: --json prints the result alone)."""
+    c.print("next:", style="bold")
+    for cmd in commands:
+        c.print(f"  {cmd}", markup=False, highlight=False)
 
 
 def validation_table(r: dict[str, Any]) -> None:
@@ -124,6 +135,9 @@ def export_lines(result: dict[str, Any]) -> None:
                  f"agreement {100 * par['top1_agreement']:.2f}%" if par else "")
         kept = "  (kept: the file report.json vouches for)" if a.get("kept") else ""
         c.print(f"{a['variant']:5s} {a['onnx']}  {a['bytes']:,} bytes{extra}{kept}", markup=False, highlight=False)
+    if result["artifacts"]:
+        f = result["artifacts"][-1]["onnx"]
+        next_steps(c, [f"kdcompress validate --onnx {f} --data DATA", f"kdcompress predict {f} IMAGES"])
 
 
 def report_lines(r: dict[str, Any]) -> None:
@@ -225,6 +239,11 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
             ("p90 ms", "right", 1), ("graph", "left", 0), ("fits", "left", None), ("chosen", "left", None)]
     con.print(fit_table(f"{title}\nbudget {budget}, batch {sel['batch']}, {sel['provider']}, {sel['threads']} "
                         "thread(s)", cols, rows, con.width, caption="\n".join(notes), caption_style="yellow"))
+    if sel["chosen"] is not None:
+        b = f"--budget-ms {sel['budget_ms']:g}" if sel["budget_ms"] is not None else f"--student {sel['chosen']['name']}"
+        next_steps(con, [f"kdcompress distill --teacher TEACHER --data DATA {b}" + (
+            f" --precision {sel['precision']}" if sel.get("precision", "fp32") != "fp32" else ""),
+            "kdcompress select ... --export-candidates DIR  (then on the target: kdcompress profile DIR)"])
 
 
 def doctor_table(info: dict[str, Any]) -> None:
