@@ -121,3 +121,21 @@ def test_profile_adherence_report_on_the_recorded_run(capsys):
     assert "| 1 | all | 20 | 0 | 16/20 | 96/120 (80.0%, CI 72.0-86.2)" in out
     assert "| 5 | all | 20 | 0 | 19/20 | 117/120 (97.5%, CI 92.9-99.1)" in out
     assert "+17.5 points, Newcombe 95% CI [+9.8, +25.7]" in out and "p = 0.342" in out
+
+
+def test_kd_protocol_quick_run_compares_with_the_plateau_and_equal_compute_baselines(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_protocol", ROOT / "benchmarks" / "kd_protocol.py")
+    proto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(proto)
+    out = tmp_path / "p.json"
+    text = proto.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)])
+    assert "vs ce (plateau), points [95% CI]" in text and "vs ce at equal compute" in text and "machine:" in text
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted({r["label"] for r in runs}) == ["ce", "ce@kd", "kd"]
+    ce = [r for r in runs if r["label"] == "ce"]
+    assert all(r["epochs"] == 2 and len(r["curve"]) == 2 for r in ce)  # the baseline runs 2x the presets' epochs
+    assert all(r["epochs"] >= 1 for r in runs if r["label"] == "ce@kd")
+    # the paired statistics of the table, by hand from the runs
+    summary = proto.summarise(runs, json.loads(out.read_text())["teacher_test_acc"], [0, 1], ["kd"])
+    by = {(r["label"], r["seed"]): r["test_acc"] for r in runs}
+    assert summary[1]["diff"] == pytest.approx(sum(by[("kd", s)] - by[("ce", s)] for s in (0, 1)) / 2)

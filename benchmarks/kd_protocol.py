@@ -1,0 +1,209 @@
+"""Does distillation pay against a converged plain student, and at equal compute? (issue 26's protocol)
+
+For each student and seed:
+  * `ce`: the plain student trained for --baseline-epochs (default 2x --epochs) with the same recipe as the
+    presets' plain runs, its validation curve recorded; "plateaued" when its best validation epoch is not in the
+    last quarter of the run (otherwise the table says the baseline may still be rising);
+  * every preset for --epochs, teacher outputs as `distill` would use them (train.teacher_cache=auto decided by
+    train.cachechoice for this teacher and student), wall seconds measured;
+  * `ce@P`: the plain student given the same seconds as preset P's run (epochs = P's seconds / ce's seconds per
+    epoch, at least 1), with --equal-compute.
+Checkpoints are the best-validation epoch's; test accuracy is reported. Per preset: the paired difference to `ce`
+(mean, 95% t interval), the fraction of the teacher - ce gap it closes, wins, and the paired difference to `ce@P`.
+
+    .venv/bin/python benchmarks/kd_protocol.py --data mnist5k --students tinycnn_w16 resnet8 \\
+        --teacher-arch resnet14 --epochs 80 --seeds 0 1 2 3 4 --presets kd nd fm --equal-compute
+    .venv/bin/python benchmarks/kd_protocol.py --quick      # digits, tiny: the protocol end to end, not a measurement
+
+Prints markdown tables, the machine and the date; --json PATH writes every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from presets import cached_teacher, paired_stats  # benchmarks/presets.py, beside this file
+
+from kdcompress import losses, students
+from kdcompress.core.infer import accuracy, predict
+from kdcompress.core.runio import RunDir
+from kdcompress.core.system import machine_fingerprint
+from kdcompress.core.types import NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS
+from kdcompress.data import load_data
+from kdcompress.teacher import load_teacher
+from kdcompress.train import CacheFacts, decide_cache, train
+
+QUIET = Console(stderr=True, quiet=True)
+
+
+def _preset(name: str, epochs: int, seed: int, extra: list[str]):
+    return losses.load_checked_preset(name, [f"train.epochs={epochs}", f"train.seed={seed}", *extra])
+
+
+def _with_cache(preset, teacher, student: str, splits, spec):
+    """train.teacher_cache=auto decided as distill decides it (train.cachechoice)."""
+    needs = losses.preset_needs(preset)
+    facts = CacheFacts(teacher_flops=students.capacity(teacher.model, spec).flops if teacher.exportable else None,
+                       student_flops=students.capacity(students.build_student(student, splits.num_classes, spec),
+                                                       spec).flops,
+                       reads_teacher=bool(needs & {NEED_TEACHER_LOGITS, NEED_TEACHER_EMBED}),
+                       teacher_file=bool(teacher.sha256),
+                       embed_dim=teacher.embed_dim if NEED_TEACHER_EMBED in needs else None)
+    d = decide_cache(preset.train, facts, splits.train, splits.num_classes)
+    return replace(preset, train=replace(preset.train, teacher_cache=d.used)), d.used
+
+
+def run(label: str, preset, student: str, seed: int, splits, teacher, root: Path, device: str) -> dict:
+    spec = teacher.input_spec
+    preset, cache = _with_cache(preset, teacher, student, splits, spec)
+    rd = RunDir(root / f"{student}-{label}-{seed}")
+    t0 = time.perf_counter()
+    result = train(arch=student, splits=splits, spec=spec, preset=preset,
+                   teacher=teacher if preset.needs_teacher else None, run=rd, device=torch.device(device),
+                   fingerprint={"bench": label, "seed": seed, "student": student}, console=QUIET, restart=True,
+                   make_student=lambda: students.build_student(student, splits.num_classes, spec),
+                   make_objective=lambda ctx: losses.Objective(preset.terms, ctx))
+    seconds = time.perf_counter() - t0
+    model, _ = students.load_checkpoint(rd.student)  # the best-validation epoch's weights
+    test = accuracy(predict(model, splits.test, spec, torch.device("cpu")), splits.test.y)
+    return {"label": label, "preset": preset.name, "student": student, "seed": seed, "epochs": preset.train.epochs,
+            "test_acc": test, "val_acc": result.best_val_accuracy, "best_epoch": result.best_epoch,
+            "seconds": seconds, "teacher_cache": cache, "curve": [h["val_accuracy"] for h in result.history]}
+
+
+def student_runs(student: str, args, splits, teacher, root: Path) -> list[dict]:
+    rows = []
+    for seed in args.seeds:
+        ce = run("ce", _preset("ce", args.baseline_epochs, seed, args.set), student, seed, splits, teacher, root,
+                 args.device)
+        rows.append(ce)
+        per_epoch = ce["seconds"] / ce["epochs"]
+        for name in args.presets:
+            r = run(name, _preset(name, args.epochs, seed, args.set), student, seed, splits, teacher, root, args.device)
+            rows.append(r)
+            if args.equal_compute:
+                k = max(1, round(r["seconds"] / per_epoch))
+                rows.append(run(f"ce@{name}", _preset("ce", k, seed, args.set), student, seed, splits, teacher,
+                                root, args.device))
+            print(f"{student} seed {seed}: ce {100 * ce['test_acc']:.2f}% ({ce['epochs']} ep), {name} "
+                  f"{100 * r['test_acc']:.2f}% ({r['seconds']:.0f} s, cache {r['teacher_cache']})"
+                  + (f", ce@{name} {100 * rows[-1]['test_acc']:.2f}% ({rows[-1]['epochs']} ep)"
+                     if args.equal_compute else ""), flush=True)
+    return rows
+
+
+def plateaued(r: dict) -> bool:
+    """The best validation epoch lies before the last quarter of the baseline's run."""
+    return r["best_epoch"] <= math.ceil(0.75 * r["epochs"])
+
+
+def summarise(rows: list[dict], teacher_acc: float, seeds: list[int], presets: list[str]) -> list[dict]:
+    by = {(r["label"], r["seed"]): r for r in rows}
+    ce = [by[("ce", s)]["test_acc"] for s in seeds]
+    gap = teacher_acc - statistics.mean(ce)
+    out = [{"label": "ce", "mean": statistics.mean(ce), "plateaued": sum(plateaued(by[("ce", s)]) for s in seeds),
+            "n": len(seeds), "seconds": statistics.mean(by[("ce", s)]["seconds"] for s in seeds)}]
+    for p in presets:
+        acc = [by[(p, s)]["test_acc"] for s in seeds]
+        m, lo, hi = paired_stats([a - c for a, c in zip(acc, ce, strict=True)])
+        row = {"label": p, "mean": statistics.mean(acc), "diff": m, "lo": lo, "hi": hi, "n": len(seeds),
+               "gap_closed": m / gap if gap > 0 else math.nan, "wins": sum(a > c for a, c in zip(acc, ce, strict=True)),
+               "seconds": statistics.mean(by[(p, s)]["seconds"] for s in seeds),
+               "cache": sorted({by[(p, s)]["teacher_cache"] for s in seeds})}
+        if all((f"ce@{p}", s) in by for s in seeds):
+            eq = [by[(f"ce@{p}", s)]["test_acc"] for s in seeds]
+            row["eq"] = paired_stats([a - e for a, e in zip(acc, eq, strict=True)])
+            row["eq_epochs"] = statistics.mean(by[(f"ce@{p}", s)]["epochs"] for s in seeds)
+        out.append(row)
+    return out
+
+
+def table(summary: list[dict]) -> str:
+    def ci(m, lo, hi) -> str:
+        return f"{100 * m:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+    lines = ["| run | test acc % | vs ce (plateau), points [95% CI] | gap closed | wins | vs ce at equal compute "
+             "[95% CI] (ce epochs) | mean s | teacher outputs |", "|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        if r["label"] == "ce":
+            lines.append(f"| ce (plateaued in {r['plateaued']}/{r['n']} seeds) | {100 * r['mean']:.2f} | | | | | "
+                         f"{r['seconds']:.0f} | |")
+            continue
+        eq = f"{ci(*r['eq'])} ({r['eq_epochs']:.0f})" if "eq" in r else "not run"
+        gap = "n/a" if math.isnan(r["gap_closed"]) else f"{100 * r['gap_closed']:.0f}%"
+        lines.append(f"| {r['label']} | {100 * r['mean']:.2f} | {ci(r['diff'], r['lo'], r['hi'])} | {gap} | "
+                     f"{r['wins']}/{r['n']} | {eq} | {r['seconds']:.0f} | {', '.join(r['cache'])} |")
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="mnist5k")
+    ap.add_argument("--students", nargs="+", default=["tinycnn_w16"])
+    ap.add_argument("--teacher-arch", default="resnet14")
+    ap.add_argument("--teacher-epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=80)
+    ap.add_argument("--baseline-epochs", type=int, default=None, help="the plain student's run (default 2x --epochs)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--presets", nargs="+", default=["kd", "nd", "fm"])
+    ap.add_argument("--equal-compute", action="store_true", help="also a ce run with each preset's seconds")
+    ap.add_argument("--set", nargs="*", default=[], help="--set overrides for every run (e.g. train.batch_size=128)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "kdcompress-bench")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true", help="digits, resnet8 teacher (1 epoch), 1-2 epochs, 2 seeds")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.data, args.students, args.teacher_arch, args.teacher_epochs = "digits", ["tinycnn_w8"], "resnet8", 1
+        args.epochs, args.baseline_epochs, args.seeds, args.presets, args.threads = 1, 2, [0, 1], ["kd"], 1
+        args.equal_compute = True
+    args.baseline_epochs = args.baseline_epochs or 2 * args.epochs
+    return args
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    started = dt.datetime.now(dt.UTC)
+    teacher_path, info = cached_teacher(args, args.cache_dir)
+    teacher = load_teacher(teacher_path)
+    splits = load_data(args.data, teacher.input_spec)
+    t_acc = accuracy(predict(teacher.model, splits.test, teacher.input_spec, torch.device("cpu")), splits.test.y)
+    fp = machine_fingerprint()
+    head = [f"# kd protocol, {started:%Y-%m-%d %H:%M} UTC",
+            f"machine: {fp.get('cpu')} ({fp.get('cpus')} CPUs), load average {os.getloadavg()[0]:.2f}, device "
+            f"{args.device}, {args.threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}",
+            f"data {args.data} (train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}; one test "
+            f"image = {100 / len(splits.test):.2f} points); teacher {args.teacher_arch} ({args.teacher_epochs} epochs) "
+            f"test {100 * t_acc:.2f}%; presets {args.epochs} epochs, ce {args.baseline_epochs}; seeds {args.seeds}", ""]
+    rows, parts = [], []
+    with tempfile.TemporaryDirectory(prefix="kdc-protocol-") as tmp:
+        for student in args.students:
+            got = student_runs(student, args, splits, teacher, Path(tmp))
+            rows += got
+            parts += [f"## student {student}", "", table(summarise(got, t_acc, args.seeds, args.presets)), ""]
+    text = "\n".join(head + parts) + f"\nwall {(dt.datetime.now(dt.UTC) - started).seconds // 60} min\n"
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"teacher_test_acc": t_acc, "teacher": info, "machine": fp, "runs": rows,
+                                         "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
+    return text
+
+
+if __name__ == "__main__":
+    main()
