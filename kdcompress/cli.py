@@ -93,6 +93,8 @@ teacher_app = typer.Typer(no_args_is_help=True, help="Train or inspect teachers.
 presets_app = typer.Typer(no_args_is_help=True, help="List and show the built-in KD presets.")
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(presets_app, name="presets")
+students_app = typer.Typer(no_args_is_help=True, help="The student zoo selection chooses from.")
+app.add_typer(students_app, name="students")
 
 
 def run_guarded(fn: Callable[[], Any]) -> Any:
@@ -409,6 +411,16 @@ def presets_list(json_: Json = False) -> None:
 def presets_show(name: str, json_: Json = False) -> None:
     """Terms, weights, warm-up and parameters of a preset (a built-in name or a .toml path)."""
     _dispatch("presets show", locals())
+
+
+@students_app.command("list")
+def students_list(
+    input_shape: Annotated[str, typer.Option("--input-shape", help="Input C,H,W the sizes are counted at.")] = "3,32,32",
+    num_classes: Annotated[int, typer.Option("--num-classes", help="Classes of the head the sizes count.")] = 10,
+    json_: Json = False,
+) -> None:
+    """Every student: family, params and FLOPs at --input-shape, and the input sizes it is meant for."""
+    _dispatch("students list", locals())
 
 
 def main() -> None:

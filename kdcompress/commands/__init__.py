@@ -40,6 +40,7 @@ COMMANDS = {
     "presets list": "presets:run_list",
     "presets show": "presets:run_show",
     "predict": "predict:run_predict",
+    "students list": "students:run_list",
 }
 
 
