@@ -425,7 +425,8 @@ def students_list(
 
 def main() -> None:
     """The console entry point. After the command, the atexit handlers run and the process ends without
-    the interpreter's teardown: unloading torch's libraries took 0.7 s of a 2.5 s warm `select`."""
+    the interpreter's teardown: unloading torch's libraries is a good part of a warm `select`
+    (benchmarks/RESULTS.md, "select_coldstart after the fresh-process confirmation")."""
     try:
         app()
         code: object = 0

@@ -226,6 +226,36 @@ def test_the_path_check_sees_a_missing_file():
     assert not (ROOT / "kdcompress/nothere.py").exists()
 
 
+def _results_headings() -> list[str]:
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    return [" ".join(h.split()) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)]
+
+
+def results_citations(text: str) -> list[str]:
+    """The sections a text cites as `RESULTS.md, "name"` (or `section "name"`, or the name in backticks),
+    with comment markers and line breaks inside the quotation flattened."""
+    flat = " ".join(ln.strip().lstrip("#").strip() for ln in text.splitlines())
+    found = re.findall(r'RESULTS\.md,\s+(?:section\s+)?(?:"([^"]+)"|`([^`]+)`)', flat)
+    return [" ".join((a or b).split()) for a, b in found]
+
+
+def test_every_cited_results_section_exists():
+    """Code and docs cite benchmarks/RESULTS.md by section, not by number: each quoted name starts a heading."""
+    heads = _results_headings()
+    sources = [*PKG.rglob("*.py"), *PAGES]
+    bad = [(src.name, c) for src in sources for c in results_citations(src.read_text())
+           if not any(h.startswith(c) for h in heads)]
+    assert not bad, f"citations of benchmarks/RESULTS.md sections that do not exist: {bad}"
+
+
+def test_the_citation_check_sees_a_missing_section():
+    text = '# cites (benchmarks/RESULTS.md, "latency is a\n# per-process lottery") and RESULTS.md, section "presets"'
+    assert results_citations(text) == ["latency is a per-process lottery", "presets"]
+    heads = _results_headings()
+    assert not any(h.startswith("latency is a per-process lottery") for h in heads)
+    assert any(h.startswith("presets") for h in heads)
+
+
 # ------------------------------------------------------------------------------ students list
 
 

@@ -85,7 +85,7 @@ class Capacity:
     params: int
     flops: int | None  # None only for a teacher whose FLOPs cannot be counted (never 0 for "unknown")
     # weighted layers (convolutions and linear layers): at small inputs a model's latency follows its
-    # layer count as much as its FLOPs (resnet8x2, 5.5 MFLOPs in 11 layers, ran faster than resnet20, 5.1
-    # MFLOPs in 22), so pruning compares it too (select.search). 0: not counted.
+    # layer count as much as its FLOPs (a wide, shallow resnet ran faster than a deeper one of fewer FLOPs:
+    # benchmarks/RESULTS.md, "Issue 14, stop 20"), so pruning compares it too (select.search). 0: not counted.
     layers: int = 0
 

@@ -103,8 +103,8 @@ def process_settings(device: torch.device) -> Iterator[None]:
 def torch_threads(n: int) -> Iterator[None]:
     """torch's intra-op threads set to `n` for a block, restored after. select builds, FLOP-counts and
     exports dozens of tiny models at batch 1-2: a second thread only adds synchronisation, and on a shared
-    machine every parallel region waits for a descheduled thread (zoo capacities: 32.3 s with 2 threads,
-    5.0 s with 1, at load average 6.5 on 2 cores). Where torch is not imported yet (a warm selection may
+    machine every parallel region waits for a descheduled thread (benchmarks/RESULTS.md, "Figures moved out
+    of code comments"). Where torch is not imported yet (a warm selection may
     never need it: select.warm) this does not import it, and a block that does import it runs with torch's
     default threads."""
     if "torch" not in sys.modules:
@@ -122,7 +122,8 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def exit_now(code: object) -> None:
     """End the process after the atexit handlers and a flush, skipping the interpreter's teardown (cli.main:
-    unloading torch's libraries costs 0.7 s). `code` is sys.exit's: None, an int, or a message (status 1)."""
+    unloading torch's libraries is a good part of a warm `select`: benchmarks/RESULTS.md, "select_coldstart
+    after the fresh-process confirmation"). `code` is sys.exit's: None, an int, or a message (status 1)."""
     if code is not None and not isinstance(code, int):  # sys.exit("message"): the message, status 1
         print(code, file=sys.stderr)
         code = 1

@@ -1,11 +1,12 @@
 """Latency measured in fresh processes: how select confirms the student it is about to choose.
 
-Measured on the 2-vCPU VM (benchmarks/RESULTS.md, "latency is a per-process lottery"): a 10 us model ran
-at 10 or 17 us, and every session of one process ran at the same one of the two speeds, pinned to either
-CPU, with address randomisation on or off. A figure from the selecting process is therefore one draw, and a
-deployment is another process: the choice is confirmed on several processes, and the slowest counts.
+On a shared machine a model's latency can be drawn once per process (benchmarks/RESULTS.md, "Latency is a
+per-process draw on this VM"): every session of one process ran at the same one of two speeds, far apart,
+pinned to either CPU, with address randomisation on or off. A figure from the selecting process is
+therefore one draw, and a deployment is another process: the choice is confirmed on several processes, and
+the slowest counts.
 
-Each child imports only onnxruntime, numpy and this module (no torch: 0.2-0.3 s to start), times the
+Each child imports only onnxruntime, numpy and this module (no torch, so it starts quickly), times the
 model for at least FRESH_MIN_TIME_S (and 100 runs) and prints its LatencyStats as one line of JSON. What is
 being sampled is the process, not the runs inside it, so a child's run is short and select can afford many.
 
@@ -26,12 +27,12 @@ from ..core.errors import EnvironmentProblem
 from .ortbench import LatencyStats, SessionSettings, make_session, measure_latency
 
 CHILD_TIMEOUT_S = 600  # min 100 runs of the slowest plausible candidate, plus start-up
-FRESH_MIN_TIME_S = 0.15  # per child: 5000 runs of a 10 us model, 100+ of a 1.5 ms one
+FRESH_MIN_TIME_S = 0.15  # per child: thousands of runs of a tiny model, 100+ of a 1.5 ms one
 
 
-# Draws further apart than this (slowest / fastest, in one statistic) make a warning: on the 2-vCPU VM the
-# same 10 us model measured 10 or 17 us in different processes, and a pure-Python loop varied as much
-# (RESULTS.md). select's confirmation and `kdcompress profile` both use it.
+# Draws further apart than this (slowest / fastest, in one statistic) make a warning: the same model can
+# measure far apart in different processes, and a pure-Python loop varies as much (benchmarks/RESULTS.md,
+# "Issue 14, stop 22"). select's confirmation and `kdcompress profile` both use it.
 UNSTABLE = 1.25
 
 

@@ -167,8 +167,8 @@ def screen_bytes(model: nn.Module, spec: InputSpec, *, batch: int = 1, opset: in
     20-50x faster than dynamo, ENVIRONMENT.md §3) with the same names and opset, checked like onnx_bytes;
     graph "screen". The batch is static (the screening measures that batch only): with a dynamic batch the
     TorchScript graph keeps hundreds of shape-computing nodes (ShuffleNetV2: 826 nodes vs dynamo's 173) that
-    ONNX Runtime cannot fold, and measured 1.25-1.85x slower than the dynamo graph; static, 1.03-1.10x
-    (benchmarks/RESULTS.md, "select: cold start"). Other small differences stay (GlobalAveragePool+Flatten
+    ONNX Runtime cannot fold, and measured clearly slower than the dynamo graph; static, within a few
+    percent (benchmarks/RESULTS.md, "Screening fidelity"). Other small differences stay (GlobalAveragePool+Flatten
     where dynamo writes ReduceMean+Reshape), so a figure that ships is measured on onnx_bytes' graph.
     When the TorchScript export fails, the dynamo bytes are returned instead, with graph "ship"."""
     import onnx

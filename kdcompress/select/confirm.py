@@ -1,13 +1,12 @@
 """How select confirms the candidate it is about to choose: fresh-process draws of its shipping graph until
 they settle it (search.select's confirm step calls these).
 
-Why so many draws near the budget: on the 2-vCPU VM a 10 us model ran at 10-11 or 16-18 us, and the slow
-speed came up in about 1 process in 6 (RESULTS.md). The chance that a deployment's process is slower than
-all of n draws is 1/(n+1) for independent draws; at n = 4 (the rule before) that was one miss in five at
-the budget's edge, at 16 it is one in seventeen; and 16 draws all miss a slow speed that comes up in 1
-process in 6 in about 5 cases of 100. Measured (RESULTS.md, stop 21): in an A/B on the VM, 18 of 180
-deployments were slower than the confirmed figure, against 48 of 174 with 3 fresh draws; but a burst of
-draws cannot see the VM drift minutes later (one student's deployments spread 2.3x within a minute).
+Why so many draws near the budget: on a shared machine a model's latency is drawn per process, a slow
+speed coming up in a minority of processes (benchmarks/RESULTS.md, "Latency is a per-process draw on this
+VM"). The chance that a deployment's process is slower than all of n independent draws is 1/(n+1), so
+more draws near the budget's edge make a miss rarer than the 4 of the rule before. The A/B of the two rules
+is in benchmarks/RESULTS.md, "Issue 14, stop 21": the settled rule's confirmed figure is truer, but a
+burst of draws cannot see the machine drift minutes later.
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ from ..core.spec import InputSpec
 
 # The confirmation measures the shipping graph in this process once, then in fresh processes until
 # `settled` (module doc; runtime.freshbench says why): at least CONFIRM_MIN of them, CONFIRM_MAX when the
-# slowest draw is within SPREAD_BOUND of the budget (the widest per-process spread measured on the 2-vCPU
-# VM is 1.8x). The slowest figure is the one that must fit.
+# slowest draw is within SPREAD_BOUND of the budget (above the widest per-process spread measured:
+# benchmarks/RESULTS.md, "Issue 14, stop 21"). The slowest figure is the one that must fit.
 CONFIRM_MIN = 3
 CONFIRM_MAX = 15
 SPREAD_BOUND = 2.0

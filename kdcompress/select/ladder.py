@@ -2,9 +2,10 @@
 (`select --export-candidates DIR`) for `kdcompress profile` on the target.
 
 Two graphs per candidate. The *screening* graph (graph "screen": runtime.onnxio.screen_bytes, the TorchScript
-exporter at a static batch, 0.05-1 s a model) is what a selection measures first; it is made in-process,
+exporter at a static batch, fast) is what a selection measures first; it is made in-process,
 since a spawned worker costs a torch import (seconds) and the export is short. The *shipping* graph (graph "ship":
-runtime.onnxio.onnx_bytes, the dynamo exporter export uses, 1-6 s a model and single-threaded Python) is
+runtime.onnxio.onnx_bytes, the dynamo exporter export uses, several times slower and single-threaded
+Python; export times per model in benchmarks/RESULTS.md, "Screening fidelity") is
 what a confirmation measures and what --export-candidates writes; a wave of several of those runs in a
 small pool of spawned processes (spawn, not fork: the parent holds torch's thread pools) when workers > 1.
 Measuring happens in the parent with the pool idle, so exports never disturb a timing. Precision variants

@@ -1,7 +1,7 @@
 """`--preset auto`: which distillation preset suits this teacher, student and data, by short paired trials.
 
-No preset wins everywhere (on the digits dkd was 3.6 points below kd, on mnist5k it was 0.4 above;
-benchmarks/RESULTS.md), so the choice is measured, not guessed: each candidate preset distils the chosen
+No preset wins everywhere (dkd ranks below kd on the digits and above it on mnist5k: benchmarks/RESULTS.md,
+section "presets"), so the choice is measured, not guessed: each candidate preset distils the chosen
 student for a few epochs on the training split, is scored by its best accuracy on the validation split
 (never the test split), and successive halving (trial.run_rungs, the machinery `--rank trial` uses for
 students) keeps the better half for twice the epochs until the budget is spent.

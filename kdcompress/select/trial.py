@@ -2,7 +2,8 @@
 
 The pool (trial_pool): the most capable fit of each family first, by capacity, then the other fits by
 capacity; the first `top`. Within a family the bigger sibling is the usual winner, while families differ
-(on mnist5k vgg11_x0_25 beat resnet8, resnet14 and resnet20 by 0.65-1.45 points with fewer FLOPs), so
+(on mnist5k vgg11_x0_25 beat resnet8, resnet14 and resnet20 with fewer FLOPs: benchmarks/RESULTS.md,
+"select_quality, mnist5k, full ladder"), so
 the few trials a budget affords go to different families first.
 
 Successive halving over the pool: every survivor of a rung is trained (from scratch, the rung's epochs)
@@ -10,12 +11,11 @@ and scored by its best validation accuracy; the better half survives and the nex
 epochs, until one is left; or, in the wide plan the pipeline uses, until the budget ends: a pool that
 cannot afford every rung drops the last rungs rather than candidates. The budget is time: `budget` in
 epochs of the main training (the FLOPs-rule choice's epochs), each candidate's epoch weighed by its
-measured cost relative to that choice's (`costs`, from train.probe: at mnist5k's 28x28 a training step
-of mobilenetv2_x0_25, 15.7 MFLOPs, took 477 ms on this CPU, of resnet8, 18.7 MFLOPs, 81 ms). The plan
-holds the budget even if the dearest candidates always survived. On select_quality (20 main epochs, so 5
-epochs of trial) the wide plan trained 4 candidates for 1 epoch each where halving could afford only the
-top 2 for 2 epochs, and chose within 0.5 point of the best at 8/8 budgets on digits and 7/7 on mnist5k,
-against 5/8 and 4/7 (benchmarks/RESULTS.md). Training is the caller's (the pipeline passes
+measured cost relative to that choice's (`costs`, from train.probe: a depthwise mobilenet's step costs
+several times a resnet's of the same FLOPs on a CPU; benchmarks/RESULTS.md, "Figures moved out of code
+comments"). The plan holds the budget even if the dearest candidates always survived. On select_quality
+the wide plan (more candidates for fewer epochs) chose near the best at more budgets than halving did
+(benchmarks/RESULTS.md, "Issue 14, stop 20"). Training is the caller's (the pipeline passes
 `train(name, epochs) -> val accuracy`): select never imports train.
 """
 

@@ -1,6 +1,7 @@
 """A warm selection without torch: what select needs of a teacher, remembered by the file's sha256.
 
-Importing torch takes 1.5-2.2 s on the 2-vCPU VM, more than a warm selection needs in all (its
+Importing torch takes seconds, more than a warm selection needs in all (benchmarks/RESULTS.md,
+"select_coldstart after the fresh-process confirmation"; its
 measurements, the zoo's capacities and the teacher's FLOPs are cached). So `kdcompress select` remembers,
 in teachers.json beside the latency cache, a summary of every teacher file it loaded: classes, input spec,
 architecture, parameters and FLOPs, and the text the latency cache keys the teacher by. The key is the

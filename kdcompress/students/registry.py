@@ -57,7 +57,8 @@ def width_tag(w: float) -> str:
 def capacity(model: nn.Module, spec: InputSpec, *, memo: bool = False) -> Capacity:
     """Parameters and batch-1 forward FLOPs. With `memo`, the FLOPs come from flops.json in the cache root
     when this architecture was counted before (flops_key): the count runs a forward under FlopCounterMode,
-    whose first use in a process imports torch._dynamo (about 1 s), which a warm `select` need not pay."""
+    whose first use in a process imports torch._dynamo (benchmarks/RESULTS.md, "select_coldstart after the
+    fresh-process confirmation"), which a warm `select` need not pay."""
     params = sum(p.numel() for p in model.parameters())
     layers = weighted_layers(model)
     key = flops_key(model, spec, params) if memo else None

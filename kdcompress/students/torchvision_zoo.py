@@ -91,7 +91,8 @@ def _squeezenet(m) -> tuple[nn.Module, nn.Module, nn.Linear]:
 
 def build_torchvision(num_classes: int, in_channels: int = 3, *, arch: str,
                       split: Callable[[nn.Module], tuple[nn.Module, nn.Module, nn.Linear]]) -> nn.Module:
-    import torchvision.models as tvm  # here, not at import: torchvision pulls in torch._dynamo (~1.5 s)
+    # here, not at import: torchvision pulls in torch._dynamo (seconds; benchmarks/RESULTS.md, "select_coldstart")
+    import torchvision.models as tvm
 
     model = getattr(tvm, arch)(weights=None, num_classes=num_classes)
     if in_channels != 3:

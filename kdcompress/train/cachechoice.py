@@ -19,7 +19,7 @@ from ..core.config import TrainConfig
 from ..core.splits import RandomAccess, Split
 from .teacher_cache import MARGIN_BYTES, cache_root, estimate_bytes, stored_k
 
-MIN_COST_RATIO = 10.0  # teacher FLOPs / student FLOPs (README, teacher-output cache: measured 0.28-0.41x step time)
+MIN_COST_RATIO = 10.0  # teacher FLOPs / student FLOPs (benchmarks/RESULTS.md, "teacher_cache"; docs/teacher-cache.md)
 MIN_EPOCHS_PER_VIEW = 2
 
 

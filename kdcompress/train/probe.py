@@ -1,6 +1,6 @@
 """What one training epoch of a model costs here, measured: the trial ranking's budget is time, and a
-model's FLOPs do not predict its training time (on the 2-vCPU VM, mnist5k at batch 64: mobilenetv2_x0_25
-trains at 477 ms a step with 15.7 MFLOPs, vgg11_x0_25 at 65 ms with 16.9 MFLOPs)."""
+model's FLOPs do not predict its training time (a depthwise mobilenet's CPU step costs several times that
+of a plain CNN of the same FLOPs: benchmarks/RESULTS.md, "Figures moved out of code comments")."""
 
 from __future__ import annotations
 
