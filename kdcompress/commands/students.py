@@ -68,15 +68,13 @@ def run_list(f: dict[str, Any], console) -> Outcome:
 
 
 def show(rows: list[ZooRow], shape: tuple[int, int, int], num_classes: int) -> None:
-    from rich.table import Table
+    """The zoo as a table; on a narrow terminal family, then input sizes, then params give way (render.fit_table)."""
+    from .render import _console, fit_table, human
 
-    from .render import _console, human
-
-    t = Table(title=f"kdcompress students at {','.join(map(str, shape))}, {num_classes} classes",
-              caption="-: meant for other input sizes (see input sizes); try --input-shape")
-    for col in ("name", "family", "params", "FLOPs", "input sizes"):
-        t.add_column(col, justify="right" if col in ("params", "FLOPs") else "left", no_wrap=col == "name")
-    for r in rows:
-        t.add_row(r.name, r.family, "-" if r.params is None else human(r.params),
-                  "-" if r.flops is None else human(r.flops), r.input_sizes)
-    _console().print(t, markup=False)
+    c = _console()
+    columns = [("name", "left", None), ("family", "left", 1), ("params", "right", 3), ("FLOPs", "right", None),
+               ("input sizes", "left", 2)]
+    cells = [[r.name, r.family, "-" if r.params is None else human(r.params),
+              "-" if r.flops is None else human(r.flops), r.input_sizes] for r in rows]
+    c.print(fit_table(f"kdcompress students at {','.join(map(str, shape))}, {num_classes} classes", columns,
+                      cells, c.width, caption="-: meant for other input sizes; try --input-shape"), markup=False)
