@@ -67,3 +67,17 @@ def test_select_and_export_say_what_to_run_next(capsys):
     render.export_lines({"artifacts": [{"variant": "fp32", "onnx": "out/student.onnx", "bytes": 1000}]})
     text = capsys.readouterr().out
     assert "kdcompress validate --onnx out/student.onnx --data DATA" in text and "kdcompress predict out/student.onnx" in text
+
+
+def test_presets_list_says_which_preset_to_pick():
+    import json
+
+    from typer.testing import CliRunner
+
+    from kdcompress.cli import app
+
+    r = CliRunner().invoke(app, ["presets", "list", "--json"])
+    guide = json.loads(r.stdout)["guide"]
+    assert any("--preset auto" in g for g in guide) and any(g.startswith("A safe default: kd") for g in guide)
+    r = CliRunner().invoke(app, ["presets", "list"], env={"COLUMNS": "100"})
+    assert "which preset to pick:" in r.stdout and "--preset auto ranks" in r.stdout

@@ -172,15 +172,20 @@ def teacher_table(info: dict[str, Any]) -> None:
     _console().print(t)
 
 
-def presets_table(rows: list) -> None:
+def presets_table(rows: list, guide: tuple[str, ...] = ()) -> None:
     t = Table(title="kdcompress presets")
-    t.add_column("name")
+    t.add_column("name", no_wrap=True)
     t.add_column("terms")
     t.add_column("description")
     for p in rows:
         t.add_row(p.name, " + ".join(x.key for x in p.terms),
                   p.description + (" (kdcompress variant)" if p.variant else ""))
-    _console().print(t)
+    c = _console()
+    c.print(t)
+    if guide:
+        c.print("which preset to pick:", style="bold")
+        for line in guide:
+            c.print(f"  - {line}", markup=False, highlight=False)
 
 
 def preset_detail(p, params: list[dict[str, Any]]) -> None:
