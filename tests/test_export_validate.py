@@ -211,7 +211,7 @@ def test_validate_variants_with_teacher_writes_schema_valid_report(exported, tra
     # the same checkpoint as teacher: its exported fp32 twin has the same accuracy
     assert report["variants"][0]["accuracy"] == pytest.approx(report["teacher"]["accuracy"])
     assert (out / "report.md").is_file()
-    assert sorted(report["plots"]) == ["plots/accuracy_latency.png"]
+    assert sorted(report["plots"]) == ["plots/accuracy_latency.png", "plots/confusion.png"]
     assert (out / "plots" / "accuracy_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
