@@ -532,8 +532,17 @@ def test_distill_int8_failing_its_gate_retrains_the_fp32_fallback(clock, tiny_te
 
         return real(selection, val, SimpleNamespace(max_precision_drop=-1.0), console)
     monkeypatch.setattr(pl, "apply_precision_gate", strict)
+    import kdcompress.pipeline.job as job
+
+    entered, real_distill = [], job.distill
+
+    def counted(*a, **k):
+        entered.append(a[0].out)
+        return real_distill(*a, **k)
+    monkeypatch.setattr(job, "distill", counted)
     clock(lambda n, p: E2E_LAT[(n, p)])
     rep = _distill(tiny_teacher, tmp_path / "run", 0.01)
+    assert entered == [tmp_path / "run"]  # the fallback is trained by the same phases, not by re-entering distill()
     p = rep["precision"]
     assert p["fell_back"] and p["shipped"] == "fp32" and p["student"] == "tinycnn_w8" and "falling back" in p["reason"]
     assert rep["student"]["arch"] == "tinycnn_w8" and p["fallback_run"].endswith("fallback")
