@@ -1,5 +1,6 @@
 """The package's shape, checked from the source with the standard library (ast): dependencies flow one way
-(cli -> commands/pipeline -> stages -> core), no import cycles, small modules."""
+(cli -> commands -> pipeline -> stages -> students -> runtime -> core), each package is entered through its
+face (its __init__), no import cycles, small modules."""
 
 from __future__ import annotations
 
@@ -15,14 +16,23 @@ COMPOSERS = {"pipeline", "commands", "cli", "__main__"}
 # What each lower layer may import besides itself; a stage imports these layers and itself only.
 BENEATH = {CORE: set(), RUNTIME: {CORE}, STUDENTS: {CORE, RUNTIME}}
 ALLOWED: dict[tuple[str, str], str] = {}  # stage -> stage imports that are allowed, with the reason: none
+# The composers in their strict order, top first: each imports only what is below it (and the layers above
+# the stages may import any of them): cli -> commands -> pipeline. pipeline never imports commands or cli;
+# commands never import cli.
+COMPOSER_ORDER = ("__main__", "cli", "commands", "pipeline")
+# Packages entered through their face only: a module outside P imports P's names from P's __init__
+# (`from ..select import select`), never from a module of P (`from ..select.search import select`), so a
+# package can move its insides without its users noticing. core is exempt: it is a bag of leaf modules
+# (errors, config, runio, spec, ...) with no face of its own, imported by module. commands is exempt: cli
+# looks its modules up by name (commands.COMMANDS) and reads the shared flag types from commands.flags.
+FACED = STAGES | {RUNTIME, STUDENTS, "pipeline"}
+# Imports that may skip a face, with the reason. Keep this list short.
+FACE_EXCEPTIONS: dict[tuple[str, str], str] = {}
 # Limits measure smells; they are not targets (split by responsibility, never squeeze lines to meet them).
 MAX_LINES = 500  # DESIGN: "files you can read in one sitting (~400-500 lines, one job each)"
 MAX_FUNCTION_LINES = 60  # DESIGN: "functions you can read at once (~60 lines)"
 # Functions allowed over MAX_FUNCTION_LINES, each with the reason it is still one piece. Keep this list short.
-LONG_FUNCTIONS = {
-    "pipeline._distill": "the distill composition, re-entered for the precision fallback; it becomes one "
-                         "selection decision plus the stages in order when the pipeline package is built",
-}
+LONG_FUNCTIONS: dict[str, str] = {}
 
 
 def _module_name(path: Path, root: Path = PKG) -> str:
@@ -95,6 +105,49 @@ def test_only_composers_import_composers():
     bad = [f"{m} -> {d}" for m, deps in _graph().items() for d in deps
            if _top(d) in COMPOSERS and _top(m) not in COMPOSERS]
     assert not bad, bad
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    """Imports from a composer to one above it in COMPOSER_ORDER (or to itself, for the top-level modules)."""
+    rank = {c: i for i, c in enumerate(COMPOSER_ORDER)}
+    return [f"{m} -> {d}" for m, deps in graph.items() for d in deps
+            if _top(m) in rank and _top(d) in rank and rank[_top(d)] < rank[_top(m)]]
+
+
+def test_composers_import_in_strict_order():
+    """cli -> commands -> pipeline: the pipeline never imports commands or cli, commands never import cli."""
+    bad = _upward(_graph())
+    assert not bad, f"a composer imports one above it (cli -> commands -> pipeline): {bad}"
+
+
+def _behind_faces(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a module inside a faced package from outside that package (instead of its face)."""
+    return [f"{m} -> {d}" for m, deps in graph.items() for d in deps
+            if _top(d) in FACED and _top(d) != _top(m) and d != _top(d)
+            and (_top(m), d) not in FACE_EXCEPTIONS]
+
+
+def test_packages_are_entered_through_their_faces():
+    bad = _behind_faces(_graph())
+    assert not bad, ("imports past a package's face (import the name from the package, adding it to its "
+                     f"__init__): {bad}")
+
+
+def test_the_checker_sees_an_upward_import_and_one_past_a_face(tmp_path):
+    """The order and face checks can fail: in a fake package, pipeline.job -> commands.x is upward, and
+    commands.x -> select.search skips select's face while commands.y -> select uses it."""
+    pkg = tmp_path / "kdcompress"
+    for sub in ("commands", "pipeline", "select"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "select" / "search.py").write_text("def select():\n    pass\n")
+    (pkg / "pipeline" / "job.py").write_text("from ..commands import x\n")
+    (pkg / "commands" / "x.py").write_text("from ..select.search import select\n")
+    (pkg / "commands" / "y.py").write_text("from ..select import select\n")
+    g = _graph(pkg)
+    assert _upward(g) == ["pipeline.job -> commands.x"]
+    assert _behind_faces(g) == ["commands.x -> select.search"]
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

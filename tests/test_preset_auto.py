@@ -100,8 +100,8 @@ def test_auto_trains_the_winner_and_reports_the_ranking(tiny_teacher, tmp_path):
 
 
 def test_a_rerun_after_an_interrupt_reuses_the_finished_ranking(tiny_teacher, tmp_path, monkeypatch):
-    import kdcompress.commands.autopreset as ap
-    import kdcompress.pipeline as pl
+    import kdcompress.pipeline.autopreset as ap
+    import kdcompress.pipeline.job as pl
 
     out = tmp_path / "run"
     args = _distill(tiny_teacher, out, "--auto-presets", "kd,dist", "--json")

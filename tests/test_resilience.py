@@ -250,7 +250,7 @@ def test_compile_keeps_checkpoints_plain(tiny_teacher, tmp_path, monkeypatch):
 
 
 def test_compile_flag_reaches_the_trainer(tiny_teacher, tmp_path, monkeypatch):
-    import kdcompress.pipeline as pipeline
+    import kdcompress.pipeline.job as pipeline
 
     seen = []
     monkeypatch.setattr(pipeline, "train", lambda **kw: seen.append(kw["compile"]) or (_ for _ in ()).throw(

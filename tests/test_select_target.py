@@ -122,7 +122,10 @@ def test_pruning_needs_same_family_and_both_flops_and_params(clock, monkeypatch)
     names = ("resnet8", "resnet14", "wrn10_1", "resnet20")
     fake = {"resnet8": (100, 1000), "resnet14": (90, 2000), "wrn10_1": (200, 3000), "resnet20": (100, 1000)}
     real = reg.capacity
-    monkeypatch.setattr(reg, "capacity", lambda m, s: reg.Capacity(*fake.get(
+    import kdcompress.students
+
+    # select counts capacity through the students package's face
+    monkeypatch.setattr(kdcompress.students, "capacity", lambda m, s: reg.Capacity(*fake.get(
         BY_PARAMS.get(sum(p.numel() for p in m.parameters()), ""), (real(m, s).params, real(m, s).flops)), 10))
     lat = {"resnet8": 0.5, "resnet14": 0.05, "wrn10_1": 0.08, "resnet20": 0.01}
     c = clock(lambda n, p: lat[n])
@@ -520,7 +523,7 @@ def test_distill_auto_ships_int8_with_its_settings(clock, tiny_teacher, tmp_path
 
 
 def test_distill_int8_failing_its_gate_retrains_the_fp32_fallback(clock, tiny_teacher, tmp_path, monkeypatch):
-    import kdcompress.pipeline as pl
+    import kdcompress.pipeline.choose as pl
 
     real = pl.apply_precision_gate
 
@@ -529,8 +532,17 @@ def test_distill_int8_failing_its_gate_retrains_the_fp32_fallback(clock, tiny_te
 
         return real(selection, val, SimpleNamespace(max_precision_drop=-1.0), console)
     monkeypatch.setattr(pl, "apply_precision_gate", strict)
+    import kdcompress.pipeline.job as job
+
+    entered, real_distill = [], job.distill
+
+    def counted(*a, **k):
+        entered.append(a[0].out)
+        return real_distill(*a, **k)
+    monkeypatch.setattr(job, "distill", counted)
     clock(lambda n, p: E2E_LAT[(n, p)])
     rep = _distill(tiny_teacher, tmp_path / "run", 0.01)
+    assert entered == [tmp_path / "run"]  # the fallback is trained by the same phases, not by re-entering distill()
     p = rep["precision"]
     assert p["fell_back"] and p["shipped"] == "fp32" and p["student"] == "tinycnn_w8" and "falling back" in p["reason"]
     assert rep["student"]["arch"] == "tinycnn_w8" and p["fallback_run"].endswith("fallback")
@@ -686,7 +698,7 @@ def test_a_smaller_trial_winner_must_beat_the_bigger_by_more_than_the_noise(cloc
 def test_distill_rank_trial_trains_in_the_scratch_directory(clock, tiny_teacher, tmp_path, monkeypatch):
     from rich.console import Console
 
-    import kdcompress.pipeline as pl
+    import kdcompress.pipeline.trials as pl
 
     from kdcompress.core.config import RunConfig
     from kdcompress.losses import load_checked_preset
@@ -720,7 +732,7 @@ def test_distill_rank_trial_trains_in_the_scratch_directory(clock, tiny_teacher,
 
 
 def test_trial_epoch_seconds_are_measured_once_per_run(tiny_teacher, tmp_path, monkeypatch):
-    import kdcompress.pipeline as pl
+    import kdcompress.pipeline.trials as pl
     from kdcompress.core.config import RunConfig
     from kdcompress.core.runio import RunDir
     from kdcompress.data import load_data

@@ -1,6 +1,7 @@
-"""The subcommands. Each is `run(flags, console) -> Outcome`: it reads its inputs from files, calls stages
-(or the pipeline), and returns the JSON-able result plus how to show it. cli.py only parses flags and
-looks the command up in COMMANDS; it never imports a stage itself (so `--help` stays instant)."""
+"""The subcommands. Each is `run(flags, console) -> Outcome`: it turns the flags into typed options, makes
+one call (to the pipeline where stages are composed; to the one stage a command uses otherwise), and returns
+the JSON-able result plus how to show it. cli.py only parses flags and looks the command up in COMMANDS; it
+never imports a stage itself (so `--help` stays instant). Order: cli -> commands -> pipeline -> stages."""
 
 from __future__ import annotations
 

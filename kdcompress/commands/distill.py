@@ -8,12 +8,11 @@ from ..core.config import AutoPreset, Budget, RunConfig, RuntimeConfig
 from ..core.errors import UsageError
 from ..export import ExportOptions
 from ..losses import load_checked_preset
-from ..pipeline import distill, train_teacher
+from ..pipeline import auto_from_flags, distill, train_teacher
 from ..pipeline import run_demo as demo
-from ..select.result import SelectOptions
+from ..select import SelectOptions
 from ..validate import Gates, raise_for_gates
 from . import Outcome, render
-from .autopreset import auto_from_flags
 from .flags import teacher_options
 
 

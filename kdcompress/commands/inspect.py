@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import TeacherOptions
-from ..runtime.ortbench import make_session, measure_latency
+from ..runtime import make_session, measure_latency
 from ..teacher import load_teacher, teacher_onnx_bytes
 from . import Outcome, render
 from .flags import teacher_options

@@ -41,8 +41,8 @@ class Predictor:
 def _onnx_predictor(path: Path, threads: int | None, mean, std) -> Predictor:
     import torch
 
-    from ..runtime.ortbench import make_session
-    from ..validate.models import describe
+    from ..runtime import make_session
+    from ..validate import describe
 
     mi = describe(path, mean=mean, std=std)
     sess = make_session(path, "cpu", threads)
@@ -133,7 +133,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 def predict(pred: Predictor, paths: list[Path], topk: int) -> list[dict[str, Any]]:
     """Top-k (class, probability) of every image, in the order of `paths`."""
-    from ..data.imagesplits import decode
+    from ..data import decode
 
     rows = []
     for i in range(0, len(paths), BATCH):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..runtime.latencytable import profile_dir
+from ..runtime import profile_dir
 from ..core.system import cpu_limit
 from . import Outcome, render
 

@@ -49,15 +49,15 @@ def human(n: float) -> str:
 
 
 def _pct(v: Any) -> str:
-    from ..report.shipped import finite
+    from ..report import finite
 
     return f"{100 * v:.2f}%" if finite(v) else "n/a"
 
 
 def distill_summary(r: dict[str, Any]) -> None:
     """The teacher and the file that ships (report.json's `shipped`; report.shipped), its budget line, and
-    every variant. Imported lazily: report.shipped is pure, but the report package imports torch."""
-    from ..report.shipped import budget_sentence, finite, intended_variant
+    every variant. Imported lazily: the report package imports torch."""
+    from ..report import budget_sentence, finite, intended_variant
 
     v = intended_variant(r) or {}
     s = {**v, "arch": f"{r['student']['arch']} ({v.get('variant', 'fp32')})", "params": r["student"]["params"]}

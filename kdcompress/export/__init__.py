@@ -13,6 +13,7 @@ from .onnx import (
            export_variants,
            variant_path,
 )
+from .variants import timing_variant
 
 __all__ = ["CHECK_BATCHES", "DEFAULT_CALIB", "ExportOptions", "OnnxArtifact", "calibration_images", "export_onnx",
-           "VariantBuild", "build_variants", "export_variants", "variant_path"]
+           "VariantBuild", "build_variants", "export_variants", "timing_variant", "variant_path"]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..core.errors import InputError, UsageError
-from ..runtime.onnxio import (
+from ..runtime import (
     DEFAULT_OPSET,
     INPUT_NAME,
     MIN_OPSET,
@@ -52,7 +52,7 @@ class ExportOptions:
     def __post_init__(self) -> None:
         import onnx
 
-        from ..runtime.ortbench import ort_max_opset
+        from ..runtime import ort_max_opset
 
         # only opsets both onnx and this ONNX Runtime know: a file ORT cannot load would fail its own checks
         top = min(onnx.defs.onnx_opset_version(), ort_max_opset())
@@ -125,7 +125,7 @@ def check_batches(data: bytes, model: nn.Module, probe: np.ndarray, variant: str
     """Run the ONNX bytes in ORT at every CHECK_BATCHES size on `probe` (normalised images) and compare
     with PyTorch. A batch size that fails to run or gives the wrong output shape is an error; so is an
     fp32 file whose outputs differ from PyTorch beyond the fp32 tolerance (a broken export)."""
-    from ..runtime.ortbench import make_session
+    from ..runtime import make_session
 
     sess = make_session(data, "cpu", 1)
     ref = model.float().cpu().eval()(torch.from_numpy(probe)).detach().numpy()

@@ -112,7 +112,7 @@ def timing_variant(fp32: bytes, spec, precision: str, n_calib: int = 8) -> bytes
     by select: INT8 is calibrated on `n_calib` random images (timing does not depend on the scales)."""
     import onnx
 
-    from ..runtime.onnxio import INPUT_NAME
+    from ..runtime import INPUT_NAME
 
     if precision == "fp16":
         return to_fp16(onnx.load_from_string(fp32)).SerializeToString()

@@ -2,7 +2,7 @@
 
 from .assemble import data_json, distill_report, header, validate_report
 from .markdown import load_schema, render_markdown, rerender, write_report
-from .shipped import add_shipped, intended_variant
+from .shipped import add_shipped, budget_sentence, finite, intended_variant
 
-__all__ = ["add_shipped", "data_json", "distill_report", "header", "intended_variant", "load_schema", "render_markdown",
+__all__ = ["add_shipped", "budget_sentence", "finite", "data_json", "distill_report", "header", "intended_variant", "load_schema", "render_markdown",
            "rerender", "validate_report", "write_report"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..core.config import RuntimeConfig
 from ..core.jsonstore import JsonStore
-from ..runtime.ortbench import LatencyStats, SessionSettings
+from ..runtime import LatencyStats, SessionSettings
 from ..core.spec import InputSpec
 from ..core.system import cache_root, machine_fingerprint
 

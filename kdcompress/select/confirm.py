@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..core.config import RuntimeConfig
-from ..runtime.freshbench import UNSTABLE
-from ..runtime.ortbench import LatencyStats, SessionSettings
+from ..runtime import UNSTABLE
+from ..runtime import LatencyStats, SessionSettings
 from ..core.spec import InputSpec
 
 # The confirmation measures the shipping graph in this process once, then in fresh processes until
@@ -45,7 +45,7 @@ def confirm_measurements(model, spec: InputSpec, runtime: RuntimeConfig, batch: 
     """The confirmation's fresh-process measurements of the shipping bytes, up to CONFIRM_MAX, yielded one
     by one (runtime.freshbench: latency is a per-process draw on a shared VM); the caller stops when the
     draws are `settled`. A seam: fake clocks replace it (a shorter iterable ends the confirmation)."""
-    from ..runtime.freshbench import fresh_draws
+    from ..runtime import fresh_draws
 
     del model, precision  # the bytes are the model, in its precision
     return fresh_draws(onnx, runtime.provider, (batch, *spec.shape), settings or SessionSettings(runtime.threads or 1),
@@ -68,7 +68,7 @@ def unstable_note(spread: dict[str, tuple[int, float, float]], stat: str) -> tup
 def table_note(table: dict, chosen, stat: str) -> tuple[str, ...]:
     """A warning when the chosen candidate's per-process draws on the target (the latency table `kdcompress
     profile` wrote, its "draws") spread by more than UNSTABLE in `stat`; nothing for a table without draws."""
-    from ..runtime.latencytable import model_key
+    from ..runtime import model_key
 
     entry = table.get("models", {}).get(model_key(chosen.name, chosen.precision)) or {}
     try:

@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 from ..core.config import Budget, RuntimeConfig
 from ..core.errors import BudgetError
-from ..runtime.freshbench import UNSTABLE
-from ..runtime.latencytable import check_table, model_key, table_stats
-from ..runtime.ortbench import LatencyStats, SessionSettings
+from ..runtime import UNSTABLE
+from ..runtime import check_table, model_key, table_stats
+from ..runtime import LatencyStats, SessionSettings
 from ..core.spec import Capacity, InputSpec
 from .cache import LatencyCache
 from .confirm import settled, table_note

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UsageError
-from ..runtime.latencytable import MANIFEST, MANIFEST_FORMAT, model_key
+from ..runtime import MANIFEST, MANIFEST_FORMAT, model_key
 from ..core.runio import atomic_write_bytes, atomic_write_json
 from ..core.spec import InputSpec
 from ..core.system import torch_threads
@@ -47,8 +47,8 @@ def candidate_onnx(name: str, num_classes: int, spec: InputSpec, precision: str,
     weights) in `precision`. Module level so that a spawned worker can run it."""
     import torch
 
-    from ..runtime.onnxio import onnx_bytes
-    from ..students.registry import build_student
+    from ..runtime import onnx_bytes
+    from ..students import build_student
 
     torch.set_num_threads(1)
     return _variant(onnx_bytes(build_student(name, num_classes, spec).eval(), spec), spec, precision, convert)
@@ -76,12 +76,12 @@ class Exporter:
             self._pool = None
 
     def _model(self, name: str):
-        from ..students.registry import build_student
+        from ..students import build_student
 
         return self.build(name) if self.build else build_student(name, self.num_classes, self.spec)
 
     def ship(self, job: Job) -> bytes:
-        from ..runtime.onnxio import onnx_bytes
+        from ..runtime import onnx_bytes
 
         name, precision = job
         if (name, "ship") not in self._fp32:
@@ -90,7 +90,7 @@ class Exporter:
 
     def screen(self, job: Job) -> tuple[bytes, str]:
         """(bytes, graph): the screening graph, or the shipping one where the TorchScript export fails."""
-        from ..runtime.onnxio import screen_bytes
+        from ..runtime import screen_bytes
 
         name, precision = job
         if (name, "screen") not in self._fp32:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from ..runtime.latencytable import read_table
+from ..runtime import read_table
 from .result import Selection, SelectOptions
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..core.config import Budget
 from ..core.errors import UsageError
-from ..runtime.ortbench import LatencyStats, SessionSettings
+from ..runtime import LatencyStats, SessionSettings
 
 PRECISIONS = ("fp32", "fp16", "int8", "auto")
 PRECISION_PREFERENCE = {"fp32": 2, "fp16": 1, "int8": 0}  # equal capacity: the exact one wins

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..core.config import Budget, RuntimeConfig
 from ..core.errors import UsageError
-from ..runtime.ortbench import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
+from ..runtime import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
 from ..core.spec import InputSpec
 from ..core.system import cap_threads, cpu_limit, torch_threads
 from .cache import LatencyCache
@@ -47,7 +47,7 @@ def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *,
                   graph: str = "ship") -> LatencyStats:
     """The one measurement: `onnx` (or `model` exported to fp32 ONNX: the shipping graph, or with
     graph="screen" the fast screening export) in a fresh ORT session."""
-    from ..runtime.onnxio import onnx_bytes, screen_bytes
+    from ..runtime import onnx_bytes, screen_bytes
 
     del precision  # carried for fakes in tests: the bytes already are that precision
     data = onnx if onnx is not None else (screen_bytes(model, spec, batch=batch)[0] if graph == "screen" else onnx_bytes(model, spec))
@@ -58,7 +58,7 @@ def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *,
 def tune_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, stat: str, *, onnx: bytes | None = None,
                precision: str = "fp32") -> tuple[SessionSettings, LatencyStats]:
     """The settings sweep (ortbench.settings_grid up to the CPU limit): the best settings and their stats."""
-    from ..runtime.onnxio import onnx_bytes
+    from ..runtime import onnx_bytes
 
     del precision
     data = onnx if onnx is not None else onnx_bytes(model, spec)
@@ -93,7 +93,7 @@ def zoo_identity(name: str) -> str:
     """What identifies a zoo student's architecture without building it (the cache key's model part):
     its builder, its arguments and the kdcompress version (a changed zoo invalidates the cache)."""
     from .. import __version__
-    from ..students.registry import STUDENTS
+    from ..students import STUDENTS
 
     e = STUDENTS.get(name)
     return f"zoo:{name}:{e.builder.__module__}.{e.builder.__qualname__}:{sorted(e.kwargs.items())}:{__version__}"
@@ -127,7 +127,7 @@ def zoo_candidates(num_classes: int, spec: InputSpec, max_flops: int | None, nam
                 for n, p, f, la, fam, ident in cache.get_json(lkey)]
     except (KeyError, TypeError, ValueError):
         pass
-    from ..students.registry import STUDENTS, capacity
+    from ..students import STUDENTS, capacity
 
     out = []
     for name in names or tuple(STUDENTS.names()):
@@ -154,7 +154,7 @@ def plausible(num_classes: int, spec: InputSpec, max_flops: int | None,
               names: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
     """(name, model) for each candidate: the given names, or every student that suits the input size and
     is smaller than the teacher (a 'student' bigger than its teacher is never the point)."""
-    from ..students.registry import STUDENTS, capacity
+    from ..students import STUDENTS, capacity
 
     out = []
     for name in names or tuple(STUDENTS.names()):
@@ -175,7 +175,7 @@ def ladder_rows(num_classes: int, spec: InputSpec, teacher_flops: int | None, na
     """The candidates a selection would measure (what `select --export-candidates` writes), in the order
     of capacity: {"name", "precision", "family", "params", "flops"} per (student, precision).
     `teacher_flops` is the loaded teacher's count (None: unknown, and nothing is filtered by it)."""
-    from ..students.registry import STUDENTS, capacity
+    from ..students import STUDENTS, capacity
 
     precs, _ = measured_precisions(precision, provider)
     rows = []
@@ -199,7 +199,7 @@ def _teacher_capacity(teacher_model, spec: InputSpec):
         return teacher_model.capacity          # unknown, so the capacity filter is off, never at 0
     if teacher_model is None:
         return None
-    from ..students.registry import capacity
+    from ..students import capacity
 
     return capacity(teacher_model, spec, memo=True)
 
@@ -218,7 +218,7 @@ def _open_search(num_classes: int, spec: InputSpec, budget: Budget, runtime: Run
                   key=lambda j: (capacity[j[0]][0].flops, capacity[j[0]][0].params, -PRECISION_PREFERENCE[j[1]]))
 
     def build(name: str):
-        from ..students.registry import STUDENTS
+        from ..students import STUDENTS
 
         return STUDENTS.get(name).build(num_classes, spec)
     st = SearchState(num_classes, spec, budget, runtime, capacity, {n: ident for n, _, _, ident in listing}, jobs,

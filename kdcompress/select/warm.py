@@ -22,7 +22,7 @@ from typing import Any
 
 from ..core.config import RuntimeConfig
 from ..core.fsguard import file_sha256
-from ..runtime.ortbench import LatencyStats, make_session, measure_latency
+from ..runtime import LatencyStats, make_session, measure_latency
 from ..core.spec import Capacity, InputSpec
 from .cache import LatencyCache, cache_path
 

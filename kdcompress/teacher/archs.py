@@ -47,7 +47,7 @@ def build_arch(name: str, num_classes: int, spec: InputSpec) -> list[tuple[str, 
     downloads weights). `torchvision:NAME`, `timm:NAME` or `zoo:NAME` picks one library."""
     import torchvision
 
-    from ..students.registry import STUDENTS
+    from ..students import STUDENTS
 
     side, _, bare = name.rpartition(":")
     if side not in ("", "zoo", "kdcompress", "torchvision", "timm"):

@@ -33,7 +33,7 @@ from ..core.errors import InputError, UsageError
 from ..core.fsguard import file_sha256
 from ..core.runio import regular_file, safe_torch_load
 from ..core.spec import InputSpec
-from ..students.checkpoint import model_from_kdcompress_dict
+from ..students import model_from_kdcompress_dict
 from .archs import fit_weights, is_torchvision
 from .embedding import find_embedding
 from .files import is_hf_folder, read_hf_folder, read_safetensors
@@ -220,7 +220,7 @@ def _finish(path: Path, model: nn.Module, fmt: str, arch: str, rec: Recorded, op
             spec: InputSpec | None = None, sha_of: Path | None = None) -> Teacher:
     """Probe the model once: it must take the input shape and return (batch, classes) logits; find how to
     reach its penultimate embedding (timm-style methods, else the classifier Linear's input); count FLOPs."""
-    from ..students.registry import capacity
+    from ..students import capacity
 
     spec = spec or _resolve_spec(path, rec, opt)
     model = model.float().eval()
@@ -270,7 +270,7 @@ def is_probability(out: Tensor) -> bool:
 def _load_onnx(path: Path, opt: TeacherOptions) -> Teacher:
     import onnx
 
-    from ..runtime.ortbench import check_onnx
+    from ..runtime import check_onnx
 
     check_onnx(path)
     proto = onnx.load(str(path), load_external_data=False)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..runtime.onnxio import onnx_bytes, set_metadata
+from ..runtime import onnx_bytes, set_metadata
 from ..core.errors import InputError, UsageError
 from ..core.spec import InputSpec
 
@@ -176,7 +176,7 @@ def _dynamic_batch(data: bytes, teacher: Teacher) -> bytes:
     import numpy as np
     import onnx
 
-    from ..runtime.ortbench import make_session
+    from ..runtime import make_session
 
     proto = onnx.load_from_string(data)
     init = {t.name for t in proto.graph.initializer}

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..core.errors import EnvironmentProblem, InputError
 from ..core.fsguard import file_sha256
-from ..runtime.ortbench import make_session
+from ..runtime import make_session
 from ..core.system import cpu_limit
 
 

@@ -8,6 +8,7 @@ from .models import (
                      accuracy_metrics,
                      describe,
                      effective_threads,
+                     input_channels,
                      map_classes,
                      onnx_logits,
                      parity,
@@ -17,5 +18,5 @@ from .models import (
 
 __all__ = ["THROUGHPUT_BATCH", "GateResult", "Gates", "ModelInput", "Validation", "accuracy_drop_warning",
            "accuracy_metrics", "check_gates",
-           "describe", "effective_threads", "map_classes", "onnx_logits", "parity", "raise_for_gates", "recommend",
+           "describe", "effective_threads", "input_channels", "map_classes", "onnx_logits", "parity", "raise_for_gates", "recommend",
            "reference_logits", "validate_models"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import GateError, UsageError
-from ..runtime.ortbench import STATS
+from ..core.spec import STATS
 
 GATE_NAMES = ("finite", "parity", "min_agreement", "max_accuracy_drop", "budget_ms")
 WARN_ACCURACY_DROP = 0.05  # 5 points of top-1 below the teacher: worth a warning even when no gate asks

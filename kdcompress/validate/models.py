@@ -17,8 +17,8 @@ import torch
 from ..core.classes import is_index_names, match_classes
 from ..core.config import RuntimeConfig
 from ..core.errors import InputError, UsageError
-from ..runtime.onnxio import TOLERANCES, VARIANTS, Tolerance, detect_variant
-from ..runtime.ortbench import LatencyStats, check_onnx, make_session, measure_latency, stored_settings
+from ..runtime import TOLERANCES, VARIANTS, Tolerance, detect_variant
+from ..runtime import LatencyStats, check_onnx, make_session, measure_latency, stored_settings
 from ..core.spec import InputSpec, number_list
 from ..core.splits import Split, normalize
 from ..core.system import cap_threads

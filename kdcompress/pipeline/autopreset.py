@@ -1,6 +1,6 @@
 """`distill --preset auto`: the flags become an AutoPreset; after selection, short paired trials of each
 candidate preset on the chosen student pick the one the main training uses (select/presetrank.py ranks;
-this module composes the trials from the train, losses and students stages).
+this module composes the trials from the train, losses and students stages; choose.py calls it).
 
 The ranking is kept in RUN/preset_ranking.json (written atomically once it is finished) under a key of
 everything that decides it, so rerunning the same command after an interrupt reuses it instead of
@@ -24,7 +24,7 @@ from ..core.runio import RunDir, atomic_write_json
 from ..core.splits import DataSplits
 from ..core.system import process_settings
 from ..core.types import NEED_TEACHER_EMBED
-from ..select.presetrank import DEFAULT_CANDIDATES, rank_presets, simplest_first
+from ..select import DEFAULT_CANDIDATES, rank_presets, simplest_first
 from ..train import check_resumable, train
 
 RANKING_FILE = "preset_ranking.json"

@@ -1,4 +1,4 @@
-"""`kdcompress export --run`: a re-export never changes a file that report.json vouches for.
+"""`kdcompress export --run` (exportjob.py, through deliver.py): a re-export never changes a file that report.json vouches for.
 
 A finished run's report.json records the sha256 of every ONNX file it names (student.onnx, the teacher's
 copy, the validated variants). A re-export therefore
@@ -74,7 +74,7 @@ def vouched_files(report: dict[str, Any], rd: RunDir) -> dict[Path, str]:
 def carried_metadata(rd: RunDir) -> dict[str, str]:
     """student.onnx's metadata less the per-file keys; without a student.onnx, the ONNX Runtime settings
     and precision selection.json chose (what distill writes into it)."""
-    from ..runtime.onnxio import encode_value, read_metadata
+    from ..runtime import encode_value, read_metadata
 
     if rd.onnx.is_file():
         return {k: v for k, v in read_metadata(rd.onnx).items() if k not in PER_FILE_KEYS}
@@ -127,7 +127,7 @@ def _same_path(a: Path, b: Path) -> bool:
 
 def kept_artifact(b: VariantBuild) -> OnnxArtifact:
     """The file already on disk (validated, stamped), described as export describes what it writes."""
-    from ..runtime.onnxio import read_metadata
+    from ..runtime import read_metadata
 
     data = b.path.read_bytes()
     return OnnxArtifact(b.variant, b.path, b.opset, hashlib.sha256(data).hexdigest(), len(data),
@@ -138,7 +138,7 @@ def record_in_report(rd: RunDir, files: RunFiles, rows: list[dict[str, Any]]) ->
     """List the newly written files of this run (rows of export's result) under report.json's `artifacts`
     with their sha256, replacing an earlier export's row for the same file; report.md follows. False when
     the run has no report (nothing vouched for yet) or no new file lies in the run."""
-    from ..report.markdown import render_markdown
+    from ..report import render_markdown
 
     if files.report is None:
         return False

@@ -1,0 +1,52 @@
+"""The composition layer: the one place where stages are combined (cli -> commands -> pipeline -> stages).
+
+    job.py        `distill`: prepare -> choose -> train -> deliver -> report, the fallback by the same phases
+    prepare.py    the teacher, the data and every check before --out changes; a model's fit to the data
+    choose.py     which student ships: one Decision (selection, --rank trial, --preset auto, teacher cache),
+                  the precision gate and the fp32 fallback
+    selection.py  the one call of select(); `kdcompress select` and --export-candidates
+    trials.py     --rank trial: successive halving over the selection's pool
+    autopreset.py --preset auto: paired short trials of the candidate presets
+    deliver.py    the one export-and-validate (distill and export alike), stamping each file's accuracy
+    exportjob.py  `kdcompress export`; reexport.py: the files a run's report vouches for are never changed
+    validation.py `kdcompress validate`
+    teacher.py    `kdcompress teacher train`; demo.py: `kdcompress demo`
+
+This is the package's face: commands import these names from `kdcompress.pipeline`, never from a module of
+it. The face is lazy (PEP 562): a name imports its own module when first asked for, so a warm `kdcompress
+select` (selection.py) still runs without importing torch."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> the module of this package that defines it
+_FACE = {
+    "auto_from_flags": "autopreset",
+    "distill": "job",
+    "export_candidates": "selection",
+    "export_job": "exportjob",
+    "run_demo": "demo",
+    "select_job": "selection",
+    "SelectJob": "selection",
+    "train_teacher": "teacher",
+    "validate_job": "validation",
+}
+__all__ = sorted(_FACE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FACE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)
+
+
+if TYPE_CHECKING:  # what the face gives, for type checkers and readers
+    from .autopreset import auto_from_flags  # noqa: F401
+    from .demo import run_demo  # noqa: F401
+    from .exportjob import export_job  # noqa: F401
+    from .job import distill  # noqa: F401
+    from .selection import SelectJob, export_candidates, select_job  # noqa: F401
+    from .teacher import train_teacher  # noqa: F401
+    from .validation import validate_job  # noqa: F401
