@@ -141,6 +141,11 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
 
 
+def _given_flags(ctx: typer.Context) -> frozenset[str]:
+    """The parameters the command line itself set (not defaults): what --config must not override."""
+    return frozenset(n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE")
+
+
 def _dispatch(name: str, flags: dict[str, Any]) -> None:
     """Run command `name` with the parsed flags; print its JSON or its table; then its check (gates)."""
     flags = dict(flags)
@@ -174,8 +179,10 @@ from .commands.flags import (Out, SetOpt, Device, Provider, Threads, Json, Calib
 @app.command()
 @teacher_flags
 def distill(
-    teacher: Annotated[Path, typer.Option(help="Teacher: kdcompress checkpoint, state_dict or .safetensors (+ --teacher-arch), dict or Lightning checkpoint, Hugging Face-style folder, TorchScript or .onnx.")],
-    data: Annotated[str, typer.Option(help="Dataset spec: digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, cifar10:/root, cifar100:/root, mnist:/root, fashionmnist:/root.")],
+    ctx: typer.Context,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher: kdcompress checkpoint, state_dict or .safetensors (+ --teacher-arch), dict or Lightning checkpoint, Hugging Face-style folder, TorchScript or .onnx.")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset spec: digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, cifar10:/root, cifar100:/root, mnist:/root, fashionmnist:/root.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Redo the job a run's config.json records (flags given here win).")] = None,
     budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per image, ms.")] = None,
     preset: Annotated[str, typer.Option(help="Preset name, a .toml path, or auto (rank --auto-presets by short trials on the validation split).")] = "kd",
     auto_presets: Annotated[str | None, typer.Option("--auto-presets", help="--preset auto: the presets to rank, comma-separated (default kd,kd_ls,dist,dkd,nd).")] = None,
@@ -220,7 +227,7 @@ def distill(
     --budget-ms is both the selection budget and a gate on the validated student; a failed gate exits 5
     after report.json is written.
     On several GPUs or machines: torchrun --nproc_per_node N -m kdcompress distill ... (docs/distributed.md)."""
-    _dispatch("distill", locals())
+    _dispatch("distill", {**{k: v for k, v in locals().items() if k != "ctx"}, "_given": _given_flags(ctx)})
 
 
 # ------------------------------------------------------------------------------------------ export / validate / report

@@ -1,14 +1,17 @@
-"""`kdcompress distill`, `demo` and `teacher train`: the flags become one RunConfig for the pipeline."""
+"""`kdcompress distill`, `demo` and `teacher train`: the flags become one typed job for the pipeline
+(pipeline.DistillJob); `--config RUN/config.json` replays the flags a run recorded."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from ..core.config import AutoPreset, Budget, RunConfig, RuntimeConfig
-from ..core.errors import UsageError
+from ..core.errors import InputError, UsageError
 from ..export import ExportOptions
 from ..losses import load_checked_preset
-from ..pipeline import auto_from_flags, distill, train_teacher
+from ..pipeline import DistillJob, auto_from_flags, run_job, train_teacher
 from ..pipeline import run_demo as demo
 from ..select import SelectOptions
 from ..validate import Gates, raise_for_gates
@@ -50,15 +53,55 @@ def run_config(f: dict[str, Any]) -> RunConfig:
                      teacher_options=teacher_options(f), download=f["download"])
 
 
-def run_distill(f: dict[str, Any], console) -> Outcome:
+# flags that say where and how to run, not what: never replayed by --config
+NOT_REPLAYED = frozenset({"config", "out", "restart", "force", "json_", "_given"})
+PATH_FLAGS = ("teacher", "latency_table")
+
+
+def recorded_flags(path: Path) -> dict[str, Any]:
+    """The flags a run's config.json recorded (its `job.flags`), read strictly; one line when it holds none."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        flags = doc["job"]["flags"]
+    except FileNotFoundError:
+        raise InputError(f"--config {path}: file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"--config {path}: cannot read it as JSON ({e})") from None
+    except (KeyError, TypeError):
+        raise InputError(f"--config {path} records no distill job (a config.json that distill wrote before "
+                         "jobs were recorded, or another file); rerun the command itself") from None
+    if not isinstance(flags, dict):
+        raise InputError(f"--config {path}: job.flags is not an object")
+    return {k: (Path(v) if k in PATH_FLAGS and v is not None else v) for k, v in flags.items()}
+
+
+def with_config(f: dict[str, Any]) -> dict[str, Any]:
+    """The flags of this command line over those --config recorded: a flag given here wins."""
+    if f.get("config") is None:
+        if f.get("teacher") is None or f.get("data") is None:
+            raise UsageError("give --teacher and --data (or --config RUN/config.json to redo a run)")
+        return f
+    given = f.get("_given") or frozenset()
+    old = recorded_flags(Path(f["config"]))
+    return {**f, **{k: v for k, v in old.items() if k in f and k not in given and k not in NOT_REPLAYED}}
+
+
+def distill_job(f: dict[str, Any]) -> DistillJob:
+    """Every distill flag as one frozen, validated job."""
     cfg = run_config(f)
-    gates = Gates(f["min_agreement"], f["max_accuracy_drop"], f["budget_ms"], f["stat"])
-    opts = ExportOptions(fp16=f["fp16"], int8=f["int8"], calib=f["calib"], simplify=f["simplify"])
-    sopts = SelectOptions(precision=f["precision"], max_precision_drop=f["max_precision_drop"],
-                          latency_table=f["latency_table"], tune=f["tune"], rank=f["rank"], trial_top=f["trial_top"],
-                          trial_budget=f["trial_budget"])
-    report = distill(cfg, console, export_opts=opts, gates=gates, select_opts=sopts, student_init=f["student_init"],
-                     force=f["force"], allow_weak_teacher=bool(f.get("allow_weak_teacher")))
+    record = tuple(sorted((k, str(v) if isinstance(v, Path) else v) for k, v in f.items() if k not in NOT_REPLAYED))
+    return DistillJob(
+        run=cfg, export=ExportOptions(fp16=f["fp16"], int8=f["int8"], calib=f["calib"], simplify=f["simplify"]),
+        gates=Gates(f["min_agreement"], f["max_accuracy_drop"], f["budget_ms"], f["stat"]),
+        select=SelectOptions(precision=f["precision"], max_precision_drop=f["max_precision_drop"],
+                             latency_table=f["latency_table"], tune=f["tune"], rank=f["rank"],
+                             trial_top=f["trial_top"], trial_budget=f["trial_budget"]),
+        student_init=f["student_init"], force=f["force"], allow_weak_teacher=bool(f.get("allow_weak_teacher")),
+        flags=record)
+
+
+def run_distill(f: dict[str, Any], console) -> Outcome:
+    report = run_job(distill_job(with_config(f)), console)
     if not report:  # a torchrun process other than rank 0: rank 0 reports
         return Outcome(None)
     return Outcome(report, lambda: render.distill_summary(report), lambda: raise_for_gates(report))

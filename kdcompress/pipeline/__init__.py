@@ -1,6 +1,7 @@
 """The composition layer: the one place where stages are combined (cli -> commands -> pipeline -> stages).
 
     job.py        `distill`: prepare -> choose -> train -> deliver -> report, the fallback by the same phases
+    jobspec.py    DistillJob: the whole distill job, typed and frozen, recorded in config.json
     prepare.py    the teacher, the data and every check before --out changes; a model's fit to the data
     choose.py     which student ships: one Decision (selection, --rank trial, --preset auto, teacher cache),
                   the precision gate and the fp32 fallback
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 _FACE = {
     "auto_from_flags": "autopreset",
     "distill": "job",
+    "DistillJob": "jobspec",
+    "run_job": "jobspec",
     "export_candidates": "selection",
     "export_job": "exportjob",
     "run_demo": "demo",
@@ -47,6 +50,7 @@ if TYPE_CHECKING:  # what the face gives, for type checkers and readers
     from .demo import run_demo  # noqa: F401
     from .exportjob import export_job  # noqa: F401
     from .job import distill  # noqa: F401
+    from .jobspec import DistillJob, run_job  # noqa: F401
     from .selection import SelectJob, export_candidates, select_job  # noqa: F401
     from .teacher import train_teacher  # noqa: F401
     from .validation import validate_job  # noqa: F401

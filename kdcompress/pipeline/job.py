@@ -46,16 +46,18 @@ class Trained:
 
 def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: ExportOptions | None = None,
             gates: Gates | None = None, select_opts: SelectOptions | None = None, force: bool = False,
-            allow_weak_teacher: bool = False, student_init: str | None = None) -> dict[str, Any]:
+            allow_weak_teacher: bool = False, student_init: str | None = None,
+            record: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole job. `export_opts` picks the ONNX variants (fp32 only by default); `gates` defaults to
     the parity gate alone; `select_opts` the precision, latency table, ORT tuning and ranking of the
     selection. The report says whether the gates passed; the CLI turns a failure into exit 5.
     `force`: write into a non-empty --out that is not a kdcompress run (its files stay untouched).
     `allow_weak_teacher`: distil from a teacher that scores near chance on the validation split.
-    `student_init` (--student-init): a state_dict path or 'pretrained'."""
+    `student_init` (--student-init): a state_dict path or 'pretrained'. `record`: the whole job
+    (pipeline.jobspec.DistillJob), written into config.json beside the run configuration."""
     console = console or Console(stderr=True)
     options = DistillOptions(export_opts or ExportOptions(), gates or Gates(budget_stat=cfg.budget.stat),
-                             select_opts or SelectOptions(), allow_weak_teacher, student_init)
+                             select_opts or SelectOptions(), allow_weak_teacher, student_init, record)
     runtime = effective_threads(cfg.runtime, lambda m: console.print(f"[yellow]warning:[/] {m}"))
     run = RunDir(cfg.out)
     ddp, device = setup_distributed(cfg.runtime.device)  # torchrun: rank 0 writes files, all ranks train
@@ -115,7 +117,7 @@ def begin(p: Prepared, d: Decision, run: RunDir) -> None:
         t_onnx = teacher_onnx_bytes(teacher, t_meta)
     run.mark("distill")
     run.prepare()
-    atomic_write_json(run.config, cfg.to_json())
+    atomic_write_json(run.config, {**cfg.to_json(), **({"job": p.options.record} if p.options.record else {})})
     atomic_write_json(run.selection, d.selection.to_json())
     save_pareto_plot(d.selection, run.root / "selection.png")
     if t_onnx is not None:

@@ -33,6 +33,7 @@ class DistillOptions:
     select: SelectOptions
     allow_weak_teacher: bool = False
     student_init: str | None = None
+    record: dict[str, Any] | None = None  # the whole job (pipeline.jobspec), written into config.json
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,60 @@
+"""One typed job: distill writes the whole job into config.json (`job`: export, gates, selection options and the
+flags), and `distill --config RUN/config.json` redoes the run from its directory; a flag given beside it wins."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from typer.testing import CliRunner
+
+from kdcompress.cli import app
+
+from .conftest import TINY_DATA
+
+runner = CliRunner()
+
+
+def _distill(*args):
+    return runner.invoke(app, ["distill", *args, "--json"], catch_exceptions=False)
+
+
+def test_config_json_records_the_whole_job_and_redoes_it(tiny_teacher, tmp_path):
+    a = tmp_path / "a"
+    r = _distill("--teacher", str(tiny_teacher), "--data", TINY_DATA, "--student", "tinycnn_w8", "--epochs", "1",
+                 "--device", "cpu", "--out", str(a), "--min-agreement", "0.5", "--set", "train.lr=0.02")
+    assert r.exit_code == 0, r.output
+    job = json.loads((a / "config.json").read_text())["job"]
+    assert job["gates"]["min_agreement"] == 0.5 and job["select"]["precision"] == "fp32"
+    assert job["export"]["int8"] is False and job["flags"]["set_"] == ["train.lr=0.02"]
+    assert "out" not in job["flags"] and job["flags"]["teacher"] == str(tiny_teacher)
+
+    b = tmp_path / "b"
+    r = _distill("--config", str(a / "config.json"), "--out", str(b))
+    assert r.exit_code == 0, r.output
+    ca, cb = (json.loads((d / "config.json").read_text()) for d in (a, b))
+    assert ca["job"] == cb["job"] and ca["preset"] == cb["preset"] and ca["student"] == cb["student"]
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (a, b))
+    assert ra["student"]["arch"] == rb["student"]["arch"] and ra["training"]["epochs"] == rb["training"]["epochs"]
+    # the same seed, data and job: the same trained weights, so the same test accuracy
+    assert ra["student"]["accuracy"] == rb["student"]["accuracy"]
+
+    c = tmp_path / "c"
+    r = _distill("--config", str(a / "config.json"), "--out", str(c), "--epochs", "2")  # a flag given here wins
+    assert r.exit_code == 0, r.output
+    cc = json.loads((c / "config.json").read_text())
+    assert cc["job"]["flags"]["epochs"] == 2 and cc["preset"]["train"]["epochs"] == 2
+    assert cc["job"]["flags"]["set_"] == ["train.lr=0.02"]
+
+
+def test_a_config_without_a_job_is_refused_in_one_line(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps({"preset": {}}))
+    before = hashlib.sha256(bad.read_bytes()).hexdigest()
+    r = runner.invoke(app, ["distill", "--config", str(bad), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 3 and "records no distill job" in r.output and not (tmp_path / "x").exists()
+    assert hashlib.sha256(bad.read_bytes()).hexdigest() == before
+    r = runner.invoke(app, ["distill", "--config", str(tmp_path / "nope.json")])
+    assert r.exit_code == 3 and "nope.json" in r.output
+    r = runner.invoke(app, ["distill", "--student", "tinycnn_w8"])
+    assert r.exit_code == 2 and "--teacher and --data" in r.output
