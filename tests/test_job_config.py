@@ -58,3 +58,21 @@ def test_a_config_without_a_job_is_refused_in_one_line(tmp_path):
     assert r.exit_code == 3 and "nope.json" in r.output
     r = runner.invoke(app, ["distill", "--student", "tinycnn_w8"])
     assert r.exit_code == 2 and "--teacher and --data" in r.output
+
+
+def test_a_long_recipe_without_epochs_is_warned_about():
+    from kdcompress.commands.distill import distill_job, recipe_length_warning
+
+    base = {"teacher": "t.pt", "data": "digits", "budget_ms": None, "student": "tinycnn_w8", "preset": "dkd",
+            "auto_presets": None, "auto_budget": 1.0, "stat": "p50", "device": "cpu", "provider": "cpu",
+            "threads": None, "compile_": False, "out": "runs/x", "trust_checkpoint": False, "restart": False,
+            "download": False, "teacher_arch": None, "num_classes": None, "classes": None, "input_shape": None,
+            "mean": None, "std": None, "fp16": False, "int8": False, "calib": 64, "simplify": False,
+            "min_agreement": None, "max_accuracy_drop": None, "precision": "fp32", "max_precision_drop": 0.01,
+            "latency_table": None, "tune": True, "rank": "flops", "trial_top": 4, "trial_budget": 0.25,
+            "student_init": None, "force": False, "allow_weak_teacher": False}
+    for flags, warned in (({"epochs": None, "set_": None}, True), ({"epochs": 5, "set_": None}, False),
+                          ({"epochs": None, "set_": ["train.epochs=7"]}, False)):
+        f = {**base, **flags}
+        w = recipe_length_warning(f, distill_job(f))
+        assert (w is not None) == warned and (not warned or "240 epochs" in w and "--epochs N" in w)

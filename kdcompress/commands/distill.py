@@ -100,8 +100,25 @@ def distill_job(f: dict[str, Any]) -> DistillJob:
         flags=record)
 
 
+LONG_RECIPE = 100  # epochs: a recipe this long was written for CIFAR/ImageNet runs, not a quick distillation
+
+
+def recipe_length_warning(f: dict[str, Any], job: DistillJob) -> str | None:
+    """A warning when no --epochs (or train.epochs) was given and the preset's recipe trains for long."""
+    asked = f.get("epochs") is not None or any(str(s).startswith("train.epochs=") for s in f.get("set_") or [])
+    epochs = job.run.preset.train.epochs
+    if asked or epochs < LONG_RECIPE:
+        return None
+    return (f"no --epochs given: training for the {job.run.preset.name} recipe's {epochs} epochs; "
+            "give --epochs N for a shorter run")
+
+
 def run_distill(f: dict[str, Any], console) -> Outcome:
-    report = run_job(distill_job(with_config(f)), console)
+    f = with_config(f)
+    job = distill_job(f)
+    if (w := recipe_length_warning(f, job)) is not None:
+        console.print(f"[yellow]warning:[/] {w}")
+    report = run_job(job, console)
     if not report:  # a torchrun process other than rank 0: rank 0 reports
         return Outcome(None)
     return Outcome(report, lambda: render.distill_summary(report), lambda: raise_for_gates(report))
