@@ -10,7 +10,7 @@
     autopreset.py --preset auto: paired short trials of the candidate presets
     deliver.py    the one export-and-validate (distill and export alike), stamping each file's accuracy
     exportjob.py  `kdcompress export`; reexport.py: the files a run's report vouches for are never changed
-    validation.py `kdcompress validate`
+    validation.py `kdcompress validate`; prediction.py: `kdcompress predict`
     teacher.py    `kdcompress teacher train`; demo.py: `kdcompress demo`
 
 This is the package's face: commands import these names from `kdcompress.pipeline`, never from a module of
@@ -30,6 +30,7 @@ _FACE = {
     "run_job": "jobspec",
     "export_candidates": "selection",
     "export_job": "exportjob",
+    "predict_job": "prediction",
     "run_demo": "demo",
     "select_job": "selection",
     "SelectJob": "selection",
@@ -48,6 +49,7 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:  # what the face gives, for type checkers and readers
     from .autopreset import auto_from_flags  # noqa: F401
     from .demo import run_demo  # noqa: F401
+    from .prediction import predict_job  # noqa: F401
     from .exportjob import export_job  # noqa: F401
     from .job import distill  # noqa: F401
     from .jobspec import DistillJob, run_job  # noqa: F401
