@@ -196,7 +196,7 @@ def distill(
     threads: Threads = None,
     out: Out = Path("runs/distill"),
     set_: SetOpt = None,
-    restart: Annotated[bool, typer.Option(help="Discard this run directory's outputs and checkpoints (only files kdcompress wrote) and start over.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard this run directory's outputs and checkpoints (only files kdcompress wrote) and start over.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress run (nothing in it is deleted).")] = False,
     download: Annotated[bool, typer.Option("--download", help="Let cifar10/cifar100/mnist/fashionmnist download into their root, and --student-init pretrained fetch weights.")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the student's training forward (faster steps on a GPU after a compile pause).")] = False,

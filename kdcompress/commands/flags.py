@@ -22,7 +22,7 @@ Classes = Annotated[str | None, typer.Option("--classes", help="Teacher's class 
 InputShape = Annotated[str | None, typer.Option("--input-shape", help="Teacher's input C,H,W, e.g. 3,224,224.")]
 Mean = Annotated[str | None, typer.Option("--mean", help="Per-channel normalisation mean, e.g. 0.485,0.456,0.406 (overrides what the teacher file records; validate: every model's).")]
 Std = Annotated[str | None, typer.Option("--std", help="Per-channel normalisation std, e.g. 0.229,0.224,0.225 (overrides what the teacher file records; validate: every model's).")]
-Trust = Annotated[bool, typer.Option(help="Allow pickled (code-carrying) teacher checkpoints.")]
+Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow pickled (code-carrying) teacher checkpoints.")]
 
 # The one definition of the teacher flags: every command that reads a teacher (distill, select, validate,
 # teacher inspect) takes exactly these, through `teacher_flags`, so a plain state_dict teacher works with each
