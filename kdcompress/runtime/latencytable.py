@@ -105,10 +105,13 @@ def profile_dir(directory: Path, *, provider: str = "cpu", threads: int | None =
         settings[m["key"]] = (sweep_settings(path, shape, provider, cpu_limit, stat)[0] if tune
                               else SessionSettings(threads or 1))
     draws: dict[str, list[LatencyStats]] = {m["key"]: [] for m, _ in entries}
+    t_draws, total = time.time(), processes * len(entries)
     for i in range(processes):
-        for m, path in entries:
+        for n, (m, path) in enumerate(entries):
+            done = i * len(entries) + n
             if progress:
-                progress(f"{m['key']} ({provider}), process {i + 1} of {processes}")
+                left = f", about {(time.time() - t_draws) / done * (total - done):.0f} s left" if done else ""
+                progress(f"{m['key']} ({provider}), process {i + 1} of {processes} ({done + 1} of {total}{left})")
             draws[m["key"]].append((draw or draw_file)(path, provider, shape, settings[m["key"]], PROCESS_TIME_S))
     models, unstable = _table_models(entries, settings, draws, stat)
     table = {"format": TABLE_FORMAT, "input_shape": manifest["input_shape"], "num_classes": manifest.get("num_classes"),

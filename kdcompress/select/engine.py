@@ -18,6 +18,7 @@ confirmation. Nothing else in the engine knows which one it runs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -146,7 +147,8 @@ class MeasuredSource:
             self.on_measure(text)
 
     def screen(self, st: SearchState, ex) -> None:
-        for j in st.jobs:
+        t0, measured = time.perf_counter(), 0
+        for i, j in enumerate(st.jobs):
             if (by := st.pruned_by(j)) is not None:
                 st.skip(j, by)
             elif (stats := st.cache.get(st.key(j))) is not None:
@@ -155,7 +157,10 @@ class MeasuredSource:
                 st.record(j, stats, st.cache.confirmed(k), st.cache.settings(k), st.cache.graph(k),
                           len(st.cache.draws(k)))
             else:
-                self._say(j[0] if j[1] == "fp32" else f"{j[0]} ({j[1]})")
+                name = j[0] if j[1] == "fp32" else f"{j[0]} ({j[1]})"
+                left = eta(time.perf_counter() - t0, measured, len(st.jobs) - i)
+                self._say(f"{name} ({i + 1} of {len(st.jobs)}{left})")
+                measured += 1
                 blob, graph = self.probes.export(ex, [j], "screen").get(j, (None, "screen"))
                 stats = self.probes.measure(st.model_of(j[0]), st.spec, st.runtime, st.budget.batch, onnx=blob,
                                             precision=j[1], graph=graph)
@@ -259,6 +264,14 @@ class TableSource:
 
     def notes(self, chosen: Candidate, stat: str) -> tuple[str, ...]:
         return table_note(self.table, chosen, stat)
+
+
+def eta(elapsed: float, done: int, left: int) -> str:
+    """", about N s left": the mean time per measured candidate so far times those left (cached ones and pruned
+    ones cost nothing, so it is an upper bound); nothing before the first measurement."""
+    if done < 1:
+        return ""
+    return f", about {elapsed / done * left:.0f} s left"
 
 
 def mark_slower(st: SearchState, c: Candidate) -> Candidate:
