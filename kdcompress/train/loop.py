@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 from torch import nn
 
@@ -355,12 +355,16 @@ class _Session:
 
     def run_epochs(self) -> None:
         cfg, console = self.cfg, self.console
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        desc = f"train {self.arch}"
+        # the bar takes what the other columns leave of the line (an 80-column terminal included): the
+        # percentage, elapsed, eta and "ep 12/240 loss 1.234 val 0.987" need about 58 columns
+        bar = max(5, min(40, console.width - 58 - len(desc)))
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=bar), TaskProgressColumn(),
                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                             TextColumn("{task.fields[status]}"), console=console,
                             transient=False, disable=console.quiet or not console.is_terminal)
         with progress, self.stop.deferring():
-            task = progress.add_task(f"train {self.arch}", total=cfg.epochs * self.steps,
+            task = progress.add_task(desc, total=cfg.epochs * self.steps,
                                      completed=(self.start_epoch - 1) * self.steps + self.skip, status="")
             for epoch in range(self.start_epoch, cfg.epochs + 1):
                 lr = lr_at(cfg, epoch)
@@ -368,7 +372,7 @@ class _Session:
                     g["lr"] = lr
                 sums, seconds = self._epoch(epoch, lambda: progress.advance(task))
                 row = self._end_epoch(epoch, lr, sums, seconds)
-                progress.update(task, status=f"epoch {epoch}/{cfg.epochs} loss {row.get('loss', 0):.3f} "
+                progress.update(task, status=f"ep {epoch}/{cfg.epochs} loss {row.get('loss', 0):.3f} "
                                              f"val {row['val_accuracy']:.3f}")
                 if not console.is_terminal:
                     console.print(f"epoch {epoch}/{cfg.epochs}  loss {row.get('loss', 0):.4f}  "
