@@ -64,3 +64,31 @@ def test_a_run_carries_confusions_metrics_csv_and_plots(tiny_teacher, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [h["epoch"] for h in history]
     assert {"lr", "val_accuracy", "loss", "train_seconds"} <= set(rows[0])
     assert [float(r["val_accuracy"]) for r in rows] == [h["val_accuracy"] for h in history]
+
+
+def test_tensorboard_logs_each_epoch_when_asked(tiny_teacher, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["distill", "--teacher", str(tiny_teacher), "--data", TINY_DATA, "--student", "tinycnn_w8",
+                            "--epochs", "2", "--device", "cpu", "--out", str(out), "--json",
+                            "--set", "train.tensorboard=true"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    history = json.loads((out / "report.json").read_text())["training"]["history"]
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    vals = acc.Scalars("val_accuracy")
+    assert [e.step for e in vals] == [1, 2]
+    assert [e.value for e in vals] == pytest.approx([h["val_accuracy"] for h in history], abs=1e-6)
+    assert {"lr", "loss", "train_seconds"} <= set(acc.Tags()["scalars"])
+
+
+def test_tensorboard_without_the_package_is_refused_before_any_file(tiny_teacher, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a))
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["distill", "--teacher", str(tiny_teacher), "--data", TINY_DATA, "--student", "tinycnn_w8",
+                            "--epochs", "1", "--device", "cpu", "--out", str(out), "--set", "train.tensorboard=true"])
+    assert r.exit_code == 7 and "pip install tensorboard" in r.output and not out.exists()

@@ -44,6 +44,7 @@ class TrainConfig:
     mix: str = "none"  # none | mixup | cutmix
     seed: int = 0
     num_workers: int = 0
+    tensorboard: bool = False  # also log each epoch's row to RUN/tensorboard/ (needs the tensorboard package)
     # Teacher-output cache (train/teacher_cache.py): off = the teacher runs in every step; views = its outputs on
     # `cache_views` seeded augmented views per sample are computed once and reused; auto (the default) = views
     # where it pays (train.teacher_cache.decide_cache: a teacher >= 10x the student's FLOPs, a run long enough).

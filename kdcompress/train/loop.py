@@ -49,6 +49,25 @@ from .step import Feeder, StepEngine
 from .teacher_cache import TeacherCache, cache_key, load_or_build, stored_k
 
 METRICS_CSV = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class TensorBoardLog:
+    """train.tensorboard=true: each epoch's row (lr, validation accuracy, loss terms, seconds) as scalars in
+    RUN/tensorboard/, the writer opened at the first epoch and flushed after each."""
+
+    def __init__(self, root: Path):
+        self.root, self.writer = root, None
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.root / TENSORBOARD_DIR))
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, (int, float)):
+                self.writer.add_scalar(k, v, row["epoch"])
+        self.writer.flush()
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
@@ -260,6 +279,7 @@ class _Session:
         self.gen = torch.Generator()
         self.start_epoch, self.skip, self.partial = 1, 0, None
         self.history: list[dict[str, Any]] = []
+        self.tensorboard = TensorBoardLog(self.run.root)
         self.best: dict[str, Any] = {"acc": -1.0, "epoch": 0}
 
     def build(self, make_student: Callable[[], nn.Module], make_objective: Callable[[LossContext], nn.Module]) -> None:
@@ -444,6 +464,8 @@ class _Session:
         self.history.append(row)
         if dist.is_main:
             write_metrics_csv(self.run.root / METRICS_CSV, self.history)
+            if self.cfg.tensorboard:
+                self.tensorboard.log(row)
         if val_acc > self.best["acc"]:
             self.best = {"acc": val_acc, "epoch": epoch}
             if dist.is_main:

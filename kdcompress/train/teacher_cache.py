@@ -240,6 +240,12 @@ def check_training(cfg: TrainConfig, splits: DataSplits) -> None:
     meets the same refusal when the cache is built (before the first step)."""
     if cfg.teacher_cache == "views":
         check_mixable(splits.train, cfg.mix)
+    if cfg.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise EnvironmentProblem("train.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                                     "(or leave it off; metrics.csv holds the same per-epoch figures)")
 
 
 def check_mixable(split: Split, mixing: str) -> None:
