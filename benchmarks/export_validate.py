@@ -200,7 +200,8 @@ def bench_sweep(tmp: Path, rows) -> None:
     threads = list(range(1, cpu_limit() + 1))
     print(f"\n### ORT settings: kdcompress's choice (1 thread, ORT_ENABLE_ALL) vs threads {threads} x "
           f"{len(LEVELS)} optimisation levels, p50 ms at batch 1, one process per setting\n")
-    print("| model | " + " | ".join(f"{t}t/{lv}" for t in threads for lv in LEVELS) + " | chosen | best | chosen/best |")
+    print("| model | " + " | ".join(f"{t}t/{lv}" for t in threads for lv in LEVELS)
+          + " | chosen | best | chosen/best |")
     print("|---|" + "---:|" * (len(threads) * len(LEVELS) + 3))
     for label, _name, _c, shape, onnx_path, _w in pick:
         grid = {(t, lv): _run_child(engine="ort", onnx=str(onnx_path), shape=list(shape), threads=t, level=lv)["p50"]
@@ -224,7 +225,8 @@ def bench_int8(tmp: Path, digits: list[tuple[str, Path]]) -> None:
     from kdcompress.validate.models import accuracy_metrics, describe, onnx_logits
 
     print("\n### INT8 (static QDQ, per-channel, U8 activations / S8 weights) vs FP32, batch 1, 1 thread\n")
-    print("| model | input | calib images | FP32 p50 ms | INT8 p50 ms | INT8/FP32 | FP32 top-1 | INT8 top-1 | drop (pts) |")
+    print("| model | input | calib images | FP32 p50 ms | INT8 p50 ms | INT8/FP32 | FP32 top-1 | INT8 top-1 | "
+          "drop (pts) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     splits = load_data("digits")
     opts = ExportOptions(int8=True, calib=64)

@@ -167,7 +167,8 @@ class Check:
         self.trt = False
         self.step("doctor", self.doctor)
         self.step("teacher", self.teacher)
-        self.step("distill_eager", lambda: "bf16 autocast + channels_last; " + self.distill_note(self.distill("d_eager")))
+        self.step("distill_eager",
+                  lambda: "bf16 autocast + channels_last; " + self.distill_note(self.distill("d_eager")))
         backend = os.environ.get("KDCOMPRESS_COMPILE_BACKEND", "inductor")
         self.step("distill_compile", lambda: f"torch.compile ({backend}); "
                   + self.distill_note(self.distill("d_compile", "--compile")))

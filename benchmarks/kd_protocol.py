@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> str:
     fp = machine_fingerprint()
     head = [f"# kd protocol, {started:%Y-%m-%d %H:%M} UTC",
             f"machine: {fp.get('cpu')} ({fp.get('cpus')} CPUs), load average {os.getloadavg()[0]:.2f}, device "
-            f"{args.device}, {args.threads} torch threads, torch {torch.__version__}, Python {platform.python_version()}",
+            f"{args.device}, {args.threads} torch threads, torch {torch.__version__}, "
+            f"Python {platform.python_version()}",
             f"data {args.data} (train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}; one test "
             f"image = {100 / len(splits.test):.2f} points); teacher {args.teacher_arch} ({args.teacher_epochs} epochs) "
             f"test {100 * t_acc:.2f}%; presets {args.epochs} epochs, ce {args.baseline_epochs}; seeds {args.seeds}", ""]

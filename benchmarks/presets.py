@@ -225,12 +225,14 @@ def main(argv: list[str] | None = None) -> str:
     summary = summarise(rows, t_acc, args.seeds)
     fp = machine_fingerprint()
     ce = next(r for r in summary if r["preset"] == "ce")
-    head = [f"# presets benchmark, {started:%Y-%m-%d %H:%M} UTC ({(dt.datetime.now(dt.UTC) - started).seconds // 60} min)",
+    head = [f"# presets benchmark, {started:%Y-%m-%d %H:%M} UTC "
+            f"({(dt.datetime.now(dt.UTC) - started).seconds // 60} min)",
             f"machine: {fp.get('cpu')} ({fp.get('cpus')} CPUs), device {args.device}, {args.threads} torch threads, "
             f"torch {torch.__version__}, Python {platform.python_version()}",
             f"data {args.data} (train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}); teacher "
             f"{args.teacher_arch} (CE, {args.teacher_epochs} epochs, cached) test accuracy {100 * t_acc:.2f}%; "
-            f"student {args.student}; {args.epochs} epochs per preset; seeds {args.seeds}; extra sets {args.set or 'none'}",
+            f"student {args.student}; {args.epochs} epochs per preset; seeds {args.seeds}; "
+            f"extra sets {args.set or 'none'}",
             f"teacher - plain student gap: {100 * (t_acc - ce['mean']):.2f} points; one test image = "
             f"{100 / len(splits.test):.2f} points", ""]
     text = "\n".join(head) + table(summary) + "\n"

@@ -107,7 +107,8 @@ def main() -> None:
     for n in names:
         col = {w: [r[w] for r in runs[n]] for w in WORKLOADS}
         print(f"{n}: correlation across processes, ORT with numpy {corr(col['ort'], col['numpy']):.2f}, ORT with "
-              f"Python {corr(col['ort'], col['python']):.2f}, numpy with Python {corr(col['numpy'], col['python']):.2f}, "
+              f"Python {corr(col['ort'], col['python']):.2f}, "
+              f"numpy with Python {corr(col['numpy'], col['python']):.2f}, "
               f"the two ORT sessions {corr(col['ort'], col['ort2']):.2f}")
     fp = machine_fingerprint()
     print(f"\nsteal time during the run: {steal} ticks (/proc/stat); ORT CPU arena {'off' if args.no_arena else 'on'}")

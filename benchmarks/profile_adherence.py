@@ -33,8 +33,8 @@ def kdc(*args: str) -> subprocess.CompletedProcess:
 def report(rows: list[dict], seconds: dict[int, list[float]], rounds: int) -> dict[int, dict]:
     """Print the table (per --processes and round, then all rounds) and the A/B line; return the summary."""
     print()
-    print("| --processes | round | budgets chosen | refused | first deployment within (+5%) | all deployments within (+5%) "
-          "| deployments above the table's figure | median budget use | profile s |")
+    print("| --processes | round | budgets chosen | refused | first deployment within (+5%) "
+          "| all deployments within (+5%) | deployments above the table's figure | median budget use | profile s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     summary = {}
     for procs in sorted(seconds):
@@ -45,7 +45,8 @@ def report(rows: list[dict], seconds: dict[int, list[float]], rounds: int) -> di
             k = sum(v <= 1.05 * r["budget_ms"] for r in ok for v in r["deployments_ms"])
             n = sum(len(r["deployments_ms"]) for r in ok)
             above = sum(v > r["table_ms"] for r in ok for v in r["deployments_ms"])
-            use = statistics.median([statistics.median(r["deployments_ms"]) / r["budget_ms"] for r in ok]) if ok else 0.0
+            use = (statistics.median([statistics.median(r["deployments_ms"]) / r["budget_ms"] for r in ok])
+                   if ok else 0.0)
             lo, hi = wilson(k, n)
             secs = statistics.median(seconds[procs]) if rnd == "all" else seconds[procs][rnd]
             print(f"| {procs} | {rnd} | {len(ok)} | {len(sel) - len(ok)} | {first}/{len(ok)} | {k}/{n} "

@@ -47,7 +47,8 @@ def main() -> None:
                 step()
         ev = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in ev)
-        print(f"\n=== {method}: {1000 * plain:.2f} ms/step unprofiled; profiled self CPU {total / 1000 / args.steps:.2f} ms/step")
+        print(f"\n=== {method}: {1000 * plain:.2f} ms/step unprofiled; "
+              f"profiled self CPU {total / 1000 / args.steps:.2f} ms/step")
         print(f"{'op':44s} {'calls/step':>10s} {'self ms/step':>12s} {'share':>7s}")
         for e in sorted(ev, key=lambda e: -e.self_cpu_time_total)[:args.top]:
             print(f"{e.key[:44]:44s} {e.count / args.steps:10.1f} {e.self_cpu_time_total / 1000 / args.steps:12.3f} "

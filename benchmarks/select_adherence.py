@@ -144,7 +144,8 @@ def main() -> None:
         # the same selection without pruning, on the same (cached) measurements: must agree
         full = select(num_classes=args.classes, spec=spec, budget=Budget(round(b, 5), args.stat), runtime=runtime,
                       teacher_model=teacher, teacher_name=args.teacher, on_measure=progress, prune=False)
-        same = full.chosen.name == name or f"NO (exhaustive: {full.chosen.name}, {full.chosen.latency.stat(args.stat):.4f} ms)"
+        same = full.chosen.name == name or (f"NO (exhaustive: {full.chosen.name}, "
+                                            f"{full.chosen.latency.stat(args.stat):.4f} ms)")
         skipped = len(sel.skipped)
         out = subprocess.run([sys.executable, __file__, "--remeasure", name, "--shape", args.shape,
                               "--classes", str(args.classes), "--provider", args.provider,
@@ -152,7 +153,8 @@ def main() -> None:
         again = json.loads(out.stdout.strip().splitlines()[-1])[args.stat]
         more = [r.stat(args.stat) for r in measure_fresh(
             onnx_bytes(build_student(name, args.classes, spec).eval(), spec), args.provider, (1, *spec.shape),
-            sel.chosen.settings or SessionSettings(args.threads), args.deploy_draws, min_time_s=0.3)] if args.deploy_draws else []
+            sel.chosen.settings or SessionSettings(args.threads), args.deploy_draws,
+            min_time_s=0.3)] if args.deploy_draws else []
         rows.append((b, name, sel.chosen.latency.stat(args.stat), again, same, skipped, more,
                      sel.chosen.draws, sel.stats.get("fresh_draws", 0), sel.stats.get("seconds", 0.0)))
 

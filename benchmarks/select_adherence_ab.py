@@ -54,9 +54,9 @@ def main(argv: list[str]) -> None:
     for arg in argv:
         name, _, pattern = arg.partition("=")
         rules[name] = summarise(sorted(f for p in pattern.split(",") for f in glob.glob(p)))
-    print("| rule | runs | first deployment within (+5%) | all deployments within (+5%) | deployments above the confirmed "
-          "figure | above it by > 5% | budgets with a deployment above it | worst deployment / confirmed | "
-          "worst % of budget | median budget use | median select s |")
+    print("| rule | runs | first deployment within (+5%) | all deployments within (+5%) "
+          "| deployments above the confirmed figure | above it by > 5% | budgets with a deployment above it "
+          "| worst deployment / confirmed | worst % of budget | median budget use | median select s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, s in rules.items():
         def pct(k, n=s["deployments"]):

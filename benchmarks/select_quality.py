@@ -1,6 +1,7 @@
 """Does trial ranking pick a better student than the FLOPs rule? Digits (1x8x8) or mnist5k (1x28x28).
 
-1. Train a teacher (resnet8x4, CE; or `--teacher PATH`, a kdcompress checkpoint) and measure the candidate ladder once (the latency cache of `select`).
+1. Train a teacher (resnet8x4, CE; or `--teacher PATH`, a kdcompress checkpoint) and measure the candidate
+   ladder once (the latency cache of `select`).
 2. Budgets: `--budgets` log-spaced midpoints between the fastest and the slowest candidate's p50.
 3. Train every candidate that fits any budget to the end (kd preset, `--epochs`), once per seed of
    `--seeds`, and score it on the TEST split (its best-validation checkpoint). A candidate's accuracy does
@@ -116,7 +117,8 @@ def main() -> None:
     seeds = list(range(args.seeds))
     if args.reuse:
         old = json.loads(args.reuse.read_text())
-        if (old["data"], old["epochs"]) != (args.data, epochs) or old.get("teacher_sha256", teacher.sha256) != teacher.sha256:
+        if ((old["data"], old["epochs"]) != (args.data, epochs)
+                or old.get("teacher_sha256", teacher.sha256) != teacher.sha256):
             raise SystemExit(f"--reuse {args.reuse}: another data set, epoch count or teacher")
         memo.update({(r["name"], r["epochs"], r["seed"]): (r["val"], r["test"]) for r in old["runs"]})
         log(f"reusing {len(memo)} runs of {args.reuse}"
@@ -198,15 +200,16 @@ def main() -> None:
         shown = ", ".join(names_) if len(set(names_)) > 1 else names_[0]
         return f"{shown} | " + ", ".join(f"{100 * a:.2f}{' *' if ok(best, a) else ''}" for a in accs)
 
-    print("\n| budget ms | fits | best mean test acc | FLOPs rule | its acc | trial pool (plan) | trial rule (per seed) "
-          "| its acc | old trial rule | its acc |")
+    print("\n| budget ms | fits | best mean test acc | FLOPs rule | its acc | trial pool (plan) "
+          "| trial rule (per seed) | its acc | old trial rule | its acc |")
     print("|---:|---:|---:|---|---:|---|---|---:|---|---:|")
     for r in rows:
         plan = " ".join(f"{c}x{e}" for c, e in r["plan"]) or "none"
         print(f"| {r['budget_ms']:.4f} | {len(r['fits'])} | {100 * r['best']:.2f} ({r['best_name']}, sd "
               f"{100 * sd[r['best_name']]:.2f}) | {r['flops_choice']} | {100 * r['flops_acc']:.2f}"
               f"{' *' if ok(r['best'], r['flops_acc']) else ''} | {', '.join(r['pool'])} ({plan}) | "
-              f"{cell(r['trial_choices'], r['trial_accs'], r['best'])} | {cell(r['old_choices'], r['old_accs'], r['best'])} |")
+              f"{cell(r['trial_choices'], r['trial_accs'], r['best'])} | "
+              f"{cell(r['old_choices'], r['old_accs'], r['best'])} |")
     n_flops = sum(ok(r["best"], r["flops_acc"]) for r in rows)
     n_trial = sum(statistics.mean(ok(r["best"], a) for a in r["trial_accs"]) for r in rows)
     n_old = sum(statistics.mean(ok(r["best"], a) for a in r["old_accs"]) for r in rows)
@@ -215,13 +218,15 @@ def main() -> None:
     regret_t = [100 * (r["best"] - a) for r in rows for a in r["trial_accs"]]
     diff, lo_ci, hi_ci = paired_stats([f - t for f, t in zip(regret_f, regret_t, strict=True)])
     print(f"\nwithin 0.5 point of the best mean (*): trial rule {n_trial:.2f}/{len(rows)} (mean over {len(seeds)} "
-          f"seed(s)), FLOPs rule {n_flops}/{len(rows)}, old trial rule {n_old:.2f}/{len(rows)} (goal for trial: >= 7/8); "
+          f"seed(s)), FLOPs rule {n_flops}/{len(rows)}, old trial rule {n_old:.2f}/{len(rows)} "
+          f"(goal for trial: >= 7/8); "
           f"main training {epochs} epochs, "
           f"trial budget {args.trial_budget:g} x epochs, top {args.trial_top}{', wide plan' if args.wide else ''}; "
           f"data {args.data}; "
           f"{len(seeds)} seed(s) per candidate")
     print(f"mean regret (points below the best mean): trial rule {statistics.mean(regret_t):.2f}, FLOPs rule "
-          f"{statistics.mean(regret_f):.2f}, old trial rule {statistics.mean(regret_o):.2f}; FLOPs - trial {diff:+.2f} [{lo_ci:+.2f}, {hi_ci:+.2f}] "
+          f"{statistics.mean(regret_f):.2f}, old trial rule {statistics.mean(regret_o):.2f}; "
+          f"FLOPs - trial {diff:+.2f} [{lo_ci:+.2f}, {hi_ci:+.2f}] "
           f"(95% t interval over {len(regret_t)} budget x seed pairs; budgets share candidates, so the pairs "
           f"are not independent and the interval is optimistic)")
     for b, msg in refused:
@@ -229,7 +234,8 @@ def main() -> None:
     if args.json:
         runs = [{"name": n, "epochs": e, "seed": s_, "val": v, "test": t} for (n, e, s_), (v, t) in memo.items()]
         args.json.write_text(json.dumps({"data": args.data, "epochs": epochs, "seeds": seeds, "rows": rows,
-                                         "teacher_sha256": teacher.sha256, "wide": args.wide, "val_images": len(splits.val),
+                                         "teacher_sha256": teacher.sha256, "wide": args.wide,
+                                         "val_images": len(splits.val),
                                          "epoch_seconds": seconds,
                                          "refused": [[b, m] for b, m in refused], "runs": runs}, indent=1) + "\n")
     fp = machine_fingerprint()

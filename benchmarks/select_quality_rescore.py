@@ -1,7 +1,8 @@
 """Re-score a select_quality.py --json file under the trial rule with or without its margin, from the
 memoised runs alone (nothing is trained): the same successive_halving (select/trial.py) over the pools
-of the rule before 2026-12-01 (the top fits by capacity, every epoch of equal cost), each trial's validation accuracy read from the file. A trial the file lacks (the other rule would
-have needed a run that was never made) stops the script with its name.
+of the rule before 2026-12-01 (the top fits by capacity, every epoch of equal cost), each trial's validation
+accuracy read from the file. A trial the file lacks (the other rule would have needed a run that was never
+made) stops the script with its name.
 
     python benchmarks/select_quality_rescore.py results.json --val-images 180 [--no-margin] [--trial-top 4]
 """
@@ -65,7 +66,8 @@ def main() -> None:
         print(f"{r['budget_ms']:.4f} ms: trial {', '.join(chosen)}; FLOPs {r['flops_choice']}; best {r['best_name']}")
     diff, lo, hi = paired_stats([f - t for f, t in zip(regret_f, regret_t, strict=True)])
     rule = "without the margin" if args.no_margin else f"with the one-SE margin (n_val {args.val_images})"
-    print(f"trial rule {rule}: within 0.5 point {within:.2f}/{len(j['rows'])}; mean regret {statistics.mean(regret_t):.2f} "
+    print(f"trial rule {rule}: within 0.5 point {within:.2f}/{len(j['rows'])}; "
+          f"mean regret {statistics.mean(regret_t):.2f} "
           f"points (FLOPs rule {statistics.mean(regret_f):.2f}); FLOPs - trial {diff:+.2f} [{lo:+.2f}, {hi:+.2f}]")
 
 

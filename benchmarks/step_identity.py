@@ -24,4 +24,5 @@ for setting in ("small", "default"):
         for _ in range(12 if setting == "small" else 4):
             loss, parts = step()
             rows.append(f"{float(loss).hex()} " + " ".join(f"{k}={float(v).hex()}" for k, v in sorted(parts.items())))
-        print(setting, m, rows[0][:60], "...", rows[-1][:40], "digest", hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16])
+        print(setting, m, rows[0][:60], "...", rows[-1][:40], "digest",
+              hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16])

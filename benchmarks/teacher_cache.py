@@ -1,8 +1,8 @@
 """Online teacher vs the teacher-output cache (train.teacher_cache=views): step time and test accuracy.
 
-    python benchmarks/teacher_cache.py                          # digits, resnet8 -> tinycnn_w8, kd and dkd, N = 4, 8, 16, 3 seeds
+    python benchmarks/teacher_cache.py            # digits, resnet8 -> tinycnn_w8, kd and dkd, N = 4, 8, 16, 3 seeds
     python benchmarks/teacher_cache.py --data mnist5k --epochs 10
-    python benchmarks/teacher_cache.py --quick                  # tiny synthetic data, seconds (the test suite runs it)
+    python benchmarks/teacher_cache.py --quick    # tiny synthetic data, seconds (the test suite runs it)
 
 One teacher (trained once with CE, reused from --work) and one student at least 10x smaller in FLOPs. For
 every preset and seed, the online run (the teacher forward in every step) and one cached run per N are
@@ -115,7 +115,8 @@ def table(rows: list[dict]) -> str:
     def pm(v: tuple[float, float], scale: float = 100) -> str:
         return f"{scale * v[0]:.2f} ± {scale * v[1]:.2f}" if not math.isnan(v[1]) else f"{scale * v[0]:.2f}"
 
-    out = ["| preset | mode | seeds | test acc % (95% CI) | step ms | step time ratio (95% CI) | acc diff pp (95% CI) | cache build s |",
+    out = ["| preset | mode | seeds | test acc % (95% CI) | step ms | step time ratio (95% CI) | "
+           "acc diff pp (95% CI) | cache build s |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = (f"{r['ratio'][0]:.3f} [{r['ratio'][1]:.3f}, {r['ratio'][2]:.3f}]" if "ratio" in r else "1")
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny synthetic data, 1 epoch, 2 seeds, N=2 (seconds)")
     a = ap.parse_args(argv)
     if a.quick:
-        a.data, a.teacher_arch, a.teacher_epochs, a.student = "synthetic:classes=3,size=8,n=90", "resnet8", 1, "tinycnn_w8"
+        a.data, a.teacher_arch, a.teacher_epochs, a.student = ("synthetic:classes=3,size=8,n=90", "resnet8", 1,
+                                                               "tinycnn_w8")
         a.presets, a.views, a.seeds, a.epochs = "kd", "2", 2, 1
     presets, views = a.presets.split(","), [int(v) for v in a.views.split(",")]
     a.work.mkdir(parents=True, exist_ok=True)
@@ -154,8 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
     t = load_teacher(t_path)
     s_cap = students.capacity(students.build_student(a.student, t.num_classes, t.input_spec), t.input_spec)
     head = (f"teacher cache benchmark: {a.data}, {a.teacher_arch} ({t.flops:,} FLOPs) -> {a.student} "
-            f"({s_cap.flops:,} FLOPs, {t.flops / s_cap.flops:.1f}x smaller); {a.epochs} epochs, seeds 0..{a.seeds - 1}\n"
-            f"date: {dt.datetime.now().isoformat(timespec='seconds')}; CPU: {platform.processor() or platform.machine()}, "
+            f"({s_cap.flops:,} FLOPs, {t.flops / s_cap.flops:.1f}x smaller); "
+            f"{a.epochs} epochs, seeds 0..{a.seeds - 1}\n"
+            f"date: {dt.datetime.now().isoformat(timespec='seconds')}; "
+            f"CPU: {platform.processor() or platform.machine()}, "
             f"{torch.get_num_threads()} torch threads; torch {torch.__version__}")
     print(head, flush=True)
     runs = []

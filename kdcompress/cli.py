@@ -59,7 +59,8 @@ def _refuse_empty_paths(args: list[str]) -> None:
     """`--out ""` would become Path("."), the current directory: an empty path flag is a usage error."""
     for i, a in enumerate(args):
         flag, eq, value = a.partition("=")
-        if flag in PATH_FLAGS and ((eq and not value.strip()) or (not eq and i + 1 < len(args) and not args[i + 1].strip())):
+        if flag in PATH_FLAGS and ((eq and not value.strip())
+                                   or (not eq and i + 1 < len(args) and not args[i + 1].strip())):
             _fail(f"{flag} is empty; give a path", 2)
 
 
@@ -170,7 +171,8 @@ def _dispatch(name: str, flags: dict[str, Any]) -> None:
     run_guarded(go)
 
 
-from .commands.flags import (Out, SetOpt, Device, Provider, Threads, Json, Calib, Fp16, Int8, Simplify, Precision, LatencyTable, Tune, MinAgreement, MaxAccuracyDrop, teacher_flags)  # noqa: E402
+from .commands.flags import (Out, SetOpt, Device, Provider, Threads, Json, Calib, Fp16, Int8, Simplify,  # noqa: E402
+                             Precision, LatencyTable, Tune, MinAgreement, MaxAccuracyDrop, teacher_flags)
 
 
 # ------------------------------------------------------------------------------------------ distill
@@ -180,15 +182,25 @@ from .commands.flags import (Out, SetOpt, Device, Provider, Threads, Json, Calib
 @teacher_flags
 def distill(
     ctx: typer.Context,
-    teacher: Annotated[Path | None, typer.Option(help="Teacher: kdcompress checkpoint, state_dict or .safetensors (+ --teacher-arch), dict or Lightning checkpoint, Hugging Face-style folder, TorchScript or .onnx.")] = None,
-    data: Annotated[str | None, typer.Option(help="Dataset spec: digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, cifar10:/root, cifar100:/root, mnist:/root, fashionmnist:/root.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="Redo the job a run's config.json records (flags given here win).")] = None,
+    teacher: Annotated[Path | None, typer.Option(
+        help="Teacher: kdcompress checkpoint, state_dict or .safetensors (+ --teacher-arch), dict or Lightning "
+             "checkpoint, Hugging Face-style folder, TorchScript or .onnx.")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Dataset spec: digits, synthetic:classes=C,size=S,n=N, imagefolder:/path, csv:/path/file.csv, "
+             "cifar10:/root, cifar100:/root, mnist:/root, fashionmnist:/root.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Redo the job a run's config.json records (flags given here win).")] = None,
     budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per image, ms.")] = None,
-    preset: Annotated[str, typer.Option(help="Preset name, a .toml path, or auto (rank --auto-presets by short trials on the validation split).")] = "kd",
-    auto_presets: Annotated[str | None, typer.Option("--auto-presets", help="--preset auto: the presets to rank, comma-separated (default kd,kd_ls,dist,dkd,nd).")] = None,
-    auto_budget: Annotated[float, typer.Option("--auto-budget", help="--preset auto: trial epochs in all, as a fraction of the main training's.")] = 1.0,
+    preset: Annotated[str, typer.Option(help="Preset name, a .toml path, or auto (rank --auto-presets by short "
+                                             "trials on the validation split).")] = "kd",
+    auto_presets: Annotated[str | None, typer.Option("--auto-presets", help="--preset auto: the presets to rank, "
+                                                     "comma-separated (default kd,kd_ls,dist,dkd,nd).")] = None,
+    auto_budget: Annotated[float, typer.Option(
+        "--auto-budget", help="--preset auto: trial epochs in all, as a fraction of the main training's.")] = 1.0,
     student: Annotated[str | None, typer.Option(help="Skip selection and use this student.")] = None,
-    student_init: Annotated[str | None, typer.Option("--student-init", help="Initial student weights: a state_dict file for the chosen student, or 'pretrained' (timm/torchvision students; local caches only unless --download).")] = None,
+    student_init: Annotated[str | None, typer.Option(
+        "--student-init", help="Initial student weights: a state_dict file for the chosen student, or 'pretrained' "
+                               "(timm/torchvision students; local caches only unless --download).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the preset's).")] = None,
     stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50, p90 or p99.")] = "p50",
     device: Device = "auto",
@@ -196,17 +208,22 @@ def distill(
     threads: Threads = None,
     out: Out = Path("runs/distill"),
     set_: SetOpt = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Discard this run directory's outputs and checkpoints (only files kdcompress wrote) and start over.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress run (nothing in it is deleted).")] = False,
-    download: Annotated[bool, typer.Option("--download", help="Let cifar10/cifar100/mnist/fashionmnist download into their root, and --student-init pretrained fetch weights.")] = False,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the student's training forward (faster steps on a GPU after a compile pause).")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard this run directory's outputs and checkpoints "
+                                          "(only files kdcompress wrote) and start over.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress "
+                                        "run (nothing in it is deleted).")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Let cifar10/cifar100/mnist/fashionmnist download "
+                                           "into their root, and --student-init pretrained fetch weights.")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the student's training forward (faster "
+                                           "steps on a GPU after a compile pause).")] = False,
     fp16: Fp16 = False,
     int8: Int8 = False,
     calib: Calib = 64,
     simplify: Simplify = False,
     min_agreement: MinAgreement = None,
     max_accuracy_drop: MaxAccuracyDrop = None,
-    allow_weak_teacher: Annotated[bool, typer.Option("--allow-weak-teacher", help="Distil even from a teacher no better than chance on the validation split.")] = False,
+    allow_weak_teacher: Annotated[bool, typer.Option("--allow-weak-teacher", help="Distil even from a teacher no "
+                                                     "better than chance on the validation split.")] = False,
     precision: Precision = "fp32",
     max_precision_drop: Annotated[float, typer.Option(
         "--max-precision-drop", help="Gate for a reduced-precision choice: fp32 student top-1 minus variant top-1 <= X "
@@ -217,8 +234,9 @@ def distill(
                                            "(short distillation runs, successive halving).")] = "flops",
     trial_top: Annotated[int, typer.Option("--trial-top", help="--rank trial: at most this many fits "
                                                                     "(each family's most capable first).")] = 4,
-    trial_budget: Annotated[float, typer.Option("--trial-budget", help="--rank trial: trial time in all, as a "
-                                                "fraction of the main training's (each candidate's epoch timed).")] = 0.25,
+    trial_budget: Annotated[float, typer.Option(
+        "--trial-budget", help="--rank trial: trial time in all, as a fraction of the main training's (each "
+                               "candidate's epoch timed).")] = 0.25,
     json_: Json = False,
     **teacher_flags: Any,
 ) -> None:
@@ -257,7 +275,8 @@ def export(
 def validate(
     onnx: Annotated[list[Path], typer.Option("--onnx", help="ONNX classifier(s) to validate; repeat for variants.")],
     data: Annotated[str, typer.Option(help="Dataset spec; its test split is used.")],
-    teacher: Annotated[Path | None, typer.Option(help="Teacher in any supported format (+ the teacher flags), measured identically.")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher in any supported format (+ the teacher flags), "
+                                                      "measured identically.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="The student's PyTorch checkpoint, for parity.")] = None,
     provider: Provider = "cpu",
     threads: Threads = None,
@@ -267,8 +286,10 @@ def validate(
     stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50, p90 or p99.")] = "p50",
     layout: Annotated[str | None, typer.Option(help="Input layout NCHW or NHWC (default: metadata or graph).")] = None,
     throughput_batch: Annotated[int, typer.Option(help="Batch size for the throughput measurement.")] = 32,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write report.json, report.md and plots here.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress directory (nothing in it is deleted).")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write report.json, report.md and plots here.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress "
+                                        "directory (nothing in it is deleted).")] = False,
     json_: Json = False,
     **teacher_flags: Any,
 ) -> None:
@@ -291,18 +312,23 @@ def report(
 @app.command("select")
 @teacher_flags
 def select_cmd(
-    teacher: Annotated[Path, typer.Option(help="Teacher in any supported format (+ the teacher flags); sets the input shape.")],
-    budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per batch, ms; "
-                                                    "without it the measured ladder is printed, nothing chosen.")] = None,
+    teacher: Annotated[Path, typer.Option(help="Teacher in any supported format (+ the teacher flags); sets the "
+                                               "input shape.")],
+    budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per batch, ms; without it "
+                                                    "the measured ladder is printed, nothing chosen.")] = None,
     stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50, p90 or p99.")] = "p50",
     batch: Annotated[int, typer.Option(help="Batch size the latency is measured at.")] = 1,
     provider: Provider = "cpu",
-    threads: Annotated[int | None, typer.Option(help="ORT intra-op threads (default 1; capped at the CPU limit).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="ORT intra-op threads (default 1; capped at the CPU limit).")] = None,
     candidates: Annotated[str | None, typer.Option(help="Comma-separated student names to measure instead of "
                                                    "the whole plausible zoo.")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-measure everything; neither read nor write the latency cache.")] = False,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for selection.json and selection.png.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress directory (nothing in it is deleted).")] = False,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Re-measure everything; neither read nor write the latency cache.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Directory for selection.json and selection.png.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress "
+                                        "directory (nothing in it is deleted).")] = False,
     precision: Precision = "fp32",
     latency_table: LatencyTable = None,
     export_candidates: Annotated[Path | None, typer.Option(
@@ -326,8 +352,10 @@ def profile(
     directory: Annotated[Path, typer.Argument(help="Directory written by `kdcompress select --export-candidates`.")],
     provider: Provider = "cpu",
     threads: Annotated[int | None, typer.Option(help="ORT intra-op threads without --tune (default 1).")] = None,
-    tune: Annotated[bool, typer.Option("--tune/--no-tune", help="Sweep ORT settings per model and keep the best.")] = True,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write the table (default DIR/latency.json).")] = None,
+    tune: Annotated[bool, typer.Option(
+        "--tune/--no-tune", help="Sweep ORT settings per model and keep the best.")] = True,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Where to write the table (default DIR/latency.json).")] = None,
     processes: Annotated[int, typer.Option(help="Fresh processes per model; its figure is the slowest of them.")] = 5,
     json_: Json = False,
 ) -> None:
@@ -345,7 +373,8 @@ def predict(
     topk: Annotated[int, typer.Option(help="Classes per image, most probable first.")] = 5,
     mean: Annotated[str | None, typer.Option(help="Per-channel mean, for an ONNX file that records none.")] = None,
     std: Annotated[str | None, typer.Option(help="Per-channel std, for an ONNX file that records none.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write every prediction to a .csv or .json file.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write every prediction to a .csv or .json file.")] = None,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads.")] = None,
     json_: Json = False,
 ) -> None:
@@ -361,7 +390,8 @@ def teacher_train(
     data: Annotated[str, typer.Option(help="Dataset spec.")] = "digits",
     arch: Annotated[str, typer.Option(help="Architecture from the zoo (kdcompress students list).")] = "resnet8x4",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the teacher checkpoint.")] = Path("teacher.pt"),
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Where to write the teacher checkpoint.")] = Path("teacher.pt"),
     device: Device = "auto",
     set_: SetOpt = None,
     json_: Json = False,
@@ -422,7 +452,8 @@ def presets_show(name: str, json_: Json = False) -> None:
 
 @students_app.command("list")
 def students_list(
-    input_shape: Annotated[str, typer.Option("--input-shape", help="Input C,H,W the sizes are counted at.")] = "3,32,32",
+    input_shape: Annotated[str, typer.Option(
+        "--input-shape", help="Input C,H,W the sizes are counted at.")] = "3,32,32",
     num_classes: Annotated[int, typer.Option("--num-classes", help="Classes of the head the sizes count.")] = 10,
     json_: Json = False,
 ) -> None:

@@ -212,7 +212,8 @@ CASES: list[tuple[str, Case, int, tuple[str, ...]]] = [
     # --- teacher files
     ("teacher missing", lambda e: _teacher(e, e.root / "nope.pt"), INPUT, ("nope.pt",)),
     ("teacher empty", lambda e: _teacher(e, _write(e.root / "empty.pt", b"")), INPUT, ("empty",)),
-    ("teacher corrupt bytes", lambda e: _teacher(e, _write(e.root / "junk.pt", b"\x80\x02" + random.Random(7).randbytes(300))), INPUT,
+    ("teacher corrupt bytes",
+     lambda e: _teacher(e, _write(e.root / "junk.pt", b"\x80\x02" + random.Random(7).randbytes(300))), INPUT,
      ("junk.pt", "not a readable checkpoint")),
     ("teacher truncated", lambda e: _teacher(e, _truncated(e)), INPUT, ("truncated.pt",)),
     ("teacher is a text file", lambda e: _teacher(e, _write(e.root / "notes.pt", b"hello, not weights")), INPUT,
@@ -431,10 +432,12 @@ def _tiny_onnx(c: Ctx, name: str, *, add: float | None = None, meta: dict | None
         nodes.append(helper.make_node("Add", ["z", "b"], ["logits"]))
     else:
         nodes.append(helper.make_node("Identity", ["z"], ["logits"]))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+    graph = helper.make_graph(nodes, "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=ir or 9)
-    for k, v in {"mean": "[0.5]", "std": "[0.25]", "classes": '["class_0", "class_1", "class_2"]', **(meta or {})}.items():
+    for k, v in {"mean": "[0.5]", "std": "[0.25]", "classes": '["class_0", "class_1", "class_2"]',
+                 **(meta or {})}.items():
         e = model.metadata_props.add()
         e.key, e.value = k, v
     path = c.root / name
@@ -493,8 +496,8 @@ RUN_CASES: list[tuple[str, RunCase, int, tuple[str, ...]]] = [
      ("symlink", "student.onnx")),
     ("checkpoints/last.pt links out of the run", lambda c: (_link(c, "checkpoints/last.pt", False), c.distill())[1],
      INPUT, ("symlink", "last.pt")),
-    ("--restart with a symlinked checkpoints/", lambda c: (_link(c, "checkpoints", True), c.distill() + ["--restart"])[1],
-     INPUT, ("symlink",)),
+    ("--restart with a symlinked checkpoints/",
+     lambda c: (_link(c, "checkpoints", True), c.distill() + ["--restart"])[1], INPUT, ("symlink",)),
     ("--out is a file of the run", lambda c: c.distill(out=c.run / "config.json"), INPUT, ("not a directory",)),
     ("--out below a file", lambda c: c.distill(out=c.run / "report.md" / "sub"), INPUT, ("not a directory",)),
     ("--out a foreign non-empty directory", lambda c: c.distill(out=_foreign(c, "notes.txt", "data.csv")), USAGE,
@@ -540,10 +543,10 @@ RUN_CASES: list[tuple[str, RunCase, int, tuple[str, ...]]] = [
      ("std",)),
     ("teacher checkpoint mean NaN", lambda c: c.distill("--teacher", str(_teacher_with_spec(c, mean=[float("nan")]))),
      INPUT, ("finite",)),
-    ("ONNX teacher with NaN mean metadata", lambda c: c.distill("--teacher", str(_tiny_onnx(c, "t.onnx", meta={"mean": "[NaN]"}))),
-     INPUT, ("finite",)),
-    ("ONNX teacher with an IR version ORT cannot run", lambda c: c.distill("--teacher", str(_tiny_onnx(c, "t.onnx", ir=ORT_TOO_NEW_IR))),
-     INPUT, ("IR version",)),
+    ("ONNX teacher with NaN mean metadata",
+     lambda c: c.distill("--teacher", str(_tiny_onnx(c, "t.onnx", meta={"mean": "[NaN]"}))), INPUT, ("finite",)),
+    ("ONNX teacher with an IR version ORT cannot run",
+     lambda c: c.distill("--teacher", str(_tiny_onnx(c, "t.onnx", ir=ORT_TOO_NEW_IR))), INPUT, ("IR version",)),
     # --- files that are not regular files
     ("teacher is a FIFO", lambda c: c.distill("--teacher", str(_fifo(c, "t.pt"))), INPUT, ("FIFO",)),
     ("teacher is a device", lambda c: c.distill("--teacher", "/dev/zero"), INPUT, ("device",)),
@@ -553,8 +556,10 @@ RUN_CASES: list[tuple[str, RunCase, int, tuple[str, ...]]] = [
     ("export a FIFO checkpoint", lambda c: ["export", "--checkpoint", str(_fifo(c, "s.pt"))], INPUT, ("FIFO",)),
     # --- other commands against the run
     ("export --out a directory", lambda c: ["export", "--run", str(c.run), "--out", str(c.run)], INPUT, ("directory",)),
-    ("export --opset beyond ONNX Runtime", lambda c: ["export", "--run", str(c.run), "--opset", "99"], USAGE, ("--opset",)),
-    ("export --opset below the exporter", lambda c: ["export", "--run", str(c.run), "--opset", "11"], USAGE, ("--opset",)),
+    ("export --opset beyond ONNX Runtime", lambda c: ["export", "--run", str(c.run), "--opset", "99"], USAGE,
+     ("--opset",)),
+    ("export --opset below the exporter", lambda c: ["export", "--run", str(c.run), "--opset", "11"], USAGE,
+     ("--opset",)),
     ("validate an all-inf model", lambda c: _validate(c, _tiny_onnx(c, "inf.onnx", add=float("inf"))), 5,
      ("finite",)),
     ("validate an all-NaN model", lambda c: _validate(c, _tiny_onnx(c, "nan.onnx", add=float("nan"))), 5,
@@ -569,9 +574,10 @@ RUN_CASES: list[tuple[str, RunCase, int, tuple[str, ...]]] = [
      ("--throughput-batch",)),
     ("validate --out a foreign directory", lambda c: _validate(c, c.run / "student.onnx", "--out",
                                                                str(_foreign(c, "report.txt"))), USAGE, ("--force",)),
-    ("validate --out a file", lambda c: _validate(c, c.run / "student.onnx", "--out", str(c.run / "report.json")), INPUT,
-     ("not a directory",)),
-    ("select --batch 0", lambda c: ["select", "--teacher", str(c.teacher), "--batch", "0", "--candidates", "tinycnn_w8"],
+    ("validate --out a file", lambda c: _validate(c, c.run / "student.onnx", "--out", str(c.run / "report.json")),
+     INPUT, ("not a directory",)),
+    ("select --batch 0",
+     lambda c: ["select", "--teacher", str(c.teacher), "--batch", "0", "--candidates", "tinycnn_w8"],
      USAGE, ("--batch",)),
 ]
 

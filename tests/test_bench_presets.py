@@ -103,7 +103,8 @@ def test_adherence_ab_statistics_by_hand(tmp_path, capsys):
            "select_seconds": 2.0}
     (tmp_path / "a.json").write_text(json.dumps({"rows": [row, {**row, "remeasured_ms": 1.2}]}))
     s = ab.summarise([str(tmp_path / "a.json")])
-    assert (s["first_within"], s["within"], s["deployments"], s["above"], s["above_5"], s["budgets_above"]) == (1, 3, 6, 4, 4, 2)
+    assert (s["first_within"], s["within"], s["deployments"], s["above"], s["above_5"],
+            s["budgets_above"]) == (1, 3, 6, 4, 4, 2)
     ab.main([f"x={tmp_path / 'a.json'}"])
     assert "| x | 1 | 1/2 | 3/6 (50.0%" in capsys.readouterr().out
 
@@ -117,7 +118,8 @@ def test_profile_adherence_report_on_the_recorded_run(capsys):
     seconds = {int(k): v["profile_seconds"] for k, v in rec["summary"].items()}
     summary = pa.report(rec["rows"], seconds, 2)
     out = capsys.readouterr().out
-    assert (summary[1]["within"], summary[1]["deployments"], summary[5]["within"], summary[5]["first_within"]) == (96, 120, 117, 19)
+    assert (summary[1]["within"], summary[1]["deployments"],
+            summary[5]["within"], summary[5]["first_within"]) == (96, 120, 117, 19)
     assert "| 1 | all | 20 | 0 | 16/20 | 96/120 (80.0%, CI 72.0-86.2)" in out
     assert "| 5 | all | 20 | 0 | 19/20 | 117/120 (97.5%, CI 92.9-99.1)" in out
     assert "+17.5 points, Newcombe 95% CI [+9.8, +25.7]" in out and "p = 0.342" in out

@@ -76,4 +76,5 @@ def test_distill_decides_and_reports_it(tiny_teacher, tmp_path, extra, used):
     assert report["training"]["teacher_cache"]["used"] == used
     assert (out / "teacher_cache.json").is_file() == (used == "views")
     assert json.loads((out / "config.json").read_text())["preset"]["train"]["teacher_cache"] == used
-    assert "Teacher outputs: " + ("replayed" if used == "views" else "computed online") in (out / "report.md").read_text()
+    assert ("Teacher outputs: " + ("replayed" if used == "views" else "computed online")
+            in (out / "report.md").read_text())

@@ -105,7 +105,8 @@ def test_every_command_that_reads_a_teacher_takes_the_same_teacher_flags():
             continue
         flags = {o: p for p in cmd.params for o in p.opts if o in TEACHER_FLAGS}
         assert set(flags) == TEACHER_FLAGS, (name, TEACHER_FLAGS - set(flags))
-        declared[name] = {o: (p.help, p.is_flag, p.metavar, p.default, tuple(p.secondary_opts)) for o, p in flags.items()}
+        declared[name] = {o: (p.help, p.is_flag, p.metavar, p.default, tuple(p.secondary_opts))
+                          for o, p in flags.items()}
     assert set(declared) == {"distill", "select", "validate", "teacher inspect"}
     first = next(iter(declared.values()))
     assert all(d == first for d in declared.values()), declared

@@ -285,7 +285,8 @@ def test_file_sha256_is_remembered_only_for_files_not_just_written(tmp_path, mon
     assert fsg.file_sha256(f) == hashlib.sha256(b"b" * 1000).hexdigest()
     old = f.stat().st_mtime_ns - 60_000_000_000
     os.utime(f, ns=(old, old))  # an old file: remembered
-    want_b, want_c, real = hashlib.sha256(b"b" * 1000).hexdigest(), hashlib.sha256(b"c" * 1000).hexdigest(), hashlib.sha256
+    want_b, want_c, real = (hashlib.sha256(b"b" * 1000).hexdigest(), hashlib.sha256(b"c" * 1000).hexdigest(),
+                            hashlib.sha256)
     hashed = []
     monkeypatch.setattr(fsg.hashlib, "sha256", lambda *a: hashed.append(1) or real(*a))
     assert fsg.file_sha256(f) == fsg.file_sha256(f) == want_b and len(hashed) == 1  # read once

@@ -197,8 +197,8 @@ def test_cifar100_and_mnist_idx(tmp_path):
     rng = np.random.default_rng(0)
     for name, n in (("train", 40), ("test", 10)):
         with open(d / name, "wb") as f:
-            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": [i % 4 for i in range(n)],
-                         "coarse_labels": [0] * n}, f, protocol=2)
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         "fine_labels": [i % 4 for i in range(n)], "coarse_labels": [0] * n}, f, protocol=2)
     with open(d / "meta", "wb") as f:
         pickle.dump({"fine_label_names": [f"f{i}" for i in range(100)]}, f, protocol=2)
     s = load_data(f"cifar100:{tmp_path / 'c100'}")
@@ -220,7 +220,8 @@ def test_cifar100_and_mnist_idx(tmp_path):
         s = load_data(f"{kind}:{tmp_path / kind}")
         assert s.shape == (1, 28, 28) and len(s.test) == 10 and (len(s.train), len(s.val)) == (70, 10)
         x, y, _ = _all(s.test)
-        assert torch.equal(x[:, 0], torch.from_numpy(imgs["t10k"]).float() / 255) and y.tolist() == [i % 10 for i in range(10)]
+        assert (torch.equal(x[:, 0], torch.from_numpy(imgs["t10k"]).float() / 255)
+                and y.tolist() == [i % 10 for i in range(10)])
         assert s.classes[0] == ("0" if kind == "mnist" else "T-shirt/top")
 
 

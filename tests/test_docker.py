@@ -59,7 +59,8 @@ def test_dockerfile_promises():
 
 
 def test_dockerignore_keeps_the_context_small():
-    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "**"  # deny everything, then allow what the image needs
     assert {"!pyproject.toml", "!README.md", "!kdcompress/", "!presets/"} <= set(lines)
     copied = re.findall(r"^COPY\s+(?!--from)(.+?)\s+\S+$", DOCKERFILE.read_text(), flags=re.M)

@@ -158,7 +158,8 @@ def test_parity_within_each_variants_tolerance(exported, trained):
         assert p["top1_agreement"] >= TOLERANCES[v].min_agreement
         assert p["max_abs_diff"] <= p["max_abs_diff_limit"]
     assert by["fp32"]["parity"]["max_abs_diff"] < 1e-4
-    assert by["fp32"]["parity"]["max_abs_diff"] < by["fp16"]["parity"]["max_abs_diff"] < by["int8"]["parity"]["max_abs_diff"]
+    assert (by["fp32"]["parity"]["max_abs_diff"] < by["fp16"]["parity"]["max_abs_diff"]
+            < by["int8"]["parity"]["max_abs_diff"])
 
 
 def test_export_flags_are_checked(trained, tmp_path):
@@ -200,13 +201,15 @@ def test_validate_variants_with_teacher_writes_schema_valid_report(exported, tra
     rec = report["recommended"]
     assert rec in names and lat[rec] <= lat["fp32"] and lat[rec] == min(lat.values())
     for v in report["variants"]:
-        assert {g["gate"] for g in v["gates"]} == {"finite", "parity", "min_agreement", "max_accuracy_drop", "budget_ms"}
+        assert {g["gate"] for g in v["gates"]} == {"finite", "parity", "min_agreement", "max_accuracy_drop",
+                                                   "budget_ms"}
         assert v["latency_ms"]["batch"] == 1 and v["throughput"]["batch"] == 8
         assert v["latency_ms"]["p50"] <= v["latency_ms"]["p90"] <= v["latency_ms"]["p99"]
         assert v["accuracy_top5"] is None  # 3 classes
         assert set(v["per_class_accuracy"]) == {"class_0", "class_1", "class_2"}
         t = report["teacher"]
-        assert v["speedup_vs_teacher"] == pytest.approx(t["latency_ms"]["p50"] / v["latency_ms"]["p50"], rel=2e-3)  # JSON rounds ms
+        # JSON rounds ms
+        assert v["speedup_vs_teacher"] == pytest.approx(t["latency_ms"]["p50"] / v["latency_ms"]["p50"], rel=2e-3)
         assert v["accuracy_delta_vs_teacher"] == pytest.approx(v["accuracy"] - t["accuracy"])
     # the same checkpoint as teacher: its exported fp32 twin has the same accuracy
     assert report["variants"][0]["accuracy"] == pytest.approx(report["teacher"]["accuracy"])

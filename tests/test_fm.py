@@ -277,7 +277,8 @@ def test_cli_refuses_a_mixed_cache_over_streamed_files_before_any_file(tiny_teac
                    run=RunDir(tmp_path / "mem"), device=torch.device("cpu"), fingerprint={"data": "imgs-mem"},
                    console=Console(file=io.StringIO()),
                    **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
-    assert result.epochs == 1 and json.loads((tmp_path / "mem" / "teacher_cache.json").read_text())["key"]["mix"] == "mixup"
+    assert (result.epochs == 1
+            and json.loads((tmp_path / "mem" / "teacher_cache.json").read_text())["key"]["mix"] == "mixup")
 
 
 # ----------------------------------------------------------------------------------------------- (d) preset
@@ -289,7 +290,8 @@ def test_fm_preset_is_kd_alone_at_t1_on_mixed_views():
     assert [(t.kind, t.weight, t.params) for t in p.terms] == [("kd", 1.0, {"T": 1.0})]
     assert p.train.mix == "mixup" and p.train.optimizer == "adamw" and p.train.schedule == "cosine"
     assert p.train.teacher_cache == "off" and p.train.epochs == 1000
-    assert "arXiv:2106.05237" in p.reference and "From the paper:" in p.reference and "Ours (kdcompress):" in p.reference
+    assert ("arXiv:2106.05237" in p.reference and "From the paper:" in p.reference
+            and "Ours (kdcompress):" in p.reference)
     assert p.description and p.variant is False
     # KD at T = 1 is the plain batch-mean KL(teacher || student): nothing else enters the objective
     obj = Objective(p.terms, LossContext(4))

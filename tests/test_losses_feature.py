@@ -128,7 +128,8 @@ def _train(preset_name: str, teacher_path, out, *sets: str, fingerprint: dict | 
     preset = load_checked_preset(preset_name, ["train.epochs=2", "train.batch_size=16", *sets])
     return train(arch="tinycnn_w8", splits=splits, spec=teacher.input_spec, preset=preset, teacher=teacher,
                  run=RunDir(out), device=torch.device("cpu"), fingerprint=fingerprint or {"preset": preset_name},
-                 console=Console(file=io.StringIO()), **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
+                 console=Console(file=io.StringIO()),
+                 **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
 
 
 def _count_teacher_passes(monkeypatch) -> list[int]:

@@ -413,7 +413,8 @@ def _cases():
                         [0.0, 0.0, 0.0, 0.0, 0.0, 1e4], [1e4, 1e4, -1e4, -1e4, 3.0, 0.0]])
     return {
         "batch1": (torch.randn(1, 6, generator=g), torch.randn(1, 6, generator=g), torch.tensor([3])),
-        "absent_classes": (torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g), torch.zeros(5, dtype=torch.long)),
+        "absent_classes": (torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g),
+                           torch.zeros(5, dtype=torch.long)),
         "extreme": (big, big.flip(1), torch.tensor([0, 1, 5, 2])),
         "extreme_same_argmax": (big, 0.5 * big, torch.tensor([1, 2, 3, 4])),
     }

@@ -66,7 +66,8 @@ def test_select_and_export_say_what_to_run_next(capsys):
     assert "next:\n  kdcompress distill --teacher TEACHER --data DATA --budget-ms 0.1\n" in capsys.readouterr().out
     render.export_lines({"artifacts": [{"variant": "fp32", "onnx": "out/student.onnx", "bytes": 1000}]})
     text = capsys.readouterr().out
-    assert "kdcompress validate --onnx out/student.onnx --data DATA" in text and "kdcompress predict out/student.onnx" in text
+    assert ("kdcompress validate --onnx out/student.onnx --data DATA" in text
+            and "kdcompress predict out/student.onnx" in text)
 
 
 def test_presets_list_says_which_preset_to_pick():

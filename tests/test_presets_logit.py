@@ -107,7 +107,8 @@ def test_each_preset_trains_one_epoch(tiny_setup, tmp_path, name, sets):
     preset = load_checked_preset(name, [*sets, "train.epochs=1", "train.batch_size=16"])
     result = train(arch="tinycnn_w8", splits=splits, spec=teacher.input_spec, preset=preset, teacher=teacher,
                    run=RunDir(tmp_path), device=torch.device("cpu"), fingerprint={"preset": name},
-                   console=Console(stderr=True, quiet=True), **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
+                   console=Console(stderr=True, quiet=True),
+                   **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
     row = result.history[0]
     assert result.epochs == 1 and (tmp_path / "student.pt").is_file()
     assert math.isfinite(row["loss"]) and row[name] > 0
@@ -122,7 +123,9 @@ def test_gdkd_default_k_refused_before_training(tiny_setup, tmp_path):
     preset = load_checked_preset("gdkd", ["train.epochs=1"])
     with pytest.raises(UsageError, match=r"k=5"):
         train(arch="tinycnn_w8", splits=splits, spec=teacher.input_spec, preset=preset, teacher=teacher,
-              run=RunDir(tmp_path), device=torch.device("cpu"), fingerprint={}, console=Console(stderr=True, quiet=True), **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
+              run=RunDir(tmp_path), device=torch.device("cpu"), fingerprint={},
+              console=Console(stderr=True, quiet=True),
+              **train_factories("tinycnn_w8", splits.num_classes, teacher.input_spec, preset))
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 

@@ -76,7 +76,9 @@ def _train(teacher_path: Path, out: Path, preset: str = "kd", epochs: int = 3, *
     p = load_checked_preset(preset, [f"train.epochs={epochs}", "train.batch_size=16"])
     return train(arch="tinycnn_w8", splits=load_data(TINY_DATA, teacher.input_spec), spec=teacher.input_spec,
                  preset=p, teacher=teacher, run=RunDir(out), device=torch.device("cpu"), fingerprint={"p": preset},
-                 console=Console(file=io.StringIO()), **kw, **train_factories("tinycnn_w8", load_data(TINY_DATA, teacher.input_spec).num_classes, teacher.input_spec, p))
+                 console=Console(file=io.StringIO()), **kw,
+                 **train_factories("tinycnn_w8", load_data(TINY_DATA, teacher.input_spec).num_classes,
+                                   teacher.input_spec, p))
 
 
 @pytest.mark.parametrize("preset", ["kd", "nd", "ickd"])  # nd: a projector with dropout; ickd: the bank

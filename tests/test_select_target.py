@@ -325,7 +325,7 @@ def test_latency_table_for_something_else_is_refused(clock, table, needle):
     assert needle in str(e.value) and "kdcompress profile" in str(e.value) and InputError.exit_code == 3
 
 
-# ------------------------------------------------------------------------------------------ real: export -> profile (no torch) -> select
+# ------------------------------------------------------------------------ real: export -> profile (no torch) -> select
 
 BLOCK_TORCH = """
 import sys, importlib.abc
@@ -351,8 +351,8 @@ def test_a_warm_select_imports_no_torch_and_chooses_the_same(clock, tmp_path):
     teacher = tmp_path / "teacher.pt"
     save_checkpoint(teacher, STUDENTS.get("resnet8x2").build(3, SPEC), "resnet8x2", ("a", "b", "c"), SPEC)
     clock(lambda n, p: {"tinycnn_w8": 0.01, "tinycnn_w16": 0.02, "resnet8": 0.5}.get(n, 0.9))
-    args = ["select", "--teacher", str(teacher), "--budget-ms", "0.03", "--candidates", "tinycnn_w8,tinycnn_w16,resnet8",
-            "--no-tune", "--json"]
+    args = ["select", "--teacher", str(teacher), "--budget-ms", "0.03",
+            "--candidates", "tinycnn_w8,tinycnn_w16,resnet8", "--no-tune", "--json"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     cold = json.loads(r.stdout)
@@ -389,7 +389,8 @@ def test_export_candidates_profile_without_torch_then_select_from_the_table(cloc
     assert manifest["input_shape"] == [1, 8, 8] and all((d / m["file"]).is_file() for m in manifest["models"])
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    p = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "profile", str(d), "--no-tune", "--processes", "2", "--json"],
+    p = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "profile", str(d), "--no-tune", "--processes", "2",
+                        "--json"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
     table = json.loads((d / "latency.json").read_text())
@@ -434,7 +435,7 @@ def test_profile_refuses_a_modified_file(tmp_path):
     assert r.exit_code == 3 and "not found" in r.stderr
 
 
-# ------------------------------------------------------------------------------------------ precision gate after training
+# -------------------------------------------------------------------------------------- precision gate after training
 
 
 class _V:  # the slice of validate.Validation the gate reads
@@ -480,7 +481,7 @@ def test_precision_gate_passes_falls_back_to_the_same_or_another_student(clock):
     assert out["gate"] is None and out["shipped"] == "fp32"
 
 
-# ------------------------------------------------------------------------------------------ distill --precision auto (fake clock, real training/export)
+# ---------------------------------------------------------- distill --precision auto (fake clock, real training/export)
 
 E2E_LAT = {("tinycnn_w8", "fp32"): 0.02, ("tinycnn_w8", "int8"): 0.03, ("tinycnn_w16", "fp32"): 0.08,
            ("tinycnn_w16", "int8"): 0.03, ("resnet8", "fp32"): 0.5}  # resnet8: the teacher
@@ -648,7 +649,8 @@ def test_trial_pool_tries_other_families_before_smaller_siblings(clock):
     assert len({c.family for c in fits}) >= 2 and len(fits) >= 4
     pool = trial_pool(sel, 6)
     heads = [c for i, c in enumerate(fits) if c.family not in {f.family for f in fits[:i]}]
-    assert [c.name for c in pool] == [c.name for c in heads] + [c.name for c in fits if c not in heads][: 6 - len(heads)]
+    assert [c.name for c in pool] == ([c.name for c in heads]
+                                      + [c.name for c in fits if c not in heads][: 6 - len(heads)])
     assert pool[0].name == sel.chosen.name
     assert [c.name for c in trial_pool(sel, 2)] == [c.name for c in heads[:2]]
 
@@ -668,7 +670,8 @@ def test_successive_halving_keeps_the_best_validation_accuracy(clock):
         return acc[name] + epochs * 0.001
     winner, log = successive_halving(pool, 8, train)
     assert winner.name == pool[1].name
-    assert calls[:4] == [(c.name, 1) for c in pool] and sorted(calls[4:]) == sorted([(pool[1].name, 2), (pool[2].name, 2)])
+    assert (calls[:4] == [(c.name, 1) for c in pool]
+            and sorted(calls[4:]) == sorted([(pool[1].name, 2), (pool[2].name, 2)]))
     assert sum(e for _, e in calls) <= 8 and len(log) == 6
     assert successive_halving(pool, 1, train) == (None, [])
     # with measured costs: the three others train at a tenth of the FLOPs choice's time, so a budget of

@@ -69,7 +69,8 @@ def test_int8_ships_and_report_json_names_and_describes_that_file(int8_run):
     assert {g["gate"] for g in s["gates"]} >= {"finite", "parity", "budget_ms", "max_accuracy_drop"}
     for v in report["variants"]:  # the others beside it, described alike
         assert v["sha256"] == _sha(out / v["path"]) and v["precision"] == v["variant"] and v["meets_budget"] is True
-    assert report["precision"]["shipped"] == "int8" and "validation recommends the int8 file" in report["precision"]["reason"]
+    assert (report["precision"]["shipped"] == "int8"
+            and "validation recommends the int8 file" in report["precision"]["reason"])
     assert report["warnings"] == []  # --max-accuracy-drop is set: the gate decides, no warning
 
 

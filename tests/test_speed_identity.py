@@ -119,7 +119,8 @@ def test_shift_flip_identical_to_the_two_gather_formula(shape, mode):
     # the two callers: fresh draws from a generator, and the replayable cached views
     a = augment(x, mode, torch.Generator().manual_seed(7))
     g7 = torch.Generator().manual_seed(7)
-    ry, rx = torch.randint(0, 2 * pad + 1, (shape[0],), generator=g7), torch.randint(0, 2 * pad + 1, (shape[0],), generator=g7)
+    ry, rx = (torch.randint(0, 2 * pad + 1, (shape[0],), generator=g7),
+              torch.randint(0, 2 * pad + 1, (shape[0],), generator=g7))
     rf = (torch.rand((shape[0],), generator=g7) < 0.5) if mode == "crop_flip" else None
     assert torch.equal(a, reference_shift_flip(x, pad, ry, rx, rf))
     index = torch.arange(shape[0]) * 3
@@ -175,10 +176,14 @@ def _reference_optimizer(cfg, params):
 # changes (commit e2fed8b). Bitwise equal on the machine that made them; rel 1e-5 leaves room for another
 # CPU's convolution kernels.
 BEFORE = {
-    "kd": ('shift', [0.12466087937355042, 0.1191280260682106, 0.1212935820221901, 0.11957225203514099, 0.11303539574146271, 0.10932119935750961]),
-    "dkd": ('crop_flip', [1.1023499965667725, 1.102533221244812, 1.1086632013320923, 1.156288981437683, 1.138299822807312, 1.074841856956482]),
-    "nd": ('shift', [3.1315066814422607, 2.9677443504333496, 3.0289316177368164, 3.032848358154297, 2.953340768814087, 2.877936363220215]),
-    "ickd": ('crop_flip', [1.146757960319519, 1.1485459804534912, 1.1573724746704102, 2.1121606826782227, 2.1099274158477783, 2.0958445072174072]),
+    "kd": ('shift', [0.12466087937355042, 0.1191280260682106, 0.1212935820221901,
+                     0.11957225203514099, 0.11303539574146271, 0.10932119935750961]),
+    "dkd": ('crop_flip', [1.1023499965667725, 1.102533221244812, 1.1086632013320923,
+                          1.156288981437683, 1.138299822807312, 1.074841856956482]),
+    "nd": ('shift', [3.1315066814422607, 2.9677443504333496, 3.0289316177368164,
+                     3.032848358154297, 2.953340768814087, 2.877936363220215]),
+    "ickd": ('crop_flip', [1.146757960319519, 1.1485459804534912, 1.1573724746704102,
+                           2.1121606826782227, 2.1099274158477783, 2.0958445072174072]),
 }
 
 

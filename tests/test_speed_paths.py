@@ -27,7 +27,8 @@ SPEC = InputSpec((1, 8, 8), (0.5,), (0.25,))
 
 def _same(a, b) -> bool:
     return len(a) == len(b) and all(
-        torch.equal(x.x, y.x) and torch.equal(x.y, y.y) and torch.equal(x.index, y.index) for x, y in zip(a, b, strict=True))
+        torch.equal(x.x, y.x) and torch.equal(x.y, y.y) and torch.equal(x.index, y.index)
+        for x, y in zip(a, b, strict=True))
 
 
 @pytest.fixture(scope="module")

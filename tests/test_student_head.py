@@ -39,7 +39,8 @@ def test_a_checkpoint_written_before_the_shared_head_loads(tmp_path):
                 "features.4.num_batches_tracked", "fc.weight", "fc.bias"]
     m = build_student("tinycnn_w8", 3, SMALL)
     assert list(m.state_dict()) == old_keys
-    state = {k: torch.randn_like(v.float()).to(v.dtype) if v.is_floating_point() else v for k, v in m.state_dict().items()}
+    state = {k: torch.randn_like(v.float()).to(v.dtype) if v.is_floating_point() else v
+             for k, v in m.state_dict().items()}
     fresh = build_student("tinycnn_w8", 3, SMALL)
     fresh.load_state_dict(state, strict=True)
     assert torch.equal(fresh.fc.weight, state["fc.weight"])

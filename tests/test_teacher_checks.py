@@ -63,8 +63,9 @@ def folder(tmp_path_factory) -> Path:
 
 def _distill(teacher: Path, data: str, out: Path, *extra: str, epochs: int = 1):
     return runner.invoke(app, ["distill", "--teacher", str(teacher), "--data", data, "--student", "tinycnn_w8",
-                               "--epochs", str(epochs), "--set", "train.batch_size=16", "--device", "cpu", "--out", str(out),
-                               "--json", "--mean", "0", "--std", "1", *extra], catch_exceptions=False)
+                               "--epochs", str(epochs), "--set", "train.batch_size=16", "--device", "cpu",
+                               "--out", str(out), "--json", "--mean", "0", "--std", "1", *extra],
+                         catch_exceptions=False)
 
 
 def test_nhwc_onnx_teacher_is_read_as_three_channels_and_fed_transposed(tmp_path):

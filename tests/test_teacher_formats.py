@@ -303,7 +303,8 @@ def test_distill_from_onnx_teacher_trains_on_ort_logits(tmp_path, tiny_teacher):
                             "--json"])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
-    assert rep["teacher"]["format"] == "onnx" and rep["teacher"]["flops"] == capacity(m, InputSpec.from_json(spec)).flops
+    assert (rep["teacher"]["format"] == "onnx"
+            and rep["teacher"]["flops"] == capacity(m, InputSpec.from_json(spec)).flops)
     assert rep["training"]["history"][0]["kd"] > 0  # the KD term was computed from the ORT teacher's logits
     assert (out / "teacher.onnx").read_bytes() != b"" and "| – |" in (out / "report.md").read_text()
 

@@ -143,7 +143,8 @@ def test_softmax_ended_onnx_teacher_gives_the_same_kd_loss(tmp_path):
         _onnx(net, tmp_path / "logits.onnx")
         _onnx(nn.Sequential(net, nn.Softmax(dim=1)), tmp_path / "probs.onnx")
     opts = TeacherOptions(num_classes=5, **IN32)
-    plain, probs = load_teacher(tmp_path / "logits.onnx", options=opts), load_teacher(tmp_path / "probs.onnx", options=opts)
+    plain, probs = (load_teacher(tmp_path / "logits.onnx", options=opts),
+                    load_teacher(tmp_path / "probs.onnx", options=opts))
     assert plain.output == "logits" and probs.output == "probabilities"
     xb = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     z_s = torch.randn(6, 5, generator=torch.Generator().manual_seed(4))
@@ -182,7 +183,8 @@ def test_trusted_pickle_whose_module_is_missing_says_so(tmp_path):
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
     (tmp_path / "mynets.py").unlink()
     with pytest.raises(InputError, match="module 'mynets' cannot be imported"):
-        load_teacher(tmp_path / "net.pt", trust=True, options=TeacherOptions(input_shape=(4, 1, 1), mean=(0.0,), std=(1.0,)))
+        load_teacher(tmp_path / "net.pt", trust=True,
+                     options=TeacherOptions(input_shape=(4, 1, 1), mean=(0.0,), std=(1.0,)))
 
 
 def test_a_weights_only_teacher_names_the_flag_every_teacher_command_takes(tmp_path, timm_model):

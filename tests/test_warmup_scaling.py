@@ -32,7 +32,8 @@ def test_objective_uses_the_effective_warmup():
     assert w(1)["ce"] == 1.0
 
 
-@pytest.mark.parametrize("order", [["train.epochs=40", "dkd.warmup_epochs=5"], ["dkd.warmup_epochs=5", "train.epochs=40"]])
+@pytest.mark.parametrize("order", [["train.epochs=40", "dkd.warmup_epochs=5"],
+                                   ["dkd.warmup_epochs=5", "train.epochs=40"]])
 def test_explicit_warmup_is_kept_whatever_the_run_length(order):
     p = load_checked_preset("dkd", order)
     assert _warm(p)["dkd"] == 5 and p.terms[1].recipe_warmup is None

@@ -71,7 +71,8 @@ def distill_summary(r: dict[str, Any]) -> None:
     c = _console()
     c.print(t)
     budget = budget_sentence(r, v or None).replace("MISSED", "[red]MISSED[/]").replace(": met", ": [green]met[/]")
-    sp, diff, ta = v.get("speedup_vs_teacher"), (v.get("parity") or {}).get("max_abs_diff"), r["teacher"].get("accuracy")
+    sp, diff, ta = (v.get("speedup_vs_teacher"), (v.get("parity") or {}).get("max_abs_diff"),
+                    r["teacher"].get("accuracy"))
     ratio = v.get("accuracy") / ta if finite(v.get("accuracy")) and finite(ta) and ta else None
     c.print(f"{budget}; speed-up {f'{sp:.2f}x' if finite(sp) else 'n/a'}; "
             f"student reaches {f'{100 * ratio:.1f}%' if ratio is not None else 'n/a'} of the teacher's accuracy; "
@@ -79,10 +80,12 @@ def distill_summary(r: dict[str, Any]) -> None:
             f"agreement {_pct((v.get('parity') or {}).get('top1_agreement'))}")
     for w in r.get("variants", []):
         c.print(f"  {w['name']:5s} {w['onnx']}: top-1 {_pct(w.get('accuracy'))}, p50 {w['latency_ms']['p50']:.4f} ms, "
-                f"gates {'pass' if w['passed'] else '[red]FAIL[/]'}" + (" [bold](recommended)[/]" if w["recommended"] else ""))
+                f"gates {'pass' if w['passed'] else '[red]FAIL[/]'}"
+                + (" [bold](recommended)[/]" if w["recommended"] else ""))
     ships = (r.get("shipped") or {}).get("path")
-    c.print(f"outputs in {r['run_dir']}/: " + (f"ships {ships}; " if ships else "nothing ships (no variant passed every "
-                                                "gate); ") + "student.pt, report.json, report.md, plots/")
+    c.print(f"outputs in {r['run_dir']}/: "
+            + (f"ships {ships}; " if ships else "nothing ships (no variant passed every gate); ")
+            + "student.pt, report.json, report.md, plots/")
     if ships:
         next_steps(c, [f"kdcompress predict {r['run_dir']}/{ships} IMAGES", f"kdcompress validate --onnx "
                        f"{r['run_dir']}/{ships} --data NEW_DATA --teacher {r['teacher'].get('path', 'TEACHER')}",
@@ -105,9 +108,10 @@ def validation_table(r: dict[str, Any]) -> None:
             (v["name"], v, v) for v in r["variants"]]:
         lat, par = m["latency_ms"], (v or {}).get("parity") or {}
         sp = (v or {}).get("speedup_vs_teacher")
-        rows.append([name + (" *" if v and v["recommended"] else ""), f"{100 * m['accuracy']:.2f}%", f"{lat['p50']:.4f}",
-                     f"{lat['p90']:.4f}", f"{lat['p99']:.4f}", f"{m['throughput']['throughput']:,.0f}",
-                     f"{par['max_abs_diff']:.3g}" if par else "-", f"{100 * par['top1_agreement']:.2f}%" if par else "-",
+        rows.append([name + (" *" if v and v["recommended"] else ""), f"{100 * m['accuracy']:.2f}%",
+                     f"{lat['p50']:.4f}", f"{lat['p90']:.4f}", f"{lat['p99']:.4f}",
+                     f"{m['throughput']['throughput']:,.0f}", f"{par['max_abs_diff']:.3g}" if par else "-",
+                     f"{100 * par['top1_agreement']:.2f}%" if par else "-",
                      f"{sp:.2f}x" if sp else "-", "-" if v is None else ("pass" if v["passed"] else "[red]FAIL[/]")])
     c = _console()
     c.print(fit_table(f"kdcompress validate on {r['data']['name']} ({r['provider']}, {r['threads']} thread(s))",
@@ -162,8 +166,10 @@ def teacher_table(info: dict[str, Any]) -> None:
         ("FLOPs (batch 1)", "unknown" if info["flops"] is None else f"{info['flops']:,}"),
         ("classes", f"{info['num_classes']}: " + ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")),
         ("input", f"{'x'.join(map(str, spec['shape']))} NCHW, mean {spec['mean']}, std {spec['std']}"),
-        ("features", "logits only" if info["logits_only"] else f"embedding of {info['embed_dim']} ({info['features']})"),
-        ("outputs", info.get("outputs", "logits") + (" (used as log-probabilities)" if info.get("outputs") == "probabilities" else "")),
+        ("features",
+         "logits only" if info["logits_only"] else f"embedding of {info['embed_dim']} ({info['features']})"),
+        ("outputs", info.get("outputs", "logits")
+         + (" (used as log-probabilities)" if info.get("outputs") == "probabilities" else "")),
         (f"ORT latency ({info['provider']}, {info['threads']} thr, batch 1)",
          f"p50 {lat['p50']:.4f} ms, p90 {lat['p90']:.4f} ms, p99 {lat['p99']:.4f} ms"),
         ("sha256", info["sha256"]),
@@ -245,7 +251,8 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
     con.print(fit_table(f"{title}\nbudget {budget}, batch {sel['batch']}, {sel['provider']}, {sel['threads']} "
                         "thread(s)", cols, rows, con.width, caption="\n".join(notes), caption_style="yellow"))
     if sel["chosen"] is not None:
-        b = f"--budget-ms {sel['budget_ms']:g}" if sel["budget_ms"] is not None else f"--student {sel['chosen']['name']}"
+        b = (f"--budget-ms {sel['budget_ms']:g}" if sel["budget_ms"] is not None
+             else f"--student {sel['chosen']['name']}")
         next_steps(con, [f"kdcompress distill --teacher TEACHER --data DATA {b}" + (
             f" --precision {sel['precision']}" if sel.get("precision", "fp32") != "fp32" else ""),
             "kdcompress select ... --export-candidates DIR  (then on the target: kdcompress profile DIR)"])

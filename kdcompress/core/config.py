@@ -65,7 +65,8 @@ class TrainConfig:
             (self.augment in ("auto", "none", "shift", "crop_flip"), "augment",
              "must be auto, none, shift or crop_flip"),
             (self.mix in ("none", "mixup", "cutmix"), "mix", "must be none, mixup or cutmix"),
-            (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be a finite number >= 0"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+             "must be a finite number >= 0"),
             (self.milestone_epochs >= 1, "milestone_epochs", "must be >= 1"),
             (self.num_workers >= 0, "num_workers", "must be >= 0"),
             (self.teacher_cache in ("auto", "off", "views"), "teacher_cache", "must be 'auto', 'off' or 'views'"),
@@ -171,7 +172,8 @@ class RuntimeConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UsageError(f"--device must be auto, cpu or cuda, got '{self.device}'")
         if self.provider not in ("cpu", "cuda", "tensorrt"):
-            raise UsageError(f"unknown --provider '{self.provider}'{did_you_mean(self.provider, ['cpu', 'cuda', 'tensorrt'])}")
+            raise UsageError(f"unknown --provider '{self.provider}'"
+                             f"{did_you_mean(self.provider, ['cpu', 'cuda', 'tensorrt'])}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
 
@@ -378,7 +380,8 @@ def preset_from_dict(raw: dict[str, Any], default_name: str = "custom", source: 
         bad = set(t) - _TERM_KEYS
         if bad:
             k = sorted(bad)[0]
-            raise UsageError(f"preset {where}: [[loss]] '{t['kind']}' has unknown key '{k}'{did_you_mean(k, sorted(_TERM_KEYS))}")
+            raise UsageError(f"preset {where}: [[loss]] '{t['kind']}' has unknown key "
+                             f"'{k}'{did_you_mean(k, sorted(_TERM_KEYS))}")
         warmup = coerce(int, t.get("warmup_epochs", 0), f"{t['kind']}.warmup_epochs")
         term = LossTerm(
             kind=str(t["kind"]),
@@ -445,7 +448,8 @@ def apply_overrides(preset: Preset, overrides: list[str] | tuple[str, ...]) -> P
         current = {f.name: getattr(train, f.name) for f in fields(TrainConfig)}
         for k in train_updates:
             if k not in current:
-                raise UsageError(f"unknown key 'train.{k}'{did_you_mean(k, list(current))}; train has: {', '.join(current)}")
+                raise UsageError(f"unknown key 'train.{k}'{did_you_mean(k, list(current))}; "
+                                 f"train has: {', '.join(current)}")
         train = build_dataclass(TrainConfig, {**current, **train_updates}, prefix="train")
     out = replace(preset, terms=scale_warmups(tuple(terms[k] for k in order), train), train=train)
     return out

@@ -24,7 +24,8 @@ def os_error(e: OSError, path: Path | str | None = None, doing: str = "writing")
     where = str(path if path is not None else (e.filename or "?"))
     reason = e.strerror or type(e).__name__
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return EnvironmentProblem(f"no space left on the device {doing} {where} ({reason}); free some space or use another --out")
+        return EnvironmentProblem(f"no space left on the device {doing} {where} ({reason}); "
+                                  "free some space or use another --out")
     if e.errno == errno.ENOMEM:
         return EnvironmentProblem(f"out of memory {doing} {where}")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -131,8 +132,10 @@ def regular_file(path: Path, what: str = "file", *, expected: str | None = None)
             raise InputError(f"{what} {path} is a directory, expected {expected}")
         return path  # the caller says what a directory means for it
     if not stat.S_ISREG(st.st_mode):
-        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if (
-            stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file"
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "not a regular file")
         raise InputError(f"{what} {path} is {kind}; give a regular file")
     return path
 

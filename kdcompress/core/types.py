@@ -81,8 +81,9 @@ def logits_and_embed(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass(frozen=True)
 class PrepareContext:
-    """What `prepare(ctx)` may use: the teacher (eval mode, on `device`, asked through `outputs`), the training split (images in
-    [0, 1], never augmented here; `spec` normalises them as the teacher expects) and a console for progress.
+    """What `prepare(ctx)` may use: the teacher (eval mode, on `device`, asked through `outputs`), the training
+    split (images in [0, 1], never augmented here; `spec` normalises them as the teacher expects) and a console
+    for progress.
 
     `cached(key, build)` shares one object between the losses of an Objective (the teacher pass, the IC-KD
     bank): the first caller builds it, later callers get the same object.

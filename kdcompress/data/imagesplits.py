@@ -5,8 +5,9 @@ image covers the target (aspect kept, bilinear with antialiasing), centre-crop t
 that already has the target size is left as it is. Training augmentation is separate (data.augment).
 
 FileSplit decodes image files per batch through a torch DataLoader (worker processes that persist from
-one epoch to the next, pinned memory when a GPU is present), ArraySplit converts a uint8 array per batch; both have TensorSplit's interface
-(`y`, `len()`, `batches(...)`, `num_batches(...)`), so the trainer, inference and validation take any.
+one epoch to the next, pinned memory when a GPU is present), ArraySplit converts a uint8 array per batch;
+both have TensorSplit's interface (`y`, `len()`, `batches(...)`, `num_batches(...)`), so the trainer,
+inference and validation take any.
 """
 
 from __future__ import annotations

@@ -81,10 +81,10 @@ STANDARDIZE_EPS = 1e-7
 
 
 def standardize(z: Tensor) -> Tensor:
-    """Logit standardisation (Sun et al., CVPR 2024, arXiv:2403.01427; methods.md §8b): per sample, over the last dim (the
-    C classes), z' = (z - mean(z)) / (1e-7 + std(z)) with the unbiased std, as the authors' code does. The
-    result does not change when a per-sample constant is added to z or when z is multiplied by a positive
-    per-sample factor (up to the 1e-7), so the temperature softmax sees only the logits' shape."""
+    """Logit standardisation (Sun et al., CVPR 2024, arXiv:2403.01427; methods.md §8b): per sample, over the
+    last dim (the C classes), z' = (z - mean(z)) / (1e-7 + std(z)) with the unbiased std, as the authors' code
+    does. The result does not change when a per-sample constant is added to z or when z is multiplied by a
+    positive per-sample factor (up to the 1e-7), so the temperature softmax sees only the logits' shape."""
     z = upcast(z)
     return (z - z.mean(dim=-1, keepdim=True)) / (STANDARDIZE_EPS + z.std(dim=-1, keepdim=True))
 

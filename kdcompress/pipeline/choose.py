@@ -55,7 +55,8 @@ class Decision:
 def fingerprint(cfg: RunConfig, teacher, arch: str, student_init: str | None) -> dict[str, Any]:
     """What a run's checkpoints must match to be resumed (train.check_resumable)."""
     return {"arch": arch, "data": cfg.data, "teacher": teacher.sha256, "preset": preset_to_json(cfg.preset),
-            "teacher_options": cfg.teacher_options.to_json(), **({"student_init": student_init} if student_init else {})}
+            "teacher_options": cfg.teacher_options.to_json(),
+            **({"student_init": student_init} if student_init else {})}
 
 
 def choose(p: Prepared, run: RunDir) -> Decision:

@@ -1,4 +1,5 @@
-"""`kdcompress export --run` (exportjob.py, through deliver.py): a re-export never changes a file that report.json vouches for.
+"""`kdcompress export --run` (exportjob.py, through deliver.py): a re-export never changes a file that
+report.json vouches for.
 
 A finished run's report.json records the sha256 of every ONNX file it names (student.onnx, the teacher's
 copy, the validated variants). A re-export therefore

@@ -34,7 +34,8 @@ def trainer(p: Prepared, run: RunDir) -> Callable[[str, int], float]:
 
     def trial(name: str, epochs: int) -> float:
         preset = replace(cfg.preset, train=replace(cfg.preset.train, epochs=epochs))
-        fp = {"arch": name, "data": cfg.data, "teacher": teacher.sha256, "preset": preset_to_json(preset), "trial": True}
+        fp = {"arch": name, "data": cfg.data, "teacher": teacher.sha256, "preset": preset_to_json(preset),
+              "trial": True}
         p.console.print(f"trial: {name} for {epochs} epoch(s)")
         with process_settings(p.device):
             res = train(arch=name, splits=splits, spec=spec, preset=preset, teacher=teacher, device=p.device,
@@ -106,11 +107,12 @@ def trial_epoch_seconds(names: list[str], cfg: RunConfig, teacher: Teacher, spli
     missing = [n for n in dict.fromkeys(names) if not isinstance(known.get(n), (int, float))]
     for name in missing:
         with process_settings(device):
-            known[name] = epoch_seconds(lambda name=name: students.build_student(name, splits.num_classes, teacher.input_spec),
-                                        teacher.input_spec, batch_size=cfg.preset.train.batch_size,
-                                        n_train=len(splits.train), num_classes=splits.num_classes,
-                                        device=device,  # with the teacher-output cache no step runs the teacher
-                                        teacher=None if cfg.preset.train.teacher_cache == "views" else teacher.model)
+            known[name] = epoch_seconds(
+                lambda name=name: students.build_student(name, splits.num_classes, teacher.input_spec),
+                teacher.input_spec, batch_size=cfg.preset.train.batch_size,
+                n_train=len(splits.train), num_classes=splits.num_classes,
+                device=device,  # with the teacher-output cache no step runs the teacher
+                teacher=None if cfg.preset.train.teacher_cache == "views" else teacher.model)
     if missing:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {"setting": setting, "seconds": known})

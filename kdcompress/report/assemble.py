@@ -68,7 +68,8 @@ def distill_report(*, run_root: Path, preset, data_spec: str, splits: DataSplits
 def validate_report(*, data_spec: str, splits: DataSplits, checkpoint: Path | None, val,
                     teacher_info: dict[str, Any] | None) -> dict[str, Any]:
     """report.json of `kdcompress validate` from its Validation (and what was learnt of the teacher file)."""
-    return {**header("validate"), "provider": val.provider, "threads": val.threads, "data": data_json(data_spec, splits),
+    return {**header("validate"), "provider": val.provider, "threads": val.threads,
+            "data": data_json(data_spec, splits),
             "checkpoint": None if checkpoint is None else str(checkpoint),
             "teacher": None if val.teacher is None else {**val.teacher.to_json(), **(teacher_info or {})},
             **val.to_json()}

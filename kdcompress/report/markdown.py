@@ -77,8 +77,9 @@ def _models_table(r: dict[str, Any]) -> list[str]:
     t = r.get("teacher")
     if t:
         lat, thr = t["latency_ms"], t.get("throughput") or {}
-        lines.append(f"| teacher | `{Path(t.get('onnx') or '').name}` | {_size(t.get('bytes'))} | {_pct(t.get('accuracy'))} | "
-                     f"{_pct(t.get('accuracy_top5'))} | {_ms(lat, 'p50')} | {_ms(lat, 'p90')} | {_ms(lat, 'p99')} | "
+        lines.append(f"| teacher | `{Path(t.get('onnx') or '').name}` | {_size(t.get('bytes'))} | "
+                     f"{_pct(t.get('accuracy'))} | {_pct(t.get('accuracy_top5'))} | "
+                     f"{_ms(lat, 'p50')} | {_ms(lat, 'p90')} | {_ms(lat, 'p99')} | "
                      f"{_num(thr.get('throughput'), ',.0f')} ({thr.get('batch', '–')}) | | | 1.00x | | |")
     for v in r["variants"]:
         lat, thr, par = v["latency_ms"], v["throughput"], v.get("parity") or {}
@@ -87,7 +88,8 @@ def _models_table(r: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {name} | `{Path(v['onnx']).name}` | {_size(v['bytes'])} | {_pct(v['accuracy'])} | "
             f"{_pct(v.get('accuracy_top5'))} | {_ms(lat, 'p50')} | {_ms(lat, 'p90')} | {_ms(lat, 'p99')} | "
-            f"{_num(thr.get('throughput'), ',.0f')} ({thr.get('batch', '–')}) | {_num(par.get('max_abs_diff'), '.3g')} | "
+            f"{_num(thr.get('throughput'), ',.0f')} ({thr.get('batch', '–')}) | "
+            f"{_num(par.get('max_abs_diff'), '.3g')} | "
             f"{_pct(par.get('top1_agreement'))} | {_times(v.get('speedup_vs_teacher'))} | "
             f"{_num(100 * delta if finite(delta) else delta, '+.2f')} | {'pass' if v['passed'] else '**FAIL**'} |")
     lines += ["", f"Latency is batch {r['variants'][0]['latency_ms']['batch'] if r['variants'] else 1}; gates use "
@@ -114,8 +116,8 @@ def _gates_section(r: dict[str, Any]) -> list[str]:
         if rec else "No variant passes every gate; the command exits with code 5."))
     if g["failed"]:
         lines += ["", "| variant | gate | value | threshold | detail |", "|---|---|---:|---:|---|"]
-        lines += [f"| {f['variant']} | {f['gate']} | {_num(f['value'], '.4g')} | {_num(f['threshold'], '.4g')} | {f['detail']} |"
-                  for f in g["failed"]]
+        lines += [f"| {f['variant']} | {f['gate']} | {_num(f['value'], '.4g')} | {_num(f['threshold'], '.4g')} | "
+                  f"{f['detail']} |" for f in g["failed"]]
     return lines
 
 
@@ -176,7 +178,8 @@ def _distill_section(r: dict[str, Any]) -> list[str]:
         + f": {r['preset']['description']}  ",
         f"Reference: {r['preset']['reference']}",
         "",
-        f"- Teacher {t['arch']} ({t['params']:,} params, {'unknown' if t.get('flops') is None else format(t['flops'], ',')} FLOPs) -> student {s['arch']} "
+        f"- Teacher {t['arch']} ({t['params']:,} params, "
+        f"{'unknown' if t.get('flops') is None else format(t['flops'], ',')} FLOPs) -> student {s['arch']} "
         f"({s['params']:,} params, {s['flops']:,} FLOPs).",
         *_shipped_lines(r),
         *(f"- **Warning:** {w}" for w in r.get("warnings") or ()),
@@ -212,7 +215,8 @@ def _preset_ranking(r: dict[str, Any]) -> list[str]:
                f"(plan {', '.join(f'{n} x {e} epoch(s)' for n, e in k['plan'])}), scored on the validation split "
                f"({k['val_images']} images); last round " + ", ".join(f"{n} {_pct(a)}" for n, a in last.items())
                + f"; ties go to {k.get('tie_break', 'the simpler preset')}. Cost: {k['epochs_spent']} trial epochs, "
-               f"{k.get('wall_seconds', k['seconds_spent']):.1f} s." if k["trials"] else "the only candidate left, so no trial ran.")
+               f"{k.get('wall_seconds', k['seconds_spent']):.1f} s."
+               if k["trials"] else "the only candidate left, so no trial ran.")
             + "".join(f" Skipped {s['preset']}: {s['reason']}." for s in k["skipped"]))
     return ["## Preset ranking", "", text, ""]
 
@@ -236,7 +240,8 @@ def render_markdown(r: dict[str, Any]) -> str:
              + (" **shipped**" if r["kind"] == "distill" and v["name"] == r.get("recommended") else "")
              for v in r["variants"]]
     files += [f"- `{a['onnx']}` ({a['variant']}, written by `kdcompress export`: checked against PyTorch, latency not "
-              f"measured; sha256 `{a['sha256'][:16]}…`)" for a in r.get("artifacts") or [] if a.get("source") == "export"]
+              f"measured; sha256 `{a['sha256'][:16]}…`)"
+              for a in r.get("artifacts") or [] if a.get("source") == "export"]
     if r["kind"] == "distill":
         files.append(f"- `{r['student']['checkpoint']}` (PyTorch checkpoint)")
     lines += ["## Files", "", *files, ""]

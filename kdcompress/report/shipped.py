@@ -57,7 +57,8 @@ def _reconcile_precision(precision: dict[str, Any], shipped: dict[str, Any] | No
         return precision
     note = (f"validation recommends the {shipped['precision']} file {shipped['path']} (the fastest variant that "
             "passes every gate, never slower than fp32)")
-    return {**precision, "shipped": shipped["precision"], "reason": f"{precision.get('reason', '')}; {note}".lstrip("; ")}
+    return {**precision, "shipped": shipped["precision"],
+            "reason": f"{precision.get('reason', '')}; {note}".lstrip("; ")}
 
 
 def add_shipped(r: dict[str, Any], root: Path) -> dict[str, Any]:

@@ -118,7 +118,8 @@ def stored_settings(model: Path | bytes) -> SessionSettings | None:
     import onnx
 
     try:
-        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model), load_external_data=False)
+        proto = (onnx.load_from_string(model) if isinstance(model, bytes)
+                 else onnx.load(str(model), load_external_data=False))
         raw = next((p.value for p in proto.metadata_props if p.key == "ort_settings"), None)
         return SessionSettings.from_json(json.loads(raw)) if raw else None
     except Exception:  # a foreign or damaged entry: the defaults, not a failure
@@ -217,8 +218,10 @@ def measure_latency(session, shape: tuple[int, ...], *, warmup: int = 20, min_it
                         shape[0] * 1000.0 / mean)
 
 
-def sweep_settings(model: Path | bytes, shape: tuple[int, ...], provider: str, cpu_limit: int, stat: str = "p50",
-                   min_time_s: float = 0.15) -> tuple[SessionSettings, LatencyStats, list[tuple[SessionSettings, LatencyStats]]]:
+def sweep_settings(
+    model: Path | bytes, shape: tuple[int, ...], provider: str, cpu_limit: int, stat: str = "p50",
+    min_time_s: float = 0.15,
+) -> tuple[SessionSettings, LatencyStats, list[tuple[SessionSettings, LatencyStats]]]:
     """Time `model` under every setting of the grid (short runs) and return the best by `stat`, its
     stats and the whole table. Ties within 2% go to fewer threads, then sequential (less to go wrong)."""
     rows = []

@@ -79,5 +79,5 @@ def table_note(table: dict, chosen, stat: str) -> tuple[str, ...]:
         return ()
     fast, slow = min(vals), max(vals)
     return (f"on the target, {chosen.name} ({chosen.precision}) measured {fast:.4f} to {slow:.4f} ms {stat} in its "
-            f"{len(vals)} profile processes (+{100 * (slow / fast - 1):.0f}%): the table's figure is the slowest, and a "
-            "deployment may draw slower still; leave headroom in the budget, or profile with more --processes",)
+            f"{len(vals)} profile processes (+{100 * (slow / fast - 1):.0f}%): the table's figure is the slowest, "
+            "and a deployment may draw slower still; leave headroom in the budget, or profile with more --processes",)

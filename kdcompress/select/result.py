@@ -32,8 +32,8 @@ class Candidate:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "precision": self.precision, "family": self.family, "params": self.params,
                 "flops": self.flops, "latency_ms": self.latency.to_json(), "fits": self.fits,
-                "confirmed": self.confirmed, "draws": self.draws, "slower_than_fp32": self.slower_than_fp32, "graph": self.graph,
-                "settings": (self.settings or SessionSettings()).to_json()}
+                "confirmed": self.confirmed, "draws": self.draws, "slower_than_fp32": self.slower_than_fp32,
+                "graph": self.graph, "settings": (self.settings or SessionSettings()).to_json()}
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ Adherence: the winner of "largest model whose measurement is under the budget" i
 is drawn once per process (runtime.freshbench). Before a candidate is chosen it is therefore measured again
 on its shipping graph, once in this process and then in fresh processes, one after another, until the
 draws settle it (select.confirm.settled): one draw over the budget rejects it; otherwise it needs
-CONFIRM_MIN fresh draws when its slowest draw leaves SPREAD_BOUND headroom, and CONFIRM_MAX when it does not. A rejected candidate
-is marked as not fitting and the next one down the ranking is confirmed the same way. The slowest draw is
-the figure that counts, and the cache keeps every draw, so a confirmation at another budget only adds the
-draws that budget still needs (none at the same budget: a warm selection measures nothing).
+CONFIRM_MIN fresh draws when its slowest draw leaves SPREAD_BOUND headroom, and CONFIRM_MAX when it does not.
+A rejected candidate is marked as not fitting and the next one down the ranking is confirmed the same way.
+The slowest draw is the figure that counts, and the cache keeps every draw, so a confirmation at another
+budget only adds the draws that budget still needs (none at the same budget: a warm selection measures
+nothing).
 
 Two graphs (select.ladder): every candidate is first measured on its fast TorchScript *screening* export
 (graph "screen"); the confirmation measures the dynamo *shipping* export (graph "ship", the bytes export
@@ -50,7 +51,8 @@ def measure_model(model, spec: InputSpec, runtime: RuntimeConfig, batch: int, *,
     from ..runtime import onnx_bytes, screen_bytes
 
     del precision  # carried for fakes in tests: the bytes already are that precision
-    data = onnx if onnx is not None else (screen_bytes(model, spec, batch=batch)[0] if graph == "screen" else onnx_bytes(model, spec))
+    data = onnx if onnx is not None else (
+        screen_bytes(model, spec, batch=batch)[0] if graph == "screen" else onnx_bytes(model, spec))
     sess = make_session(data, runtime.provider, runtime.threads, settings)
     return measure_latency(sess, (batch, *spec.shape))
 

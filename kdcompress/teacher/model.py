@@ -48,7 +48,8 @@ class Teacher:
     path: Path
     sha256: str
     metrics: dict[str, Any] = field(default_factory=dict)
-    format: str = "kdcompress"  # kdcompress | state_dict | checkpoint | lightning | safetensors | hf_folder | torchscript | onnx | pickle
+    # format: kdcompress | state_dict | checkpoint | lightning | safetensors | hf_folder | torchscript | onnx | pickle
+    format: str = "kdcompress"
     flops: int | None = None  # forward FLOPs at batch 1 (None: not countable, e.g. an ONNX teacher)
     embed_via: str | None = None  # EMBED_TIMM | EMBED_HOOK | EMBED_CHILDREN | None
     head: str | None = None  # module name of the classifier Linear (EMBED_HOOK, EMBED_CHILDREN)
@@ -128,10 +129,12 @@ def teacher_onnx_bytes(teacher: Teacher, metadata: dict[str, Any] | None = None)
                                   dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
             except Exception as e:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise InputError(f"TorchScript teacher {teacher.path} cannot be exported to ONNX: {first[:200]}") from None
+                raise InputError(f"TorchScript teacher {teacher.path} cannot be exported to ONNX: "
+                                 f"{first[:200]}") from None
         data = buf.getvalue()
     elif teacher.format == "onnx":
-        data = _only_output(_dynamic_batch(_inlined(Path(teacher.path)), teacher), getattr(teacher.model, "output_name", None))
+        data = _only_output(_dynamic_batch(_inlined(Path(teacher.path)), teacher),
+                            getattr(teacher.model, "output_name", None))
     else:
         return onnx_bytes(teacher.model, teacher.input_spec, metadata=metadata)
     if not metadata:

@@ -72,7 +72,8 @@ def _class_problem(key: str, v: Any, names: tuple[str, ...]) -> str | None:
     if isinstance(v, dict):
         idx = sorted(i if isinstance(i, int) else j for i, j in v.items())
         if idx != list(range(len(idx))):
-            return f"{key} maps its classes to the indices {idx[:6]}{' ...' if len(idx) > 6 else ''}, not 0..{len(idx) - 1}"
+            return (f"{key} maps its classes to the indices {idx[:6]}{' ...' if len(idx) > 6 else ''}, "
+                    f"not 0..{len(idx) - 1}")
     dup = duplicate(names)
     return f"{key} names class '{dup}' twice" if dup is not None else None
 

@@ -9,5 +9,5 @@ from .loop import TrainResult, check_resumable, evaluate, train
 from .probe import epoch_seconds
 from .teacher_cache import check_training
 
-__all__ = ["SINGLE", "CacheDecision", "CacheFacts", "Dist", "TrainResult", "decide_cache", "check_resumable", "check_training", "epoch_seconds", "evaluate", "setup_distributed",
-           "train"]
+__all__ = ["SINGLE", "CacheDecision", "CacheFacts", "Dist", "TrainResult", "decide_cache", "check_resumable",
+           "check_training", "epoch_seconds", "evaluate", "setup_distributed", "train"]

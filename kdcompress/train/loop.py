@@ -120,7 +120,8 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
 
 
 def _optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    # foreach: multi-tensor updates, bitwise equal to the loop (tests/test_speed_identity.py); not fused (rounds differently)
+    # foreach: multi-tensor updates, bitwise equal to the loop (tests/test_speed_identity.py);
+    # not fused (rounds differently)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -293,7 +294,8 @@ class _Session:
         self.objective = make_objective(ctx).to(self.device)
         if self.teacher is not None:
             self.teacher.check_needs(self.objective.needs, self.preset.name)
-        self.opt = _optimizer(self.cfg, [p for p in self.student.parameters()] + [p for p in self.objective.parameters()])
+        self.opt = _optimizer(self.cfg,
+                              [p for p in self.student.parameters()] + [p for p in self.objective.parameters()])
 
     def restore(self) -> None:
         dist, run = self.dist, self.run

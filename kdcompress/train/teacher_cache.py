@@ -273,7 +273,8 @@ def load_or_build(teacher_fn, *, key: dict[str, Any], split: Split, spec: InputS
     if cache is None:
         n, v, k, c = key["n"], key["views"], key["k"], key["num_classes"]
         need = estimate_bytes(n, v, c, k, embed_dim if key["embed"] else None)
-        check_space(path.parent, need, f"{n} samples x {v} views x {k} of {c} logits" + (f" + {embed_dim}-d embeddings" if key["embed"] else ""))
+        check_space(path.parent, need, f"{n} samples x {v} views x {k} of {c} logits"
+                    + (f" + {embed_dim}-d embeddings" if key["embed"] else ""))
         t0 = time.perf_counter()
         cache = build(teacher_fn, split, spec, device, mode=key["augment"], views=v, seed=key["seed"], k=k,
                       num_classes=c, embed_dim=embed_dim if key["embed"] else None, batch_size=batch_size, amp=amp,

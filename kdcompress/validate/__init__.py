@@ -18,5 +18,5 @@ from .models import (
 
 __all__ = ["THROUGHPUT_BATCH", "GateResult", "Gates", "ModelInput", "Validation", "accuracy_drop_warning",
            "accuracy_metrics", "check_gates",
-           "describe", "effective_threads", "input_channels", "map_classes", "onnx_logits", "parity", "raise_for_gates", "recommend",
-           "reference_logits", "validate_models"]
+           "describe", "effective_threads", "input_channels", "map_classes", "onnx_logits", "parity", "raise_for_gates",
+           "recommend", "reference_logits", "validate_models"]

@@ -87,7 +87,8 @@ def check_gates(ev, par, teacher, gates: Gates) -> list[GateResult]:
     if gates.min_agreement is not None and par is not None:
         out.append(GateResult("min_agreement", par.top1_agreement >= gates.min_agreement, par.top1_agreement,
                               gates.min_agreement,
-                              f"top-1 agreement with PyTorch {par.top1_agreement:.4f} vs required {gates.min_agreement}"))
+                              f"top-1 agreement with PyTorch {par.top1_agreement:.4f} vs required "
+                              f"{gates.min_agreement}"))
     if gates.max_accuracy_drop is not None and teacher is not None:
         drop = teacher.accuracy.top1 - ev.accuracy.top1
         out.append(GateResult("max_accuracy_drop", drop <= gates.max_accuracy_drop + 1e-12, drop,
@@ -97,7 +98,8 @@ def check_gates(ev, par, teacher, gates: Gates) -> list[GateResult]:
     if gates.budget_ms is not None:
         v = ev.latency.stat(gates.budget_stat)
         out.append(GateResult("budget_ms", v <= gates.budget_ms, v, gates.budget_ms,
-                              f"{gates.budget_stat} {v:.4f} ms at batch {ev.latency.batch} vs budget {gates.budget_ms:g} ms"))
+                              f"{gates.budget_stat} {v:.4f} ms at batch {ev.latency.batch} vs budget "
+                              f"{gates.budget_ms:g} ms"))
     return out
 
 
