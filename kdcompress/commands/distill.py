@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,8 @@ def recipe_length_warning(f: dict[str, Any], job: DistillJob) -> str | None:
 def run_distill(f: dict[str, Any], console) -> Outcome:
     f = with_config(f)
     job = distill_job(f)
-    if (w := recipe_length_warning(f, job)) is not None:
-        console.print(f"[yellow]warning:[/] {w}")
+    if (w := recipe_length_warning(f, job)) is not None:  # printed by the pipeline once every check passed
+        job = replace(job, notes=(*job.notes, w))
     report = run_job(job, console)
     if not report:  # a torchrun process other than rank 0: rank 0 reports
         return Outcome(None)

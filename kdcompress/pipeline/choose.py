@@ -119,6 +119,7 @@ def fallback_prepared(p: Prepared, d: Decision, student: str, run: RunDir) -> Pr
     ranked already, and teacher cache), this student alone, in `run` (RUN/fallback/), fp32 only, measured
     here by the FLOPs rule; no --student-init (it named the first student's weights)."""
     cfg = replace(d.cfg, student=student, out=run.root, candidates=())
-    opts = replace(p.options, export=replace(p.options.export, int8=False, fp16=False), student_init=None, record=None,
+    opts = replace(p.options, export=replace(p.options.export, int8=False, fp16=False), student_init=None,
+                   record=None, notes=(),
                    select=replace(p.options.select, precision="fp32", rank="flops", latency_table=None))
     return replace(p, cfg=cfg, options=opts)

@@ -47,17 +47,19 @@ class Trained:
 def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: ExportOptions | None = None,
             gates: Gates | None = None, select_opts: SelectOptions | None = None, force: bool = False,
             allow_weak_teacher: bool = False, student_init: str | None = None,
-            record: dict[str, Any] | None = None) -> dict[str, Any]:
+            record: dict[str, Any] | None = None, notes: tuple[str, ...] = ()) -> dict[str, Any]:
     """The whole job. `export_opts` picks the ONNX variants (fp32 only by default); `gates` defaults to
     the parity gate alone; `select_opts` the precision, latency table, ORT tuning and ranking of the
     selection. The report says whether the gates passed; the CLI turns a failure into exit 5.
     `force`: write into a non-empty --out that is not a kdcompress run (its files stay untouched).
     `allow_weak_teacher`: distil from a teacher that scores near chance on the validation split.
     `student_init` (--student-init): a state_dict path or 'pretrained'. `record`: the whole job
-    (pipeline.jobspec.DistillJob), written into config.json beside the run configuration."""
+    (pipeline.jobspec.DistillJob), written into config.json beside the run configuration. `notes`: warnings
+    about the request, printed once every check passed (beside select's)."""
     console = console or Console(stderr=True)
     options = DistillOptions(export_opts or ExportOptions(), gates or Gates(budget_stat=cfg.budget.stat),
-                             select_opts or SelectOptions(), allow_weak_teacher, student_init, record)
+                             select_opts or SelectOptions(), allow_weak_teacher, student_init, record,
+                             tuple(notes))
     runtime = effective_threads(cfg.runtime, lambda m: console.print(f"[yellow]warning:[/] {m}"))
     run = RunDir(cfg.out)
     ddp, device = setup_distributed(cfg.runtime.device)  # torchrun: rank 0 writes files, all ranks train
@@ -130,7 +132,7 @@ def announce(p: Prepared, d: Decision) -> None:
     said = "no budget set" if budget.ms is None else f"budget {budget.ms:g} ms {budget.stat}"
     p.console.print(f"selected [bold]{d.arch}[/] {d.precision} ({c.flops:,} FLOPs, p50 {c.latency.p50:.4f} ms; "
                     f"{said})")
-    for w in d.selection.warnings:
+    for w in (*d.selection.warnings, *p.options.notes):
         p.warn(w)
 
 

@@ -28,6 +28,7 @@ class DistillJob:
     force: bool = False
     allow_weak_teacher: bool = False
     flags: tuple[tuple[str, Any], ...] = ()  # the command's flags (JSON values), what --config replays
+    notes: tuple[str, ...] = ()  # warnings about the request (e.g. a long recipe without --epochs)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": JOB_FORMAT, "export": asdict(self.export), "gates": asdict(self.gates),
@@ -41,4 +42,4 @@ def run_job(job: DistillJob, console: Console | None = None) -> dict[str, Any]:
 
     return distill(job.run, console, export_opts=job.export, gates=job.gates, select_opts=job.select,
                    force=job.force, allow_weak_teacher=job.allow_weak_teacher, student_init=job.student_init,
-                   record=job.to_json())
+                   record=job.to_json(), notes=job.notes)

@@ -34,6 +34,7 @@ class DistillOptions:
     allow_weak_teacher: bool = False
     student_init: str | None = None
     record: dict[str, Any] | None = None  # the whole job (pipeline.jobspec), written into config.json
+    notes: tuple[str, ...] = ()  # warnings about the request, printed once every check passed
 
 
 @dataclass(frozen=True)
