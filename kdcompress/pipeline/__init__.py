@@ -19,8 +19,9 @@ select` (selection.py) still runs without importing torch."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..core.lazyface import lazy_getattr
 
 # name -> the module of this package that defines it
 _FACE = {
@@ -40,10 +41,7 @@ _FACE = {
 __all__ = sorted(_FACE)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _FACE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _FACE)
 
 
 if TYPE_CHECKING:  # what the face gives, for type checkers and readers

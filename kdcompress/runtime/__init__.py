@@ -9,8 +9,9 @@ with onnxruntime and numpy alone (no torch); onnxio imports torch."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..core.lazyface import lazy_getattr
 
 # name -> the module of this package that defines it
 _FACE = {
@@ -26,10 +27,7 @@ _FACE = {
 __all__ = sorted(_FACE)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _FACE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_FACE[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _FACE)
 
 
 if TYPE_CHECKING:  # what the face gives, for type checkers and readers
