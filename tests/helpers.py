@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import io
 from pathlib import Path
 
@@ -82,3 +84,10 @@ def sigterm_at_step(monkeypatch, epoch: int, step: int):
 
     monkeypatch.setattr(StepEngine, "step", stepped)
     return orig
+
+
+def tree_hash(root: Path, dirs: bool = True) -> dict[str, str]:
+    """Every path under `root` -> its sha256 ("dir" for a directory; directories left out with dirs=False): two
+    equal snapshots mean a command changed, added and removed nothing."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*")) if dirs or p.is_file()}

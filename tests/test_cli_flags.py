@@ -4,7 +4,6 @@ file in the working directory cannot shadow, an empty --candidates refused, and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from kdcompress.core.spec import InputSpec
 from kdcompress.students.registry import STUDENTS, capacity
 
 from .conftest import TINY_DATA
+from .helpers import tree_hash
 
 runner = CliRunner()
 pytestmark = pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
@@ -44,9 +44,6 @@ def one_line_error(r, code: int, needle: str) -> None:
     assert "Traceback" not in r.output
 
 
-def tree_hash(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ PyTorch, torch.onnx, gzip or the csv module, as a user's tools would write it.""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import struct
 from pathlib import Path
@@ -20,13 +19,12 @@ from typer.testing import CliRunner
 from kdcompress.cli import app
 from kdcompress.core.errors import InputError, UsageError
 
+from .helpers import tree_hash
+
 runner = CliRunner()
 SYNTH = "synthetic:classes=3,size=8,n=90"  # classes class_0, class_1, class_2; 1x8x8
 
 
-def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
 
 
 def one_error_line(r, code: int) -> str:
@@ -141,12 +139,12 @@ def test_csv_listing_an_image_under_two_labels_or_two_label_columns_is_refused(t
     cols.write_text("path,label,Label\n" + "\n".join(f"{r},x" for r in rows) + "\n")
     for csv_file, needle in ((bad, "row 14 labels 3.png 'c1' but row 5 labels it 'c0'"),
                              (cols, "two `label` columns")):
-        before = tree_digest(tmp_path)
+        before = tree_hash(tmp_path)
         r = runner.invoke(app, ["teacher", "train", "--data", f"csv:{csv_file}", "--arch", "tinycnn_w8",
                                 "--out", str(tmp_path / "t.pt"), "--epochs", "1", "--device", "cpu"])
         line = one_error_line(r, InputError.exit_code)
         assert str(csv_file) in line and needle in line
-        assert tree_digest(tmp_path) == before
+        assert tree_hash(tmp_path) == before
 
 
 # ------------------------------------------------------------------------------------------ idx files
@@ -191,12 +189,12 @@ BAD_IDX = {
 def test_broken_mnist_idx_file_is_refused_naming_it(tmp_path, case):
     name, data, needle = BAD_IDX[case]
     root = _mnist_root(tmp_path / "mnist", **{name: data})
-    before = tree_digest(tmp_path)
+    before = tree_hash(tmp_path)
     r = runner.invoke(app, ["teacher", "train", "--data", f"mnist:{root}", "--arch", "tinycnn_w8",
                             "--out", str(tmp_path / "t.pt"), "--epochs", "1", "--device", "cpu"])
     line = one_error_line(r, InputError.exit_code)
     assert str(root / name) in line and needle in line
-    assert tree_digest(tmp_path) == before
+    assert tree_hash(tmp_path) == before
 
 
 def test_a_good_mnist_root_still_loads(tmp_path):

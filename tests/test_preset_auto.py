@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +15,7 @@ from kdcompress.select.presetrank import rank_presets, simplest_first
 from kdcompress.students import load_checkpoint
 
 from .conftest import TINY_DATA
+from .helpers import tree_hash
 
 runner = CliRunner()
 
@@ -135,9 +134,6 @@ def test_a_rerun_after_an_interrupt_reuses_the_finished_ranking(tiny_teacher, tm
     assert sorted(calls) == [("dist", True), ("kd", True)]
 
 
-def _tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("extra, needles", [
@@ -151,14 +147,14 @@ def test_bad_auto_flags_are_one_line_and_change_nothing(tiny_teacher, tmp_path, 
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    before = _tree(tmp_path)
+    before = tree_hash(tmp_path, dirs=False)
     r = runner.invoke(app, _distill(tiny_teacher, out, *extra))
     assert r.exit_code == UsageError.exit_code, r.output
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("kdcompress: error:") and "Traceback" not in r.output
     for n in needles:
         assert n in lines[0], lines[0]
-    assert _tree(tmp_path) == before
+    assert tree_hash(tmp_path, dirs=False) == before
 
 
 def test_auto_with_rank_trial_is_refused_before_any_work(tiny_teacher, tmp_path):

@@ -20,6 +20,7 @@ from kdcompress.cli import app
 from kdcompress.core.errors import InputError, UsageError
 
 from .conftest import TINY_DATA
+from .helpers import tree_hash
 
 runner = CliRunner()
 # what distill writes into student.onnx beyond the checkpoint's own facts, and what every variant must carry
@@ -47,9 +48,6 @@ def run(finished_run, tmp_path) -> Path:
     return dst
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def metadata(path: Path) -> dict[str, str]:
@@ -86,13 +84,13 @@ def export(*args) -> object:
 
 
 def test_reexport_keeps_the_validated_file_and_adds_variants_the_report_lists(run):
-    before = snapshot(run)
+    before = tree_hash(run, dirs=False)
     validated = metadata(run / "student.onnx")
     assert {"ort_settings", "precision", "test_accuracy"} <= set(validated)
 
     r = export("--run", run, "--json")
     assert r.exit_code == 0, r.output
-    after = snapshot(run)
+    after = tree_hash(run, dirs=False)
     assert_report_true(run)
     assert metadata(run / "student.onnx") == validated
     assert {k: v for k, v in after.items() if k != "export.json"} == before  # nothing the run had changed
@@ -101,7 +99,7 @@ def test_reexport_keeps_the_validated_file_and_adds_variants_the_report_lists(ru
     r = export("--run", run, "--int8", "--calib", "8", "--json")
     assert r.exit_code == 0, r.output
     assert_report_true(run)
-    assert snapshot(run)["student.onnx"] == before["student.onnx"]
+    assert tree_hash(run, dirs=False)["student.onnx"] == before["student.onnx"]
     assert metadata(run / "student.onnx") == validated
     int8 = metadata(run / "student.int8.onnx")
     assert {k: int8[k] for k in RUN_KEYS} == {k: validated[k] for k in RUN_KEYS}
@@ -112,21 +110,21 @@ def test_reexport_keeps_the_validated_file_and_adds_variants_the_report_lists(ru
     assert "student.int8.onnx" in (run / "report.md").read_text()
 
     # the same export again: the int8 file is now vouched for too, and kept byte for byte
-    again = snapshot(run)
+    again = tree_hash(run, dirs=False)
     r = export("--run", run, "--int8", "--calib", "8")
     assert r.exit_code == 0, r.output
-    assert {k: v for k, v in snapshot(run).items() if k != "export.json"} == {
+    assert {k: v for k, v in tree_hash(run, dirs=False).items() if k != "export.json"} == {
         k: v for k, v in again.items() if k != "export.json"}
     assert_report_true(run)
 
 
 def test_reexport_to_a_different_graph_is_refused_before_any_write(run):
-    before = snapshot(run)
+    before = tree_hash(run, dirs=False)
     r = export("--run", run, "--opset", "18")
     assert r.exit_code == UsageError.exit_code, r.output
     line = r.stderr.strip()
     assert line.startswith("kdcompress: error:") and "\n" not in line and "--out" in line, line
-    assert snapshot(run) == before
+    assert tree_hash(run, dirs=False) == before
 
 
 def test_reexport_waits_for_the_lock_a_running_distill_holds(run):
@@ -137,14 +135,14 @@ def test_reexport_waits_for_the_lock_a_running_distill_holds(run):
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:
         assert holder.stdout.readline().strip() == "held"
-        before = snapshot(run)
+        before = tree_hash(run, dirs=False)
         r = export("--run", run, "--int8", "--calib", "8")
     finally:
         holder.kill()
         holder.wait()
     assert r.exit_code == UsageError.exit_code, r.output
     assert "in use" in r.stderr and r.stderr.count("kdcompress: error:") == 1
-    assert snapshot(run) == before
+    assert tree_hash(run, dirs=False) == before
 
 
 def test_export_of_a_run_without_student_onnx_takes_the_selections_settings(run):
@@ -172,17 +170,17 @@ def one_error(r, code: int) -> str:
 
 @pytest.mark.parametrize("out", ["/proc/kdc.onnx", "/proc/self/kdc.onnx", "/sys/kdc.onnx", "/dev/kdc.onnx"])
 def test_export_out_on_a_special_filesystem_says_so(finished_run, tmp_path, out):
-    before = snapshot(finished_run)
+    before = tree_hash(finished_run, dirs=False)
     line = one_error(export("--checkpoint", finished_run / "student.pt", "--out", out), InputError.exit_code)
     assert "special filesystem" in line and "not found" not in line, line
-    assert not Path(out).exists() and snapshot(finished_run) == before
+    assert not Path(out).exists() and tree_hash(finished_run, dirs=False) == before
 
 
 def test_export_run_out_in_proc_is_refused_before_the_lock_and_work(run):
-    before = snapshot(run)
+    before = tree_hash(run, dirs=False)
     line = one_error(export("--run", run, "--out", "/proc/self/student.onnx"), InputError.exit_code)
     assert "/proc" in line and "special filesystem" in line, line
-    assert snapshot(run) == before
+    assert tree_hash(run, dirs=False) == before
 
 
 def test_validate_out_in_proc_says_so(finished_run):
