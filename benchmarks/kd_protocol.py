@@ -43,10 +43,10 @@ from kdcompress import losses, students
 from kdcompress.core.infer import accuracy, predict
 from kdcompress.core.runio import RunDir
 from kdcompress.core.system import machine_fingerprint
-from kdcompress.core.types import NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS
 from kdcompress.data import load_data
 from kdcompress.teacher import load_teacher
-from kdcompress.train import CacheFacts, decide_cache, train
+from kdcompress.pipeline import cache_facts
+from kdcompress.train import decide_cache, train
 
 QUIET = Console(stderr=True, quiet=True)
 
@@ -56,15 +56,10 @@ def _preset(name: str, epochs: int, seed: int, extra: list[str]):
 
 
 def _with_cache(preset, teacher, student: str, splits, spec):
-    """train.teacher_cache=auto decided as distill decides it (train.cachechoice)."""
-    needs = losses.preset_needs(preset)
-    facts = CacheFacts(teacher_flops=students.capacity(teacher.model, spec).flops if teacher.exportable else None,
-                       student_flops=students.capacity(students.build_student(student, splits.num_classes, spec),
-                                                       spec).flops,
-                       reads_teacher=bool(needs & {NEED_TEACHER_LOGITS, NEED_TEACHER_EMBED}),
-                       teacher_file=bool(teacher.sha256),
-                       embed_dim=teacher.embed_dim if NEED_TEACHER_EMBED in needs else None)
-    d = decide_cache(preset.train, facts, splits.train, splits.num_classes)
+    """train.teacher_cache=auto decided as distill decides it (pipeline.cache_facts, train.cachechoice)."""
+    flops = students.capacity(students.build_student(student, splits.num_classes, spec), spec).flops
+    t_flops = students.capacity(teacher.model, spec).flops if teacher.exportable else None
+    d = decide_cache(preset.train, cache_facts(preset, teacher, flops, t_flops), splits.train, splits.num_classes)
     return replace(preset, train=replace(preset.train, teacher_cache=d.used)), d.used
 
 

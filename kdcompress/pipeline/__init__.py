@@ -26,6 +26,7 @@ from ..core.lazyface import lazy_getattr
 # name -> the module of this package that defines it
 _FACE = {
     "auto_from_flags": "autopreset",
+    "cache_facts": "choose",
     "distill": "job",
     "DistillJob": "jobspec",
     "run_job": "jobspec",
@@ -46,6 +47,7 @@ __getattr__ = lazy_getattr(__name__, _FACE)
 
 if TYPE_CHECKING:  # what the face gives, for type checkers and readers
     from .autopreset import auto_from_flags  # noqa: F401
+    from .choose import cache_facts  # noqa: F401
     from .demo import run_demo  # noqa: F401
     from .prediction import predict_job  # noqa: F401
     from .exportjob import export_job  # noqa: F401

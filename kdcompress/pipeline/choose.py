@@ -87,17 +87,21 @@ def choose(p: Prepared, run: RunDir) -> Decision:
     return Decision(selection, cfg, export_options_for(opts.export, selection.chosen.precision), cache)
 
 
+def cache_facts(preset, teacher, student_flops: int | None, teacher_flops: int | None) -> CacheFacts:
+    """What train.cachechoice reads of this preset, teacher and student."""
+    needs = losses.preset_needs(preset)
+    return CacheFacts(teacher_flops=teacher_flops, student_flops=student_flops,
+                      reads_teacher=bool(needs & {NEED_TEACHER_LOGITS, NEED_TEACHER_EMBED}),
+                      teacher_file=bool(teacher.sha256),
+                      embed_dim=teacher.embed_dim if NEED_TEACHER_EMBED in needs else None)
+
+
 def with_teacher_cache(cfg: RunConfig, p: Prepared, selection: Selection) -> tuple[RunConfig, CacheDecision]:
     """train.teacher_cache=auto decided for this teacher, student and run (train.cachechoice), written into the
     preset's training settings so config.json and the resume fingerprint record what runs."""
-    teacher = p.teacher
-    needs = losses.preset_needs(cfg.preset)
     t_flops = selection.teacher.flops if selection.teacher is not None else (
-        students.capacity(teacher.model, teacher.input_spec).flops if teacher.exportable else None)
-    facts = CacheFacts(teacher_flops=t_flops, student_flops=selection.chosen.flops,
-                       reads_teacher=bool(needs & {NEED_TEACHER_LOGITS, NEED_TEACHER_EMBED}),
-                       teacher_file=bool(teacher.sha256),
-                       embed_dim=teacher.embed_dim if NEED_TEACHER_EMBED in needs else None)
+        students.capacity(p.teacher.model, p.teacher.input_spec).flops if p.teacher.exportable else None)
+    facts = cache_facts(cfg.preset, p.teacher, selection.chosen.flops, t_flops)
     decision = decide_cache(cfg.preset.train, facts, p.splits.train, p.splits.num_classes)
     train_cfg = replace(cfg.preset.train, teacher_cache=decision.used)
     return replace(cfg, preset=replace(cfg.preset, train=train_cfg)), decision
