@@ -1,15 +1,19 @@
 """Does distillation pay against a converged plain student, and at equal compute? (issue 26's protocol)
 
 For each student and seed:
-  * `ce`: the plain student trained for --baseline-epochs (default 2x --epochs) with the same recipe as the
-    presets' plain runs, its validation curve recorded; "plateaued" when its best validation epoch is not in the
-    last quarter of the run (otherwise the table says the baseline may still be rising);
+  * `ceN`: the plain student trained from scratch for each length N of --baseline-epochs (default 2x and 4x
+    --epochs, each a full schedule) with the same recipe as the presets' plain runs, its validation curve
+    recorded; per seed, `ce` is the one validation prefers. The ladder table says whether the last doubling still
+    raised validation accuracy (by PLATEAU_GAIN or more): if it did, the baseline is not at its plateau and the
+    table says so;
   * every preset for --epochs, teacher outputs as `distill` would use them (train.teacher_cache=auto decided by
     train.cachechoice for this teacher and student), wall seconds measured;
-  * `ce@P`: the plain student given the same seconds as preset P's run (epochs = P's seconds / ce's seconds per
-    epoch, at least 1), with --equal-compute.
+  * `ce@P`: the plain student given the same compute as preset P's run, with --equal-compute: epochs = P's CPU
+    seconds (process time, all threads; wall time would follow whatever else shares the machine) / the shortest
+    ladder run's CPU seconds per epoch, at least 1.
 Checkpoints are the best-validation epoch's; test accuracy is reported. Per preset: the paired difference to `ce`
 (mean, 95% t interval), the fraction of the teacher - ce gap it closes, wins, and the paired difference to `ce@P`.
+--json is rewritten after every run; --resume keeps the runs it holds, so an interrupted protocol goes on.
 
     .venv/bin/python benchmarks/kd_protocol.py --data mnist5k --students tinycnn_w16 resnet8 \\
         --teacher-arch resnet14 --epochs 80 --seeds 0 1 2 3 4 --presets kd nd fm --equal-compute
@@ -67,38 +71,75 @@ def run(label: str, preset, student: str, seed: int, splits, teacher, root: Path
     spec = teacher.input_spec
     preset, cache = _with_cache(preset, teacher, student, splits, spec)
     rd = RunDir(root / f"{student}-{label}-{seed}")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = train(arch=student, splits=splits, spec=spec, preset=preset,
                    teacher=teacher if preset.needs_teacher else None, run=rd, device=torch.device(device),
                    fingerprint={"bench": label, "seed": seed, "student": student}, console=QUIET, restart=True,
                    make_student=lambda: students.build_student(student, splits.num_classes, spec),
                    make_objective=lambda ctx: losses.Objective(preset.terms, ctx))
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     model, _ = students.load_checkpoint(rd.student)  # the best-validation epoch's weights
     test = accuracy(predict(model, splits.test, spec, torch.device("cpu")), splits.test.y)
     return {"label": label, "preset": preset.name, "student": student, "seed": seed, "epochs": preset.train.epochs,
             "test_acc": test, "val_acc": result.best_val_accuracy, "best_epoch": result.best_epoch,
-            "seconds": seconds, "teacher_cache": cache, "curve": [h["val_accuracy"] for h in result.history]}
+            "seconds": seconds, "cpu_seconds": cpu_seconds, "teacher_cache": cache,
+            "curve": [h["val_accuracy"] for h in result.history]}
 
 
-def student_runs(student: str, args, splits, teacher, root: Path) -> list[dict]:
+PLATEAU_GAIN = 0.0025  # validation points (as a fraction): a doubling that gains less is the plateau
+
+
+class Ledger:
+    """Every finished run, written to --json after each one (atomically), so an interrupted protocol resumes
+    (--resume) without redoing runs: a run is keyed by (student, label, seed)."""
+
+    def __init__(self, path: Path | None, resume: bool, meta: dict):
+        self.path, self.meta, self.rows = path, meta, []
+        if resume and path is not None and path.exists():
+            self.rows = json.loads(path.read_text())["runs"]
+
+    def get(self, student: str, label: str, seed: int) -> dict | None:
+        return next((r for r in self.rows if (r["student"], r["label"], r["seed"]) == (student, label, seed)), None)
+
+    def add(self, row: dict) -> dict:
+        self.rows.append(row)
+        if self.path is not None:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**self.meta, "runs": self.rows}, indent=1))
+            tmp.replace(self.path)
+        return row
+
+
+def chosen_baseline(ladder: list[dict]) -> dict:
+    """The plain student's run chosen on validation among the schedule lengths (ties: the shorter)."""
+    best = max(ladder, key=lambda r: (r["val_acc"], -r["epochs"]))
+    return {**best, "label": "ce", "from": best["label"]}
+
+
+def student_runs(student: str, args, splits, teacher, root: Path, ledger: Ledger) -> list[dict]:
+    def once(label: str, preset_name: str, epochs: int, seed: int) -> dict:
+        done = ledger.get(student, label, seed)
+        if done is not None:
+            return done
+        preset = _preset(preset_name, epochs, seed, args.set)
+        return ledger.add(run(label, preset, student, seed, splits, teacher, root, args.device))
+
     rows = []
     for seed in args.seeds:
-        ce = run("ce", _preset("ce", args.baseline_epochs, seed, args.set), student, seed, splits, teacher, root,
-                 args.device)
-        rows.append(ce)
-        per_epoch = ce["seconds"] / ce["epochs"]
+        ladder = [once(f"ce{n}", "ce", n, seed) for n in args.baseline_epochs]
+        ce = chosen_baseline(ladder)
+        rows += [*ladder, ce]
+        per_epoch = ladder[0]["cpu_seconds"] / ladder[0]["epochs"]  # CPU seconds: fair on a shared machine
         for name in args.presets:
-            r = run(name, _preset(name, args.epochs, seed, args.set), student, seed, splits, teacher, root, args.device)
+            r = once(name, name, args.epochs, seed)
             rows.append(r)
+            eq = None
             if args.equal_compute:
-                k = max(1, round(r["seconds"] / per_epoch))
-                rows.append(run(f"ce@{name}", _preset("ce", k, seed, args.set), student, seed, splits, teacher,
-                                root, args.device))
+                eq = once(f"ce@{name}", "ce", max(1, round(r["cpu_seconds"] / per_epoch)), seed)
+                rows.append(eq)
             print(f"{student} seed {seed}: ce {100 * ce['test_acc']:.2f}% ({ce['epochs']} ep), {name} "
                   f"{100 * r['test_acc']:.2f}% ({r['seconds']:.0f} s, cache {r['teacher_cache']})"
-                  + (f", ce@{name} {100 * rows[-1]['test_acc']:.2f}% ({rows[-1]['epochs']} ep)"
-                     if args.equal_compute else ""), flush=True)
+                  + (f", ce@{name} {100 * eq['test_acc']:.2f}% ({eq['epochs']} ep)" if eq else ""), flush=True)
     return rows
 
 
@@ -107,18 +148,38 @@ def plateaued(r: dict) -> bool:
     return r["best_epoch"] <= math.ceil(0.75 * r["epochs"])
 
 
+def ladder_table(rows: list[dict], seeds: list[int], lengths: list[int]) -> str:
+    """The plain student at each schedule length: mean validation and test accuracy, how often validation chose
+    it, and whether the last doubling still paid (the plateau check)."""
+    by = {(r["label"], r["seed"]): r for r in rows}
+    chosen = [by[("ce", s)]["from"] for s in seeds]
+    lines = ["| plain student, epochs | val acc % | test acc % | chosen on validation |", "|---:|---:|---:|---:|"]
+    vals = []
+    for n in lengths:
+        runs = [by[(f"ce{n}", s)] for s in seeds]
+        vals.append(statistics.mean(r["val_acc"] for r in runs))
+        lines.append(f"| {n} | {100 * vals[-1]:.2f} | {100 * statistics.mean(r['test_acc'] for r in runs):.2f} | "
+                     f"{chosen.count(f'ce{n}')}/{len(seeds)} |")
+    if len(lengths) > 1:
+        gain = vals[-1] - vals[-2]
+        verdict = "at its plateau" if gain < PLATEAU_GAIN else "NOT at its plateau: train it longer"
+        lines.append(f"\nlast doubling {lengths[-2]} -> {lengths[-1]} epochs: validation {100 * gain:+.2f} points "
+                     f"(plateau when < {100 * PLATEAU_GAIN:.2f}): {verdict}")
+    return "\n".join(lines)
+
+
 def summarise(rows: list[dict], teacher_acc: float, seeds: list[int], presets: list[str]) -> list[dict]:
     by = {(r["label"], r["seed"]): r for r in rows}
     ce = [by[("ce", s)]["test_acc"] for s in seeds]
     gap = teacher_acc - statistics.mean(ce)
     out = [{"label": "ce", "mean": statistics.mean(ce), "plateaued": sum(plateaued(by[("ce", s)]) for s in seeds),
-            "n": len(seeds), "seconds": statistics.mean(by[("ce", s)]["seconds"] for s in seeds)}]
+            "n": len(seeds), "seconds": statistics.mean(by[("ce", s)]["cpu_seconds"] for s in seeds)}]
     for p in presets:
         acc = [by[(p, s)]["test_acc"] for s in seeds]
         m, lo, hi = paired_stats([a - c for a, c in zip(acc, ce, strict=True)])
         row = {"label": p, "mean": statistics.mean(acc), "diff": m, "lo": lo, "hi": hi, "n": len(seeds),
                "gap_closed": m / gap if gap > 0 else math.nan, "wins": sum(a > c for a, c in zip(acc, ce, strict=True)),
-               "seconds": statistics.mean(by[(p, s)]["seconds"] for s in seeds),
+               "seconds": statistics.mean(by[(p, s)]["cpu_seconds"] for s in seeds),
                "cache": sorted({by[(p, s)]["teacher_cache"] for s in seeds})}
         if all((f"ce@{p}", s) in by for s in seeds):
             eq = [by[(f"ce@{p}", s)]["test_acc"] for s in seeds]
@@ -132,10 +193,11 @@ def table(summary: list[dict]) -> str:
     def ci(m, lo, hi) -> str:
         return f"{100 * m:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
     lines = ["| run | test acc % | vs ce (plateau), points [95% CI] | gap closed | wins | vs ce at equal compute "
-             "[95% CI] (ce epochs) | mean s | teacher outputs |", "|---|---|---|---|---|---|---|---|"]
+             "[95% CI] (ce epochs) | mean CPU s | teacher outputs |", "|---|---|---|---|---|---|---|---|"]
     for r in summary:
         if r["label"] == "ce":
-            lines.append(f"| ce (plateaued in {r['plateaued']}/{r['n']} seeds) | {100 * r['mean']:.2f} | | | | | "
+            lines.append(f"| ce (best epoch before the last quarter in {r['plateaued']}/{r['n']} seeds) | "
+                         f"{100 * r['mean']:.2f} | | | | | "
                          f"{r['seconds']:.0f} | |")
             continue
         eq = f"{ci(*r['eq'])} ({r['eq_epochs']:.0f})" if "eq" in r else "not run"
@@ -152,7 +214,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--teacher-arch", default="resnet14")
     ap.add_argument("--teacher-epochs", type=int, default=15)
     ap.add_argument("--epochs", type=int, default=80)
-    ap.add_argument("--baseline-epochs", type=int, default=None, help="the plain student's run (default 2x --epochs)")
+    ap.add_argument("--baseline-epochs", type=int, nargs="+", default=None,
+                    help="the plain student's schedule lengths, each a full run (default 2x and 4x --epochs); "
+                         "per seed the one with the best validation accuracy is the baseline")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--presets", nargs="+", default=["kd", "nd", "fm"])
     ap.add_argument("--equal-compute", action="store_true", help="also a ce run with each preset's seconds")
@@ -160,14 +224,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "kdcompress-bench")
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="every run, rewritten after each one")
+    ap.add_argument("--resume", action="store_true", help="keep the runs --json already holds; run the rest")
     ap.add_argument("--quick", action="store_true", help="digits, resnet8 teacher (1 epoch), 1-2 epochs, 2 seeds")
     args = ap.parse_args(argv)
     if args.quick:
         args.data, args.students, args.teacher_arch, args.teacher_epochs = "digits", ["tinycnn_w8"], "resnet8", 1
-        args.epochs, args.baseline_epochs, args.seeds, args.presets, args.threads = 1, 2, [0, 1], ["kd"], 1
+        args.epochs, args.baseline_epochs, args.seeds, args.presets, args.threads = 1, [1, 2], [0, 1], ["kd"], 1
         args.equal_compute = True
-    args.baseline_epochs = args.baseline_epochs or 2 * args.epochs
+    args.baseline_epochs = sorted(args.baseline_epochs or [2 * args.epochs, 4 * args.epochs])
     return args
 
 
@@ -187,17 +252,16 @@ def main(argv: list[str] | None = None) -> str:
             f"data {args.data} (train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}; one test "
             f"image = {100 / len(splits.test):.2f} points); teacher {args.teacher_arch} ({args.teacher_epochs} epochs) "
             f"test {100 * t_acc:.2f}%; presets {args.epochs} epochs, ce {args.baseline_epochs}; seeds {args.seeds}", ""]
-    rows, parts = [], []
+    parts = []
+    ledger = Ledger(args.json, args.resume, {"teacher_test_acc": t_acc, "teacher": info, "machine": fp,
+                                             "args": {k: str(v) for k, v in vars(args).items()}})
     with tempfile.TemporaryDirectory(prefix="kdc-protocol-") as tmp:
         for student in args.students:
-            got = student_runs(student, args, splits, teacher, Path(tmp))
-            rows += got
-            parts += [f"## student {student}", "", table(summarise(got, t_acc, args.seeds, args.presets)), ""]
+            got = student_runs(student, args, splits, teacher, Path(tmp), ledger)
+            parts += [f"## student {student}", "", ladder_table(got, args.seeds, args.baseline_epochs), "",
+                      table(summarise(got, t_acc, args.seeds, args.presets)), ""]
     text = "\n".join(head + parts) + f"\nwall {(dt.datetime.now(dt.UTC) - started).seconds // 60} min\n"
     print(text)
-    if args.json:
-        args.json.write_text(json.dumps({"teacher_test_acc": t_acc, "teacher": info, "machine": fp, "runs": rows,
-                                         "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
     return text
 
 

@@ -133,11 +133,20 @@ def test_kd_protocol_quick_run_compares_with_the_plateau_and_equal_compute_basel
     text = proto.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)])
     assert "vs ce (plateau), points [95% CI]" in text and "vs ce at equal compute" in text and "machine:" in text
     runs = json.loads(out.read_text())["runs"]
-    assert sorted({r["label"] for r in runs}) == ["ce", "ce@kd", "kd"]
-    ce = [r for r in runs if r["label"] == "ce"]
-    assert all(r["epochs"] == 2 and len(r["curve"]) == 2 for r in ce)  # the baseline runs 2x the presets' epochs
+    assert sorted({r["label"] for r in runs}) == ["ce1", "ce2", "ce@kd", "kd"]  # the ladder is 1x and 2x in --quick
+    assert all(r["epochs"] == 2 and len(r["curve"]) == 2 for r in runs if r["label"] == "ce2")
+    assert "last doubling 1 -> 2 epochs: validation" in text
+    ladder = {(r["label"], r["seed"]): r for r in runs}
+    rows = []
+    for s in (0, 1):  # the baseline of each seed is the ladder run validation prefers
+        ce = proto.chosen_baseline([ladder[("ce1", s)], ladder[("ce2", s)]])
+        assert ce["val_acc"] == max(ladder[("ce1", s)]["val_acc"], ladder[("ce2", s)]["val_acc"])
+        rows += [ce, ladder[("kd", s)], ladder[("ce@kd", s)]]
+    # --resume keeps every finished run: nothing is trained again
+    again = proto.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--resume"])
+    assert json.loads(out.read_text())["runs"] == runs and "last doubling" in again
     assert all(r["epochs"] >= 1 for r in runs if r["label"] == "ce@kd")
     # the paired statistics of the table, by hand from the runs
-    summary = proto.summarise(runs, json.loads(out.read_text())["teacher_test_acc"], [0, 1], ["kd"])
-    by = {(r["label"], r["seed"]): r["test_acc"] for r in runs}
+    summary = proto.summarise(rows, json.loads(out.read_text())["teacher_test_acc"], [0, 1], ["kd"])
+    by = {(r["label"], r["seed"]): r["test_acc"] for r in rows}
     assert summary[1]["diff"] == pytest.approx(sum(by[("kd", s)] - by[("ce", s)] for s in (0, 1)) / 2)
