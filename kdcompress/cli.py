@@ -171,8 +171,10 @@ def _dispatch(name: str, flags: dict[str, Any]) -> None:
     run_guarded(go)
 
 
-from .commands.flags import (Out, SetOpt, Device, Provider, Threads, Json, Calib, Fp16, Int8, Simplify,  # noqa: E402
-                             Precision, LatencyTable, Tune, MinAgreement, MaxAccuracyDrop, teacher_flags)
+from .commands.flags import (Out, SetOpt, DistillSet, Device, Provider, Threads, Json, Calib, Fp16,  # noqa: E402
+                             Int8, Simplify, Precision, LatencyTable, Tune, MinAgreement, MaxAccuracyDrop,
+                             teacher_flags)
+from .commands.jobkeys import job_flags  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ distill
@@ -180,6 +182,7 @@ from .commands.flags import (Out, SetOpt, Device, Provider, Threads, Json, Calib
 
 @app.command()
 @teacher_flags
+@job_flags
 def distill(
     ctx: typer.Context,
     teacher: Annotated[Path | None, typer.Option(
@@ -190,61 +193,35 @@ def distill(
              "cifar10:/root, cifar100:/root, mnist:/root, fashionmnist:/root.")] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="Redo the job a run's config.json records (flags given here win).")] = None,
-    budget_ms: Annotated[float | None, typer.Option("--budget-ms", help="Latency budget per image, ms.")] = None,
-    preset: Annotated[str, typer.Option(help="Preset name, a .toml path, or auto (rank --auto-presets by short "
-                                             "trials on the validation split).")] = "kd",
-    auto_presets: Annotated[str | None, typer.Option("--auto-presets", help="--preset auto: the presets to rank, "
-                                                     "comma-separated (default kd,kd_ls,dist,dkd,nd).")] = None,
-    auto_budget: Annotated[float, typer.Option(
-        "--auto-budget", help="--preset auto: trial epochs in all, as a fraction of the main training's.")] = 1.0,
+    budget_ms: Annotated[float | None, typer.Option(
+        "--budget-ms", help="Latency budget per image, ms (p50; --set select.stat=p90 for another).")] = None,
+    preset: Annotated[str, typer.Option(help="Preset name, a .toml path, or auto (rank presets by short trials on "
+                                             "the validation split; --set auto.presets=a,b).")] = "kd",
     student: Annotated[str | None, typer.Option(help="Skip selection and use this student.")] = None,
-    student_init: Annotated[str | None, typer.Option(
-        "--student-init", help="Initial student weights: a state_dict file for the chosen student, or 'pretrained' "
-                               "(timm/torchvision students; local caches only unless --download).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the preset's).")] = None,
-    stat: Annotated[str, typer.Option(help="Latency statistic the budget applies to: p50, p90 or p99.")] = "p50",
     device: Device = "auto",
     provider: Provider = "cpu",
-    threads: Threads = None,
+    precision: Precision = "fp32",
+    latency_table: LatencyTable = None,
     out: Out = Path("runs/distill"),
-    set_: SetOpt = None,
+    set_: DistillSet = None,
     restart: Annotated[bool, typer.Option("--restart", help="Discard this run directory's outputs and checkpoints "
                                           "(only files kdcompress wrote) and start over.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out that is not a kdcompress "
                                         "run (nothing in it is deleted).")] = False,
-    download: Annotated[bool, typer.Option("--download", help="Let cifar10/cifar100/mnist/fashionmnist download "
-                                           "into their root, and --student-init pretrained fetch weights.")] = False,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the student's training forward (faster "
-                                           "steps on a GPU after a compile pause).")] = False,
-    fp16: Fp16 = False,
-    int8: Int8 = False,
-    calib: Calib = 64,
-    simplify: Simplify = False,
-    min_agreement: MinAgreement = None,
-    max_accuracy_drop: MaxAccuracyDrop = None,
-    allow_weak_teacher: Annotated[bool, typer.Option("--allow-weak-teacher", help="Distil even from a teacher no "
-                                                     "better than chance on the validation split.")] = False,
-    precision: Precision = "fp32",
-    max_precision_drop: Annotated[float, typer.Option(
-        "--max-precision-drop", help="Gate for a reduced-precision choice: fp32 student top-1 minus variant top-1 <= X "
-                                     "(fraction); otherwise the run falls back to the best fp32 fit.")] = 0.01,
-    latency_table: LatencyTable = None,
-    tune: Tune = True,
-    rank: Annotated[str, typer.Option(help="Rank the fitting candidates by flops (the most capable) or trial "
-                                           "(short distillation runs, successive halving).")] = "flops",
-    trial_top: Annotated[int, typer.Option("--trial-top", help="--rank trial: at most this many fits "
-                                                                    "(each family's most capable first).")] = 4,
-    trial_budget: Annotated[float, typer.Option(
-        "--trial-budget", help="--rank trial: trial time in all, as a fraction of the main training's (each "
-                               "candidate's epoch timed).")] = 0.25,
     json_: Json = False,
     **teacher_flags: Any,
 ) -> None:
     """The whole job: teacher -> select -> distill -> export -> validate -> report.
 
-    --budget-ms is both the selection budget and a gate on the validated student; a failed gate exits 5
-    after report.json is written.
-    On several GPUs or machines: torchrun --nproc_per_node N -m kdcompress distill ... (docs/distributed.md)."""
+    --budget-ms is both the selection budget and a gate on the validated
+    student; a failed gate exits 5 after report.json is written.
+
+    Rarely used options are --set job keys (export.fp16=true, select.rank=trial,
+    gate.min_agreement=0.9, ...), listed in docs/cli.md.
+
+    On several GPUs: torchrun --nproc_per_node N -m kdcompress distill ...
+    (docs/distributed.md)."""
     _dispatch("distill", {**{k: v for k, v in locals().items() if k != "ctx"}, "_given": _given_flags(ctx)})
 
 

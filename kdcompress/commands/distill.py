@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import AutoPreset, Budget, RunConfig, RuntimeConfig
-from ..core.errors import InputError, UsageError
+from ..core.errors import InputError, KdError, UsageError
 from ..export import ExportOptions
 from ..losses import load_checked_preset
 from ..pipeline import DistillJob, auto_from_flags, run_job, train_teacher
@@ -18,6 +18,7 @@ from ..select import SelectOptions
 from ..validate import Gates, raise_for_gates
 from . import Outcome, render
 from .flags import teacher_options
+from .jobkeys import apply_job_keys, is_job_key, name_set_keys
 
 
 def preset_from_flags(name: str, epochs: int | None, overrides: list[str] | None):
@@ -77,14 +78,19 @@ def recorded_flags(path: Path) -> dict[str, Any]:
 
 
 def with_config(f: dict[str, Any]) -> dict[str, Any]:
-    """The flags of this command line over those --config recorded: a flag given here wins."""
+    """The flags of this command line over those --config recorded: a flag given here wins. config.json
+    records job keys as their flags, so a `--set` job key given here wins per key; preset keys given here
+    replace the recorded ones, which a `--set` of job keys only keeps."""
     if f.get("config") is None:
         if f.get("teacher") is None or f.get("data") is None:
             raise UsageError("give --teacher and --data (or --config RUN/config.json to redo a run)")
         return f
     given = f.get("_given") or frozenset()
     old = recorded_flags(Path(f["config"]))
-    return {**f, **{k: v for k, v in old.items() if k in f and k not in given and k not in NOT_REPLAYED}}
+    merged = {**f, **{k: v for k, v in old.items() if k in f and k not in given and k not in NOT_REPLAYED}}
+    if "set_" in given and all(is_job_key(s) for s in f["set_"] or ()):
+        merged["set_"] = [*(old.get("set_") or ()), *(f["set_"] or ())]
+    return merged
 
 
 def distill_job(f: dict[str, Any]) -> DistillJob:
@@ -115,11 +121,15 @@ def recipe_length_warning(f: dict[str, Any], job: DistillJob) -> str | None:
 
 
 def run_distill(f: dict[str, Any], console) -> Outcome:
-    f = with_config(f)
-    job = distill_job(f)
-    if (w := recipe_length_warning(f, job)) is not None:  # printed by the pipeline once every check passed
-        job = replace(job, notes=(*job.notes, w))
-    report = run_job(job, console)
+    f, set_keys = apply_job_keys(with_config(f))
+    try:
+        job = distill_job(f)
+        if (w := recipe_length_warning(f, job)) is not None:  # printed by the pipeline once every check passed
+            job = replace(job, notes=(*job.notes, w))
+        report = run_job(job, console)
+    except KdError as e:  # a value given as `--set KEY` is named so, not as the flag it replaced
+        name_set_keys(e, set_keys)
+        raise
     if not report:  # a torchrun process other than rank 0: rank 0 reports
         return Outcome(None)
     return Outcome(report, lambda: render.distill_summary(report), lambda: raise_for_gates(report))

@@ -12,25 +12,36 @@ import typer
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Run directory (created; rerunning resumes).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a preset value, e.g. kd.T=2, train.lr=0.1.")]
+DistillSet = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE", help="Repeatable: a preset value (train.lr=0.1, kd.T=2; keys: kdcompress presets "
+                                       "show NAME) or a job key (export.fp16=true, gate.min_agreement=0.9; keys: "
+                                       "docs/cli.md).")]
 Device = Annotated[str, typer.Option(help="Training device: auto, cpu or cuda.")]
 Provider = Annotated[str, typer.Option(help="ONNX Runtime execution provider for latency: cpu, cuda, tensorrt.")]
 Threads = Annotated[int | None, typer.Option(help="ORT intra-op threads for latency (default 1).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
-TeacherArch = Annotated[str | None, typer.Option(
-    "--teacher-arch", help="Architecture of a weights-only teacher: a torchvision model (resnet18), timm:NAME (a timm "
-                           "model) or a zoo name (resnet8x4); torchvision:NAME / zoo:NAME to disambiguate.")]
-NumClasses = Annotated[int | None, typer.Option(
-    "--num-classes", help="Teacher's class count (when the file does not record it).")]
-Classes = Annotated[str | None, typer.Option(
-    "--classes", help="Teacher's class names in output order: a,b,c or a text file with one per line.")]
-InputShape = Annotated[str | None, typer.Option("--input-shape", help="Teacher's input C,H,W, e.g. 3,224,224.")]
-Mean = Annotated[str | None, typer.Option(
-    "--mean", help="Per-channel normalisation mean, e.g. 0.485,0.456,0.406 (overrides what the teacher file records; "
-                   "validate: every model's).")]
-Std = Annotated[str | None, typer.Option(
-    "--std", help="Per-channel normalisation std, e.g. 0.229,0.224,0.225 (overrides what the teacher file records; "
-                  "validate: every model's).")]
-Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow pickled (code-carrying) teacher checkpoints.")]
+TEACHER_PANEL = "Teacher file"  # the --help panel of the shared teacher flags
+
+
+def _teacher_opt(flag: str, text: str) -> Any:
+    return typer.Option(flag, rich_help_panel=TEACHER_PANEL, help=text)
+
+
+TeacherArch = Annotated[str | None, _teacher_opt(
+    "--teacher-arch", "Architecture of a weights-only teacher: a torchvision model (resnet18), timm:NAME (a timm "
+                      "model) or a zoo name (resnet8x4); torchvision:NAME / zoo:NAME to disambiguate.")]
+NumClasses = Annotated[int | None, _teacher_opt(
+    "--num-classes", "Teacher's class count (when the file does not record it).")]
+Classes = Annotated[str | None, _teacher_opt(
+    "--classes", "Teacher's class names in output order: a,b,c or a text file with one per line.")]
+InputShape = Annotated[str | None, _teacher_opt("--input-shape", "Teacher's input C,H,W, e.g. 3,224,224.")]
+Mean = Annotated[str | None, _teacher_opt(
+    "--mean", "Per-channel normalisation mean, e.g. 0.485,0.456,0.406 (overrides what the teacher file records; "
+              "validate: every model's).")]
+Std = Annotated[str | None, _teacher_opt(
+    "--std", "Per-channel normalisation std, e.g. 0.229,0.224,0.225 (overrides what the teacher file records; "
+             "validate: every model's).")]
+Trust = Annotated[bool, _teacher_opt("--trust-checkpoint", "Allow pickled (code-carrying) teacher checkpoints.")]
 
 # The one definition of the teacher flags: every command that reads a teacher (distill, select, validate,
 # teacher inspect) takes exactly these, through `teacher_flags`, so a plain state_dict teacher works with each
