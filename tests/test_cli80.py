@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from kdcompress.cli import app
 
-
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 NAMES = ("tinycnn_w8", "tinycnn_w16", "mobilenetv2_x0_25", "shufflenetv2_x0_5")
@@ -112,6 +111,19 @@ def test_select_at_80_columns_keeps_every_name_and_latency_whole(tiny_teacher, t
     # the next command, wrapped for 80 columns, pastes back into a shell as the one command
     assert pasted(lines, "kdcompress distill") == ("kdcompress distill --teacher TEACHER --data DATA --budget-ms 0.04 "
                                                    "--precision auto")
+
+
+def test_export_candidates_at_80_columns_names_the_profile_command_whole(tiny_teacher, tmp_path):
+    d = tmp_path / "ladder"
+    r = runner.invoke(app, ["select", "--teacher", str(tiny_teacher), "--candidates", "tinycnn_w8",
+                            "--export-candidates", str(d), "--workers", "1"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    # a line is longer than 80 columns only to keep the directory's path whole
+    assert all(len(line) <= 80 or whole(str(d), line) or whole(f"{d}/latency.json", line) for line in lines), lines
+    assert pasted(lines, "kdcompress profile") == f"kdcompress profile {d}"
+    assert pasted(lines, "kdcompress select") == f"kdcompress select ... --latency-table {d}/latency.json"
+    assert (d / "manifest.json").is_file()
 
 
 def test_the_next_commands_fit_any_width_and_paste_back_whole():

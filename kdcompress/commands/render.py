@@ -296,6 +296,16 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
             "kdcompress profile DIR  # there; then select --latency-table DIR/latency.json"])
 
 
+def candidates_written(result: dict[str, Any]) -> None:
+    """`select --export-candidates DIR`: what was written, then the profile command to run on the target."""
+    c = _console()
+    d = result["directory"]
+    c.print(f"wrote {result['models']} ONNX file(s) and manifest.json to {d}", markup=False, highlight=False,
+            soft_wrap=True)
+    next_steps(c, [f"kdcompress profile {d}  # on the target, after copying the directory there",
+                   f"kdcompress select ... --latency-table {d}/latency.json  # back here"])
+
+
 def doctor_table(info: dict[str, Any]) -> None:
     c = _console()
     t, o, f, cpu = info["torch"], info["onnxruntime"], info["faiss"], info["cpu"]
