@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 
 from kdcompress.cli import app
 
+from .conftest import TINY_DATA
+
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 NAMES = ("tinycnn_w8", "tinycnn_w16", "mobilenetv2_x0_25", "shufflenetv2_x0_5")
@@ -210,6 +212,35 @@ def test_teacher_inspect_at_80_columns_cuts_nothing(tiny_teacher):
     assert any(whole("resnet8", line) for line in lines) and any("p50 " in line for line in lines)
 
 
+# ------------------------------------------------------------------------------------------ distill
+
+
+def test_distill_at_80_columns_cuts_nothing_and_its_next_commands_paste_whole(tiny_teacher, tmp_path, monkeypatch,
+                                                                              capsys):
+    from kdcompress.commands.render import distill_summary
+
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["distill", "--teacher", str(tiny_teacher), "--data", TINY_DATA, "--student", "tinycnn_w8",
+                            "--epochs", "1", "--device", "cpu", "--out", str(out)], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert all(len(line) <= 80 or str(out) in line for line in lines) and "…" not in r.stdout, r.stdout
+    row = next(line for line in lines if whole("tinycnn_w8", line) and "│" in line)
+    report = json.loads((out / "report.json").read_text())
+    assert whole(f"{report['student']['latency_ms']['p50']:.4f}", row), row
+    assert pasted(lines, "kdcompress validate") == (f"kdcompress validate --onnx {out}/student.onnx --data NEW_DATA "
+                                                    f"--teacher {tiny_teacher}")
+    # a timm teacher's long name at 80 columns: the name folds and the latency stays whole, nothing is cut
+    monkeypatch.setenv("COLUMNS", "80")
+    report["teacher"]["arch"] = "timm:vit_small_patch16_224.augreg_in21k_ft_in1k"
+    distill_summary(report)
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if str(out) not in line]
+    assert all(len(line) <= 80 for line in lines) and "…" not in text, text
+    assert "augreg_in21k_ft_in1k" in "".join(text.split()) and whole(f"{report['teacher']['latency_ms']['p50']:.4f}",
+                                                                      text)
+
+
 # ------------------------------------------------------------------------------------------ --help
 
 
@@ -228,6 +259,19 @@ def test_help_at_80_columns_shows_every_flag_name_whole(path):
         # the option's own row: it starts with one of its names, and every one of them stands there whole
         row = [line for line in lines if (m := re.match(r"[│ *]{0,6}(-[\w-]+)", line)) and m.group(1) in names]
         assert len(row) == 1 and all(whole(n, row[0]) for n in names), (path, names, r.stdout)
+
+
+# distill's --data and --download help hold words longer than the help column typer leaves at 80 columns
+# (`synthetic:classes=C,size=S,n=N,`, `cifar10/cifar100/mnist/fashionmnist`): rich cuts them with an ellipsis.
+# Their texts live in cli.distill, which this change leaves alone; remove the mark once they break into words.
+HELP_WORD_CUT = {("distill",): "distill's --data/--download help words are cut at 80 columns"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(reason=HELP_WORD_CUT[p], strict=True))
+                                  if p in HELP_WORD_CUT else p for p, _ in leaf_commands()], ids=" ".join)
+def test_help_at_80_columns_cuts_no_word_of_a_help_text(path):
+    r = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0 and "…" not in r.stdout, r.stdout
 
 
 # ------------------------------------------------------------------------------------------ --json everywhere

@@ -62,15 +62,17 @@ def distill_summary(r: dict[str, Any]) -> None:
 
     v = intended_variant(r) or {}
     s = {**v, "arch": f"{r['student']['arch']} ({v.get('variant', 'fp32')})", "params": r["student"]["params"]}
-    t = Table(title=f"kdcompress {r['preset']['name']}: {r['teacher']['arch']} -> {r['student']['arch']}")
-    for col in ("", "arch", "params", "test acc", "p50 ms", "p90 ms", "p99 ms"):
-        t.add_column(col, justify="right" if col not in ("", "arch") else "left")
+    rows = []
     for role, m in (("teacher", r["teacher"]), ("ships" if r.get("recommended") else "student", s)):
         lat = m.get("latency_ms") or {}
-        t.add_row(role, m["arch"], f"{m['params']:,}", _pct(m.get("accuracy")),
-                  *(f"{lat[k]:.4f}" if finite(lat.get(k)) else "n/a" for k in ("p50", "p90", "p99")))
+        rows.append([role, m["arch"], f"{m['params']:,}", _pct(m.get("accuracy")),
+                     *(f"{lat[k]:.4f}" if finite(lat.get(k)) else "n/a" for k in ("p50", "p90", "p99"))])
+    # at a narrow width p99, then p90, then params give way; a long (timm) arch name folds, never cut
+    cols = [("", "left", None), ("arch", "left", None), ("params", "right", 2), ("test acc", "right", None),
+            ("p50 ms", "right", None), ("p90 ms", "right", 1), ("p99 ms", "right", 0)]
     c = _console()
-    c.print(t)
+    c.print(fit_table(f"kdcompress {r['preset']['name']}: {r['teacher']['arch']} -> {r['student']['arch']}", cols,
+                      rows, c.width))
     budget = budget_sentence(r, v or None).replace("MISSED", "[red]MISSED[/]").replace(": met", ": [green]met[/]")
     sp, diff, ta = (v.get("speedup_vs_teacher"), (v.get("parity") or {}).get("max_abs_diff"),
                     r["teacher"].get("accuracy"))
