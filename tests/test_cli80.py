@@ -241,6 +241,22 @@ def test_distill_at_80_columns_cuts_nothing_and_its_next_commands_paste_whole(ti
                                                                       text)
 
 
+@pytest.mark.parametrize("epochs", [None, "2"])
+def test_distill_warns_when_no_epochs_leaves_a_long_recipe(epochs, tiny_teacher, tmp_path, monkeypatch):
+    """dkd's recipe trains for 240 epochs: without --epochs the run says so, with the flag to give, once every
+    check passed (the run is stopped at its first step here, as a `kill` would; it resumes later)."""
+    from .helpers import sigterm_at_step
+
+    sigterm_at_step(monkeypatch, epoch=1, step=1)
+    r = runner.invoke(app, ["distill", "--teacher", str(tiny_teacher), "--data", TINY_DATA, "--student", "tinycnn_w8",
+                            "--preset", "dkd", "--device", "cpu", "--out", str(tmp_path / "run"),
+                            *(["--epochs", epochs] if epochs else [])], env={"COLUMNS": "80"})
+    assert r.exit_code == 143 and "rerun the same command to resume" in r.stderr, r.output
+    said = " ".join(r.stderr.split())
+    warned = "no --epochs given: training for the dkd recipe's 240 epochs; give --epochs N for a shorter run"
+    assert (warned in said) == (epochs is None), said
+
+
 # ------------------------------------------------------------------------------------------ --help
 
 
