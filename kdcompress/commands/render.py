@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from dataclasses import asdict
 from typing import Any
 
@@ -61,15 +62,17 @@ def distill_summary(r: dict[str, Any]) -> None:
 
     v = intended_variant(r) or {}
     s = {**v, "arch": f"{r['student']['arch']} ({v.get('variant', 'fp32')})", "params": r["student"]["params"]}
-    t = Table(title=f"kdcompress {r['preset']['name']}: {r['teacher']['arch']} -> {r['student']['arch']}")
-    for col in ("", "arch", "params", "test acc", "p50 ms", "p90 ms", "p99 ms"):
-        t.add_column(col, justify="right" if col not in ("", "arch") else "left")
+    rows = []
     for role, m in (("teacher", r["teacher"]), ("ships" if r.get("recommended") else "student", s)):
         lat = m.get("latency_ms") or {}
-        t.add_row(role, m["arch"], f"{m['params']:,}", _pct(m.get("accuracy")),
-                  *(f"{lat[k]:.4f}" if finite(lat.get(k)) else "n/a" for k in ("p50", "p90", "p99")))
+        rows.append([role, m["arch"], f"{m['params']:,}", _pct(m.get("accuracy")),
+                     *(f"{lat[k]:.4f}" if finite(lat.get(k)) else "n/a" for k in ("p50", "p90", "p99"))])
+    # at a narrow width p99, then p90, then params give way; a long (timm) arch name folds, never cut
+    cols = [("", "left", None), ("arch", "left", None), ("params", "right", 2), ("test acc", "right", None),
+            ("p50 ms", "right", None), ("p90 ms", "right", 1), ("p99 ms", "right", 0)]
     c = _console()
-    c.print(t)
+    c.print(fit_table(f"kdcompress {r['preset']['name']}: {r['teacher']['arch']} -> {r['student']['arch']}", cols,
+                      rows, c.width))
     budget = budget_sentence(r, v or None).replace("MISSED", "[red]MISSED[/]").replace(": met", ": [green]met[/]")
     sp, diff, ta = (v.get("speedup_vs_teacher"), (v.get("parity") or {}).get("max_abs_diff"),
                     r["teacher"].get("accuracy"))
@@ -93,10 +96,44 @@ def distill_summary(r: dict[str, Any]) -> None:
 
 
 def next_steps(c: Console, commands: list[str]) -> None:
-    """What to run next, after a command's own output (the human view only: --json prints the result alone)."""
+    """What to run next, after a command's own output (the human view only: --json prints the result alone).
+    Each command is printed so that it pastes back into a shell whole at any width (shell_lines)."""
     c.print("next:", style="bold")
     for cmd in commands:
-        c.print(f"  {cmd}", markup=False, highlight=False)
+        for line in shell_lines(cmd, c.width):
+            c.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _units(command: str) -> list[str]:
+    """A command's words, a flag kept with its value: `--budget-ms 0.1` is broken before or after, never inside."""
+    units: list[str] = []
+    for word in command.split():
+        if units and units[-1].startswith("-") and " " not in units[-1] and not word.startswith("-"):
+            units[-1] += f" {word}"
+        else:
+            units.append(word)
+    return units
+
+
+def shell_lines(command: str, width: int, indent: str = "  ") -> list[str]:
+    """One suggested command as lines of at most `width` columns that a shell reads back as that command: broken
+    between words with ` \\` continuations (the terminal would otherwise cut it mid-word, and a pasted piece
+    runs alone). A trailing `  # comment` that does not fit beside it goes on its own line above. Only a single
+    word longer than the line (a long path) is left longer than `width`, whole."""
+    cmd, _, note = command.partition("  # ")
+    if len(indent) + len(command) <= width:
+        return [indent + command]
+    lines = [f"{indent}# {n}" for n in textwrap.wrap(note, max(20, width - len(indent) - 2))] if note else []
+    if len(indent) + len(cmd) <= width:
+        return [*lines, indent + cmd]
+    cont = indent + "    "
+    current = indent
+    for unit in _units(cmd):
+        if current.strip() and len(current) + 1 + len(unit) + 2 > width:
+            lines.append(current + " \\")
+            current = cont
+        current += unit if not current.strip() else f" {unit}"
+    return [*lines, current]
 
 
 def validation_table(r: dict[str, Any]) -> None:
@@ -160,7 +197,7 @@ def teacher_table(info: dict[str, Any]) -> None:
     names = info["classes"]
     t = Table(title=f"teacher {info['path']}", show_header=False)
     t.add_column("key")
-    t.add_column("value")
+    t.add_column("value", overflow="fold")  # a long class name or path folds, never cut
     for k, v in (
         ("format", info["format"]), ("arch", info["arch"]), ("params", f"{info['params']:,}"),
         ("FLOPs (batch 1)", "unknown" if info["flops"] is None else f"{info['flops']:,}"),
@@ -170,12 +207,14 @@ def teacher_table(info: dict[str, Any]) -> None:
          "logits only" if info["logits_only"] else f"embedding of {info['embed_dim']} ({info['features']})"),
         ("outputs", info.get("outputs", "logits")
          + (" (used as log-probabilities)" if info.get("outputs") == "probabilities" else "")),
-        (f"ORT latency ({info['provider']}, {info['threads']} thr, batch 1)",
-         f"p50 {lat['p50']:.4f} ms, p90 {lat['p90']:.4f} ms, p99 {lat['p99']:.4f} ms"),
-        ("sha256", info["sha256"]),
+        ("ORT latency", f"p50 {lat['p50']:.4f} ms, p90 {lat['p90']:.4f} ms, p99 {lat['p99']:.4f} ms "
+                        f"({info['provider']}, {info['threads']} thread(s), batch 1)"),
     ):
         t.add_row(k, v)
-    _console().print(t)
+    c = _console()
+    c.print(t)
+    # under the table, on one line: a 64-digit checksum is copied whole, and no 80-column cell holds it
+    c.print(f"sha256 {info['sha256']}", markup=False, highlight=False, soft_wrap=True)
 
 
 def presets_table(rows: list, guide: tuple[str, ...] = ()) -> None:
@@ -255,7 +294,18 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
              else f"--student {sel['chosen']['name']}")
         next_steps(con, [f"kdcompress distill --teacher TEACHER --data DATA {b}" + (
             f" --precision {sel['precision']}" if sel.get("precision", "fp32") != "fp32" else ""),
-            "kdcompress select ... --export-candidates DIR  (then on the target: kdcompress profile DIR)"])
+            "kdcompress select ... --export-candidates DIR  # or time the ladder on the target:",
+            "kdcompress profile DIR  # there; then select --latency-table DIR/latency.json"])
+
+
+def candidates_written(result: dict[str, Any]) -> None:
+    """`select --export-candidates DIR`: what was written, then the profile command to run on the target."""
+    c = _console()
+    d = result["directory"]
+    c.print(f"wrote {result['models']} ONNX file(s) and manifest.json to {d}", markup=False, highlight=False,
+            soft_wrap=True)
+    next_steps(c, [f"kdcompress profile {d}  # on the target, after copying the directory there",
+                   f"kdcompress select ... --latency-table {d}/latency.json  # back here"])
 
 
 def doctor_table(info: dict[str, Any]) -> None:
@@ -263,7 +313,7 @@ def doctor_table(info: dict[str, Any]) -> None:
     t, o, f, cpu = info["torch"], info["onnxruntime"], info["faiss"], info["cpu"]
     tab = Table(title=f"kdcompress {info['kdcompress']} doctor", show_header=False)
     tab.add_column("item")
-    tab.add_column("value")
+    tab.add_column("value", overflow="fold")
     gpus = ", ".join(f"{g['name']} ({g['memory_gib']} GiB, sm {g['capability']})" for g in t["gpus"]) or "none"
     rows = [
         ("python", f"{info['python']} on {info['platform']}"),

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
-
 from ..core.config import Budget, RuntimeConfig
 from ..core.errors import UsageError
 from ..pipeline import SelectJob, export_candidates, select_job
@@ -32,8 +30,7 @@ def run_export_candidates(f: dict[str, Any], names: tuple[str, ...], console) ->
                                precision=f["precision"], provider=f["provider"], batch=f["batch"],
                                workers=f["workers"] or 0, trust=f["trust_checkpoint"],
                                teacher_options=teacher_options(f), console=console)
-    return Outcome(result, lambda: Console().print(f"wrote {result['models']} ONNX file(s) and manifest.json to "
-                                                 f"{result['directory']}; {result['next']}"))
+    return Outcome(result, lambda: render.candidates_written(result))
 
 
 def run_select_command(f: dict[str, Any], console) -> Outcome:
