@@ -55,7 +55,7 @@ def test_a_small_budget_tries_the_simplest_presets_and_says_which_it_left_out():
     calls = []
     r = rank_presets(["kd", "kd_ls", "dist", "dkd", "nd"], 3, _fake_train(scores, calls), n_val=50)
     assert r.plan == ((3, 1),) and r.winner == "kd_ls" and [n for n, _ in calls] == ["kd", "kd_ls", "dist"]
-    assert set(r.skipped) == {"dkd", "nd"} and "--auto-budget" in r.skipped["nd"]
+    assert set(r.skipped) == {"dkd", "nd"} and "--set auto.budget=X" in r.skipped["nd"]
     one = rank_presets(["dkd"], 3, _fake_train({}, calls), n_val=50, skipped={"nd": "no features"})
     assert one.winner == "dkd" and one.trials == () and one.skipped == {"nd": "no features"}
 
@@ -141,7 +141,7 @@ def test_a_rerun_after_an_interrupt_reuses_the_finished_ranking(tiny_teacher, tm
     (["--auto-presets", "kd"], ["at least 2 presets"]),
     (["--auto-presets", "kd,kd"], ["'kd' twice"]),
     (["--set", "dkd.beta=2"], ["dkd.beta", "only train.* keys"]),
-    (["--auto-budget", "0.5"], ["--auto-budget 0.5", "raise --auto-budget to 1"]),
+    (["--auto-budget", "0.5"], ["auto.budget 0.5", "give --set auto.budget=1 or more"]),
 ])
 def test_bad_auto_flags_are_one_line_and_change_nothing(tiny_teacher, tmp_path, extra, needles):
     out = tmp_path / "run"

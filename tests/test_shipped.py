@@ -139,7 +139,7 @@ def test_a_student_far_below_its_teacher_is_warned_about_and_the_gate_named(no_b
     assert drop > 0.05, f"the setup needs a drop over 5 points, got {drop}"  # lr 1e-9: the student is untrained
     assert report["gates"]["passed"] and report["shipped"]["recommended"]  # no gate asked: it ships...
     [w] = report["warnings"]  # ...but not silently
-    assert f"{100 * drop:.1f} points below the teacher" in w and "--max-accuracy-drop 0.05" in w
+    assert f"{100 * drop:.1f} points below the teacher" in w and "--set gate.max_accuracy_drop=0.05" in w
     assert f"warning: {w}" in " ".join(r.stderr.split())
     assert f"- **Warning:** {w}" in (out / "report.md").read_text()
 

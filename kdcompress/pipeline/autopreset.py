@@ -70,8 +70,8 @@ def check_budget(auto: AutoPreset) -> None:
     """At least 2 trial epochs in all (2 presets at 1 epoch each), refused before any work otherwise."""
     epochs = auto.budget * main_epochs(auto)
     if epochs < 2:
-        raise UsageError(f"--auto-budget {auto.budget:g} of {main_epochs(auto)} main epoch(s) leaves {epochs:g} "
-                         f"trial epoch(s); ranking 2 presets needs at least 2: raise --auto-budget to "
+        raise UsageError(f"auto.budget {auto.budget:g} of {main_epochs(auto)} main epoch(s) leaves {epochs:g} "
+                         f"trial epoch(s); ranking 2 presets needs at least 2: give --set auto.budget="
                          f"{2 / main_epochs(auto):g} or more")
 
 

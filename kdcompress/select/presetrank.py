@@ -92,7 +92,7 @@ def rank_presets(names: Sequence[str], budget_epochs: float, train: Callable[[st
         raise ValueError(f"a budget of {budget_epochs:g} trial epochs cannot train 2 presets")  # checked by the caller
     for name in pool[plan[0][0]:]:
         skipped[name] = (f"the trial budget ({budget_epochs:g} epochs) affords {plan[0][0]} presets at "
-                         f"{plan[0][1]} epoch(s) each; raise --auto-budget to try it")
+                         f"{plan[0][1]} epoch(s) each; raise it (--set auto.budget=X) to try it")
     seconds: dict[tuple[str, int], float] = {}
 
     def trial(name: str, epochs: int) -> float:

@@ -105,7 +105,7 @@ def order_message(teacher: Teacher, f: ClassOrderFinding, n: int) -> str:
     return (f"teacher {teacher.path} scores {f.identity:.1%} on the validation split ({n} images) but "
             f"{f.assigned:.1%} with its outputs read in another class order (held out: +{f.gain:.1%} ± {f.se:.1%}): "
             f"its outputs look like the classes {_order_text(f.order)} in that order{why}; pass --classes "
-            f"{_order_text(f.order)} (--allow-weak-teacher distils from it as it is)")
+            f"{_order_text(f.order)} (--set teacher.allow_weak=true distils from it as it is)")
 
 
 def teacher_check(teacher: Teacher, splits: DataSplits, device: torch.device, *, allow_weak: bool,
@@ -138,7 +138,7 @@ def teacher_check(teacher: Teacher, splits: DataSplits, device: torch.device, *,
     if finding is not None:
         warn(f"teacher's outputs look like the classes {_order_text(finding.order)} in that order "
              f"({finding.identity:.1%} as given, {finding.assigned:.1%} reordered); distilling from it as it is "
-             "(--allow-weak-teacher)")
+             "(--set teacher.allow_weak=true)")
     _check_chance(teacher, splits, acc, allow_weak, warn, shape_hint)
     return TeacherCheck(acc, finding)
 
@@ -171,10 +171,10 @@ def _check_chance(teacher: Teacher, splits: DataSplits, acc: float, allow_weak: 
             f"teacher {teacher.path} scores {acc:.1%} on the validation split ({n} images), no better than "
             f"chance ({p0:.1%} + 3 standard errors = {bar:.1%}); likely causes: its class order differs from "
             f"the data's ({order}), the wrong normalisation (--mean/--std){size}, or the wrong --teacher-arch; "
-            "--allow-weak-teacher distils from it anyway")
+            "--set teacher.allow_weak=true distils from it anyway")
     elif acc <= bar:
         warn(f"teacher scores {acc:.1%} on the validation split, no better than chance ({bar:.1%}); "
-             "distilling anyway (--allow-weak-teacher)")
+             "distilling anyway (--set teacher.allow_weak=true)")
 
 
 def teacher_strength(teacher: Teacher, splits: DataSplits, device: torch.device, *, allow_weak: bool,

@@ -116,7 +116,7 @@ def accuracy_drop_warning(what: str, top1: float | None, teacher_top1: float | N
         return None
     return (f"{what} scores {100 * drop:.1f} points below the teacher ({100 * top1:.2f}% vs {100 * teacher_top1:.2f}% "
             f"top-1 on the test split); train longer (--epochs) or pick a larger student, and gate it with "
-            f"--max-accuracy-drop {threshold:g} (exit 5 when exceeded)")
+            f"--set gate.max_accuracy_drop={threshold:g} (exit 5 when exceeded)")
 
 
 def recommend(rows: list[tuple[str, str, float, bool]]) -> str | None:
