@@ -66,6 +66,8 @@ def test_export_draws_an_eta_bar_on_a_terminal_and_keeps_json_strict(tiny_teache
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)  # one strict object: the bar went to stderr
     assert [a["variant"] for a in result["artifacts"]] == ["fp32", "fp16"]
+    assert result["job"]["format"] == "kdcompress.export-job/1" and result["job"]["export"]["fp16"] is True
+    assert result["job"]["checkpoint"] == str(tiny_teacher) and result["job"]["data"] == TINY_DATA
     assert_eta_bar(r.stderr, "export")
     assert any("checking fp16 against PyTorch" in f for f in frames(r.stderr)), frames(r.stderr)
 

@@ -63,7 +63,7 @@ def eta_progress(console: Any, desc: str, status_width: int) -> Any:
 
 class Bar:
     """A Reporter drawn as one eta_progress task: the total grows as work is planned; the status is cut to
-    its width so the line never wraps."""
+    its width so the line never wraps; every step and advance is drawn at once."""
 
     def __init__(self, progress: Any, desc: str, status_width: int) -> None:
         self._progress = progress
@@ -77,10 +77,12 @@ class Bar:
 
     def step(self, what: str) -> None:
         text = what if len(what) <= self._width else what[:self._width - 1] + "…"
-        self._progress.update(self._task, status=text)
+        self._progress.update(self._task, status=text, refresh=True)
 
     def advance(self, units: int = 1) -> None:
+        # drawn now, not at the next tick: a short step still shows (and a test sees every frame)
         self._progress.advance(self._task, units)
+        self._progress.refresh()
 
 
 @contextmanager

@@ -68,14 +68,14 @@ def export_job(job: ExportJob, console) -> dict[str, Any]:
     """Write the ONNX files of a run's (or a checkpoint's) student, check each (onnx.checker full, batch 1
     and 7 in ORT vs PyTorch), and, with data, measure test accuracy and parity on the whole test split,
     stamping the accuracy into each new file. The caller raises GateError when a variant strays from
-    PyTorch beyond its tolerance (after export.json is written)."""
+    PyTorch beyond its tolerance (after export.json, which records the job, is written)."""
     if job.run is None:
-        return _export(_checkpoint_plan(Path(job.checkpoint), job.out, job.data, job.teacher), job.opts, console)
+        return _export(_checkpoint_plan(Path(job.checkpoint), job.out, job.data, job.teacher), job, console)
     rd = RunDir(Path(job.run))
     check_run_dir(rd)
     # a distill still running here (or another export) holds the lock: refused before any work, nothing changed
     with rd.lock(fix="wait for it to finish (a distill still training?), then rerun the export"):
-        return _export(_run_plan(rd, job.out, job.data, job.teacher), job.opts, console)
+        return _export(_run_plan(rd, job.out, job.data, job.teacher), job, console)
 
 
 def _run_provenance(rd: RunDir) -> tuple[str | None, str | None, str | None]:
@@ -141,13 +141,15 @@ def _delivery(plan: ExportPlan, opts: ExportOptions, console) -> Delivery:
     return Delivery(model, spec, plan.out, opts, meta, splits, None if cols is None else tuple(cols), plan.files)
 
 
-def _export(plan: ExportPlan, opts: ExportOptions, console) -> dict[str, Any]:
+def _export(plan: ExportPlan, job: ExportJob, console) -> dict[str, Any]:
+    opts = job.opts
     d = _delivery(plan, opts, console)
     with eta_bar(console, "export") as bar:
         done = deliver(d, report=bar)
     rows = export_rows(done)
     result = {"kind": "export", "kdcompress_version": __version__, "checkpoint": str(plan.checkpoint),
-              "data": plan.data, "opset": opts.opset, "simplified": opts.simplify, "artifacts": rows}
+              "data": plan.data, "opset": opts.opset, "simplified": opts.simplify, "artifacts": rows,
+              "job": job.to_json()}
     if plan.run is not None:
         atomic_write_json(plan.run.root / "export.json", result)
         result["report_updated"] = record_in_report(plan.run, plan.files, [r for r in rows if not r["kept"]])
