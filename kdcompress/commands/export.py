@@ -1,5 +1,5 @@
 """`kdcompress export`: ONNX files (and variants) of a run's or a checkpoint's student, each checked
-(pipeline.export_job)."""
+(pipeline.ExportJob, pipeline.export_job)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from ..core.errors import GateError
 from ..export import ExportOptions
-from ..pipeline import export_job
+from ..pipeline import ExportJob, export_job
 from . import Outcome, render
 
 
@@ -18,8 +18,13 @@ def raise_for_export(result: dict[str, Any]) -> None:
                         "split (see the parity entries); not fit to ship")
 
 
-def run_export(f: dict[str, Any], console) -> Outcome:
+def export_job_from(f: dict[str, Any]) -> ExportJob:
+    """The flags as one ExportJob (a bad --opset or --calib, or not exactly one of --run/--checkpoint: exit 2)."""
     opts = ExportOptions(opset=f["opset"], fp16=f["fp16"], int8=f["int8"], calib=f["calib"], simplify=f["simplify"])
-    result = export_job(run=f["run"], checkpoint=f["checkpoint"], out=f["out"], data=f["data"], teacher=f["teacher"],
-                        opts=opts, console=console)
+    return ExportJob(opts, run=f["run"], checkpoint=f["checkpoint"], out=f["out"], data=f["data"],
+                     teacher=f["teacher"])
+
+
+def run_export(f: dict[str, Any], console) -> Outcome:
+    result = export_job(export_job_from(f), console)
     return Outcome(result, lambda: render.export_lines(result), lambda: raise_for_export(result))

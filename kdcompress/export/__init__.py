@@ -7,6 +7,7 @@ from .onnx import (
            ExportOptions,
            OnnxArtifact,
            VariantBuild,
+           build_units,
            build_variants,
            calibration_images,
            export_onnx,
@@ -16,4 +17,4 @@ from .onnx import (
 from .variants import timing_variant
 
 __all__ = ["CHECK_BATCHES", "DEFAULT_CALIB", "ExportOptions", "OnnxArtifact", "calibration_images", "export_onnx",
-           "VariantBuild", "build_variants", "export_variants", "timing_variant", "variant_path"]
+           "VariantBuild", "build_units", "build_variants", "export_variants", "timing_variant", "variant_path"]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..core.errors import InputError, UsageError
+from ..core.progress import SILENT, Reporter
 from ..runtime import (
     DEFAULT_OPSET,
     INPUT_NAME,
@@ -31,6 +32,7 @@ from ..runtime import (
     onnx_bytes,
     onnx_proto,
     set_metadata,
+    simplify_proto,
 )
 from ..core.runio import atomic_write_bytes
 from ..core.spec import InputSpec
@@ -205,23 +207,41 @@ def _variant_proto(base, variant: str, calib: np.ndarray | None):
     return proto
 
 
+def build_units(opts: ExportOptions) -> int:
+    """The units of work build_variants reports: the fp32 export, onnxslim, each other variant made (fp16
+    conversion, int8 calibration and quantisation), and every file checked."""
+    made = len(opts.variants) - 1  # fp32 is the export itself
+    return 1 + int(opts.simplify) + made + len(opts.variants)
+
+
 def build_variants(model: nn.Module, spec: InputSpec, fp32_path: Path, opts: ExportOptions,
                    metadata: dict[str, Any], *, calib: np.ndarray | None = None,
-                   probe: np.ndarray | None = None) -> list[VariantBuild]:
+                   probe: np.ndarray | None = None, report: Reporter = SILENT) -> list[VariantBuild]:
     """The fp32 file and each requested variant, in memory: every one passes onnx.checker (full_check)
     and runs at batch 1 and 7 in ONNX Runtime, compared with PyTorch on `probe` images (default: seeded
-    N(0, 1) in the normalised space). Nothing is written."""
+    N(0, 1) in the normalised space). Nothing is written. Each step is reported (build_units of them)."""
     if opts.int8 and calib is None:
         raise UsageError("--int8 needs training images to calibrate on: give --data (or export a run)")
     probe = _probe(spec, probe)
-    base = onnx_proto(model, spec, opset=opts.opset, simplify=opts.simplify)
+    report.step("exporting fp32 to ONNX")
+    base = onnx_proto(model, spec, opset=opts.opset)
+    report.advance()
+    if opts.simplify:
+        report.step("simplifying with onnxslim")
+        base = simplify_proto(base)
+        report.advance()
     out: list[VariantBuild] = []
     for variant in opts.variants:
         meta = {**metadata, "variant": variant, "opset": opts.opset, "simplified": opts.simplify}
+        if variant != "fp32":
+            report.step(f"making {variant}" + (" (calibrating)" if variant == "int8" else ""))
         proto = _variant_proto(base, variant, calib)
+        report.advance(int(variant != "fp32"))
+        report.step(f"checking {variant} against PyTorch")
         set_metadata(proto, meta)
         data = checked_bytes(proto, f"the {variant} ONNX model")
         checks = check_batches(data, model, probe, variant)
+        report.advance()
         out.append(VariantBuild(variant, variant_path(fp32_path, variant), opts.opset, data,
                                 {k: encode_value(v) for k, v in meta.items()}, checks))
     return out

@@ -9,8 +9,8 @@
     trials.py     --rank trial: successive halving over the selection's pool
     autopreset.py --preset auto: paired short trials of the candidate presets
     deliver.py    the one export-and-validate (distill and export alike), stamping each file's accuracy
-    exportjob.py  `kdcompress export`; reexport.py: the files a run's report vouches for are never changed
-    validation.py `kdcompress validate`; prediction.py: `kdcompress predict`
+    exportjob.py  `kdcompress export` (ExportJob); reexport.py: the files a run's report vouches for are never changed
+    validation.py `kdcompress validate` (ValidateJob); prediction.py: `kdcompress predict`
     teacher.py    `kdcompress teacher train`; demo.py: `kdcompress demo`
 
 This is the package's face: commands import these names from `kdcompress.pipeline`, never from a module of
@@ -32,12 +32,14 @@ _FACE = {
     "run_job": "jobspec",
     "export_candidates": "selection",
     "export_job": "exportjob",
+    "ExportJob": "exportjob",
     "predict_job": "prediction",
     "run_demo": "demo",
     "select_job": "selection",
     "SelectJob": "selection",
     "train_teacher": "teacher",
     "validate_job": "validation",
+    "ValidateJob": "validation",
 }
 __all__ = sorted(_FACE)
 
@@ -50,9 +52,9 @@ if TYPE_CHECKING:  # what the face gives, for type checkers and readers
     from .choose import cache_facts  # noqa: F401
     from .demo import run_demo  # noqa: F401
     from .prediction import predict_job  # noqa: F401
-    from .exportjob import export_job  # noqa: F401
+    from .exportjob import ExportJob, export_job  # noqa: F401
     from .job import distill  # noqa: F401
     from .jobspec import DistillJob, run_job  # noqa: F401
     from .selection import SelectJob, export_candidates, select_job  # noqa: F401
     from .teacher import train_teacher  # noqa: F401
-    from .validation import validate_job  # noqa: F401
+    from .validation import ValidateJob, validate_job  # noqa: F401

@@ -8,7 +8,6 @@ the teacher and the gates, validate stage); export measures accuracy and parity 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,11 @@ import torch
 
 from ..core.spec import InputSpec
 from ..core.splits import DataSplits
-from ..export import ExportOptions, OnnxArtifact, build_variants, calibration_images
+from ..core.progress import SILENT, Reporter
+from ..export import ExportOptions, OnnxArtifact, build_units, build_variants, calibration_images
 from ..runtime import make_session, stamp_metadata
-from ..validate import (THROUGHPUT_BATCH, Gates, ModelInput, Validation, accuracy_metrics, describe, onnx_logits,
-                        parity, reference_logits, validate_models)
+from ..validate import (THROUGHPUT_BATCH, Gates, ModelInput, Validation, accuracy_metrics, accuracy_units, describe,
+                        onnx_logits, parity, reference_logits, validate_models)
 from .prepare import probe_batch
 from .reexport import RunFiles, kept_artifact, plan_writes
 
@@ -74,48 +74,69 @@ class Delivered:
     validation: Validation | None = None
 
 
-def deliver(d: Delivery, checks: Checks | None = None, progress: Callable[[str], None] | None = None) -> Delivered:
-    """Export, write, measure (fully with `checks`, else accuracy and parity) and stamp (module doc)."""
-    say = progress or (lambda _m: None)
-    say("exporting to ONNX")
-    arts, kept = export_files(d)
+def deliver(d: Delivery, checks: Checks | None = None, report: Reporter = SILENT) -> Delivered:
+    """Export, write, measure (fully with `checks`, else accuracy and parity) and stamp (module doc); the
+    work is planned on `report` (delivery_units; a full validation plans its own when it starts)."""
+    report.plan(delivery_units(d, full=checks is not None))
+    arts, kept = export_files(d, report)
     if d.splits is None:
         return Delivered(tuple(arts), kept, (None,) * len(arts))
+    report.step("PyTorch on the test split")
     ref = reference_logits(d.model, d.splits.test, d.spec)
     ref = ref if d.columns is None else ref[:, list(d.columns)]
+    report.advance()
     val = None
     if checks is not None:
         val = validate_models([a.path for a in arts], [describe(a.path, data_shape=d.spec.shape) for a in arts],
                               d.splits.test, d.splits.classes, checks.runtime, checks.gates, reference=ref,
                               teacher=checks.teacher, batch=checks.batch, throughput_batch=checks.throughput_batch,
-                              progress=progress)
+                              report=report)
         scores = [Score(v.eval.accuracy, v.parity) for v in val.variants]
     else:
-        scores = [score_file(a, d, ref) for a in arts]
+        scores = [score_file(a, d, ref, report) for a in arts]
     stamped = stamp_accuracy(arts, [s.accuracy.top1 for s in scores], kept)
+    report.advance()
     if val is not None:  # the validation describes the files as stamped
         val = replace(val, variants=tuple(replace(v, eval=replace(v.eval, sha256=a.sha256, bytes=a.bytes))
                                           for v, a in zip(val.variants, stamped, strict=True)))
     return Delivered(tuple(stamped), kept, tuple(scores), val)
 
 
-def export_files(d: Delivery) -> tuple[list[OnnxArtifact], frozenset[Path]]:
+def delivery_units(d: Delivery, full: bool) -> int:
+    """deliver's own units of work: calibration images read, the build (export.build_units), the writes, and
+    with data the PyTorch reference, each file's accuracy (unless a full validation measures it) and the
+    stamping."""
+    units = int(d.opts.int8 and d.splits is not None) + build_units(d.opts) + 1
+    if d.splits is not None:
+        per_file = 0 if full else accuracy_units(None, len(d.splits.test))  # exported files take any batch
+        units += 1 + per_file * len(d.opts.variants) + 1
+    return units
+
+
+def export_files(d: Delivery, report: Reporter = SILENT) -> tuple[list[OnnxArtifact], frozenset[Path]]:
     """Every file built and checked in memory first; then the new ones written and the vouched-for ones
     kept (a different graph under a vouched-for name is refused before anything is written)."""
-    calib = calibration_images(d.splits.train, d.spec, d.opts.calib) if d.opts.int8 and d.splits is not None else None
+    calib = None
+    if d.opts.int8 and d.splits is not None:
+        report.step("reading calibration images")
+        calib = calibration_images(d.splits.train, d.spec, d.opts.calib)
+        report.advance()
     builds = build_variants(d.model, d.spec, d.fp32_path, d.opts, d.metadata, calib=calib,
-                            probe=probe_batch(d.splits, d.spec))
+                            probe=probe_batch(d.splits, d.spec), report=report)
+    report.step("writing the files")
     write, keep = plan_writes(builds, d.files) if d.files is not None else (builds, [])
     arts = {b.path: b.write() for b in write} | {b.path: kept_artifact(b) for b in keep}
+    report.advance()
     return [arts[b.path] for b in builds], frozenset(b.path for b in keep)
 
 
-def score_file(a: OnnxArtifact, d: Delivery, ref: np.ndarray) -> Score:
+def score_file(a: OnnxArtifact, d: Delivery, ref: np.ndarray, report: Reporter = SILENT) -> Score:
     """One file's accuracy on the whole test split (its outputs read in the data's class order) and its
     parity with PyTorch's logits `ref`."""
     assert d.splits is not None
+    report.step(f"{a.variant} on the test split")
     mi = replace(describe(a.path, data_shape=d.spec.shape), columns=d.columns)
-    logits = onnx_logits(make_session(a.path), mi, d.splits.test)
+    logits = onnx_logits(make_session(a.path), mi, d.splits.test, report.advance)
     acc = accuracy_metrics(logits, d.splits.test.y.numpy(), d.splits.classes)
     return Score(acc, parity(logits, ref, a.variant))
 

@@ -4,13 +4,14 @@ report.json vouches for are never changed (reexport.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..core.errors import InputError, UsageError
 from ..core.fsguard import check_output_file
+from ..core.progress import eta_bar
 from ..core.runio import RunDir, atomic_write_json, read_json, safe_torch_load
 from ..core.spec import InputSpec
 from ..data import load_data
@@ -35,21 +36,46 @@ class ExportPlan:
     files: RunFiles | None = None
 
 
-def export_job(*, run: Path | None, checkpoint: Path | None, out: Path | None, data: str | None,
-               teacher: Path | None, opts: ExportOptions, console) -> dict[str, Any]:
+EXPORT_JOB_FORMAT = "kdcompress.export-job/1"
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """`kdcompress export`: whose student (a run directory or a checkpoint, exactly one), the fp32 path
+    (None: beside it), the data for calibration and the test-split checks, the teacher (for the checksum in
+    the metadata) and the export options."""
+
+    opts: ExportOptions
+    run: Path | None = None
+    checkpoint: Path | None = None
+    out: Path | None = None
+    data: str | None = None
+    teacher: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.run is None) == (self.checkpoint is None):
+            raise UsageError("give either --run runs/NAME or --checkpoint student.pt")
+
+    def to_json(self) -> dict[str, Any]:
+        def text(p: Path | None) -> str | None:
+            return None if p is None else str(p)
+
+        return {"format": EXPORT_JOB_FORMAT, "run": text(self.run), "checkpoint": text(self.checkpoint),
+                "out": text(self.out), "data": self.data, "teacher": text(self.teacher), "export": asdict(self.opts)}
+
+
+def export_job(job: ExportJob, console) -> dict[str, Any]:
     """Write the ONNX files of a run's (or a checkpoint's) student, check each (onnx.checker full, batch 1
     and 7 in ORT vs PyTorch), and, with data, measure test accuracy and parity on the whole test split,
     stamping the accuracy into each new file. The caller raises GateError when a variant strays from
-    PyTorch beyond its tolerance (after export.json is written)."""
-    if (run is None) == (checkpoint is None):
-        raise UsageError("give either --run runs/NAME or --checkpoint student.pt")
-    if run is None:
-        return _export(_checkpoint_plan(Path(checkpoint), out, data, teacher), opts, console)
-    rd = RunDir(Path(run))
+    PyTorch beyond its tolerance (after export.json, which records the job, is written)."""
+    if job.run is None:
+        return _export(_checkpoint_plan(Path(job.checkpoint), job.out, job.data, job.teacher), job, console)
+    rd = RunDir(Path(job.run))
     check_run_dir(rd)
     # a distill still running here (or another export) holds the lock: refused before any work, nothing changed
     with rd.lock(fix="wait for it to finish (a distill still training?), then rerun the export"):
-        return _export(_run_plan(rd, out, data, teacher), opts, console)
+        return _export(_run_plan(rd, job.out, job.data, job.teacher), job, console)
 
 
 def _run_provenance(rd: RunDir) -> tuple[str | None, str | None, str | None]:
@@ -115,13 +141,15 @@ def _delivery(plan: ExportPlan, opts: ExportOptions, console) -> Delivery:
     return Delivery(model, spec, plan.out, opts, meta, splits, None if cols is None else tuple(cols), plan.files)
 
 
-def _export(plan: ExportPlan, opts: ExportOptions, console) -> dict[str, Any]:
+def _export(plan: ExportPlan, job: ExportJob, console) -> dict[str, Any]:
+    opts = job.opts
     d = _delivery(plan, opts, console)
-    with console.status("exporting to ONNX") as status:
-        done = deliver(d, progress=status.update)
+    with eta_bar(console, "export") as bar:
+        done = deliver(d, report=bar)
     rows = export_rows(done)
     result = {"kind": "export", "kdcompress_version": __version__, "checkpoint": str(plan.checkpoint),
-              "data": plan.data, "opset": opts.opset, "simplified": opts.simplify, "artifacts": rows}
+              "data": plan.data, "opset": opts.opset, "simplified": opts.simplify, "artifacts": rows,
+              "job": job.to_json()}
     if plan.run is not None:
         atomic_write_json(plan.run.root / "export.json", result)
         result["report_updated"] = record_in_report(plan.run, plan.files, [r for r in rows if not r["kept"]])

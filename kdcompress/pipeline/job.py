@@ -20,6 +20,7 @@ from rich.console import Console
 from .. import losses, students
 from ..core.config import RunConfig
 from ..core.errors import KdError
+from ..core.progress import eta_bar
 from ..core.runio import RunDir, atomic_write_bytes, atomic_write_json
 from ..core.splits import DataSplits
 from ..core.system import process_settings
@@ -89,7 +90,7 @@ def train_and_deliver(p: Prepared, d: Decision, run: RunDir) -> Trained | None:
     if not p.ddp.is_main:
         return None
     atomic_write_json(run.train_result, result.to_json())
-    with p.console.status("exporting to ONNX and validating in ONNX Runtime") as status:
+    with eta_bar(p.console, "export, validate") as bar:
         student, _ = students.load_checkpoint(run.student)
         meta = {**onnx_metadata(arch=d.arch, splits=p.splits, teacher=p.teacher, preset=d.cfg.preset.name,
                                 val_acc=result.best_val_accuracy),
@@ -98,7 +99,7 @@ def train_and_deliver(p: Prepared, d: Decision, run: RunDir) -> Trained | None:
         t_input = describe(run.teacher_onnx, data_shape=spec.shape, mean=spec.mean, std=spec.std)
         done = deliver(Delivery(student, spec, run.onnx, d.export, meta, p.splits),
                        Checks(p.runtime, p.options.gates, (run.teacher_onnx, t_input), d.cfg.budget.batch),
-                       progress=status.update)
+                       report=bar)
     return Trained(result, student, done)
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..core.config import RuntimeConfig, TeacherOptions
 from ..core.errors import UsageError
+from ..core.progress import Reporter, eta_bar
 from ..core.runio import RunDir
 from ..core.spec import InputSpec
 from ..core.splits import DataSplits
@@ -50,51 +53,98 @@ def load_images_for(data: str, channels: int | None) -> DataSplits:
     return load_data(data, InputSpec((c, *splits.shape[1:]), (0.0,) * c, (1.0,) * c))  # type: ignore[arg-type]
 
 
-def validate_job(*, files: list[Path], data: str, teacher: Path | None, checkpoint: Path | None,
-                 runtime: RuntimeConfig, gates: Gates, teacher_options: TeacherOptions | None = None,
-                 trust_checkpoint: bool = False, mean: tuple[float, ...] | None = None,
-                 std: tuple[float, ...] | None = None, layout: str | None = None, batch: int = 1,
-                 throughput_batch: int = THROUGHPUT_BATCH, out: Path | None = None, console,
-                 force: bool = False) -> dict[str, Any]:
-    """`kdcompress validate`: measure ONNX classifiers (any, including third-party) on a dataset's test
-    split, gate them and write report.json/report.md/plots into `out` when given. Returns the report;
-    the caller raises GateError (gates.raise_for_gates) after printing it."""
-    from ..students import load_checkpoint
+VALIDATE_JOB_FORMAT = "kdcompress.validate-job/1"
 
-    if not files:
-        raise UsageError("give at least one --onnx FILE")
-    gates.require(has_reference=checkpoint is not None, has_teacher=teacher is not None)
+
+@dataclass(frozen=True)
+class ValidateJob:
+    """`kdcompress validate`: the ONNX files, the data, the references (the teacher, read with
+    `teacher_options` and `trust_checkpoint`; the student's PyTorch checkpoint), ORT settings, gates, how
+    to feed every file (the options' mean/std override each file's metadata, as the teacher's; layout), the
+    latency and throughput batches, and where the report goes (`force`: into a non-empty directory that is
+    not kdcompress's)."""
+
+    files: tuple[Path, ...]
+    data: str
+    runtime: RuntimeConfig
+    gates: Gates
+    teacher: Path | None = None
+    checkpoint: Path | None = None
+    teacher_options: TeacherOptions = TeacherOptions()
+    trust_checkpoint: bool = False
+    layout: str | None = None
+    batch: int = 1
+    throughput_batch: int = THROUGHPUT_BATCH
+    out: Path | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.throughput_batch < 1:
+            raise UsageError(f"--throughput-batch must be >= 1, got {self.throughput_batch}")
+        if not self.files:
+            raise UsageError("give at least one --onnx FILE")
+        self.gates.require(has_reference=self.checkpoint is not None, has_teacher=self.teacher is not None)
+
+    def to_json(self) -> dict[str, Any]:
+        def text(p: Path | None) -> str | None:
+            return None if p is None else str(p)
+
+        return {"format": VALIDATE_JOB_FORMAT, "onnx": [str(f) for f in self.files], "data": self.data,
+                "teacher": text(self.teacher), "checkpoint": text(self.checkpoint),
+                "provider": self.runtime.provider, "threads": self.runtime.threads, "gates": self.gates.to_json(),
+                "teacher_options": self.teacher_options.to_json(), "trust_checkpoint": self.trust_checkpoint,
+                "layout": self.layout, "batch": self.batch, "throughput_batch": self.throughput_batch,
+                "out": text(self.out), "force": self.force}
+
+
+def validate_job(job: ValidateJob, console) -> dict[str, Any]:
+    """`kdcompress validate`: measure ONNX classifiers (any, including third-party) on a dataset's test
+    split, gate them and write report.json/report.md/plots into `out` when given (the job recorded in it).
+    Returns the report; the caller raises GateError (gates.raise_for_gates) after printing it."""
+    out = None if job.out is None else Path(job.out)
     if out is not None:  # before any work: an --out that cannot take the report is refused in seconds
-        with RunDir(Path(out)).claim(force=force):
+        with RunDir(out).claim(force=job.force):
             pass
 
     def warn(m: str) -> None:
         console.print(f"[yellow]warning:[/] {m}")
 
-    runtime = effective_threads(runtime, warn)
-    splits = load_images_for(data, input_channels(Path(files[0]), layout))
+    runtime = effective_threads(job.runtime, warn)
+    files = [Path(f) for f in job.files]
+    mean, std = job.teacher_options.mean, job.teacher_options.std
+    splits = load_images_for(job.data, input_channels(files[0], job.layout))
     # every model is scored against the data by class NAME (its metadata's classes -> the data's order)
-    inputs = [map_classes(describe(Path(f), data_shape=splits.shape, mean=mean, std=std, layout=layout),
+    inputs = [map_classes(describe(f, data_shape=splits.shape, mean=mean, std=std, layout=job.layout),
                           splits.classes, str(f), warn) for f in files]
-    reference = None
-    if checkpoint is not None:
-        model, obj = load_checkpoint(Path(checkpoint))
-        ck_spec = InputSpec.from_json(obj["input_spec"])
-        cols = check_fit(str(checkpoint), tuple(str(c) for c in obj["classes"]), ck_spec, splits, warn)
-        reference = reference_logits(model, splits.test, ck_spec)  # with the normalisation it was trained on
-        if cols is not None:
-            reference = reference[:, cols]  # the checkpoint's class order -> the data's
-    t_src, t_info = (None, None)
-    if teacher is not None:
-        opts = teacher_options or TeacherOptions(mean=mean, std=std)
-        t_src, t_info = _teacher_source(Path(teacher), splits, opts, trust_checkpoint, layout, warn)
-    with console.status("validating in ONNX Runtime") as status:
-        val = validate_models([Path(f) for f in files], inputs, splits.test, splits.classes, runtime, gates,
-                              reference=reference, teacher=t_src, batch=batch, throughput_batch=throughput_batch,
-                              progress=status.update)
-    report = validate_report(data_spec=data, splits=splits, checkpoint=checkpoint, val=val, teacher_info=t_info)
+    with eta_bar(console, "validate") as bar:  # its work is known once the references are ready
+        reference = _reference(job.checkpoint, splits, warn, bar)
+        t_src, t_info = (None, None)
+        if job.teacher is not None:
+            bar.step("reading the teacher")
+            t_src, t_info = _teacher_source(Path(job.teacher), splits, job.teacher_options, job.trust_checkpoint,
+                                            job.layout, warn)
+        val = validate_models(files, inputs, splits.test, splits.classes, runtime, job.gates, reference=reference,
+                              teacher=t_src, batch=job.batch, throughput_batch=job.throughput_batch, report=bar)
+    report = validate_report(data_spec=job.data, splits=splits, checkpoint=job.checkpoint, val=val,
+                             teacher_info=t_info)
     if out is not None:
-        with RunDir(Path(out)).claim(force=force):
-            RunDir(Path(out)).mark("validate")
-            report = write_report(report, Path(out))
+        report = {**report, "job": job.to_json()}
+        with RunDir(out).claim(force=job.force):
+            RunDir(out).mark("validate")
+            report = write_report(report, out)
     return report
+
+
+def _reference(checkpoint: Path | None, splits: DataSplits, warn, report: Reporter) -> np.ndarray | None:
+    """The student's PyTorch logits on the test split (in the data's class order), with the normalisation
+    it was trained on; None without --checkpoint."""
+    from ..students import load_checkpoint
+
+    if checkpoint is None:
+        return None
+    report.step("PyTorch on the test split")
+    model, obj = load_checkpoint(Path(checkpoint))
+    ck_spec = InputSpec.from_json(obj["input_spec"])
+    cols = check_fit(str(checkpoint), tuple(str(c) for c in obj["classes"]), ck_spec, splits, warn)
+    reference = reference_logits(model, splits.test, ck_spec)
+    return reference if cols is None else reference[:, cols]  # the checkpoint's class order -> the data's

@@ -111,7 +111,8 @@ def checked_bytes(proto, what: str) -> bytes:
     return data
 
 
-def _simplify(proto):
+def simplify_proto(proto):
+    """`proto` simplified by onnxslim, its input and output names kept."""
     try:
         import onnxslim
     except ImportError:
@@ -151,7 +152,7 @@ def onnx_proto(model: nn.Module, spec: InputSpec, *, opset: int = DEFAULT_OPSET,
     got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if got != opset:
         raise UsageError(f"the exporter produced opset {got} instead of the requested --opset {opset}")
-    return _simplify(proto) if simplify else proto
+    return simplify_proto(proto) if simplify else proto
 
 
 def onnx_bytes(model: nn.Module, spec: InputSpec, *, opset: int = DEFAULT_OPSET,

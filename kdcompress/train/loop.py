@@ -31,8 +31,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 from torch import nn
 
 from ..core.checkpoint import save_checkpoint
@@ -40,6 +38,7 @@ from ..core.infer import shard_hits
 from ..core.config import Preset, TrainConfig
 from ..core.errors import InputError, Interrupted, TrainingError, UsageError
 from ..core.runio import RunDir, atomic_torch_save, atomic_write_bytes, safe_torch_load
+from ..core.progress import eta_progress
 from ..core.spec import InputSpec
 from ..core.splits import DataSplits
 from ..core.types import NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS, LossContext, PrepareContext, TeacherLike
@@ -378,13 +377,8 @@ class _Session:
     def run_epochs(self) -> None:
         cfg, console = self.cfg, self.console
         desc = f"train {self.arch}"
-        # the bar takes what the other columns leave of the line (an 80-column terminal included): the
-        # percentage, elapsed, eta and "ep 12/240 loss 1.234 val 0.987" need about 58 columns
-        bar = max(5, min(40, console.width - 58 - len(desc)))
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=bar), TaskProgressColumn(),
-                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                            TextColumn("{task.fields[status]}"), console=console,
-                            transient=False, disable=console.quiet or not console.is_terminal)
+        # the status "ep 12/240 loss 1.234 val 0.987" needs about 31 columns beside the bar and its times
+        progress = eta_progress(console, desc, status_width=31)
         with progress, self.stop.deferring():
             task = progress.add_task(desc, total=cfg.epochs * self.steps,
                                      completed=(self.start_epoch - 1) * self.steps + self.skip, status="")

@@ -6,6 +6,7 @@ from .models import (
                      ModelInput,
                      Validation,
                      accuracy_metrics,
+                     accuracy_units,
                      describe,
                      effective_threads,
                      input_channels,
@@ -17,6 +18,6 @@ from .models import (
 )
 
 __all__ = ["THROUGHPUT_BATCH", "GateResult", "Gates", "ModelInput", "Validation", "accuracy_drop_warning",
-           "accuracy_metrics", "check_gates",
+           "accuracy_metrics", "accuracy_units", "check_gates",
            "describe", "effective_threads", "input_channels", "map_classes", "onnx_logits", "parity", "raise_for_gates",
            "recommend", "reference_logits", "validate_models"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from ..core.classes import is_index_names, match_classes
 from ..core.config import RuntimeConfig
 from ..core.errors import InputError, UsageError
+from ..core.progress import SILENT, Reporter
 from ..runtime import TOLERANCES, VARIANTS, Tolerance, detect_variant
 from ..runtime import LatencyStats, check_onnx, make_session, measure_latency, stored_settings
 from ..core.spec import InputSpec, number_list
@@ -26,6 +28,7 @@ from .gates import GateResult, Gates, check_gates, recommend
 
 EVAL_BATCH = 256
 THROUGHPUT_BATCH = 32
+LATENCY_RUNS = 2  # evaluate_model's two timings: at the budget batch, and throughput
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -287,9 +290,19 @@ def reference_logits(model: torch.nn.Module, split: Split, spec: InputSpec) -> n
 # ------------------------------------------------------------------------------------------ one model
 
 
-def onnx_logits(session, mi: ModelInput, split: Split) -> np.ndarray:
+def accuracy_units(static_batch: int | None, images: int) -> int:
+    """onnx_logits' units of work (one a batch) for a model of that fixed batch (None: dynamic)."""
+    return -(-images // (static_batch or EVAL_BATCH))
+
+
+def eval_units(mi: ModelInput, images: int) -> int:
+    """evaluate_model's units of work: a batch of the test split each, and each latency run."""
+    return accuracy_units(mi.static_batch, images) + LATENCY_RUNS
+
+
+def onnx_logits(session, mi: ModelInput, split: Split, advance: Callable[[], None] | None = None) -> np.ndarray:
     """Logits of every image of a split (any kind: read through `batches`), in split order; a graph with a
-    fixed batch is fed in chunks of it, zero-padded."""
+    fixed batch is fed in chunks of it, zero-padded. `advance` is called after each batch."""
     step = mi.static_batch or EVAL_BATCH
     outs = []
     for b in split.batches(step):
@@ -307,6 +320,8 @@ def onnx_logits(session, mi: ModelInput, split: Split) -> np.ndarray:
                                  f"{len(mi.classes or ())} classes")
             out = out[:, list(mi.columns)]
         outs.append(out.astype(np.float32))
+        if advance is not None:
+            advance()
     return np.concatenate(outs)
 
 
@@ -329,22 +344,26 @@ class ModelEval:
 
 
 def evaluate_model(label: str, source: Path | bytes, mi: ModelInput, split: Split, classes: tuple[str, ...],
-                   runtime: RuntimeConfig, *, batch: int = 1, throughput_batch: int = THROUGHPUT_BATCH) -> ModelEval:
+                   runtime: RuntimeConfig, *, batch: int = 1, throughput_batch: int = THROUGHPUT_BATCH,
+                   report: Reporter = SILENT) -> ModelEval:
     """Accuracy, latency and throughput of one ONNX model (a file, or bytes such as a teacher exported in
     memory) in ONNX Runtime with `runtime`'s provider and threads; without --threads, with the ORT settings
-    the file's metadata records (`ort_settings`, written by distill from what select measured)."""
+    the file's metadata records (`ort_settings`, written by distill from what select measured). Reports
+    eval_units(mi, len(split)) units of work."""
     data = Path(source).read_bytes() if isinstance(source, Path) else source
     settings = stored_settings(data) if runtime.threads is None else None
     sess = make_session(source, runtime.provider, runtime.threads, settings)
-    logits = onnx_logits(sess, mi, split)
+    logits = onnx_logits(sess, mi, split, report.advance)
     if logits.shape[1] != len(classes):
         raise InputError(f"{label} predicts {logits.shape[1]} classes but the data has {len(classes)}")
     acc = accuracy_metrics(logits, split.y.numpy(), classes)
     b1 = mi.static_batch or batch
     tb = mi.static_batch or throughput_batch
     lat = measure_latency(sess, mi.batch_shape(b1))
+    report.advance()
     # the big batch costs batch x more per run: fewer iterations, same minimum time
     thr = measure_latency(sess, mi.batch_shape(tb), warmup=3, min_iters=10)
+    report.advance()
     return ModelEval(label, str(source) if isinstance(source, Path) else "<memory>",
                      hashlib.sha256(data).hexdigest(), len(data), mi, acc, lat, thr, logits)
 
@@ -418,20 +437,23 @@ def _names(inputs: list[ModelInput], files: list[Path]) -> list[str]:
 def validate_models(files: list[Path], inputs: list[ModelInput], split: Split, classes: tuple[str, ...],
                     runtime: RuntimeConfig, gates: Gates, *, reference: np.ndarray | None = None,
                     teacher: tuple[Path | bytes, ModelInput] | None = None, batch: int = 1,
-                    throughput_batch: int = THROUGHPUT_BATCH, progress=None) -> Validation:
+                    throughput_batch: int = THROUGHPUT_BATCH, report: Reporter = SILENT) -> Validation:
     """Measure every file (and the teacher) identically, compare with the PyTorch `reference` logits when
-    given, apply the gates and pick the recommended variant."""
+    given, apply the gates and pick the recommended variant. The work (eval_units of every model) is
+    planned on `report` first, then reported as it is done."""
     gates.require(has_reference=reference is not None, has_teacher=teacher is not None)
-    say = progress or (lambda _m: None)
+    models = list(inputs) + ([teacher[1]] if teacher is not None else [])
+    report.plan(sum(eval_units(mi, len(split)) for mi in models))
     t_eval = None
     if teacher is not None:
-        say("measuring the teacher in ONNX Runtime")
+        report.step("measuring the teacher")
         t_eval = evaluate_model("teacher", teacher[0], teacher[1], split, classes, runtime, batch=batch,
-                                throughput_batch=throughput_batch)
+                                throughput_batch=throughput_batch, report=report)
     rows = []
     for name, path, mi in zip(_names(inputs, files), files, inputs, strict=True):
-        say(f"validating {name} ({path.name}) in ONNX Runtime")
-        ev = evaluate_model(name, path, mi, split, classes, runtime, batch=batch, throughput_batch=throughput_batch)
+        report.step(f"measuring {name}")
+        ev = evaluate_model(name, path, mi, split, classes, runtime, batch=batch, throughput_batch=throughput_batch,
+                            report=report)
         par = parity(ev.logits, reference, mi.variant) if reference is not None else None
         speedup = t_eval.latency.p50 / ev.latency.p50 if t_eval else None
         delta = ev.accuracy.top1 - t_eval.accuracy.top1 if t_eval else None
