@@ -63,6 +63,9 @@ def test_predict_a_folder_matches_onnxruntime_by_hand(exported, tmp_path):
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
     probs = _by_hand(exported, paths, mean, std)
+    assert got["job"] == {"format": "kdcompress.predict-job/1", "model": str(exported),
+                          "images": str(tmp_path / "imgs"), "topk": 2, "out": None, "threads": None, "mean": None,
+                          "std": None}  # the typed job it ran
     assert got["images"] == len(paths) and [Path(p["path"]).name for p in got["predictions"]] == [p.name for p in paths]
     for row, pr in zip(got["predictions"], probs, strict=True):
         best = np.argsort(-pr, kind="stable")[:2]
@@ -117,6 +120,7 @@ def test_a_plain_torch_onnx_needs_mean_and_std_and_takes_them(tmp_path):
 @pytest.mark.parametrize("args, code, words", [
     (["--topk", "0"], 2, "--topk"),
     (["--out", "pred.txt"], 2, ".csv or .json"),
+    (["--threads", "0"], 2, "--threads"),
 ])
 def test_bad_flags_are_refused_and_write_nothing(exported, tmp_path, monkeypatch, args, code, words):
     _images(tmp_path / "imgs", n=1)

@@ -34,6 +34,7 @@ _FACE = {
     "export_job": "exportjob",
     "ExportJob": "exportjob",
     "predict_job": "prediction",
+    "PredictJob": "prediction",
     "run_demo": "demo",
     "select_job": "selection",
     "SelectJob": "selection",
@@ -51,7 +52,7 @@ if TYPE_CHECKING:  # what the face gives, for type checkers and readers
     from .autopreset import auto_from_flags  # noqa: F401
     from .choose import cache_facts  # noqa: F401
     from .demo import run_demo  # noqa: F401
-    from .prediction import predict_job  # noqa: F401
+    from .prediction import PredictJob, predict_job  # noqa: F401
     from .exportjob import ExportJob, export_job  # noqa: F401
     from .job import distill  # noqa: F401
     from .jobspec import DistillJob, run_job  # noqa: F401

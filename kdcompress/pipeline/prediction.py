@@ -163,17 +163,41 @@ def write_predictions(rows: list[dict[str, Any]], out: Path, topk: int) -> None:
     atomic_write_bytes(out, buf.getvalue().encode())
 
 
-def predict_job(*, model: Path, images: Path, topk: int, out: Path | None, threads: int | None,
-                mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> dict[str, Any]:
-    """Predict every image of `images` with `model`; write them to `out` (.csv or .json) when given."""
-    if topk < 1:
-        raise UsageError(f"--topk must be >= 1, got {topk}")
-    if out is not None and Path(out).suffix.lower() not in (".csv", ".json"):
-        raise UsageError(f"--out {out}: give a .csv or .json file")
-    pred = load_predictor(Path(model), threads, mean, std)
-    paths = image_paths(Path(images))
-    rows = predict(pred, paths, min(topk, len(pred.classes) if pred.classes else topk))
-    if out is not None:
-        write_predictions(rows, Path(out), min(topk, len(rows[0]["top"])))
-    return {"model": str(model), "kind": pred.kind, "input_shape": list(pred.shape), "images": len(rows),
-            "out": None if out is None else str(out), "predictions": rows}
+@dataclass(frozen=True)
+class PredictJob:
+    """`kdcompress predict`: the model (an .onnx file or a kdcompress checkpoint), the images (a file, a folder or
+    a CSV), how many classes per image, ORT threads, a mean/std for an ONNX file that records none, and where to
+    write every prediction (.csv or .json). Checked when built: a bad value is refused before any file is read."""
+
+    model: Path
+    images: Path
+    topk: int = 5
+    out: Path | None = None
+    threads: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.topk < 1:
+            raise UsageError(f"--topk must be >= 1, got {self.topk}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+        if self.out is not None and Path(self.out).suffix.lower() not in (".csv", ".json"):
+            raise UsageError(f"--out {self.out}: give a .csv or .json file")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "kdcompress.predict-job/1", "model": str(self.model), "images": str(self.images),
+                "topk": self.topk, "out": None if self.out is None else str(self.out), "threads": self.threads,
+                "mean": None if self.mean is None else list(self.mean),
+                "std": None if self.std is None else list(self.std)}
+
+
+def predict_job(job: PredictJob) -> dict[str, Any]:
+    """Predict every image of `job.images` with `job.model`; write them to `job.out` (.csv or .json) when given."""
+    pred = load_predictor(Path(job.model), job.threads, job.mean, job.std)
+    paths = image_paths(Path(job.images))
+    rows = predict(pred, paths, min(job.topk, len(pred.classes) if pred.classes else job.topk))
+    if job.out is not None:
+        write_predictions(rows, Path(job.out), min(job.topk, len(rows[0]["top"])))
+    return {"model": str(job.model), "kind": pred.kind, "input_shape": list(pred.shape), "images": len(rows),
+            "out": None if job.out is None else str(job.out), "job": job.to_json(), "predictions": rows}
