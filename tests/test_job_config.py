@@ -76,3 +76,18 @@ def test_a_long_recipe_without_epochs_is_warned_about():
         f = {**base, **flags}
         w = recipe_length_warning(f, distill_job(f))
         assert (w is not None) == warned and (not warned or "240 epochs" in w and "--epochs N" in w)
+
+
+def test_teacher_train_runs_one_typed_job_and_reports_it(tmp_path):
+    out = tmp_path / "t.pt"
+    r = CliRunner().invoke(app, ["teacher", "train", "--data", TINY_DATA, "--arch", "tinycnn_w8", "--epochs", "1",
+                                 "--device", "cpu", "--out", str(out), "--set", "train.lr=0.02", "--json"])
+    assert r.exit_code == 0, r.output
+    job = json.loads(r.stdout)["job"]
+    assert (job["format"], job["data"], job["arch"], job["out"], job["device"]) == (
+        "kdcompress.teacher-train-job/1", TINY_DATA, "tinycnn_w8", str(out), "cpu")
+    assert job["preset"]["train"]["epochs"] == 1 and job["preset"]["train"]["lr"] == 0.02 and out.is_file()
+    (tmp_path / "dir").mkdir()  # a directory as --out: refused when the job is built, nothing written
+    r = CliRunner().invoke(app, ["teacher", "train", "--data", TINY_DATA, "--epochs", "1",
+                                 "--out", str(tmp_path / "dir")])
+    assert r.exit_code == 3 and "is a directory" in r.output and not any((tmp_path / "dir").iterdir())

@@ -12,7 +12,7 @@ from ..core.config import AutoPreset, Budget, RunConfig, RuntimeConfig
 from ..core.errors import InputError, KdError, UsageError
 from ..export import ExportOptions
 from ..losses import load_checked_preset
-from ..pipeline import DistillJob, auto_from_flags, run_job, train_teacher
+from ..pipeline import DistillJob, TeacherTrainJob, auto_from_flags, run_job, train_teacher_job
 from ..pipeline import run_demo as demo
 from ..select import SelectOptions
 from ..validate import Gates, raise_for_gates
@@ -142,6 +142,6 @@ def run_demo(f: dict[str, Any], console) -> Outcome:
 
 def run_teacher_train(f: dict[str, Any], console) -> Outcome:
     preset = preset_from_flags("ce", f["epochs"], ["train.schedule=cosine", *(f["set_"] or [])])
-    info = train_teacher(data=f["data"], arch=f["arch"], preset=preset, out=f["out"], device=f["device"],
-                         console=console)
+    job = TeacherTrainJob(data=f["data"], arch=f["arch"], preset=preset, out=Path(f["out"]), device=f["device"])
+    info = train_teacher_job(job, console)
     return Outcome(info, lambda: render.teacher_trained(info))

@@ -39,6 +39,8 @@ _FACE = {
     "select_job": "selection",
     "SelectJob": "selection",
     "train_teacher": "teacher",
+    "train_teacher_job": "teacher",
+    "TeacherTrainJob": "teacher",
     "validate_job": "validation",
     "ValidateJob": "validation",
 }
@@ -57,5 +59,5 @@ if TYPE_CHECKING:  # what the face gives, for type checkers and readers
     from .job import distill  # noqa: F401
     from .jobspec import DistillJob, run_job  # noqa: F401
     from .selection import SelectJob, export_candidates, select_job  # noqa: F401
-    from .teacher import train_teacher  # noqa: F401
+    from .teacher import TeacherTrainJob, train_teacher, train_teacher_job  # noqa: F401
     from .validation import ValidateJob, validate_job  # noqa: F401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,36 @@ from ..data import load_data
 from ..train import train
 
 
+@dataclass(frozen=True)
+class TeacherTrainJob:
+    """`kdcompress teacher train`: the data spec, the zoo architecture, the CE preset (epochs and --set applied),
+    the checkpoint file to write and the training device."""
+
+    data: str
+    arch: str
+    preset: Any  # losses.Preset
+    out: Path
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if Path(self.out).exists() and Path(self.out).is_dir():
+            raise InputError(f"--out {self.out} is a directory; give a file path such as "
+                             f"{Path(self.out) / 'teacher.pt'}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "kdcompress.teacher-train-job/1", "data": self.data, "arch": self.arch,
+                "preset": preset_to_json(self.preset), "out": str(self.out), "device": self.device}
+
+
 def train_teacher(*, data: str, arch: str, preset, out, device: str, console: Console) -> dict[str, Any]:
+    """train_teacher_job by keywords (the library call tests and benchmarks make)."""
+    return train_teacher_job(TeacherTrainJob(data=data, arch=arch, preset=preset, out=Path(out), device=device),
+                             console)
+
+
+def train_teacher_job(job: TeacherTrainJob, console: Console) -> dict[str, Any]:
     """Train a reference teacher with CE; save it (with its test accuracy) as a kdcompress checkpoint."""
-    out = Path(out)
-    if out.exists() and out.is_dir():
-        raise InputError(f"--out {out} is a directory; give a file path such as {out / 'teacher.pt'}")
+    data, arch, preset, out, device = job.data, job.arch, job.preset, Path(job.out), job.device
     # the hidden run directory beside `out` (resume state) is claimed like any run: checked and locked
     # before the data is read, held until the checkpoint is written
     run = RunDir(out.parent / f".{out.stem}.run")
@@ -41,5 +67,5 @@ def train_teacher(*, data: str, arch: str, preset, out, device: str, console: Co
         test_acc = accuracy(predict(model, splits.test, spec, torch.device("cpu")), splits.test.y)
         metrics = {**obj["metrics"], "test_accuracy": test_acc}
         save_checkpoint(out, model, arch, splits.classes, spec, metrics=metrics)
-    return {"path": str(out), "arch": arch, "data": data, "epochs": result.epochs,
+    return {"path": str(out), "arch": arch, "data": data, "epochs": result.epochs, "job": job.to_json(),
             "val_accuracy": result.best_val_accuracy, "test_accuracy": test_acc, "seconds": round(result.seconds, 2)}
