@@ -92,3 +92,28 @@ def test_tensorboard_without_the_package_is_refused_before_any_file(tiny_teacher
     r = runner.invoke(app, ["distill", "--teacher", str(tiny_teacher), "--data", TINY_DATA, "--student", "tinycnn_w8",
                             "--epochs", "1", "--device", "cpu", "--out", str(out), "--set", "train.tensorboard=true"])
     assert r.exit_code == 7 and "pip install tensorboard" in r.output and not out.exists()
+
+
+def test_turning_tensorboard_on_for_a_resumed_run_resumes_it(tiny_teacher, tmp_path, monkeypatch):
+    """train.tensorboard changes what is logged, not what is trained: a run stopped without it resumes with it,
+    and its TensorBoard log holds every epoch, those before the resume included."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from kdcompress.train.step import StepEngine
+
+    from .helpers import sigterm_at_step
+
+    out = tmp_path / "run"
+    args = ["distill", "--teacher", str(tiny_teacher), "--data", TINY_DATA, "--student", "tinycnn_w8",
+            "--epochs", "3", "--device", "cpu", "--out", str(out), "--json"]
+    orig = sigterm_at_step(monkeypatch, epoch=1, step=1)  # the trainer stops after epoch 1
+    r = runner.invoke(app, args)
+    assert r.exit_code == 143, r.output
+    monkeypatch.setattr(StepEngine, "step", orig)
+    r = runner.invoke(app, [*args, "--set", "train.tensorboard=true"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    history = json.loads(r.stdout)["training"]["history"]
+    assert json.loads(r.stdout)["training"]["resumed_from_epoch"] == 1
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars("val_accuracy")] == [
+        (h["epoch"], h["val_accuracy"]) for h in history] and len(history) == 3

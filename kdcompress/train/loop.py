@@ -53,19 +53,26 @@ TENSORBOARD_DIR = "tensorboard"
 
 class TensorBoardLog:
     """train.tensorboard=true: each epoch's row (lr, validation accuracy, loss terms, seconds) as scalars in
-    RUN/tensorboard/, the writer opened at the first epoch and flushed after each."""
+    RUN/tensorboard/, the writer opened at the first epoch logged and flushed after each. A run that turns it
+    on when it resumes (RUN/tensorboard/ absent) logs the epochs before the resume too, from the history."""
 
     def __init__(self, root: Path):
         self.root, self.writer = root, None
 
-    def log(self, row: dict[str, Any]) -> None:
+    def log(self, history: list[dict[str, Any]]) -> None:
+        """Log the last row of `history` (and, at the writer's first opening in a new directory, the rows
+        before it)."""
+        rows = history[-1:]
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            fresh = not (self.root / TENSORBOARD_DIR).exists()
             self.writer = SummaryWriter(log_dir=str(self.root / TENSORBOARD_DIR))
-        for k, v in row.items():
-            if k != "epoch" and isinstance(v, (int, float)):
-                self.writer.add_scalar(k, v, row["epoch"])
+            rows = history if fresh else rows
+        for row in rows:
+            for k, v in row.items():
+                if k != "epoch" and isinstance(v, (int, float)):
+                    self.writer.add_scalar(k, v, row["epoch"])
         self.writer.flush()
 
 
@@ -153,6 +160,19 @@ def _prepare(objective: nn.Module, ctx: PrepareContext, run: RunDir, fingerprint
     return state
 
 
+# train settings that change what is logged, not what is trained: a resumed run may turn them on or off
+LOG_ONLY = ("tensorboard",)
+
+
+def comparable(fp: dict[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The part of a run's fingerprint a resume must match: without the `ignore` keys and the LOG_ONLY settings."""
+    out = {k: v for k, v in fp.items() if k not in ignore}
+    preset = out.get("preset")
+    if isinstance(preset, dict) and isinstance(preset.get("train"), dict):
+        out["preset"] = {**preset, "train": {k: v for k, v in preset["train"].items() if k not in LOG_ONLY}}
+    return out
+
+
 def _read_checkpoint(run: RunDir, fingerprint: dict[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, Any] | None:
     if not run.last_checkpoint.exists():
         return None
@@ -162,7 +182,7 @@ def _read_checkpoint(run: RunDir, fingerprint: dict[str, Any], ignore: tuple[str
         raise InputError(f"{e.message}; use --restart to start over") from None
     if not isinstance(ck, dict) or not {"fingerprint", "epoch", "student", "optimizer"} <= set(ck):
         raise InputError(f"{run.last_checkpoint} is not a kdcompress training checkpoint; use --restart to start over")
-    got, keep = ck.get("fingerprint"), lambda fp: {k: v for k, v in fp.items() if k not in ignore}
+    got, keep = ck.get("fingerprint"), lambda fp: comparable(fp, ignore)
     if not isinstance(got, dict) or keep(got) != keep(fingerprint):
         diff = config_diff(keep(got) if isinstance(got, dict) else {}, keep(fingerprint))
         raise UsageError(f"{run.root} holds a run with a different configuration ({diff}); "
@@ -461,7 +481,7 @@ class _Session:
         if dist.is_main:
             write_metrics_csv(self.run.root / METRICS_CSV, self.history)
             if self.cfg.tensorboard:
-                self.tensorboard.log(row)
+                self.tensorboard.log(self.history)
         if val_acc > self.best["acc"]:
             self.best = {"acc": val_acc, "epoch": epoch}
             if dist.is_main:
