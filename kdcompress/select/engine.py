@@ -173,10 +173,10 @@ class MeasuredSource:
     def teacher(self, st: SearchState, model, cap: Capacity | None, name: str) -> Candidate | None:
         if model is None or cap is None:
             return None
-        measured: list[str] = []
+        measured: list[bool] = []
 
         def say(_: str) -> None:  # called only when the teacher is measured (not cached)
-            measured.append(name)
+            measured.append(True)
             self.report.step("measuring the teacher")
         stats = self.probes.teacher("__teacher__", model, st.spec, st.num_classes, st.runtime, st.budget.batch,
                                     st.cache, say)
