@@ -31,7 +31,7 @@ from ..runtime import check_table, model_key, table_stats
 from ..runtime import LatencyStats, SessionSettings
 from ..core.spec import Capacity, InputSpec
 from .cache import LatencyCache
-from .confirm import settled, table_note
+from .confirm import CONFIRM_MAX, settled, table_note
 from .result import PRECISION_PREFERENCE, Candidate, allowed_precisions
 
 Job = tuple[str, str]  # (student name, precision)
@@ -203,25 +203,40 @@ class MeasuredSource:
 
     def _draw(self, st: SearchState, c: Candidate, ex, runs: list[LatencyStats],
               settings: SessionSettings | None) -> tuple[list[LatencyStats], SessionSettings | None]:
-        """Draws of the shipping graph, added to an earlier confirmation's `runs` until they are settled."""
+        """Draws of the shipping graph, added to an earlier confirmation's `runs` until they are settled. On the
+        bar a confirmation is this process's draw and up to CONFIRM_MAX fresh ones (each a process: they take
+        the time); those a settled confirmation does not need are done at once."""
         st.counts["confirmations"] += 1
-        self.report.plan(1)
+        self.report.plan(1 + CONFIRM_MAX)
         self.report.step(f"{'tuning' if st.tune and not runs else 'confirming'} {shown((c.name, c.precision))}")
         ship = self._shipping(st, ex, (c.name, c.precision))
         if not runs:
             settings, first = self._first(st, c, ship)
             runs = [first]
-        if settled([st.value(r) for r in runs], st.budget.ms):  # e.g. this process's draw is over
-            return runs, settings
+        self.report.advance()
+        fresh = 0
+        if not settled([st.value(r) for r in runs], st.budget.ms):  # e.g. this process's draw is over
+            self.report.step(f"confirming {shown((c.name, c.precision))}")
+            fresh = self._fresh(st, c, ship, runs, settings)
+        self.report.advance(max(0, CONFIRM_MAX - fresh))
+        return runs, settings
+
+    def _fresh(self, st: SearchState, c: Candidate, ship: bytes | None, runs: list[LatencyStats],
+               settings: SessionSettings | None) -> int:
+        """Fresh-process draws appended to `runs` until they are settled; returns how many were drawn."""
         more = iter(self.probes.draws(st.model_of(c.name), st.spec, st.runtime, st.budget.batch, onnx=ship,
                                       precision=c.precision, settings=settings))
+        fresh = 0
         for r in more:
             runs.append(r)
+            fresh += 1
             st.counts["fresh_draws"] += 1
+            if fresh <= CONFIRM_MAX:  # (a test's seam may draw more)
+                self.report.advance()
             if settled([st.value(r) for r in runs], st.budget.ms):
                 break
         getattr(more, "close", lambda: None)()  # no more fresh processes started
-        return runs, settings
+        return fresh
 
     def confirm(self, st: SearchState, c: Candidate, ex) -> Candidate:
         j, k = (c.name, c.precision), st.key((c.name, c.precision))
@@ -230,7 +245,6 @@ class MeasuredSource:
         drawn = not settled([st.value(r) for r in runs], st.budget.ms)
         if drawn:
             runs, settings = self._draw(st, c, ex, runs, settings)
-            self.report.advance()
         slower = max(runs, key=st.value)
         faster = min(st.value(r) for r in runs)
         if st.value(slower) > UNSTABLE * faster:
