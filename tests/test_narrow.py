@@ -82,9 +82,3 @@ def test_presets_list_says_which_preset_to_pick():
     assert any("--preset auto" in g for g in guide) and any(g.startswith("A safe default: kd") for g in guide)
     r = CliRunner().invoke(app, ["presets", "list"], env={"COLUMNS": "100"})
     assert "which preset to pick:" in r.stdout and "--preset auto ranks" in r.stdout
-
-
-def test_selection_progress_gives_an_eta():
-    from kdcompress.select.engine import eta
-
-    assert eta(0.0, 0, 30) == "" and eta(10.0, 2, 3) == ", about 15 s left"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..core.progress import eta_bar
 from ..runtime import profile_dir
 from ..core.system import cpu_limit
 from . import Outcome, render
@@ -16,10 +17,9 @@ from . import Outcome, render
 def run_profile(f: dict[str, Any], console) -> Outcome:
     directory = Path(f["directory"])
     out = Path(f["out"]) if f["out"] else directory / "latency.json"
-    with console.status("timing candidates in ONNX Runtime") as status:
+    with eta_bar(console, "profile") as bar:
         table = profile_dir(directory, provider=f["provider"], threads=f["threads"], tune=f["tune"],
-                            cpu_limit=cpu_limit(), out=out, processes=f["processes"],
-                            progress=lambda m: status.update(f"timing {m}"))
+                            cpu_limit=cpu_limit(), out=out, processes=f["processes"], progress=bar)
     if table["unstable"]:
         key, spread = max(table["unstable"].items(), key=lambda kv: kv[1])
         others = f" ({len(table['unstable']) - 1} other model(s) too)" if len(table["unstable"]) > 1 else ""

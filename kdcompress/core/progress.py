@@ -8,7 +8,7 @@ work it knows in advance; `SILENT` is the reporter of a caller that shows nothin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -43,20 +43,55 @@ class _Silent:
 SILENT: Reporter = _Silent()
 
 
+class StepsTo(_Silent):
+    """A Reporter that only passes what runs now to `say` (a caller that logs lines rather than drawing a bar,
+    e.g. benchmarks/select_adherence.py through select()'s `on_measure`)."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self._say = say
+
+    def step(self, what: str) -> None:
+        self._say(what)
+
+
 def bar_width(console_width: int, desc: str, status_width: int) -> int:
     """The bar's width: what the line leaves beside the other columns, between 5 and MAX_BAR."""
     return max(5, min(MAX_BAR, console_width - FIXED_COLUMNS - status_width - len(desc)))
 
 
+def mean_rate_left(elapsed: float | None, completed: float, total: float | None) -> float | None:
+    """Seconds left at the task's mean rate so far (elapsed / units done x units left), None before any unit."""
+    if not elapsed or not completed or total is None:
+        return None
+    return max(0.0, elapsed / completed * (total - completed))
+
+
+def _remaining_column() -> Any:
+    """rich's time-remaining column, which estimates from the recent rate, falling back to the task's mean rate
+    where rich has no estimate because the total just grew (rich forgets its rate then, and a Bar's total
+    grows as work is planned: the teacher cache and the ranking decide some of select's work as it goes)."""
+    from rich.progress import TimeRemainingColumn
+    from rich.text import Text
+
+    class Remaining(TimeRemainingColumn):
+        def render(self, task: Any) -> Any:
+            left = None if task.finished or task.time_remaining is not None else mean_rate_left(
+                task.elapsed, task.completed, task.total)
+            if left is None:
+                return super().render(task)
+            minutes, seconds = divmod(int(left), 60)
+            return Text(f"{minutes // 60:d}:{minutes % 60:02d}:{seconds:02d}", style="progress.remaining")
+    return Remaining()
+
+
 def eta_progress(console: Any, desc: str, status_width: int) -> Any:
     """A rich Progress with the columns every long bar has; disabled where the console is quiet or no
     terminal. Its tasks carry a `status` field (at most `status_width` characters, the caller's to keep)."""
-    from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("[bold]{task.description}"),
                     BarColumn(bar_width=bar_width(console.width, desc, status_width)), TaskProgressColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), _remaining_column(),
                     TextColumn("{task.fields[status]}"), console=console, transient=False,
                     disable=console.quiet or not console.is_terminal)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import losses, students
 from ..core.config import RunConfig, preset_to_json
+from ..core.progress import eta_bar
 from ..core.errors import UsageError
 from ..core.runio import RunDir
 from ..core.types import NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS
@@ -63,13 +64,11 @@ def choose(p: Prepared, run: RunDir) -> Decision:
     """Select (before any training, so an impossible budget costs seconds, not an epoch), then rank the pool
     by trials (--rank trial) and the presets by paired trials (--preset auto), then decide the teacher cache."""
     cfg, opts = p.cfg, p.options
-    with p.console.status("measuring student candidates in ONNX Runtime") as status:
-        ladder = Ladder(p.splits.num_classes, p.teacher.input_spec,
-                        p.teacher.model if p.teacher.exportable else None,
-                        names=(cfg.student,) if cfg.student else cfg.candidates)
+    ladder = Ladder(p.splits.num_classes, p.teacher.input_spec, p.teacher.model if p.teacher.exportable else None,
+                    names=(cfg.student,) if cfg.student else cfg.candidates)
+    with eta_bar(p.console, "select") as bar:
         selection = p.ddp.on_main(lambda: measure(  # measured once, by rank 0
-            ladder, cfg.budget, cfg.runtime, setting_for(opts.select),
-            on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime ({cfg.runtime.provider})")))
+            ladder, cfg.budget, cfg.runtime, setting_for(opts.select), report=bar))
     if selection.chosen is None:
         raise UsageError("nothing was chosen: give --budget-ms (to select a student) or --student NAME")
     if opts.select.rank == "trial" and not cfg.student and cfg.budget.ms is not None:

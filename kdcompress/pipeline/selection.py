@@ -7,7 +7,6 @@ Imports no torch at import time: a warm `kdcompress select` takes everything fro
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from ..core.config import Budget, RuntimeConfig, TeacherOptions
+from ..core.progress import SILENT, Reporter, eta_bar
 from ..core.runio import RunDir, atomic_write_json
 from ..core.spec import InputSpec
 from ..select import (LazyTeacher, Selection, SelectOptions, export_ladder, known_summary, ladder_rows, remember,
@@ -49,12 +49,12 @@ def setting_for(opts: SelectOptions) -> dict[str, Any]:
 
 
 def measure(ladder: Ladder, budget: Budget, runtime: RuntimeConfig, setting: dict[str, Any], *,
-            on_measure: Callable[[str], None] | None = None, use_cache: bool = True,
-            prune: bool = True) -> Selection:
-    """The one call of the select stage; `setting` is setting_for(the selection options)."""
+            report: Reporter = SILENT, use_cache: bool = True, prune: bool = True) -> Selection:
+    """The one call of the select stage; `setting` is setting_for(the selection options); `report` is the
+    bar (core.progress) the candidates are counted on."""
     return select(num_classes=ladder.num_classes, spec=ladder.spec, budget=budget, runtime=runtime,
                   teacher_model=ladder.teacher_model, teacher_name=ladder.teacher_name, names=ladder.names,
-                  use_cache=use_cache, on_measure=on_measure, prune=prune, **setting)
+                  use_cache=use_cache, report=report, prune=prune, **setting)
 
 
 def teacher_for_select(path: Path, trust: bool, use_cache: bool,
@@ -111,11 +111,9 @@ def select_job(job: SelectJob, console: Console | None = None) -> tuple[Selectio
         num_classes, spec, arch, model = teacher_for_select(Path(job.teacher), job.trust, job.use_cache,
                                                             job.teacher_options)
         shape = "x".join(str(v) for v in spec.shape)
-        with console.status("measuring student candidates in ONNX Runtime") as status:
+        with eta_bar(console, "select") as bar:
             sel = measure(Ladder(num_classes, spec, model, arch, job.candidates), job.budget, job.runtime, setting,
-                          on_measure=lambda n: status.update(f"measuring {n} in ONNX Runtime "
-                                                             f"({job.runtime.provider})"),
-                          use_cache=job.use_cache, prune=job.prune)
+                          report=bar, use_cache=job.use_cache, prune=job.prune)
         for w in sel.notes:
             console.print(f"[yellow]warning:[/] {w}")
         title = f"student ladder for {arch} ({num_classes} classes, input {shape})"

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..core.errors import InputError, UsageError
 from ..core.fsguard import file_sha256
+from ..core.progress import SILENT, Reporter
 from .freshbench import UNSTABLE, draw_file, slowest
 from .ortbench import LatencyStats, SessionSettings, sweep_settings
 from ..core.runio import atomic_write_json
@@ -76,8 +77,7 @@ def table_stats(entry: dict[str, Any]) -> LatencyStats:
 
 def profile_dir(directory: Path, *, provider: str = "cpu", threads: int | None = None, tune: bool = False,
                 cpu_limit: int = 1, stat: str = "p50", out: Path | None = None, processes: int = PROCESSES,
-                progress: Callable[[str], None] | None = None,
-                draw: Callable[..., LatencyStats] | None = None) -> dict[str, Any]:
+                progress: Reporter = SILENT, draw: Callable[..., LatencyStats] | None = None) -> dict[str, Any]:
     """Measure every model of the manifest in `directory` with the one harness, each in `processes` new
     processes, and write latency.json (to `out`, default DIR/latency.json).
 
@@ -87,7 +87,8 @@ def profile_dir(directory: Path, *, provider: str = "cpu", threads: int | None =
     statistic (freshbench.slowest); its draws are kept beside it, and a model whose draws spread by more than
     UNSTABLE in `stat` is listed under "unstable". With `tune`, each model's settings are swept first (in
     this process, short runs); otherwise `threads` (default 1) intra-op threads, sequential, all
-    optimisations. `draw` is a seam for tests (freshbench.draw_file's signature)."""
+    optimisations. `progress` (core.progress) counts the sweeps and the processes x models draws, all known
+    before the first is timed. `draw` is a seam for tests (freshbench.draw_file's signature)."""
     from ..core.system import machine_fingerprint
 
     if processes < 1:
@@ -98,21 +99,21 @@ def profile_dir(directory: Path, *, provider: str = "cpu", threads: int | None =
     shape = (batch, *(int(v) for v in manifest["input_shape"]))
     t0 = time.time()
     entries = _checked_entries(directory, manifest)
+    progress.plan(len(entries) * (processes + (1 if tune else 0)))
     settings: dict[str, SessionSettings] = {}
     for m, path in entries:
-        if tune and progress:
-            progress(f"{m['key']} ({provider}): sweeping ORT settings")
-        settings[m["key"]] = (sweep_settings(path, shape, provider, cpu_limit, stat)[0] if tune
-                              else SessionSettings(threads or 1))
+        if tune:
+            progress.step(f"tuning {m['key']}")
+            settings[m["key"]] = sweep_settings(path, shape, provider, cpu_limit, stat)[0]
+            progress.advance()
+        else:
+            settings[m["key"]] = SessionSettings(threads or 1)
     draws: dict[str, list[LatencyStats]] = {m["key"]: [] for m, _ in entries}
-    t_draws, total = time.time(), processes * len(entries)
     for i in range(processes):
-        for n, (m, path) in enumerate(entries):
-            done = i * len(entries) + n
-            if progress:
-                left = f", about {(time.time() - t_draws) / done * (total - done):.0f} s left" if done else ""
-                progress(f"{m['key']} ({provider}), process {i + 1} of {processes} ({done + 1} of {total}{left})")
+        for m, path in entries:
+            progress.step(f"draw {i + 1}/{processes}: {m['key']}")
             draws[m["key"]].append((draw or draw_file)(path, provider, shape, settings[m["key"]], PROCESS_TIME_S))
+            progress.advance()
     models, unstable = _table_models(entries, settings, draws, stat)
     table = {"format": TABLE_FORMAT, "input_shape": manifest["input_shape"], "num_classes": manifest.get("num_classes"),
              "batch": batch, "provider": provider, "tuned": tune, "processes": processes, "stat": stat,

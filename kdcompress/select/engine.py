@@ -18,7 +18,6 @@ confirmation. Nothing else in the engine knows which one it runs.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,16 +25,16 @@ from typing import Any, Protocol
 
 from ..core.config import Budget, RuntimeConfig
 from ..core.errors import BudgetError
+from ..core.progress import SILENT, Reporter
 from ..runtime import UNSTABLE
 from ..runtime import check_table, model_key, table_stats
 from ..runtime import LatencyStats, SessionSettings
 from ..core.spec import Capacity, InputSpec
 from .cache import LatencyCache
-from .confirm import settled, table_note
+from .confirm import CONFIRM_MAX, settled, table_note
 from .result import PRECISION_PREFERENCE, Candidate, allowed_precisions
 
 Job = tuple[str, str]  # (student name, precision)
-OnMeasure = Callable[[str], None] | None
 
 # A candidate prunes the bigger ones of its family only when it measured clearly over the budget, by more
 # than 15%: nearer, a re-measurement of it could fit (screening figures sit a few percent off the shipping
@@ -125,6 +124,7 @@ class LatencySource(Protocol):
     label: str
 
     def provider(self, runtime: RuntimeConfig) -> str: ...
+    def planned(self, st: SearchState, model, cap: Capacity | None) -> int: ...
     def screen(self, st: SearchState, ex) -> None: ...
     def teacher(self, st: SearchState, model, cap: Capacity | None, name: str) -> Candidate | None: ...
     def confirm(self, st: SearchState, c: Candidate, ex) -> Candidate: ...
@@ -132,23 +132,27 @@ class LatencySource(Protocol):
 
 
 class MeasuredSource:
-    """Latencies measured on this machine: screening exports first, shipping exports to confirm; cached."""
+    """Latencies measured on this machine: screening exports first, shipping exports to confirm; cached.
+
+    Reports to `report` (core.progress): every candidate job (`planned`, with the teacher when it is not
+    cached) is done when measured, found in the cache or pruned; each confirmation adds one unit when it
+    starts (which candidates are confirmed, the ranking decides as it goes)."""
 
     label = "measured"
 
-    def __init__(self, probes: Probes, on_measure: OnMeasure = None):
-        self.probes, self.on_measure = probes, on_measure
+    def __init__(self, probes: Probes, report: Reporter = SILENT):
+        self.probes, self.report = probes, report
 
     def provider(self, runtime: RuntimeConfig) -> str:
         return runtime.provider
 
-    def _say(self, text: str) -> None:
-        if self.on_measure:
-            self.on_measure(text)
+    def planned(self, st: SearchState, model, cap: Capacity | None) -> int:
+        """Every candidate job, and the teacher when it will be measured (known to `teacher`, not cached)."""
+        key = st.cache.key("__teacher__", model, st.spec, st.num_classes, st.runtime, st.budget.batch)
+        return len(st.jobs) + (model is not None and cap is not None and st.cache.get(key) is None)
 
     def screen(self, st: SearchState, ex) -> None:
-        t0, measured = time.perf_counter(), 0
-        for i, j in enumerate(st.jobs):
+        for j in st.jobs:
             if (by := st.pruned_by(j)) is not None:
                 st.skip(j, by)
             elif (stats := st.cache.get(st.key(j))) is not None:
@@ -157,23 +161,27 @@ class MeasuredSource:
                 st.record(j, stats, st.cache.confirmed(k), st.cache.settings(k), st.cache.graph(k),
                           len(st.cache.draws(k)))
             else:
-                name = j[0] if j[1] == "fp32" else f"{j[0]} ({j[1]})"
-                left = eta(time.perf_counter() - t0, measured, len(st.jobs) - i)
-                self._say(f"{name} ({i + 1} of {len(st.jobs)}{left})")
-                measured += 1
+                self.report.step(f"measuring {shown(j)}")
                 blob, graph = self.probes.export(ex, [j], "screen").get(j, (None, "screen"))
                 stats = self.probes.measure(st.model_of(j[0]), st.spec, st.runtime, st.budget.batch, onnx=blob,
                                             precision=j[1], graph=graph)
                 st.counts["measured"] += 1
                 st.cache.put(st.key(j), stats, graph=graph)
                 st.record(j, stats, False, None, graph)
+            self.report.advance()
 
     def teacher(self, st: SearchState, model, cap: Capacity | None, name: str) -> Candidate | None:
         if model is None or cap is None:
             return None
-        say = self.on_measure and (lambda _: self.on_measure(f"the teacher ({name})"))
+        measured: list[bool] = []
+
+        def say(_: str) -> None:  # called only when the teacher is measured (not cached)
+            measured.append(True)
+            self.report.step("measuring the teacher")
         stats = self.probes.teacher("__teacher__", model, st.spec, st.num_classes, st.runtime, st.budget.batch,
                                     st.cache, say)
+        if measured:
+            self.report.advance()
         t_key = st.cache.key("__teacher__", model, st.spec, st.num_classes, st.runtime, st.budget.batch)
         return Candidate(name, cap.params, cap.flops, stats, st.fits(stats), graph=st.cache.graph(t_key))
 
@@ -195,25 +203,40 @@ class MeasuredSource:
 
     def _draw(self, st: SearchState, c: Candidate, ex, runs: list[LatencyStats],
               settings: SessionSettings | None) -> tuple[list[LatencyStats], SessionSettings | None]:
-        """Draws of the shipping graph, added to an earlier confirmation's `runs` until they are settled."""
+        """Draws of the shipping graph, added to an earlier confirmation's `runs` until they are settled. On the
+        bar a confirmation is this process's draw and up to CONFIRM_MAX fresh ones (each a process: they take
+        the time); those a settled confirmation does not need are done at once."""
         st.counts["confirmations"] += 1
+        self.report.plan(1 + CONFIRM_MAX)
+        self.report.step(f"{'tuning' if st.tune and not runs else 'confirming'} {shown((c.name, c.precision))}")
         ship = self._shipping(st, ex, (c.name, c.precision))
-        self._say(f"{c.name} again (confirming it meets the budget"
-                  f"{', tuning ORT settings' if st.tune and not runs else ''})")
         if not runs:
             settings, first = self._first(st, c, ship)
             runs = [first]
-        if settled([st.value(r) for r in runs], st.budget.ms):  # e.g. this process's draw is over
-            return runs, settings
+        self.report.advance()
+        fresh = 0
+        if not settled([st.value(r) for r in runs], st.budget.ms):  # e.g. this process's draw is over
+            self.report.step(f"confirming {shown((c.name, c.precision))}")
+            fresh = self._fresh(st, c, ship, runs, settings)
+        self.report.advance(max(0, CONFIRM_MAX - fresh))
+        return runs, settings
+
+    def _fresh(self, st: SearchState, c: Candidate, ship: bytes | None, runs: list[LatencyStats],
+               settings: SessionSettings | None) -> int:
+        """Fresh-process draws appended to `runs` until they are settled; returns how many were drawn."""
         more = iter(self.probes.draws(st.model_of(c.name), st.spec, st.runtime, st.budget.batch, onnx=ship,
                                       precision=c.precision, settings=settings))
+        fresh = 0
         for r in more:
             runs.append(r)
+            fresh += 1
             st.counts["fresh_draws"] += 1
+            if fresh <= CONFIRM_MAX:  # (a test's seam may draw more)
+                self.report.advance()
             if settled([st.value(r) for r in runs], st.budget.ms):
                 break
         getattr(more, "close", lambda: None)()  # no more fresh processes started
-        return runs, settings
+        return fresh
 
     def confirm(self, st: SearchState, c: Candidate, ex) -> Candidate:
         j, k = (c.name, c.precision), st.key((c.name, c.precision))
@@ -225,8 +248,7 @@ class MeasuredSource:
         slower = max(runs, key=st.value)
         faster = min(st.value(r) for r in runs)
         if st.value(slower) > UNSTABLE * faster:
-            shown = c.name if c.precision == "fp32" else f"{c.name} ({c.precision})"
-            st.spread[shown] = (len(runs), faster, st.value(slower))
+            st.spread[shown(j)] = (len(runs), faster, st.value(slower))
         if drawn:
             st.cache.put(k, slower, confirmed=True, settings=settings, graph="ship", draws=runs)
             st.cache.save()
@@ -242,19 +264,24 @@ class TableSource:
     """Latencies from a table `kdcompress profile` measured on the target: the target's own figures are the
     confirmation, and the teacher is not measured here."""
 
-    def __init__(self, path: Path, table: dict[str, Any]):
-        self.path, self.table = path, table
+    def __init__(self, path: Path, table: dict[str, Any], report: Reporter = SILENT):
+        self.path, self.table, self.report = path, table, report
         self.label = f"latency-table:{path}"
 
     def provider(self, runtime: RuntimeConfig) -> str:
         return str(self.table.get("provider", runtime.provider))
 
+    def planned(self, st: SearchState, model, cap: Capacity | None) -> int:
+        return len(st.jobs)  # the teacher is not measured
+
     def screen(self, st: SearchState, ex) -> None:
         wanted = {model_key(*j): (st.capacity[j[0]][0].params, st.capacity[j[0]][0].flops) for j in st.jobs}
         check_table(self.table, self.path, input_shape=tuple(st.spec.shape), batch=st.budget.batch, wanted=wanted)
+        self.report.step("reading the latency table")
         for j in st.jobs:
             e = self.table["models"][model_key(*j)]
             st.record(j, table_stats(e), True, SessionSettings.from_json(e.get("settings") or {}), "ship")
+            self.report.advance()
 
     def teacher(self, st: SearchState, model, cap: Capacity | None, name: str) -> Candidate | None:
         return None
@@ -266,12 +293,9 @@ class TableSource:
         return table_note(self.table, chosen, stat)
 
 
-def eta(elapsed: float, done: int, left: int) -> str:
-    """", about N s left": the mean time per measured candidate so far times those left (cached ones and pruned
-    ones cost nothing, so it is an upper bound); nothing before the first measurement."""
-    if done < 1:
-        return ""
-    return f", about {elapsed / done * left:.0f} s left"
+def shown(j: Job) -> str:
+    """A candidate as messages name it: "resnet8", "resnet8 (int8)"."""
+    return j[0] if j[1] == "fp32" else f"{j[0]} ({j[1]})"
 
 
 def mark_slower(st: SearchState, c: Candidate) -> Candidate:

@@ -32,6 +32,7 @@ from typing import Any
 
 from ..core.config import Budget, RuntimeConfig
 from ..core.errors import UsageError
+from ..core.progress import SILENT, Reporter, StepsTo
 from ..runtime import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
 from ..core.spec import InputSpec
 from ..core.system import cap_threads, cpu_limit, torch_threads
@@ -236,9 +237,10 @@ def _probes() -> Probes:
 
 def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: RuntimeConfig,
            teacher_model=None, teacher_name: str = "teacher", names: tuple[str, ...] = (),
-           use_cache: bool = True, on_measure: Callable[[str], None] | None = None, precision: str = "fp32",
+           use_cache: bool = True, report: Reporter = SILENT, precision: str = "fp32",
            convert=None, prune: bool = True, tune: bool = False,
-           latency_table: tuple[Path, dict[str, Any]] | None = None) -> Selection:
+           latency_table: tuple[Path, dict[str, Any]] | None = None,
+           on_measure: Callable[[str], None] | None = None) -> Selection:
     """Measure the candidates (and the teacher), then choose the most capable one that meets the budget
     on its confirmation (module doc; the phases are select.engine's). Without a budget nothing is chosen
     (the ladder only), except when a single candidate was named (`distill --student`), which is then the choice.
@@ -246,9 +248,13 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     `prune`: with a budget, skip a candidate at least as big as a same-family, same-precision one measured
     clearly over it. `precision` picks what may ship; `convert` makes the fp16/int8 bytes. `tune` sweeps ORT
     settings for each candidate that is confirmed. `latency_table` (path, table): every figure from a table
-    measured on the target by `kdcompress profile` instead of measuring here."""
+    measured on the target by `kdcompress profile` instead of measuring here. `report` (core.progress) is
+    told the work as it is planned, runs and is done (select.engine.MeasuredSource); `on_measure`, for a
+    caller that logs lines instead (benchmarks/select_adherence.py), is told only what runs now."""
     from .ladder import Exporter
 
+    if on_measure is not None:
+        report = StepsTo(on_measure)
     t_start = time.time()
     threads, note = cap_threads(runtime.threads)
     runtime = replace(runtime, threads=threads)
@@ -257,8 +263,9 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     caps = LatencyCache(cache.path.with_name("capacity.json"), enabled=use_cache)
     st, t_cap = _open_search(num_classes, spec, budget, runtime, teacher_model, names, precs, cache, caps,
                              prune, tune)
-    source: LatencySource = (TableSource(*latency_table) if latency_table is not None
-                             else MeasuredSource(_probes(), on_measure))
+    source: LatencySource = (TableSource(*latency_table, report) if latency_table is not None
+                             else MeasuredSource(_probes(), report))
+    report.plan(source.planned(st, teacher_model, t_cap))
     with torch_threads(1), Exporter(num_classes, spec, convert, 1, build=st.model_of, batch=budget.batch) as ex:
         screen(st, source, ex)
         teacher = source.teacher(st, teacher_model, t_cap, teacher_name)
