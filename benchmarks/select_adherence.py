@@ -101,6 +101,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from kdcompress.core.config import Budget, RuntimeConfig
+    from kdcompress.core.progress import StepsTo
     from kdcompress.core.errors import BudgetError
     from kdcompress.runtime.freshbench import measure_fresh
     from kdcompress.runtime.onnxio import onnx_bytes
@@ -119,11 +120,13 @@ def main() -> None:
     runtime = RuntimeConfig(provider=args.provider, threads=args.threads)
     t0 = time.time()
 
-    def progress(name: str) -> None:
-        print(f"  [{time.time() - t0:6.1f}s] measuring {name}", file=sys.stderr, flush=True)
+    def say(what: str) -> None:
+        print(f"  [{time.time() - t0:6.1f}s] {what}", file=sys.stderr, flush=True)
+
+    progress = StepsTo(say)  # what select runs now, as log lines
 
     ladder = select(num_classes=args.classes, spec=spec, budget=Budget(None, args.stat), runtime=runtime,
-                    teacher_model=teacher, teacher_name=args.teacher, on_measure=progress)
+                    teacher_model=teacher, teacher_name=args.teacher, report=progress)
     lat = {c.name: c.latency.stat(args.stat) for c in ladder.candidates}
     lo, hi = min(lat.values()), max(lat.values())
     n = args.budgets
@@ -136,14 +139,14 @@ def main() -> None:
     for b in budgets:
         try:
             sel = select(num_classes=args.classes, spec=spec, budget=Budget(round(b, 5), args.stat), runtime=runtime,
-                         teacher_model=teacher, teacher_name=args.teacher, on_measure=progress)
+                         teacher_model=teacher, teacher_name=args.teacher, report=progress)
         except BudgetError as e:  # every screened fit failed its confirmation on the shipping graph
             refused.append((b, e.message))
             continue
         name = sel.chosen.name
         # the same selection without pruning, on the same (cached) measurements: must agree
         full = select(num_classes=args.classes, spec=spec, budget=Budget(round(b, 5), args.stat), runtime=runtime,
-                      teacher_model=teacher, teacher_name=args.teacher, on_measure=progress, prune=False)
+                      teacher_model=teacher, teacher_name=args.teacher, report=progress, prune=False)
         same = full.chosen.name == name or (f"NO (exhaustive: {full.chosen.name}, "
                                             f"{full.chosen.latency.stat(args.stat):.4f} ms)")
         skipped = len(sel.skipped)

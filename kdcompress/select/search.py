@@ -32,7 +32,7 @@ from typing import Any
 
 from ..core.config import Budget, RuntimeConfig
 from ..core.errors import UsageError
-from ..core.progress import SILENT, Reporter, StepsTo
+from ..core.progress import SILENT, Reporter
 from ..runtime import LatencyStats, SessionSettings, make_session, measure_latency, sweep_settings
 from ..core.spec import InputSpec
 from ..core.system import cap_threads, cpu_limit, torch_threads
@@ -239,8 +239,7 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
            teacher_model=None, teacher_name: str = "teacher", names: tuple[str, ...] = (),
            use_cache: bool = True, report: Reporter = SILENT, precision: str = "fp32",
            convert=None, prune: bool = True, tune: bool = False,
-           latency_table: tuple[Path, dict[str, Any]] | None = None,
-           on_measure: Callable[[str], None] | None = None) -> Selection:
+           latency_table: tuple[Path, dict[str, Any]] | None = None) -> Selection:
     """Measure the candidates (and the teacher), then choose the most capable one that meets the budget
     on its confirmation (module doc; the phases are select.engine's). Without a budget nothing is chosen
     (the ladder only), except when a single candidate was named (`distill --student`), which is then the choice.
@@ -249,12 +248,10 @@ def select(*, num_classes: int, spec: InputSpec, budget: Budget, runtime: Runtim
     clearly over it. `precision` picks what may ship; `convert` makes the fp16/int8 bytes. `tune` sweeps ORT
     settings for each candidate that is confirmed. `latency_table` (path, table): every figure from a table
     measured on the target by `kdcompress profile` instead of measuring here. `report` (core.progress) is
-    told the work as it is planned, runs and is done (select.engine.MeasuredSource); `on_measure`, for a
-    caller that logs lines instead (benchmarks/select_adherence.py), is told only what runs now."""
+    told the work as it is planned, runs and is done (select.engine.MeasuredSource); core.progress.StepsTo
+    passes only what runs now, for a caller that logs lines (benchmarks/select_adherence.py)."""
     from .ladder import Exporter
 
-    if on_measure is not None:
-        report = StepsTo(on_measure)
     t_start = time.time()
     threads, note = cap_threads(runtime.threads)
     runtime = replace(runtime, threads=threads)

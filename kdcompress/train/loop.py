@@ -37,57 +37,16 @@ from ..core.checkpoint import save_checkpoint
 from ..core.infer import shard_hits
 from ..core.config import Preset, TrainConfig
 from ..core.errors import InputError, Interrupted, TrainingError, UsageError
-from ..core.runio import RunDir, atomic_torch_save, atomic_write_bytes, safe_torch_load
+from ..core.runio import RunDir, atomic_torch_save, safe_torch_load
 from ..core.progress import eta_progress
 from ..core.spec import InputSpec
 from ..core.splits import DataSplits
 from ..core.types import NEED_TEACHER_EMBED, NEED_TEACHER_LOGITS, LossContext, PrepareContext, TeacherLike
 from .distributed import SINGLE, Dist
+from .epochlog import METRICS_CSV, TensorBoardLog, write_metrics_csv
 from .interrupt import GracefulStop, signal_name
 from .step import Feeder, StepEngine
 from .teacher_cache import TeacherCache, cache_key, load_or_build, stored_k
-
-METRICS_CSV = "metrics.csv"
-TENSORBOARD_DIR = "tensorboard"
-
-
-class TensorBoardLog:
-    """train.tensorboard=true: each epoch's row (lr, validation accuracy, loss terms, seconds) as scalars in
-    RUN/tensorboard/, the writer opened at the first epoch logged and flushed after each. A run that turns it
-    on when it resumes (RUN/tensorboard/ absent) logs the epochs before the resume too, from the history."""
-
-    def __init__(self, root: Path):
-        self.root, self.writer = root, None
-
-    def log(self, history: list[dict[str, Any]]) -> None:
-        """Log the last row of `history` (and, at the writer's first opening in a new directory, the rows
-        before it)."""
-        rows = history[-1:]
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            fresh = not (self.root / TENSORBOARD_DIR).exists()
-            self.writer = SummaryWriter(log_dir=str(self.root / TENSORBOARD_DIR))
-            rows = history if fresh else rows
-        for row in rows:
-            for k, v in row.items():
-                if k != "epoch" and isinstance(v, (int, float)):
-                    self.writer.add_scalar(k, v, row["epoch"])
-        self.writer.flush()
-
-
-def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    """The run's per-epoch history as CSV (epoch, lr, validation accuracy, each loss term, seconds), rewritten
-    whole and atomically after every epoch, so a resumed run's file is the same as an uninterrupted one's."""
-    import csv
-    import io
-
-    columns = list(dict.fromkeys(k for row in history for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_bytes(path, buf.getvalue().encode())
 
 POLL_STEPS = 16  # GPU or torchrun: steps between looks at the NaN guard and stop requests (each is a sync)
 
