@@ -78,3 +78,21 @@ def test_profile_warns_of_an_unstable_machine_and_refuses_zero_processes(tmp_pat
     r = CliRunner().invoke(app, ["profile", str(d), "--processes", "0"])
     assert r.exit_code == 2 and "--processes must be at least 1" in r.stderr
     assert not (d / "latency.json").exists()  # a refused command writes nothing
+
+
+def test_profile_runs_one_typed_job_and_reports_it(tmp_path, monkeypatch):
+    import json
+
+    import kdcompress.runtime.latencytable as lt
+
+    d = ladder(tmp_path, ["a:fp32"])
+    monkeypatch.setattr(lt, "draw_file", lambda *a: stats(1.0))
+    out = tmp_path / "t.json"
+    r = CliRunner().invoke(app, ["profile", str(d), "--no-tune", "--processes", "2", "--threads", "1",
+                                 "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["job"] == {"format": "kdcompress.profile-job/1", "directory": str(d),
+                                           "provider": "cpu", "threads": 1, "tune": False, "processes": 2,
+                                           "out": str(out)}
+    r = CliRunner().invoke(app, ["profile", str(d), "--threads", "0", "--out", str(tmp_path / "u.json")])
+    assert r.exit_code == 2 and "--threads must be at least 1" in r.stderr and not (tmp_path / "u.json").exists()

@@ -10,8 +10,9 @@
     autopreset.py --preset auto: paired short trials of the candidate presets
     deliver.py    the one export-and-validate (distill and export alike), stamping each file's accuracy
     exportjob.py  `kdcompress export` (ExportJob); reexport.py: the files a run's report vouches for are never changed
-    validation.py `kdcompress validate` (ValidateJob); prediction.py: `kdcompress predict`
-    teacher.py    `kdcompress teacher train`; demo.py: `kdcompress demo`
+    validation.py `kdcompress validate` (ValidateJob); prediction.py: `kdcompress predict` (PredictJob)
+    profiling.py  `kdcompress profile` (ProfileJob), on the target: no torch
+    teacher.py    `kdcompress teacher train` (TeacherTrainJob); demo.py: `kdcompress demo`
 
 This is the package's face: commands import these names from `kdcompress.pipeline`, never from a module of
 it. The face is lazy (PEP 562): a name imports its own module when first asked for, so a warm `kdcompress
@@ -34,6 +35,8 @@ _FACE = {
     "export_job": "exportjob",
     "ExportJob": "exportjob",
     "predict_job": "prediction",
+    "profile_job": "profiling",
+    "ProfileJob": "profiling",
     "PredictJob": "prediction",
     "run_demo": "demo",
     "select_job": "selection",
@@ -55,6 +58,7 @@ if TYPE_CHECKING:  # what the face gives, for type checkers and readers
     from .choose import cache_facts  # noqa: F401
     from .demo import run_demo  # noqa: F401
     from .prediction import PredictJob, predict_job  # noqa: F401
+    from .profiling import ProfileJob, profile_job  # noqa: F401
     from .exportjob import ExportJob, export_job  # noqa: F401
     from .job import distill  # noqa: F401
     from .jobspec import DistillJob, run_job  # noqa: F401
