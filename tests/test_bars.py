@@ -52,6 +52,7 @@ def test_select_measures_on_an_eta_bar_and_keeps_json_strict(tiny_teacher):
     assert r.exit_code == 0, r.output
     sel = json.loads(r.stdout)  # one strict object: the bar went to stderr
     assert sel["search"]["measured"] == 3 and sel["source"] == "measured"
+    assert sel["job"]["format"] == "kdcompress.select-job/1" and sel["job"]["budget_ms"] is None  # the typed job
     bars = assert_eta_bar(r.stderr, "select")
     for name in CANDIDATES.split(","):  # the status says what is measured now
         assert any(f.rstrip().endswith(f"measuring {name}") for f in bars), (name, bars)

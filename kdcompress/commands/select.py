@@ -43,5 +43,5 @@ def run_select_command(f: dict[str, Any], console) -> Outcome:
                     candidates=names, use_cache=not f["no_cache"], prune=not f["no_prune"], out=f["out"],
                     force=f["force"], trust=f["trust_checkpoint"], teacher_options=teacher_options(f))
     sel, title = select_job(job, console)
-    result = sel.to_json()
+    result = {**sel.to_json(), "job": job.to_json()}
     return Outcome(result, lambda: render.selection_table(result, title))

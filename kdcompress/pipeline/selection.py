@@ -99,6 +99,14 @@ class SelectJob:
     trust: bool = False
     teacher_options: TeacherOptions | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "kdcompress.select-job/1", "teacher": str(self.teacher), "budget_ms": self.budget.ms,
+                "stat": self.budget.stat, "batch": self.budget.batch, "provider": self.runtime.provider,
+                "threads": self.runtime.threads, "select": self.opts.to_json(), "candidates": list(self.candidates),
+                "use_cache": self.use_cache, "prune": self.prune, "out": None if self.out is None else str(self.out),
+                "trust_checkpoint": self.trust,
+                "teacher_options": None if self.teacher_options is None else self.teacher_options.to_json()}
+
 
 def select_job(job: SelectJob, console: Console | None = None) -> tuple[Selection, str]:
     """Measure and choose for the teacher's input shape; with `out`, write selection.json and selection.png.
