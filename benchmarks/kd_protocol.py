@@ -121,7 +121,8 @@ def student_runs(student: str, args, splits, teacher, root: Path, ledger: Ledger
         done = ledger.get(student, label, seed)
         if done is not None:
             return done
-        preset = _preset(preset_name, epochs, seed, args.set)
+        name, *extra = preset_name.split(",")  # a variant: "NAME,key=value,..."
+        preset = _preset(name, epochs, seed, [*args.set, *extra])
         return ledger.add(run(label, preset, student, seed, splits, teacher, root, args.device))
 
     rows = []
@@ -130,8 +131,9 @@ def student_runs(student: str, args, splits, teacher, root: Path, ledger: Ledger
         ce = chosen_baseline(ladder)
         rows += [*ladder, ce]
         per_epoch = ladder[0]["cpu_seconds"] / ladder[0]["epochs"]  # CPU seconds: fair on a shared machine
-        for name in args.presets:
-            r = once(name, name, args.epochs, seed)
+        for entry in args.presets:
+            name, _, spec = entry.partition(":")  # "LABEL:NAME,key=value,..." is a preset variant
+            r = once(name, spec or name, args.epochs, seed)
             rows.append(r)
             eq = None
             if args.equal_compute:
@@ -218,7 +220,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                     help="the plain student's schedule lengths, each a full run (default 2x and 4x --epochs); "
                          "per seed the one with the best validation accuracy is the baseline")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--presets", nargs="+", default=["kd", "nd", "fm"])
+    ap.add_argument("--presets", nargs="+", default=["kd", "nd", "fm"],
+                    help="preset names, or LABEL:NAME,key=value,... for a variant (e.g. "
+                         "fm32:fm,train.teacher_cache=views,train.cache_views=32)")
     ap.add_argument("--equal-compute", action="store_true", help="also a ce run with each preset's seconds")
     ap.add_argument("--set", nargs="*", default=[], help="--set overrides for every run (e.g. train.batch_size=128)")
     ap.add_argument("--device", default="cpu")
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> str:
         for student in args.students:
             got = student_runs(student, args, splits, teacher, Path(tmp), ledger)
             parts += [f"## student {student}", "", ladder_table(got, args.seeds, args.baseline_epochs), "",
-                      table(summarise(got, t_acc, args.seeds, args.presets)), ""]
+                      table(summarise(got, t_acc, args.seeds, [e.partition(":")[0] for e in args.presets])), ""]
     text = "\n".join(head + parts) + f"\nwall {(dt.datetime.now(dt.UTC) - started).seconds // 60} min\n"
     print(text)
     return text
