@@ -127,7 +127,7 @@ def select_job(job: SelectJob, console: Console | None = None) -> tuple[Selectio
         title = f"student ladder for {arch} ({num_classes} classes, input {shape})"
         if job.out is not None:
             out = Path(job.out)
-            atomic_write_json(out / "selection.json", sel.to_json())
+            atomic_write_json(out / "selection.json", {**sel.to_json(), "job": job.to_json()})
             save_pareto_plot(sel, out / "selection.png", title)
             console.print(f"wrote {out / 'selection.json'} and {out / 'selection.png'}")
     return sel, title
