@@ -71,6 +71,9 @@ def run(label: str, preset, student: str, seed: int, splits, teacher, root: Path
     spec = teacher.input_spec
     preset, cache = _with_cache(preset, teacher, student, splits, spec)
     rd = RunDir(root / f"{student}-{label}-{seed}")
+    # a private teacher-output cache: each run builds (and pays for) its own, as a lone `distill` would; a shared
+    # one would let a run reuse outputs another run paid for, and equal compute would undercount it
+    os.environ["KDCOMPRESS_CACHE"] = str(root / f"cache-{student}-{label}-{seed}")
     t0, c0 = time.perf_counter(), time.process_time()
     result = train(arch=student, splits=splits, spec=spec, preset=preset,
                    teacher=teacher if preset.needs_teacher else None, run=rd, device=torch.device(device),
