@@ -17,7 +17,9 @@ NCKD about KD's weight.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -30,6 +32,7 @@ from kd_protocol import _preset, run  # benchmarks/, beside this file
 from presets import cached_teacher, paired_stats
 
 from kdcompress.core.infer import predict
+from kdcompress.core.system import machine_fingerprint
 from kdcompress.data import load_data
 from kdcompress.teacher import load_teacher
 
@@ -82,7 +85,11 @@ def main(argv: list[str] | None = None) -> str:
                 if args.json:
                     args.json.write_text(json.dumps({"runs": rows, "args": {k: str(v) for k, v in vars(args).items()}},
                                                     indent=1))
-    text = "\n".join([f"teacher mean 1 - p_t at T=4 on the training split: {non_target_mass(teacher, splits, 4.0):.3f}",
+    fp = machine_fingerprint()
+    text = "\n".join([f"machine: {fp.get('cpu')} ({fp.get('cpus')} CPUs), load average {os.getloadavg()[0]:.2f}, "
+                      f"{args.threads} torch threads, torch {torch.__version__}; "
+                      f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+                      f"teacher mean 1 - p_t at T=4 on the training split: {non_target_mass(teacher, splits, 4.0):.3f}",
                       "", table(rows, [c[0] for c in configs], args.seeds)])
     print(text)
     return text
