@@ -90,10 +90,11 @@ def test_validate_draws_an_eta_bar_and_records_its_job(onnx_file, tiny_teacher, 
     assert written["variants"][0]["throughput"]["batch"] == 4  # the job recorded is the job measured
 
 
-def test_validate_without_out_and_piped_has_no_job_and_no_bar(onnx_file):
+def test_validate_without_out_and_piped_carries_its_job_and_draws_no_bar(onnx_file):
     r = invoke("validate", "--onnx", onnx_file, "--data", TINY_DATA, "--throughput-batch", "2", "--json")
     assert r.exit_code == 0, r.output
-    assert "job" not in json.loads(r.stdout)
+    job = json.loads(r.stdout)["job"]  # like every command's --json result: the typed job it ran
+    assert job["format"] == "kdcompress.validate-job/1" and job["throughput_batch"] == 2 and job["out"] is None
     assert "eta" not in r.stderr, r.stderr
 
 

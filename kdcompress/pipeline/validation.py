@@ -127,8 +127,8 @@ def validate_job(job: ValidateJob, console) -> dict[str, Any]:
                               teacher=t_src, batch=job.batch, throughput_batch=job.throughput_batch, report=bar)
     report = validate_report(data_spec=job.data, splits=splits, checkpoint=job.checkpoint, val=val,
                              teacher_info=t_info)
+    report = {**report, "job": job.to_json()}
     if out is not None:
-        report = {**report, "job": job.to_json()}
         with RunDir(out).claim(force=job.force):
             RunDir(out).mark("validate")
             report = write_report(report, out)
