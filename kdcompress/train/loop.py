@@ -367,8 +367,9 @@ class _Session:
                     g["lr"] = lr
                 sums, seconds = self._epoch(epoch, lambda: progress.advance(task))
                 row = self._end_epoch(epoch, lr, sums, seconds)
-                progress.update(task, status=f"ep {epoch}/{cfg.epochs} loss {row.get('loss', 0):.3f} "
-                                             f"val {row['val_accuracy']:.3f}")
+                # drawn at once: each epoch's line shows, however fast the epoch (a tiny run included)
+                progress.update(task, refresh=True, status=f"ep {epoch}/{cfg.epochs} loss {row.get('loss', 0):.3f} "
+                                                           f"val {row['val_accuracy']:.3f}")
                 if not console.is_terminal:
                     console.print(f"epoch {epoch}/{cfg.epochs}  loss {row.get('loss', 0):.4f}  "
                                   f"val_acc {row['val_accuracy']:.4f}")
