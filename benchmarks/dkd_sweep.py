@@ -29,12 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kd_protocol import _preset, run  # benchmarks/, beside this file
-from presets import cached_teacher, paired_stats
+from presets import add_setting_args, load_setting, paired_stats
 
 from kdcompress.core.infer import predict
 from kdcompress.core.system import machine_fingerprint
-from kdcompress.data import load_data
-from kdcompress.teacher import load_teacher
 
 # (label, preset, --set overrides)
 CONFIGS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -57,28 +55,21 @@ def non_target_mass(teacher, splits, T: float) -> float:
 
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="mnist5k")
-    ap.add_argument("--student", default="tinycnn_w16")
-    ap.add_argument("--teacher-arch", default="resnet8x4")
-    ap.add_argument("--teacher-epochs", type=int, default=15)
-    ap.add_argument("--epochs", type=int, default=80)
+    add_setting_args(ap, epochs=80)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "kdcompress-bench")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--only", nargs="*", default=None, help="labels of CONFIGS to run (default: all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    teacher_path, _ = cached_teacher(args, args.cache_dir)
-    teacher = load_teacher(teacher_path)
-    splits = load_data(args.data, teacher.input_spec)
+    teacher, splits = load_setting(args)
     configs = [c for c in CONFIGS if args.only is None or c[0] in args.only]
     rows = []
     with tempfile.TemporaryDirectory(prefix="kdc-dkd-") as tmp:
         for seed in args.seeds:
             for label, name, sets in configs:
                 r = run(label, _preset(name, args.epochs, seed, list(sets)), args.student, seed, splits, teacher,
-                        Path(tmp), "cpu")
+                        Path(tmp), args.device)
                 rows.append(r)
                 print(f"seed {seed} {label}: val {100 * r['val_acc']:.2f}% test {100 * r['test_acc']:.2f}% "
                       f"({r['cpu_seconds']:.0f} CPU s)", flush=True)

@@ -19,10 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kd_protocol import _preset, run  # benchmarks/, beside this file
-from presets import cached_teacher
+from presets import add_setting_args, load_setting
 
-from kdcompress.data import load_data
-from kdcompress.teacher import load_teacher
 
 VIEWS = ("train.teacher_cache=views", "train.cache_views=4")
 SGD = ("train.optimizer=sgd", "train.lr=0.05", "train.momentum=0.9", "train.weight_decay=5e-4")
@@ -41,22 +39,16 @@ ROWS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="mnist5k")
-    ap.add_argument("--student", default="tinycnn_w16")
-    ap.add_argument("--teacher-arch", default="resnet8x4")
-    ap.add_argument("--teacher-epochs", type=int, default=15)
-    ap.add_argument("--epochs", type=int, default=20)
+    add_setting_args(ap, epochs=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "kdcompress-bench")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    teacher = load_teacher(cached_teacher(args, args.cache_dir)[0])
-    splits = load_data(args.data, teacher.input_spec)
+    teacher, splits = load_setting(args)
     print("| run | val % | test % | CPU s | validation curve |\n|---|---:|---:|---:|---|")
     with tempfile.TemporaryDirectory(prefix="kdc-fm-") as tmp:
         for label, name, sets in ROWS:
             r = run(label, _preset(name, args.epochs, args.seed, list(sets)), args.student, args.seed, splits,
-                    teacher, Path(tmp), "cpu")
+                    teacher, Path(tmp), args.device)
             curve = " ".join(f"{100 * v:.0f}" for v in r["curve"])
             print(f"| {label} | {100 * r['val_acc']:.1f} | {100 * r['test_acc']:.1f} | {r['cpu_seconds']:.0f} | "
                   f"{curve} |", flush=True)

@@ -85,6 +85,26 @@ def cached_teacher(args, cache: Path) -> tuple[Path, dict]:
     return path, info
 
 
+def add_setting_args(ap: argparse.ArgumentParser, epochs: int) -> None:
+    """The flags of a short study on one student and one cached teacher (dkd_sweep.py, fm_check.py)."""
+    ap.add_argument("--data", default="mnist5k")
+    ap.add_argument("--student", default="tinycnn_w16")
+    ap.add_argument("--teacher-arch", default="resnet8x4")
+    ap.add_argument("--teacher-epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--device", default="cpu", help="where the teacher is trained when it is not cached yet")
+    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "kdcompress-bench")
+
+
+def load_setting(args):
+    """(the cached teacher, trained once if missing, and the data's splits at its input shape)."""
+    from kdcompress.data import load_data
+    from kdcompress.teacher import load_teacher
+
+    teacher = load_teacher(cached_teacher(args, args.cache_dir)[0])
+    return teacher, load_data(args.data, teacher.input_spec)
+
+
 def run_one(name: str, seed: int, args, splits, teacher, root: Path) -> dict:
     preset = losses.load_checked_preset(name, [f"train.epochs={args.epochs}", f"train.seed={seed}", *args.set])
     run = RunDir(root / f"{name}-{seed}")
