@@ -45,7 +45,7 @@ SILENT: Reporter = _Silent()
 
 class StepsTo(_Silent):
     """A Reporter that only passes what runs now to `say` (a caller that logs lines rather than drawing a bar,
-    e.g. benchmarks/select_adherence.py through select()'s `on_measure`)."""
+    e.g. benchmarks/select_adherence.py, as select()'s `report`)."""
 
     def __init__(self, say: Callable[[str], None]) -> None:
         self._say = say
