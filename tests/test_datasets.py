@@ -241,7 +241,7 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
 
 
 def test_torchvision_root_without_files_needs_download_and_download_is_used(tmp_path, monkeypatch):
-    with pytest.raises(InputError, match="pass --download"):
+    with pytest.raises(InputError, match="data.download=true"):
         load_data(f"cifar10:{tmp_path}")
     import torchvision
 
@@ -321,7 +321,7 @@ def test_cli_distill_on_imagefolder_and_one_line_errors(tmp_path, tiny_teacher):
     assert rep["data"]["sizes"] == {"train": 20, "val": 4, "test": 6}
     assert rep["data"]["classes"] == ["class_0", "class_1", "class_2"]
     for spec, code, needle in ((f"imagefolder:{tmp_path / 'missing'}", InputError.exit_code, "not found"),
-                               (f"cifar10:{tmp_path}", InputError.exit_code, "--download")):
+                               (f"cifar10:{tmp_path}", InputError.exit_code, "--set data.download=true")):
         r = runner.invoke(app, ["distill", "--teacher", str(tiny_teacher), "--data", spec, "--student",
                                 "tinycnn_w8", "--out", str(tmp_path / "r2")])
         assert r.exit_code == code, r.output

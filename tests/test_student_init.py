@@ -44,7 +44,7 @@ def test_pretrained_without_cache_fails_saying_where_it_looked(empty_caches):
         initialise(build_student("timm_mobilenetv3_small_050", 3, S96), "timm_mobilenetv3_small_050", "pretrained",
                    S96, 3)
     msg = str(e.value)
-    assert str(empty_caches / "hf") in msg and "--download" in msg and "\n" not in msg
+    assert str(empty_caches / "hf") in msg and "--set data.download=true" in msg and "\n" not in msg
     with pytest.raises(EnvironmentProblem, match="torchhub/checkpoints/resnet18"):
         initialise(build_student("resnet18", 3, S96), "resnet18", "pretrained", S96, 3)
     with pytest.raises(UsageError, match="no published pretrained weights"):

@@ -14,7 +14,8 @@ when all are integers they sort by value (folders 0..11 -> labels 0..11), otherw
 16-bit grey images are brought to 8 bits by value / 257 (rounded), not clipped.
 
 Options follow the path after commas: `load=auto|memory|stream` and `workers=N` (decoding processes).
-Nothing is downloaded unless `--download` is given (torchvision's downloaders then fill the root).
+Nothing is downloaded unless distill is given `--set data.download=true` (torchvision's downloaders then fill
+the root).
 
 Images become float tensors in [0, 1] of the target shape (the teacher's): channels converted (grey ->
 RGB by replication, RGB -> grey by ITU-R 601 luma), resized so the image covers the target, then centre
@@ -311,14 +312,16 @@ def _download(kind: str, root: Path, train: bool) -> None:
 
 
 def _find_or_download(find, kind: str, root: Path, download: bool, expected: str):
-    """What `find()` locates under root; with --download, fetch both splits first when it finds nothing."""
+    """What `find()` locates under root; with download (distill's data.download), fetch both splits first when it
+    finds nothing."""
     found = find()
     if found is None and download:
         _download(kind, root, True)
         _download(kind, root, False)
         found = find()
     if found is None:
-        raise InputError(f"{kind} not found under {root} (expected {expected}); pass --download to fetch it")
+        raise InputError(f"{kind} not found under {root} (expected {expected}); put it there, or let distill fetch it: "
+                         "--set data.download=true")
     return found
 
 

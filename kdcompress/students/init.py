@@ -1,11 +1,11 @@
-"""Initialising a student before distillation (`distill --student-init`).
+"""Initialising a student before distillation (`distill --set student.init=...`).
 
-    --student-init PATH        a state_dict for the chosen student (a plain state_dict, a dict with it under
+    student.init=PATH          a state_dict for the chosen student (a plain state_dict, a dict with it under
                                state_dict/model/model_state_dict, a kdcompress checkpoint, or .safetensors),
                                loaded weights-only and strictly: any misfit is one line naming the student
-    --student-init pretrained  the published ImageNet weights of a timm or torchvision student, read from the
+    student.init=pretrained    the published ImageNet weights of a timm or torchvision student, read from the
                                local caches only (Hugging Face hub cache, torch hub's checkpoints/); a miss
-                               fails in one line saying where it looked. `--download` fetches them instead.
+                               fails in one line saying where it looked. data.download=true fetches them instead.
                                The classifier (and a stem conv for another channel count) keeps its fresh init.
 """
 
@@ -36,13 +36,13 @@ def initialise(model: nn.Module, name: str, init: str | None, spec: InputSpec, n
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
-        raise InputError(f"--student-init {init} does not fit student {name}: {_misfit(model, state)}") from None
+        raise InputError(f"student.init {init} does not fit student {name}: {_misfit(model, state)}") from None
     return model
 
 
 def _read_state(path: Path) -> dict[str, Tensor]:
     if not path.exists():
-        raise InputError(f"--student-init {path}: file not found (give a state_dict file or 'pretrained')")
+        raise InputError(f"student.init {path}: file not found (give a state_dict file or 'pretrained')")
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
@@ -52,7 +52,7 @@ def _read_state(path: Path) -> dict[str, Tensor]:
     if isinstance(obj, dict) and not all(isinstance(v, Tensor) for v in obj.values()):
         obj = next((obj[k] for k in WEIGHT_KEYS if isinstance(obj.get(k), dict)), obj)
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise InputError(f"--student-init {path} holds no state_dict")
+        raise InputError(f"student.init {path} holds no state_dict")
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}
@@ -114,7 +114,8 @@ def _fetch(name: str, hf_repo: str | None, url: str | None, download: bool) -> d
                                      f"{' '.join(str(e).split())[:160]}") from None
     if path is None:
         raise EnvironmentProblem(f"no pretrained weights of student {name} in the local caches (looked in "
-                                 f"{'; '.join(looked)}); add --download to fetch them, or give --student-init PATH")
+                                 f"{'; '.join(looked)}); add --set data.download=true to fetch them, or give "
+                                 "--set student.init=PATH")
     return _read_state(path)
 
 
@@ -127,7 +128,8 @@ def _pretrained(model: nn.Module, name: str, spec: InputSpec, num_classes: int, 
 
         cfg = timm.models.get_pretrained_cfg(arch)
         if cfg is None:
-            raise UsageError(f"timm publishes no pretrained weights for student {name}; give --student-init PATH")
+            raise UsageError(f"timm publishes no pretrained weights for student {name}; "
+                             "give --set student.init=PATH")
         _load_matching(model, _fetch(name, cfg.hf_hub_id, cfg.url, download), name)
         return model
     kwargs = STUDENTS.get(name).kwargs
@@ -141,4 +143,4 @@ def _pretrained(model: nn.Module, name: str, spec: InputSpec, num_classes: int, 
             replace_first_conv(stock, spec.shape[0])
         return TorchvisionStudent(*kwargs["split"](stock))
     raise UsageError(f"student {name} (kdcompress zoo) has no published pretrained weights; give "
-                     "--student-init PATH, or pick a timm_* or torchvision student")
+                     "--set student.init=PATH, or pick a timm_* or torchvision student")
