@@ -6,7 +6,7 @@ For each student and seed:
     recorded; per seed, `ce` is the one validation prefers. The ladder table says whether the last doubling still
     raised validation accuracy (by PLATEAU_GAIN or more): if it did, the baseline is not at its plateau and the
     table says so;
-  * every preset for --epochs, teacher outputs as `distill` would use them (train.teacher_cache=auto decided by
+  * every preset for --epochs (several lengths: each, and per seed the one validation prefers), teacher outputs as `distill` would use them (train.teacher_cache=auto decided by
     train.cachechoice for this teacher and student), wall seconds measured;
   * `ce@P`: the plain student given the same compute as preset P's run, with --equal-compute: epochs = P's CPU
     seconds (process time, all threads; wall time would follow whatever else shares the machine) / the shortest
@@ -113,10 +113,10 @@ class Ledger:
         return row
 
 
-def chosen_baseline(ladder: list[dict]) -> dict:
-    """The plain student's run chosen on validation among the schedule lengths (ties: the shorter)."""
+def chosen_on_val(ladder: list[dict], label: str = "ce") -> dict:
+    """The run validation prefers among one method's schedule lengths (ties: the shorter), labelled `label`."""
     best = max(ladder, key=lambda r: (r["val_acc"], -r["epochs"]))
-    return {**best, "label": "ce", "from": best["label"]}
+    return {**best, "label": label, "from": best["label"]}
 
 
 def student_runs(student: str, args, splits, teacher, root: Path, ledger: Ledger) -> list[dict]:
@@ -131,12 +131,17 @@ def student_runs(student: str, args, splits, teacher, root: Path, ledger: Ledger
     rows = []
     for seed in args.seeds:
         ladder = [once(f"ce{n}", "ce", n, seed) for n in args.baseline_epochs]
-        ce = chosen_baseline(ladder)
+        ce = chosen_on_val(ladder)
         rows += [*ladder, ce]
         per_epoch = ladder[0]["cpu_seconds"] / ladder[0]["epochs"]  # CPU seconds: fair on a shared machine
         for entry in args.presets:
             name, _, spec = entry.partition(":")  # "LABEL:NAME,key=value,..." is a preset variant
-            r = once(name, spec or name, args.epochs, seed)
+            if len(args.epochs) == 1:
+                r = once(name, spec or name, args.epochs[0], seed)
+            else:  # the preset's own ladder, chosen on validation as the baseline's is
+                runs = [once(f"{name}{n}", spec or name, n, seed) for n in args.epochs]
+                rows += runs
+                r = chosen_on_val(runs, name)
             rows.append(r)
             eq = None
             if args.equal_compute:
@@ -185,7 +190,8 @@ def summarise(rows: list[dict], teacher_acc: float, seeds: list[int], presets: l
         row = {"label": p, "mean": statistics.mean(acc), "diff": m, "lo": lo, "hi": hi, "n": len(seeds),
                "gap_closed": m / gap if gap > 0 else math.nan, "wins": sum(a > c for a, c in zip(acc, ce, strict=True)),
                "seconds": statistics.mean(by[(p, s)]["cpu_seconds"] for s in seeds),
-               "cache": sorted({by[(p, s)]["teacher_cache"] for s in seeds})}
+               "cache": sorted({by[(p, s)]["teacher_cache"] for s in seeds}),
+               "lengths": sorted(by[(p, s)]["epochs"] for s in seeds)}
         if all((f"ce@{p}", s) in by for s in seeds):
             eq = [by[(f"ce@{p}", s)]["test_acc"] for s in seeds]
             row["eq"] = paired_stats([a - e for a, e in zip(acc, eq, strict=True)])
@@ -207,7 +213,9 @@ def table(summary: list[dict]) -> str:
             continue
         eq = f"{ci(*r['eq'])} ({r['eq_epochs']:.0f})" if "eq" in r else "not run"
         gap = "n/a" if math.isnan(r["gap_closed"]) else f"{100 * r['gap_closed']:.0f}%"
-        lines.append(f"| {r['label']} | {100 * r['mean']:.2f} | {ci(r['diff'], r['lo'], r['hi'])} | {gap} | "
+        lens = sorted(set(r["lengths"]))
+        chosen = ", ".join(f"{n} ep {r['lengths'].count(n)}/{r['n']}" for n in lens)
+        lines.append(f"| {r['label']} ({chosen}) | {100 * r['mean']:.2f} | {ci(r['diff'], r['lo'], r['hi'])} | {gap} | "
                      f"{r['wins']}/{r['n']} | {eq} | {r['seconds']:.0f} | {', '.join(r['cache'])} |")
     return "\n".join(lines)
 
@@ -218,7 +226,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--students", nargs="+", default=["tinycnn_w16"])
     ap.add_argument("--teacher-arch", default="resnet14")
     ap.add_argument("--teacher-epochs", type=int, default=15)
-    ap.add_argument("--epochs", type=int, default=80)
+    ap.add_argument("--epochs", type=int, nargs="+", default=[80],
+                    help="the presets' schedule lengths; with several, each preset runs at each (labelled NAMEn) and "
+                         "per seed the one validation prefers is compared, as the baseline's is")
     ap.add_argument("--baseline-epochs", type=int, nargs="+", default=None,
                     help="the plain student's schedule lengths, each a full run (default 2x and 4x --epochs); "
                          "per seed the one with the best validation accuracy is the baseline")
@@ -233,13 +243,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "kdcompress-bench")
     ap.add_argument("--json", type=Path, default=None, help="every run, rewritten after each one")
     ap.add_argument("--resume", action="store_true", help="keep the runs --json already holds; run the rest")
-    ap.add_argument("--quick", action="store_true", help="digits, resnet8 teacher (1 epoch), 1-2 epochs, 2 seeds")
+    ap.add_argument("--quick", action="store_true",
+                    help="defaults for a smoke run: digits, resnet8 teacher (1 epoch), 1-2 epochs, 2 seeds")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.data, args.students, args.teacher_arch, args.teacher_epochs = "digits", ["tinycnn_w8"], "resnet8", 1
-        args.epochs, args.baseline_epochs, args.seeds, args.presets, args.threads = 1, [1, 2], [0, 1], ["kd"], 1
-        args.equal_compute = True
-    args.baseline_epochs = sorted(args.baseline_epochs or [2 * args.epochs, 4 * args.epochs])
+    if args.quick:  # new defaults; flags given explicitly still win
+        ap.set_defaults(data="digits", students=["tinycnn_w8"], teacher_arch="resnet8", teacher_epochs=1, epochs=[1],
+                        baseline_epochs=[1, 2], seeds=[0, 1], presets=["kd"], threads=1, equal_compute=True)
+        args = ap.parse_args(argv)
+    args.epochs = sorted(args.epochs)
+    args.baseline_epochs = sorted(args.baseline_epochs or [2 * args.epochs[-1], 4 * args.epochs[-1]])
     return args
 
 

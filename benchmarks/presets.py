@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import math
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -73,7 +74,8 @@ def paired_stats(diffs: list[float]) -> tuple[float, float, float]:
 
 def cached_teacher(args, cache: Path) -> tuple[Path, dict]:
     """Train the teacher once per (data, arch, epochs); later runs load the cached checkpoint."""
-    path = cache / f"teacher-{args.data.replace(':', '_')}-{args.teacher_arch}-{args.teacher_epochs}ep.pt"
+    data = re.sub(r"[^A-Za-z0-9.-]+", "_", args.data).strip("_")  # "fashionmnist:/usr/share/..." is one file name
+    path = cache / f"teacher-{data}-{args.teacher_arch}-{args.teacher_epochs}ep.pt"
     info_path = path.with_suffix(".json")
     if path.exists() and info_path.exists():
         return path, json.loads(info_path.read_text())

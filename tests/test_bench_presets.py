@@ -139,7 +139,7 @@ def test_kd_protocol_quick_run_compares_with_the_plateau_and_equal_compute_basel
     ladder = {(r["label"], r["seed"]): r for r in runs}
     rows = []
     for s in (0, 1):  # the baseline of each seed is the ladder run validation prefers
-        ce = proto.chosen_baseline([ladder[("ce1", s)], ladder[("ce2", s)]])
+        ce = proto.chosen_on_val([ladder[("ce1", s)], ladder[("ce2", s)]])
         assert ce["val_acc"] == max(ladder[("ce1", s)]["val_acc"], ladder[("ce2", s)]["val_acc"])
         rows += [ce, ladder[("kd", s)], ladder[("ce@kd", s)]]
     # --resume keeps every finished run: nothing is trained again
@@ -150,3 +150,11 @@ def test_kd_protocol_quick_run_compares_with_the_plateau_and_equal_compute_basel
     summary = proto.summarise(rows, json.loads(out.read_text())["teacher_test_acc"], [0, 1], ["kd"])
     by = {(r["label"], r["seed"]): r["test_acc"] for r in rows}
     assert summary[1]["diff"] == pytest.approx(sum(by[("kd", s)] - by[("ce", s)] for s in (0, 1)) / 2)
+    # several --epochs: the preset's own ladder (kd1, kd2), chosen per seed on validation; ce@kd has its CPU time
+    text = proto.main(["--quick", "--epochs", "1", "2", "--cache-dir", str(tmp_path / "cache"), "--json", str(out),
+                       "--resume"])
+    runs = {(r["label"], r["seed"]): r for r in json.loads(out.read_text())["runs"]}
+    for s in (0, 1):
+        kd1, kd2 = runs[("kd1", s)], runs[("kd2", s)]
+        assert (kd1["epochs"], kd2["epochs"]) == (1, 2)
+    assert "| kd (" in text and " ep " in text
