@@ -6,8 +6,9 @@ For each student and seed:
     recorded; per seed, `ce` is the one validation prefers. The ladder table says whether the last doubling still
     raised validation accuracy (by PLATEAU_GAIN or more): if it did, the baseline is not at its plateau and the
     table says so;
-  * every preset for --epochs (several lengths: each, and per seed the one validation prefers), teacher outputs as `distill` would use them (train.teacher_cache=auto decided by
-    train.cachechoice for this teacher and student), wall seconds measured;
+  * every preset for --epochs (several lengths: each, and per seed the one validation prefers), teacher outputs
+    as `distill` would use them (train.teacher_cache=auto decided by train.cachechoice for this teacher and
+    student), wall seconds measured;
   * `ce@P`: the plain student given the same compute as preset P's run, with --equal-compute: epochs = P's CPU
     seconds (process time, all threads; wall time would follow whatever else shares the machine) / the shortest
     ladder run's CPU seconds per epoch, at least 1.
