@@ -16,7 +16,7 @@ from kdcompress.cli import app
 from kdcompress.core.config import Budget, RuntimeConfig
 from kdcompress.core.errors import BudgetError, UsageError
 from kdcompress.runtime.ortbench import LatencyStats, SessionSettings
-from kdcompress.core.spec import InputSpec
+from kdcompress.core.spec import Capacity, InputSpec
 from kdcompress.select.cache import LatencyCache, cache_path
 from kdcompress.select.search import Candidate, Selection, select
 from kdcompress.select.view import pareto_front
@@ -169,11 +169,14 @@ def test_json_shape(clock):
 def test_plausible_filters_by_teacher_flops_and_regime(clock):
     table = {n: [0.01] for n in PARAMS.values()}
     clock({**table, "teacher": [0.5]})
-    names = {n for n, _ in sel_mod.plausible(3, SPEC, max_flops=1_000_000)}
+    names = {n for n, _ in sel_mod.plausible(3, SPEC, Capacity(10**9, 1_000_000))}
     # every small student under 1 MFLOP at 1x8x8, none of the torchvision families (the input is small)
     assert names == {"tinycnn_w8", "tinycnn_w16", "vgg8_x0_25"}
+    # nor one with more parameters than the teacher, even with fewer FLOPs (vgg8_x0_25 has 246k at any size)
+    assert {n for n, _ in sel_mod.plausible(3, SPEC, Capacity(100_000, 1_000_000))} == {"tinycnn_w8", "tinycnn_w16"}
+    assert {n for n, _ in sel_mod.plausible(3, SPEC, Capacity(100_000, None))} >= {"tinycnn_w8", "tinycnn_w16"}
     with pytest.raises(UsageError, match="no student candidate"):
-        sel_mod.plausible(3, SPEC, max_flops=1)
+        sel_mod.plausible(3, SPEC, Capacity(10**9, 1))
 
 
 def test_threads_default_one_and_capped_at_the_cpu_limit(clock, monkeypatch):

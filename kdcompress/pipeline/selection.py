@@ -16,7 +16,7 @@ from rich.console import Console
 from ..core.config import Budget, RuntimeConfig, TeacherOptions
 from ..core.progress import SILENT, Reporter, eta_bar
 from ..core.runio import RunDir, atomic_write_json
-from ..core.spec import InputSpec
+from ..core.spec import Capacity, InputSpec
 from ..select import (LazyTeacher, Selection, SelectOptions, export_ladder, known_summary, ladder_rows, remember,
                       save_pareto_plot, select, selection_kwargs, summary_key, summary_of)
 
@@ -141,7 +141,7 @@ def export_candidates(*, teacher: Path, directory: Path, names: tuple[str, ...],
     from ..teacher import load_teacher
 
     t = load_teacher(teacher, trust=trust, options=teacher_options)
-    rows = ladder_rows(t.num_classes, t.input_spec, t.flops, names, precision, provider)
+    rows = ladder_rows(t.num_classes, t.input_spec, Capacity(t.params, t.flops), names, precision, provider)
     with console.status(f"exporting {len(rows)} candidate model(s) to ONNX"):
         manifest = export_ladder(directory, rows=rows, num_classes=t.num_classes, spec=t.input_spec,
                                  batch=batch, convert=converter(), workers=workers)

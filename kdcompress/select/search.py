@@ -1,7 +1,7 @@
 """Student selection under a latency budget measured in ONNX Runtime on the target provider.
 
-Every plausible candidate (a registered student whose capacity is below the teacher's and that suits the
-input size) is exported to ONNX and timed with the one harness (ortbench). Among those whose measured
+Every plausible candidate (a registered student below the teacher in FLOPs and parameters, and that suits
+the input size) is exported to ONNX and timed with the one harness (ortbench). Among those whose measured
 statistic meets the budget, the most capable wins: FLOPs first, then parameters. Measurements are cached
 per machine fingerprint, provider, ORT version, input shape, batch, threads and candidate.
 
@@ -116,14 +116,23 @@ def zoo_signature() -> list[Any]:
     return [__version__, files, plugins]
 
 
-def zoo_candidates(num_classes: int, spec: InputSpec, max_flops: int | None, names: tuple[str, ...],
+def larger_than(cap, limit) -> bool:
+    """A student of capacity `cap` is no student of a teacher of capacity `limit` (None: unknown, filters
+    nothing): it has at least the teacher's FLOPs (when counted) or more of its parameters (when known)."""
+    if limit is None:
+        return False
+    return bool((limit.flops and cap.flops >= limit.flops) or (limit.params and cap.params > limit.params))
+
+
+def zoo_candidates(num_classes: int, spec: InputSpec, limit, names: tuple[str, ...],
                    cache: LatencyCache) -> list[tuple[str, Any, str, str]]:
-    """(name, Capacity, family, zoo_identity) of each plausible candidate (as plausible()), from `cache`
-    (capacity.json beside the latency cache) when known: a warm selection neither builds a model nor
-    imports the zoo (the listing is keyed by zoo_signature)."""
+    """(name, Capacity, family, zoo_identity) of each plausible candidate (as plausible(); `limit` the
+    teacher's Capacity or None), from `cache` (capacity.json beside the latency cache) when known: a warm
+    selection neither builds a model nor imports the zoo (the listing is keyed by zoo_signature)."""
     from ..core.spec import Capacity
 
-    lkey = cache.key("__zoo_listing__", [zoo_signature(), list(names), max_flops], spec, num_classes,
+    bound = None if limit is None else [limit.flops, limit.params]
+    lkey = cache.key("__zoo_listing__", [zoo_signature(), list(names), bound], spec, num_classes,
                      RuntimeConfig(), 1)
     try:
         return [(str(n), Capacity(int(p), int(f), int(la)), str(fam), str(ident))
@@ -144,7 +153,7 @@ def zoo_candidates(num_classes: int, spec: InputSpec, max_flops: int | None, nam
         except (TypeError, KeyError, ValueError):
             cap = capacity(entry.build(num_classes, spec), spec)
             cache.put_json(ckey, {"params": cap.params, "flops": cap.flops, "layers": cap.layers})
-        if not names and max_flops is not None and cap.flops >= max_flops:
+        if not names and larger_than(cap, limit):
             continue
         out.append((name, cap, entry.family, zoo_identity(name)))
     if not out:
@@ -153,10 +162,11 @@ def zoo_candidates(num_classes: int, spec: InputSpec, max_flops: int | None, nam
     return out
 
 
-def plausible(num_classes: int, spec: InputSpec, max_flops: int | None,
+def plausible(num_classes: int, spec: InputSpec, limit,
               names: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
     """(name, model) for each candidate: the given names, or every student that suits the input size and
-    is smaller than the teacher (a 'student' bigger than its teacher is never the point)."""
+    is smaller than the teacher (`limit`, its Capacity; None: unknown) in FLOPs and in parameters (a
+    'student' bigger than its teacher is never the point)."""
     from ..students import STUDENTS, capacity
 
     out = []
@@ -165,7 +175,7 @@ def plausible(num_classes: int, spec: InputSpec, max_flops: int | None,
         if not names and not entry.suits(spec):
             continue
         model = entry.build(num_classes, spec)
-        if not names and max_flops is not None and capacity(model, spec).flops >= max_flops:
+        if not names and larger_than(capacity(model, spec), limit):
             continue
         out.append((name, model))
     if not out:
@@ -173,16 +183,16 @@ def plausible(num_classes: int, spec: InputSpec, max_flops: int | None,
     return out
 
 
-def ladder_rows(num_classes: int, spec: InputSpec, teacher_flops: int | None, names: tuple[str, ...],
+def ladder_rows(num_classes: int, spec: InputSpec, teacher_cap, names: tuple[str, ...],
                 precision: str, provider: str) -> list[dict[str, Any]]:
     """The candidates a selection would measure (what `select --export-candidates` writes), in the order
     of capacity: {"name", "precision", "family", "params", "flops"} per (student, precision).
-    `teacher_flops` is the loaded teacher's count (None: unknown, and nothing is filtered by it)."""
+    `teacher_cap` is the loaded teacher's Capacity (a None count filters nothing)."""
     from ..students import STUDENTS, capacity
 
     precs, _ = measured_precisions(precision, provider)
     rows = []
-    for name, model in plausible(num_classes, spec, teacher_flops, names):
+    for name, model in plausible(num_classes, spec, teacher_cap, names):
         cap = capacity(model, spec)
         rows += [{"name": name, "precision": p, "family": STUDENTS.get(name).family, "params": cap.params,
                   "flops": cap.flops} for p in precs]
@@ -214,7 +224,7 @@ def _open_search(num_classes: int, spec: InputSpec, budget: Budget, runtime: Run
     measured, in order of capacity; and the teacher's capacity."""
     with torch_threads(1):  # torch only builds, counts and exports tiny models here (core.system)
         t_cap = _teacher_capacity(teacher_model, spec)
-        listing = zoo_candidates(num_classes, spec, t_cap.flops if t_cap is not None else None, names, caps)
+        listing = zoo_candidates(num_classes, spec, t_cap, names, caps)
     caps.save()
     capacity = {n: (cap, fam) for n, cap, fam, _ in listing}
     jobs = sorted(((n, p) for n in capacity for p in precs),
