@@ -74,13 +74,20 @@ def run(label: str, preset, student: str, seed: int, splits, teacher, root: Path
     rd = RunDir(root / f"{student}-{label}-{seed}")
     # a private teacher-output cache: each run builds (and pays for) its own, as a lone `distill` would; a shared
     # one would let a run reuse outputs another run paid for, and equal compute would undercount it
+    before = os.environ.get("KDCOMPRESS_CACHE")
     os.environ["KDCOMPRESS_CACHE"] = str(root / f"cache-{student}-{label}-{seed}")
     t0, c0 = time.perf_counter(), time.process_time()
-    result = train(arch=student, splits=splits, spec=spec, preset=preset,
-                   teacher=teacher if preset.needs_teacher else None, run=rd, device=torch.device(device),
-                   fingerprint={"bench": label, "seed": seed, "student": student}, console=QUIET, restart=True,
-                   make_student=lambda: students.build_student(student, splits.num_classes, spec),
-                   make_objective=lambda ctx: losses.Objective(preset.terms, ctx))
+    try:
+        result = train(arch=student, splits=splits, spec=spec, preset=preset,
+                       teacher=teacher if preset.needs_teacher else None, run=rd, device=torch.device(device),
+                       fingerprint={"bench": label, "seed": seed, "student": student}, console=QUIET, restart=True,
+                       make_student=lambda: students.build_student(student, splits.num_classes, spec),
+                       make_objective=lambda ctx: losses.Objective(preset.terms, ctx))
+    finally:  # the process's own cache again (a test process goes on after this run)
+        if before is None:
+            os.environ.pop("KDCOMPRESS_CACHE", None)
+        else:
+            os.environ["KDCOMPRESS_CACHE"] = before
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     model, _ = students.load_checkpoint(rd.student)  # the best-validation epoch's weights
     test = accuracy(predict(model, splits.test, spec, torch.device("cpu")), splits.test.y)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -130,7 +131,9 @@ def test_kd_protocol_quick_run_compares_with_the_plateau_and_equal_compute_basel
     proto = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(proto)
     out = tmp_path / "p.json"
+    cache_before = os.environ.get("KDCOMPRESS_CACHE")
     text = proto.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)])
+    assert os.environ.get("KDCOMPRESS_CACHE") == cache_before  # each run's private cache is undone after it
     assert "vs ce (plateau), points [95% CI]" in text and "vs ce at equal compute" in text and "machine:" in text
     runs = json.loads(out.read_text())["runs"]
     assert sorted({r["label"] for r in runs}) == ["ce1", "ce2", "ce@kd", "kd"]  # the ladder is 1x and 2x in --quick
