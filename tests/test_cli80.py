@@ -113,6 +113,11 @@ def test_select_at_80_columns_keeps_every_name_and_latency_whole(tiny_teacher, t
     # the next command, wrapped for 80 columns, pastes back into a shell as the one command
     assert pasted(lines, "kdcompress distill") == ("kdcompress distill --teacher TEACHER --data DATA --budget-ms 0.04 "
                                                    "--precision auto")
+    # the note on the graph column goes with the column: at 80 columns the column is dropped, and so is the note
+    wide = runner.invoke(app, select_args(tiny_teacher, tmp_path / "latency.json", "--precision", "auto"),
+                         env={"COLUMNS": "160"})
+    assert wide.exit_code == 0 and " graph " in wide.stdout and "graph: screen =" in wide.stdout, wide.stdout
+    assert " graph " not in r.stdout and "graph: screen =" not in r.stdout, r.stdout
 
 
 def test_export_candidates_at_80_columns_names_the_profile_command_whole(tiny_teacher, tmp_path):

@@ -264,8 +264,6 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
     if sel.get("fallback"):
         notes.append(f"fp32 fallback if the {sel['chosen']['precision']} variant fails its accuracy gate: "
                      f"{sel['fallback']['name']}")
-    notes.append("graph: screen = the fast TorchScript export every candidate is screened on; ship = the dynamo "
-                 "graph export writes (every confirmed figure: the slowest of the processes in brackets)")
 
     def fits(c: dict[str, Any]) -> str:
         return "-" if sel["budget_ms"] is None else ("yes" if c["fits"] else "no")
@@ -287,8 +285,13 @@ def selection_table(sel: dict[str, Any], title: str) -> None:
     con = _console()
     cols = [("name", "left", None), ("params", "right", 2), ("FLOPs", "right", 3), ("p50 ms", "right", None),
             ("p90 ms", "right", 1), ("graph", "left", 0), ("fits", "left", None), ("chosen", "left", None)]
-    con.print(fit_table(f"{title}\nbudget {budget}, batch {sel['batch']}, {sel['provider']}, {sel['threads']} "
-                        "thread(s)", cols, rows, con.width, caption="\n".join(notes), caption_style="yellow"))
+    table = fit_table(f"{title}\nbudget {budget}, batch {sel['batch']}, {sel['provider']}, {sel['threads']} "
+                      "thread(s)", cols, rows, con.width, caption_style="yellow")
+    if any(col.header == "graph" for col in table.columns):  # the note explains a column a narrow table drops
+        notes.append("graph: screen = the fast TorchScript export every candidate is screened on; ship = the "
+                     "dynamo graph export writes (every confirmed figure: the slowest of the processes in brackets)")
+    table.caption = "\n".join(notes) or None
+    con.print(table)
     if sel["chosen"] is not None:
         b = (f"--budget-ms {sel['budget_ms']:g}" if sel["budget_ms"] is not None
              else f"--student {sel['chosen']['name']}")
