@@ -284,3 +284,26 @@ def test_validate_converts_grey_and_16_bit_images_for_an_rgb_model_as_distill_do
     # the model puts 'bright' (output 0) on bright images and 'dark' (output 1) on dark ones: perfect only
     # when every grey and 16-bit image reached it as three equal channels in [0, 1]
     assert rep["accuracy"] == 1.0 and rep["per_class_accuracy"] == {"bright": 1.0, "dark": 1.0}
+
+
+def test_validate_resizes_images_to_a_model_of_another_size_as_distill_does(tmp_path):
+    """A plain torch.onnx file taking 3x12x12, data of 8x8 grey images: validate feeds the model what distill
+    would (grey -> RGB, resized to 12x12), says so in one warning, and scores it; before, it refused."""
+    rng = np.random.default_rng(1)
+    for name, level in (("bright", 215), ("dark", 40)):
+        d = tmp_path / "imgs" / name
+        d.mkdir(parents=True)
+        for j in range(12):
+            a = np.clip(level + rng.normal(0, 10, (8, 8)), 0, 255)
+            Image.fromarray(a.astype(np.uint8), mode="L").save(d / f"{j}.png")
+    p = tmp_path / "big.onnx"
+    torch.onnx.export(Brightness(), (torch.zeros(2, 3, 12, 12),), str(p), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    r = runner.invoke(app, ["validate", "--onnx", str(p), "--data", f"imagefolder:{tmp_path / 'imgs'}",
+                            "--mean", "0", "--std", "1"])
+    assert r.exit_code == 0, r.output
+    assert "8x8 images are resized and centre-cropped to the model's 12x12" in " ".join(r.output.split())
+    r = runner.invoke(app, ["validate", "--onnx", str(p), "--data", f"imagefolder:{tmp_path / 'imgs'}",
+                            "--mean", "0", "--std", "1", "--json"])
+    rep = json.loads(r.stdout)
+    assert rep["variants"][0]["accuracy"] == 1.0 and rep["data"]["shape"] == [3, 12, 12], rep["data"]

@@ -16,7 +16,7 @@ from ..core.spec import InputSpec
 from ..core.splits import DataSplits
 from ..data import load_data
 from ..report import validate_report, write_report
-from ..validate import (THROUGHPUT_BATCH, Gates, ModelInput, describe, effective_threads, input_channels, map_classes,
+from ..validate import (THROUGHPUT_BATCH, Gates, ModelInput, describe, effective_threads, input_shape, map_classes,
                         reference_logits, validate_models)
 from .prepare import check_fit
 
@@ -42,15 +42,20 @@ def _teacher_source(teacher: Path, splits: DataSplits, options: TeacherOptions, 
     return (data, mi), {"path": str(teacher), "arch": t.arch, "sha256_checkpoint": t.sha256, "params": t.params}
 
 
-def load_images_for(data: str, channels: int | None) -> DataSplits:
-    """The dataset as distill hands it to a model of `channels` channels: read at its own size, then, where
-    its channels differ (grey or 16-bit grey images, an RGB model), read again through the same conversion
-    distill uses (load_data with the model's shape: grey -> RGB by replication, 16-bit by value / 257)."""
+def load_images_for(data: str, shape: tuple[int | None, int | None, int | None], warn) -> DataSplits:
+    """The dataset as distill hands it to a model taking `shape` (C, H, W; None: any): read at its own shape,
+    then, where it differs (grey or 16-bit grey images for an RGB model, another image size), read again
+    through the conversion distill uses (load_data with the model's shape: grey -> RGB by replication, 16-bit
+    by value / 257, resize and centre-crop), saying so."""
     splits = load_data(data)
-    if channels is None or channels == splits.shape[0]:
+    want = tuple(m or d for m, d in zip(shape, splits.shape, strict=True))
+    if want == tuple(splits.shape):
         return splits
-    c = channels
-    return load_data(data, InputSpec((c, *splits.shape[1:]), (0.0,) * c, (1.0,) * c))  # type: ignore[arg-type]
+    if want[1:] != tuple(splits.shape[1:]):
+        warn(f"the data's {splits.shape[1]}x{splits.shape[2]} images are resized and centre-cropped to the model's "
+             f"{want[1]}x{want[2]}, as distill feeds them")
+    c = want[0]
+    return load_data(data, InputSpec(want, (0.0,) * c, (1.0,) * c))  # type: ignore[arg-type]
 
 
 VALIDATE_JOB_FORMAT = "kdcompress.validate-job/1"
@@ -112,7 +117,7 @@ def validate_job(job: ValidateJob, console) -> dict[str, Any]:
     runtime = effective_threads(job.runtime, warn)
     files = [Path(f) for f in job.files]
     mean, std = job.teacher_options.mean, job.teacher_options.std
-    splits = load_images_for(job.data, input_channels(files[0], job.layout))
+    splits = load_images_for(job.data, input_shape(files[0], job.layout), warn)
     # every model is scored against the data by class NAME (its metadata's classes -> the data's order)
     inputs = [map_classes(describe(f, data_shape=splits.shape, mean=mean, std=std, layout=job.layout),
                           splits.classes, str(f), warn) for f in files]

@@ -16,7 +16,7 @@ from .markdown import SCHEMA_VERSION
 
 
 def data_json(spec: str, splits: DataSplits) -> dict[str, Any]:
-    return {"spec": spec, "name": splits.name, "classes": list(splits.classes),
+    return {"spec": spec, "name": splits.name, "classes": list(splits.classes), "shape": list(splits.shape),
             "sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}}
 
 

@@ -9,7 +9,7 @@ from .models import (
                      accuracy_units,
                      describe,
                      effective_threads,
-                     input_channels,
+                     input_shape,
                      map_classes,
                      onnx_logits,
                      parity,
@@ -19,5 +19,5 @@ from .models import (
 
 __all__ = ["THROUGHPUT_BATCH", "GateResult", "Gates", "ModelInput", "Validation", "accuracy_drop_warning",
            "accuracy_metrics", "accuracy_units", "check_gates",
-           "describe", "effective_threads", "input_channels", "map_classes", "onnx_logits", "parity", "raise_for_gates",
+           "describe", "effective_threads", "input_shape", "map_classes", "onnx_logits", "parity", "raise_for_gates",
            "recommend", "reference_logits", "validate_models"]

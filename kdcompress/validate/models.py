@@ -145,12 +145,16 @@ def _graph_input(path: Path, layout: str | None):
     return proto, meta, inp, dims, layout, chw
 
 
-def input_channels(path: Path, layout: str | None = None) -> int | None:
-    """The image channels an ONNX classifier takes (its graph, else its input_shape metadata); None: unknown."""
+def input_shape(path: Path, layout: str | None = None) -> tuple[int | None, int | None, int | None]:
+    """The (C, H, W) an ONNX classifier takes, per dimension from its graph, else its input_shape metadata;
+    None where neither says (a symbolic size)."""
     _, meta, _, _, _, chw = _graph_input(path, layout)
     meta_shape = _json_list(meta, "input_shape")
-    c = chw[0] or (meta_shape[0] if meta_shape and len(meta_shape) == 3 else None)
-    return int(c) if isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 1 else None
+
+    def dim(i: int) -> int | None:
+        v = chw[i] or (meta_shape[i] if meta_shape and len(meta_shape) == 3 else None)
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 else None
+    return dim(0), dim(1), dim(2)
 
 
 def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
