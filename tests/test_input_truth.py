@@ -307,3 +307,50 @@ def test_validate_resizes_images_to_a_model_of_another_size_as_distill_does(tmp_
                             "--mean", "0", "--std", "1", "--json"])
     rep = json.loads(r.stdout)
     assert rep["variants"][0]["accuracy"] == 1.0 and rep["data"]["shape"] == [3, 12, 12], rep["data"]
+
+
+class FeaturesThenLogits(nn.Module):
+    """Two outputs, as a classifier exported with its embedding: features (N, 5) first, then Brightness's logits."""
+
+    def forward(self, x):
+        return x.flatten(1)[:, :5] * 7, Brightness()(x)
+
+
+def _bright_dark(root: Path, n: int = 6) -> str:
+    rng = np.random.default_rng(2)
+    for name, level in (("bright", 215), ("dark", 40)):
+        (root / name).mkdir(parents=True)
+        for j in range(n):
+            a = np.clip(level + rng.normal(0, 10, (8, 8)), 0, 255)
+            Image.fromarray(a.astype(np.uint8), mode="L").save(root / name / f"{j}.png")
+    return f"imagefolder:{root}"
+
+
+def test_validate_reads_the_logits_output_of_a_graph_with_several(tmp_path):
+    """A plain torch.onnx file whose first output is an embedding: validate reads the (batch, 2) output for
+    the data's two classes, where reading the first scored features as logits; what cannot be told apart is
+    refused in one line."""
+    data = _bright_dark(tmp_path / "imgs")
+    p = tmp_path / "two.onnx"
+    torch.onnx.export(FeaturesThenLogits(), (torch.zeros(2, 3, 8, 8),), str(p), dynamo=False, input_names=["x"],
+                      output_names=["emb", "logits"], dynamic_axes={"x": {0: "n"}, "emb": {0: "n"}, "logits": {0: "n"}})
+    r = runner.invoke(app, ["validate", "--onnx", str(p), "--data", data, "--mean", "0", "--std", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["variants"][0]["accuracy"] == 1.0
+    # predict has no data to count classes by, and the file names none: two rank-2 outputs are refused
+    r = runner.invoke(app, ["predict", str(p), str(tmp_path / "imgs" / "dark"), "--mean", "0", "--std", "1"])
+    assert r.exit_code == InputError.exit_code and "'emb'" in r.output and "'logits'" in r.output, r.output
+    # the class count cannot tell them apart: refused in one line naming the outputs
+    p3 = tmp_path / "three.onnx"
+    torch.onnx.export(FeaturesThenLogits(), (torch.zeros(2, 3, 8, 8),), str(p3), dynamo=False, input_names=["x"],
+                      output_names=["emb", "logits"])  # static (2, 5) and (2, 2): a 3-class dataset fits neither
+    three = tmp_path / "three"
+    _bright_dark(three, 12)
+    (three / "grey").mkdir()
+    for j in range(12):
+        Image.fromarray(np.full((8, 8), 128, np.uint8), mode="L").save(three / "grey" / f"{j}.png")
+    r = runner.invoke(app, ["validate", "--onnx", str(p3), "--data", f"imagefolder:{three}", "--mean", "0",
+                            "--std", "1"])
+    assert r.exit_code == InputError.exit_code, r.output
+    line = " ".join(r.output.split())
+    assert "has 2 outputs ('emb' [2, 5], 'logits' [2, 2])" in line and "(batch, 3)" in line, line

@@ -49,7 +49,7 @@ def _onnx_predictor(path: Path, threads: int | None, mean, std) -> Predictor:
         feed = mi.feed(torch.from_numpy(x01))
         if mi.static_batch:  # a graph with a fixed batch: fed in chunks of it, zero-padded
             return _padded(sess, mi, feed)
-        return np.asarray(sess.run(None, {mi.name: feed})[0], dtype=np.float32)
+        return np.asarray(sess.run(mi.outputs(), {mi.name: feed})[0], dtype=np.float32)
     return Predictor(run, tuple(mi.spec.shape), mi.classes, "onnx")
 
 
@@ -59,7 +59,7 @@ def _padded(sess, mi, feed: np.ndarray) -> np.ndarray:
         part = feed[i:i + mi.static_batch]
         n = len(part)
         pad = np.zeros((mi.static_batch - n, *part.shape[1:]), part.dtype)
-        outs.append(np.asarray(sess.run(None, {mi.name: np.concatenate([part, pad])})[0])[:n])
+        outs.append(np.asarray(sess.run(mi.outputs(), {mi.name: np.concatenate([part, pad])})[0])[:n])
     return np.concatenate(outs).astype(np.float32)
 
 

@@ -119,7 +119,8 @@ def validate_job(job: ValidateJob, console) -> dict[str, Any]:
     mean, std = job.teacher_options.mean, job.teacher_options.std
     splits = load_images_for(job.data, input_shape(files[0], job.layout), warn)
     # every model is scored against the data by class NAME (its metadata's classes -> the data's order)
-    inputs = [map_classes(describe(f, data_shape=splits.shape, mean=mean, std=std, layout=job.layout),
+    inputs = [map_classes(describe(f, data_shape=splits.shape, mean=mean, std=std, layout=job.layout,
+                                   num_classes=len(splits.classes)),
                           splits.classes, str(f), warn) for f in files]
     with eta_bar(console, "validate") as bar:  # its work is known once the references are ready
         reference = _reference(job.checkpoint, splits, warn, bar)

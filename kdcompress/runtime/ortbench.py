@@ -199,7 +199,7 @@ def measure_latency(session, shape: tuple[int, ...], *, warmup: int = 20, min_it
     dtype = {"tensor(float16)": np.float16, "tensor(double)": np.float64}.get(inp.type, np.float32)
     x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
     feed = {inp.name: x}
-    out_names = [session.get_outputs()[0].name]
+    out_names = [o.name for o in session.get_outputs()]  # every output: a graph's whole work, logits or not
     run = session.run
     for _ in range(warmup):
         run(out_names, feed)

@@ -48,6 +48,11 @@ class ModelInput:
     variant: str
     metadata: dict[str, str]
     columns: tuple[int, ...] | None = None  # output index of each data class (by name); None: same order
+    output: str | None = None  # the graph output holding the logits, when it has several; None: its only one
+
+    def outputs(self) -> list[str] | None:
+        """What session.run is asked for: the logits output, or None (every output; the only one)."""
+        return None if self.output is None else [self.output]
 
     def feed(self, x01: torch.Tensor) -> np.ndarray:
         x = normalize(x01.float(), self.spec)
@@ -158,9 +163,12 @@ def input_shape(path: Path, layout: str | None = None) -> tuple[int | None, int 
 
 
 def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean: tuple[float, ...] | None = None,
-             std: tuple[float, ...] | None = None, layout: str | None = None) -> ModelInput:
+             std: tuple[float, ...] | None = None, layout: str | None = None,
+             num_classes: int | None = None) -> ModelInput:
     """Read an ONNX classifier's input contract. Flags win over kdcompress metadata; the graph supplies
-    shape and layout where neither says; a file with no normalisation anywhere needs --mean/--std."""
+    shape and layout where neither says; a file with no normalisation anywhere needs --mean/--std. A graph
+    with several outputs is read at its logits (logits_output), told by the class count of its metadata,
+    else `num_classes` (the data's)."""
     proto, meta, inp, dims, layout, chw = _graph_input(path, layout)
     meta_shape = _json_list(meta, "input_shape")
     fallback = tuple(meta_shape) if meta_shape and len(meta_shape) == 3 else data_shape
@@ -187,8 +195,33 @@ def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean
         spec = InputSpec(shape, m, s)
     except InputError as e:  # NaN/inf/zero std from the file's metadata: name the file
         raise InputError(f"{path}: {e.message}") from None
-    return ModelInput(inp.name, layout, spec, elem, dims[0],
-                      tuple(str(x) for x in classes) if classes else None, variant, meta)
+    names = tuple(str(x) for x in classes) if classes else None
+    output = logits_output(path, proto, len(names) if names else num_classes)
+    return ModelInput(inp.name, layout, spec, elem, dims[0], names, variant, meta, output=output)
+
+
+def logits_output(path: Path, proto, count: int | None) -> str | None:
+    """The output of a graph with several (logits + features, say) that holds the logits: the first of
+    shape (batch, count) for the class count its metadata or the data gives, or the only rank-2 output
+    when none is known; None for a graph with one output. Else a one-line refusal listing the outputs
+    (reading the first, as before, scored features as if they were logits)."""
+    outs = list(proto.graph.output)
+    if len(outs) == 1:
+        return None
+
+    def dims(o) -> list:
+        return [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in o.type.tensor_type.shape.dim]
+    shapes = {o.name: dims(o) for o in outs}
+    listed = ", ".join(f"'{n}' {s}" for n, s in shapes.items())
+    two_d = [n for n, s in shapes.items() if len(s) == 2]
+    fits = [n for n in two_d if count is not None and shapes[n][1] == count]
+    if fits:
+        return fits[0]
+    if count is None and len(two_d) == 1:
+        return two_d[0]
+    wanted = f"(batch, {count})" if count is not None else "one rank-2 (batch, classes)"
+    raise InputError(f"{path} has {len(outs)} outputs ({listed}) and not {wanted} among them to read as the "
+                     "logits; export the logits with a static class dimension, or as the only output")
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -314,7 +347,7 @@ def onnx_logits(session, mi: ModelInput, split: Split, advance: Callable[[], Non
         n = len(feed)
         if mi.static_batch and n < step:
             feed = np.concatenate([feed, np.zeros((step - n, *feed.shape[1:]), feed.dtype)])
-        out = np.asarray(session.run(None, {mi.name: feed})[0])
+        out = np.asarray(session.run(mi.outputs(), {mi.name: feed})[0])
         if out.ndim != 2:
             raise InputError(f"the model returns an output of shape {out.shape}; expected (batch, classes)")
         out = out[:n]
