@@ -186,3 +186,21 @@ def test_a_tiny_distill_run_with_job_keys(tiny_teacher, tmp_path):
     job = json.loads((out / "config.json").read_text())["job"]
     assert job["export"]["fp16"] is True and job["gates"]["min_agreement"] == 0.5
     assert job["flags"]["fp16"] is True and job["flags"]["set_"] == ["train.batch_size=16"]
+
+
+def test_a_preset_may_not_key_a_term_like_a_job_section(tmp_path):
+    """`--set data.x=...` is a job key, so a user's preset whose term is keyed `data` could never be overridden:
+    the preset is refused in one line that says to rename the term; every job section is reserved in core."""
+    from kdcompress.commands.jobkeys import JOB_SECTIONS
+    from kdcompress.core import config
+    from kdcompress.losses import load_checked_preset
+
+    assert set(JOB_SECTIONS) <= set(config.JOB_SECTIONS)
+    p = tmp_path / "mine.toml"
+    p.write_text('name = "mine"\n[[loss]]\nkind = "ce"\n[[loss]]\nkind = "kd"\nname = "data"\n')
+    with pytest.raises(UsageError, match="may not be keyed 'data'.*distill job key.*another `name`"):
+        load_checked_preset(str(p))
+    r = CliRunner().invoke(app, ["presets", "show", str(p)])
+    assert r.exit_code == UsageError.exit_code and "'data'" in r.output, r.output
+    p.write_text('name = "mine"\n[[loss]]\nkind = "ce"\n[[loss]]\nkind = "kd"\nname = "kd_data"\n')
+    assert [t.key for t in load_checked_preset(str(p)).terms] == ["ce", "kd_data"]

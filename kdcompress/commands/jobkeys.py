@@ -113,6 +113,7 @@ JOB_KEYS: tuple[JobKey, ...] = (
 )
 BY_KEY = {k.key: k for k in JOB_KEYS}
 JOB_SECTIONS = tuple(dict.fromkeys(k.key.split(".")[0] for k in JOB_KEYS))
+# core.config.JOB_SECTIONS, what a preset may not key a term, must hold these (tests/test_setkeys.py checks)
 
 
 def is_job_key(item: str) -> bool:

@@ -364,6 +364,11 @@ def check_term(term: LossTerm, where: str = "") -> None:
         raise UsageError(f"{where}{term.key}.warmup_epochs={term.warmup_epochs} must be >= 0")
 
 
+# `--set SECTION.key=value` with one of these sections is a distill job key (commands/jobkeys.py), never a
+# preset's: a loss term keyed so could not be overridden, so a preset may not name a term so (nor `train`)
+JOB_SECTIONS = ("select", "export", "gate", "auto", "student", "data", "runtime", "teacher")
+
+
 def preset_from_dict(raw: dict[str, Any], default_name: str = "custom", source: str = "") -> Preset:
     where = source or default_name
     unknown = set(raw) - _PRESET_KEYS
@@ -394,6 +399,11 @@ def preset_from_dict(raw: dict[str, Any], default_name: str = "custom", source: 
         check_term(term, where=f"preset {where}: ")
         terms.append(term)
     keys = [t.key for t in terms]
+    taken = next((k for k in keys if k in (*JOB_SECTIONS, "train")), None)
+    if taken is not None:
+        raise UsageError(f"preset {where}: a loss term may not be keyed '{taken}' (`--set {taken}.*` addresses "
+                         f"{'the training config' if taken == 'train' else 'a distill job key'}); give it another "
+                         "`name`")
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:
         raise UsageError(f"preset {where}: term '{sorted(dup)[0]}' appears twice; give one a distinct `name`")
