@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-
 import io
+import json
 from pathlib import Path
 
 import torch
@@ -91,3 +91,31 @@ def tree_hash(root: Path, dirs: bool = True) -> dict[str, str]:
     equal snapshots mean a command changed, added and removed nothing."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
             for p in sorted(root.rglob("*")) if dirs or p.is_file()}
+
+
+def latency_table(path: Path, names: tuple[str, ...],
+                  precisions: tuple[str, ...] = ("fp32", "int8")) -> dict[str, float]:
+    """A latency.json as `kdcompress profile` writes it, for `names` at tiny_teacher's input (1x8x8, 3 classes):
+    every figure given here, so `select --latency-table` measures nothing. Returns key -> p50; int8 is slower
+    than fp32."""
+    from kdcompress.core.spec import InputSpec
+    from kdcompress.runtime.latencytable import TABLE_FORMAT, model_key
+    from kdcompress.students.registry import STUDENTS, capacity
+
+    spec = InputSpec((1, 8, 8), (0.5,), (0.25,))
+    models, p50s = {}, {}
+    for i, name in enumerate(names):
+        cap = capacity(STUDENTS.get(name).build(3, spec), spec)
+        for j, prec in enumerate(precisions):
+            p50 = round(0.012345 * (i + 1) + 0.001 * j + 0.0000432, 7)
+            lat = {"p50": p50, "p90": p50 * 1.2, "p99": p50 * 1.3, "mean": p50, "min": p50 * 0.9, "iters": 200,
+                   "batch": 1, "throughput": 1000 / p50}
+            models[model_key(name, prec)] = {"name": name, "precision": prec, "params": cap.params,
+                                             "flops": cap.flops, "latency_ms": lat,
+                                             "settings": {"threads": 1, "opt_level": "all",
+                                                          "execution": "sequential"}}
+            p50s[model_key(name, prec)] = p50
+    path.write_text(json.dumps({"format": TABLE_FORMAT, "input_shape": [1, 8, 8], "num_classes": 3, "batch": 1,
+                                "provider": "cpu", "machine": {"cpu": "target"}, "tuned": False, "processes": 1,
+                                "stat": "p50", "unstable": {}, "models": models}))
+    return p50s

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from kdcompress.cli import app
 
 from .conftest import TINY_DATA
+from .helpers import latency_table as _table
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -53,32 +54,6 @@ def leaf_commands(cmd=None, path: tuple[str, ...] = ()):
 # ------------------------------------------------------------------------------------------ select
 
 
-def latency_table(path: Path, precisions: tuple[str, ...] = ("fp32", "int8")) -> dict[str, float]:
-    """A latency.json as `kdcompress profile` writes it, for NAMES at tiny_teacher's input: every figure given
-    here, so `select --latency-table` measures nothing. Returns key -> p50; int8 is slower than fp32."""
-    from kdcompress.core.spec import InputSpec
-    from kdcompress.runtime.latencytable import TABLE_FORMAT, model_key
-    from kdcompress.students.registry import STUDENTS, capacity
-
-    spec = InputSpec((1, 8, 8), (0.5,), (0.25,))
-    models, p50s = {}, {}
-    for i, name in enumerate(NAMES):
-        cap = capacity(STUDENTS.get(name).build(3, spec), spec)
-        for j, prec in enumerate(precisions):
-            p50 = round(0.012345 * (i + 1) + 0.001 * j + 0.0000432, 7)
-            lat = {"p50": p50, "p90": p50 * 1.2, "p99": p50 * 1.3, "mean": p50, "min": p50 * 0.9, "iters": 200,
-                   "batch": 1, "throughput": 1000 / p50}
-            models[model_key(name, prec)] = {"name": name, "precision": prec, "params": cap.params,
-                                             "flops": cap.flops, "latency_ms": lat,
-                                             "settings": {"threads": 1, "opt_level": "all",
-                                                          "execution": "sequential"}}
-            p50s[model_key(name, prec)] = p50
-    path.write_text(json.dumps({"format": TABLE_FORMAT, "input_shape": [1, 8, 8], "num_classes": 3, "batch": 1,
-                                "provider": "cpu", "machine": {"cpu": "target"}, "tuned": False, "processes": 1,
-                                "stat": "p50", "unstable": {}, "models": models}))
-    return p50s
-
-
 def select_args(teacher: Path, table: Path, *extra: str) -> list[str]:
     return ["select", "--teacher", str(teacher), "--candidates", ",".join(NAMES), "--budget-ms", "0.04",
             "--latency-table", str(table), *extra]
@@ -96,7 +71,7 @@ def pasted(lines: list[str], start: str) -> str:
 
 
 def test_select_at_80_columns_keeps_every_name_and_latency_whole(tiny_teacher, tmp_path):
-    p50s = latency_table(tmp_path / "latency.json")
+    p50s = _table(tmp_path / "latency.json", NAMES)
     r = runner.invoke(app, select_args(tiny_teacher, tmp_path / "latency.json", "--precision", "auto"),
                       env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
@@ -308,7 +283,7 @@ def strict(text: str) -> dict:
                                   ["teacher", "inspect", "TEACHER"], ["select", "TABLE"]], ids=lambda a: " ".join(a))
 def test_json_is_one_strict_object_on_stdout_at_any_width(args, tiny_teacher, tmp_path):
     if args[0] == "select":
-        latency_table(tmp_path / "latency.json")
+        _table(tmp_path / "latency.json", NAMES)
         args = select_args(tiny_teacher, tmp_path / "latency.json")
     args = [str(tiny_teacher) if a == "TEACHER" else a for a in args]
     r = runner.invoke(app, [*args, "--json"], env={"COLUMNS": "40"})

@@ -74,3 +74,47 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+DRIVER = """
+from types import SimpleNamespace
+
+import kdcompress.pipeline.choose as pl
+from kdcompress.cli import main
+
+real = pl.apply_precision_gate
+
+
+def strict(selection, val, opts, console):  # any drop at all fails (even 0.0): the fallback path
+    return real(selection, val, SimpleNamespace(max_precision_drop=-1.0), console)
+
+
+pl.apply_precision_gate = strict
+main()
+"""
+
+
+def test_torchrun_trains_the_fp32_fallback_on_every_rank(tiny_teacher, tmp_path):
+    """An int8 choice that fails its precision gate under torchrun: rank 0 decides, every rank learns it and
+    trains the fp32 fallback together (rank 0 alone would wait forever for its peers in DDP's all-reduce)."""
+    from .helpers import latency_table
+
+    latency_table(tmp_path / "latency.json", ("tinycnn_w8", "tinycnn_w16"), ("int8", "fp32"))  # int8 faster
+    (tmp_path / "driver.py").write_text(DRIVER)
+    out = tmp_path / "run"
+    # tinycnn_w16 fits 0.025 ms in int8 (0.0247) only, so the fp32 fallback is another student: tinycnn_w8
+    args = ["distill", "--teacher", str(tiny_teacher), "--data", TINY_DATA, "--budget-ms", "0.025", "--precision",
+            "int8", "--latency-table", str(tmp_path / "latency.json"), "--preset", "kd", "--epochs", "1", "--set",
+            "train.batch_size=8", "--device", "cpu", "--out", str(out), "--json"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "driver.py"), *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(proc.stdout)
+    assert rep == json.loads((out / "report.json").read_text())
+    p = rep["precision"]
+    assert p["fell_back"] and p["shipped"] == "fp32" and p["fallback_run"] == str(out / "fallback")
+    assert rep["selection"]["chosen"]["name"] == "tinycnn_w16"  # the first choice stays on record
+    assert rep["selection"]["chosen"]["precision"] == "int8" and rep["student"]["arch"] == "tinycnn_w8"
+    assert rep["training"]["world_size"] == 2  # the fallback trained on both ranks
+    assert (out / "fallback" / "student.onnx").is_file() and "Traceback" not in proc.stderr

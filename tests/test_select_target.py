@@ -827,3 +827,17 @@ def test_validate_uses_the_settings_a_file_carries(monkeypatch, tmp_path):
     plain = tmp_path / "plain.onnx"
     plain.write_bytes(onnx_bytes(STUDENTS.get("tinycnn_w8").build(3, SPEC), SPEC))
     assert stored_settings(plain) is None
+
+
+def test_int8_asked_for_but_no_faster_than_fp32_says_so_not_that_nothing_fits(tiny_teacher, tmp_path):
+    """--precision int8 where every int8 variant fits the budget but is slower than its fp32 graph: the
+    refusal says that (and names the fix), not "no student meets the budget" with a figure under it."""
+    from .helpers import latency_table
+
+    latency_table(tmp_path / "latency.json", ("tinycnn_w8", "tinycnn_w16"))  # int8 is 0.001 ms slower here
+    r = CliRunner().invoke(app, ["select", "--teacher", str(tiny_teacher), "--budget-ms", "0.04", "--precision",
+                                 "int8", "--latency-table", str(tmp_path / "latency.json")])
+    assert r.exit_code == BudgetError.exit_code, r.output
+    line = " ".join(r.output.split())
+    assert "no faster than their fp32 graphs here" in line and "--precision fp32, or auto" in line, line
+    assert "no student meets" not in line

@@ -72,14 +72,26 @@ def distill(cfg: RunConfig, console: Console | None = None, *, export_opts: Expo
         p = prepare(cfg, options, console, ddp, device, runtime)
         d = choose(p, run)
         trained = train_and_deliver(p, d, run)
-        if trained is None:
-            return {}  # export, validation and the report are rank 0's
-        report, fallback = student_report(p, d, run, trained)
-        if fallback is not None:  # the reduced-precision choice failed its gate; another student ships
-            fb_run = RunDir(run.root / "fallback")
-            held.enter_context(fb_run.claim())
-            report = with_fallback(report, fallback_prepared(p, d, fallback, fb_run), fb_run)
-        return finish(report, p, run, announce=fallback is None)
+        return ship(p, d, run, trained, held)
+
+
+def ship(p: Prepared, d: Decision, run: RunDir, trained: Trained | None, held: contextlib.ExitStack) -> dict[str, Any]:
+    """After training: rank 0 gates the file it validated, and every rank learns whether it ships or the fp32
+    fallback trains instead (under torchrun every rank trains that too: DDP needs them all). The report is
+    rank 0's; {} on the others."""
+    made: dict[str, Any] = {}
+
+    def decide() -> str | None:
+        made["report"], fallback = student_report(p, d, run, trained)  # type: ignore[arg-type]  # rank 0's
+        return fallback
+    fallback = p.ddp.on_main(decide)
+    if fallback is None:
+        return finish(made["report"], p, run, announce=True) if p.ddp.is_main else {}
+    # the reduced-precision choice failed its gate; another student ships
+    fb_run = RunDir(run.root / "fallback")
+    p.ddp.on_main(lambda: held.enter_context(fb_run.claim()))
+    report = with_fallback(made.get("report"), fallback_prepared(p, d, fallback, fb_run), fb_run)
+    return finish(report, p, run, announce=False) if p.ddp.is_main else {}  # the fallback run announced it
 
 
 def train_and_deliver(p: Prepared, d: Decision, run: RunDir) -> Trained | None:
@@ -172,13 +184,14 @@ def student_report(p: Prepared, d: Decision, run: RunDir, t: Trained) -> tuple[d
     return report, fallback
 
 
-def with_fallback(report: dict[str, Any], fp: Prepared, run: RunDir) -> dict[str, Any]:
-    """The fp32 fallback chosen, trained and delivered into `run` (RUN/fallback/) by the same phases, its
-    report written there; the run's report is that report, with the first choice's selection and precision
-    (and where the fallback ran)."""
+def with_fallback(report: dict[str, Any] | None, fp: Prepared, run: RunDir) -> dict[str, Any]:
+    """The fp32 fallback chosen, trained (by every torchrun rank) and delivered into `run` (RUN/fallback/) by
+    the same phases, its report written there; the run's report is that report, with the first choice's
+    selection and precision (and where the fallback ran). {} on ranks other than 0 (`report` None there)."""
     fd = choose(fp, run)
     trained = train_and_deliver(fp, fd, run)
-    assert trained is not None  # rank 0 alone gets here
+    if trained is None or report is None:
+        return {}
     fb = finish(student_report(fp, fd, run, trained)[0], fp, run, announce=True)
     return {**fb, "run_dir": str(report["run_dir"]), "selection": report["selection"],
             "precision": {**report["precision"], "fallback_run": str(fp.cfg.out)}}

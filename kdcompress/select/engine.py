@@ -321,7 +321,19 @@ def best(st: SearchState, source: LatencySource, ex, allowed: tuple[str, ...]) -
     return None
 
 
-def budget_error(rows: list[Candidate], budget: Budget, provider: str) -> BudgetError:
+def budget_error(rows: list[Candidate], budget: Budget, provider: str, precision: str = "fp32") -> BudgetError:
+    """Why nothing was chosen: every variant of the allowed precisions that fits is no faster than its own fp32
+    graph (a reduced-precision file would buy nothing), or none fits at all."""
+    allowed = allowed_precisions(precision)
+    slower = [c for c in rows if c.precision in allowed and c.fits and c.slower_than_fp32]
+    if slower:
+        c = slower[0]
+        fp = next((r for r in rows if (r.name, r.precision) == (c.name, "fp32")), None)
+        vs = f" against {fp.latency.stat(budget.stat):.4f} ms in fp32" if fp is not None else ""
+        return BudgetError(
+            f"the --precision {precision} variants that meet the {budget.ms:g} ms budget are no faster than their "
+            f"fp32 graphs here ({shown((c.name, c.precision))} {c.latency.stat(budget.stat):.4f} ms{vs}), so "
+            "they would buy nothing; use --precision fp32, or auto")
     fastest = min(rows, key=lambda c: c.latency.stat(budget.stat))
     return BudgetError(
         f"no student meets the {budget.ms:g} ms budget ({budget.stat}, batch {budget.batch}, {provider}); "
@@ -336,7 +348,7 @@ def choose(st: SearchState, source: LatencySource, ex, precision: str,
         return (st.rows[st.jobs[0]] if single else None), None
     chosen = best(st, source, ex, allowed_precisions(precision))
     if chosen is None:
-        raise budget_error(list(st.rows.values()), st.budget, source.provider(st.runtime))
+        raise budget_error(list(st.rows.values()), st.budget, source.provider(st.runtime), precision)
     fallback = best(st, source, ex, ("fp32",)) if chosen.precision != "fp32" else None
     return chosen, fallback
 
