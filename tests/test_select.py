@@ -82,6 +82,35 @@ def run(budget_ms, names=NAMES, stat="p50", runtime=RuntimeConfig(), teacher=Tru
                   teacher_name="resnet8x2", names=names, **kw)
 
 
+class Recorded:
+    """A Reporter that keeps every call, to check what a bar drawn from them would show."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, int]] = []
+
+    def plan(self, units: int) -> None:
+        self.calls.append(("plan", units))
+
+    def step(self, what: str) -> None:
+        pass
+
+    def advance(self, units: int = 1) -> None:
+        self.calls.append(("advance", units))
+
+
+def test_the_bar_of_a_selection_with_a_budget_never_steps_back(clock):
+    """The first confirmation is planned with the candidates, so the bar does not go back from 100% when it
+    starts; a selection whose first choice holds ends with every planned unit done."""
+    clock(LAT)
+    rec = Recorded()
+    s = run(1.0, report=rec)
+    assert s.chosen.name == "resnet8"
+    first_advance = next(i for i, (k, _) in enumerate(rec.calls) if k == "advance")
+    assert all(k == "advance" for k, _ in rec.calls[first_advance:]), rec.calls  # nothing planned late
+    planned = sum(n for k, n in rec.calls if k == "plan")
+    assert planned == sum(n for k, n in rec.calls if k == "advance") == len(NAMES) + 1 + 1 + sel_mod.CONFIRM_MAX
+
+
 def test_most_capable_within_budget_wins(clock):
     clock(LAT)
     s = run(0.045)

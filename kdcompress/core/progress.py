@@ -119,6 +119,10 @@ class Bar:
         self._progress.advance(self._task, units)
         self._progress.refresh()
 
+    def finish(self) -> None:
+        """All done: work planned in case it was needed (a confirmation select did not need) counts as done."""
+        self._progress.update(self._task, completed=self._total, refresh=True)
+
 
 @contextmanager
 def eta_bar(console: Any, desc: str, status_width: int = 30) -> Iterator[Bar]:
@@ -129,4 +133,5 @@ def eta_bar(console: Any, desc: str, status_width: int = 30) -> Iterator[Bar]:
     with progress:
         bar = Bar(progress, desc, status_width)
         yield bar
+        bar.finish()
         bar.step("done")

@@ -135,21 +135,26 @@ class MeasuredSource:
     """Latencies measured on this machine: screening exports first, shipping exports to confirm; cached.
 
     Reports to `report` (core.progress): every candidate job (`planned`, with the teacher when it is not
-    cached) is done when measured, found in the cache or pruned; each confirmation adds one unit when it
-    starts (which candidates are confirmed, the ranking decides as it goes)."""
+    cached) is done when measured, found in the cache or pruned; a confirmation is 1 + CONFIRM_MAX units, the
+    first planned with the candidates when there is a budget, each later one when it starts (which
+    candidates are confirmed, the ranking decides as it goes); the bar counts unneeded units done at its end."""
 
     label = "measured"
 
     def __init__(self, probes: Probes, report: Reporter = SILENT):
         self.probes, self.report = probes, report
+        self._first_confirmation_planned = False
 
     def provider(self, runtime: RuntimeConfig) -> str:
         return runtime.provider
 
     def planned(self, st: SearchState, model, cap: Capacity | None) -> int:
-        """Every candidate job, and the teacher when it will be measured (known to `teacher`, not cached)."""
+        """Every candidate job, the teacher when it will be measured (known to `teacher`, not cached), and with a
+        budget the first confirmation's units: planned late, they would send the bar back from 100%."""
         key = st.cache.key("__teacher__", model, st.spec, st.num_classes, st.runtime, st.budget.batch)
-        return len(st.jobs) + (model is not None and cap is not None and st.cache.get(key) is None)
+        self._first_confirmation_planned = st.budget.ms is not None
+        return (len(st.jobs) + (model is not None and cap is not None and st.cache.get(key) is None)
+                + (1 + CONFIRM_MAX if self._first_confirmation_planned else 0))
 
     def screen(self, st: SearchState, ex) -> None:
         for j in st.jobs:
@@ -207,7 +212,9 @@ class MeasuredSource:
         bar a confirmation is this process's draw and up to CONFIRM_MAX fresh ones (each a process: they take
         the time); those a settled confirmation does not need are done at once."""
         st.counts["confirmations"] += 1
-        self.report.plan(1 + CONFIRM_MAX)
+        if not self._first_confirmation_planned:  # planned() counted the first one
+            self.report.plan(1 + CONFIRM_MAX)
+        self._first_confirmation_planned = False
         self.report.step(f"{'tuning' if st.tune and not runs else 'confirming'} {shown((c.name, c.precision))}")
         ship = self._shipping(st, ex, (c.name, c.precision))
         if not runs:
