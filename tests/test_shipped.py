@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
@@ -71,7 +72,8 @@ def test_int8_ships_and_report_json_names_and_describes_that_file(int8_run):
         assert v["sha256"] == _sha(out / v["path"]) and v["precision"] == v["variant"] and v["meets_budget"] is True
     assert (report["precision"]["shipped"] == "int8"
             and "validation recommends the int8 file" in report["precision"]["reason"])
-    assert report["warnings"] == []  # --max-accuracy-drop is set: the gate decides, no warning
+    # --max-accuracy-drop is set: the gate decides, no warning of a drop
+    assert not any("points below the teacher" in w for w in report["warnings"]), report["warnings"]
 
 
 def test_int8_run_console_and_report_md_speak_of_the_shipped_file(int8_run):
@@ -152,6 +154,31 @@ def test_accuracy_drop_warning_threshold_and_gate():
     assert accuracy_drop_warning("s", 0.70, 0.89, Gates(max_accuracy_drop=0.3)) is None  # the gate decides
     assert accuracy_drop_warning("s", 0.70, None, Gates()) is None
     assert accuracy_drop_warning("s", float("nan"), 0.89, Gates()) is None
+
+
+def test_a_student_at_or_above_its_teacher_is_warned_about():
+    """A teacher no better than its student has little to teach: the report says so and names the comparison
+    to make (a plain student trained as long) or the fix (a stronger teacher)."""
+    from kdcompress.pipeline.job import finish_report
+    from kdcompress.validate import Gates, teacher_not_ahead_warning
+
+    w = teacher_not_ahead_warning("the shipped fp32 student (student.onnx)", 0.981, 0.976)
+    assert "98.10% vs 97.60%" in w and "--preset ce" in w and "stronger teacher" in w
+    assert teacher_not_ahead_warning("s", 0.976, 0.976) is not None  # a tie: the teacher is not ahead either
+    assert teacher_not_ahead_warning("s", 0.95, 0.976) is None
+    assert teacher_not_ahead_warning("s", float("nan"), 0.976) is None
+    assert teacher_not_ahead_warning("s", 1.0, None) is None
+
+    def report(kinds: list[str]) -> dict:
+        return {"teacher": {"accuracy": 0.9}, "preset": {"terms": [{"kind": k} for k in kinds]},
+                "variants": [{"name": "fp32", "variant": "fp32", "path": "student.onnx", "accuracy": 0.95}],
+                "recommended": "fp32"}
+    quiet = Console(quiet=True)
+    with pytest.MonkeyPatch.context() as mp:  # only the warnings are under test, not the shipped block
+        mp.setattr("kdcompress.pipeline.job.add_shipped", lambda r, root: r)
+        assert "at or above its teacher" in finish_report(report(["ce", "kd"]), Path("."), Gates(), quiet,
+                                                          announce=False)["warnings"][0]
+        assert finish_report(report(["ce"]), Path("."), Gates(), quiet, announce=False)["warnings"] == []
 
 
 def _nan_report(report: dict, *, teacher_accuracy: bool = False) -> dict:

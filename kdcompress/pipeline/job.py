@@ -30,7 +30,7 @@ from ..runtime import build_metadata, read_metadata
 from ..select import SelectOptions, save_pareto_plot
 from ..teacher import Teacher, teacher_onnx_bytes
 from ..train import TrainResult, check_resumable, setup_distributed, train
-from ..validate import Gates, accuracy_drop_warning, describe, effective_threads
+from ..validate import Gates, accuracy_drop_warning, describe, effective_threads, teacher_not_ahead_warning
 from .choose import Decision, choose, fallback_prepared, fingerprint, gate_precision
 from .deliver import Checks, Delivered, Delivery, deliver
 from .prepare import DistillOptions, Prepared, prepare
@@ -208,12 +208,16 @@ def finish(report: dict[str, Any], p: Prepared, run: RunDir, *, announce: bool) 
 def finish_report(report: dict[str, Any], root: Path, gates: Gates, console: Console, *,
                   announce: bool) -> dict[str, Any]:
     """The `shipped` block (report.add_shipped) and the report's own warnings: the file that ships scoring
-    far below the teacher with no --max-accuracy-drop gate. `announce`: print them (a fallback run did)."""
+    far below the teacher with no --max-accuracy-drop gate, or at or above a teacher its preset reads.
+    `announce`: print them (a fallback run did)."""
     report = add_shipped(report, root)
     v = intended_variant(report)
-    warning = v and accuracy_drop_warning(f"the shipped {v['variant']} student ({v['path']})", v.get("accuracy"),
-                                          (report.get("teacher") or {}).get("accuracy"), gates)
-    report["warnings"] = [warning] if warning else []
+    t_top1 = (report.get("teacher") or {}).get("accuracy")
+    what = v and f"the shipped {v['variant']} student ({v['path']})"
+    reads_teacher = any(t.get("kind") != "ce" for t in (report.get("preset") or {}).get("terms", []))
+    warnings = [v and accuracy_drop_warning(what, v.get("accuracy"), t_top1, gates),
+                v and reads_teacher and teacher_not_ahead_warning(what, v.get("accuracy"), t_top1)]
+    report["warnings"] = [w for w in warnings if w]
     for w in report["warnings"] if announce else ():
         console.print(f"[yellow]warning:[/] {w}")
     return report
