@@ -19,6 +19,7 @@ Checkpoints are the best-validation epoch's; test accuracy is reported. Per pres
     .venv/bin/python benchmarks/kd_protocol.py --data mnist5k --students tinycnn_w16 resnet8 \\
         --teacher-arch resnet14 --epochs 80 --seeds 0 1 2 3 4 --presets kd nd fm --equal-compute
     .venv/bin/python benchmarks/kd_protocol.py --quick      # digits, tiny: the protocol end to end, not a measurement
+    .venv/bin/python benchmarks/kd_protocol.py ... --seeds 0 1 2 --from-json s01.json s2.json   # seeds run apart
 
 Prints markdown tables, the machine and the date; --json PATH writes every run.
 """
@@ -104,10 +105,14 @@ class Ledger:
     """Every finished run, written to --json after each one (atomically), so an interrupted protocol resumes
     (--resume) without redoing runs: a run is keyed by (student, label, seed)."""
 
-    def __init__(self, path: Path | None, resume: bool, meta: dict):
+    def __init__(self, path: Path | None, resume: bool, meta: dict, sources: list[Path] = ()):
         self.path, self.meta, self.rows = path, meta, []
+        self.frozen = bool(sources)  # --from-json: the runs of these files, nothing trained
         if resume and path is not None and path.exists():
             self.rows = json.loads(path.read_text())["runs"]
+        for src in sources:  # the first file holding a run wins
+            self.rows += [r for r in json.loads(src.read_text())["runs"]
+                          if self.get(r["student"], r["label"], r["seed"]) is None]
 
     def get(self, student: str, label: str, seed: int) -> dict | None:
         return next((r for r in self.rows if (r["student"], r["label"], r["seed"]) == (student, label, seed)), None)
@@ -132,6 +137,8 @@ def student_runs(student: str, args, splits, teacher, root: Path, ledger: Ledger
         done = ledger.get(student, label, seed)
         if done is not None:
             return done
+        if ledger.frozen:
+            raise SystemExit(f"kd_protocol: --from-json: no run {label} of {student}, seed {seed}, in those files")
         name, *extra = preset_name.split(",")  # a variant: "NAME,key=value,..."
         preset = _preset(name, epochs, seed, [*args.set, *extra])
         return ledger.add(run(label, preset, student, seed, splits, teacher, root, args.device))
@@ -251,6 +258,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "kdcompress-bench")
     ap.add_argument("--json", type=Path, default=None, help="every run, rewritten after each one")
     ap.add_argument("--resume", action="store_true", help="keep the runs --json already holds; run the rest")
+    ap.add_argument("--from-json", type=Path, nargs="+", default=[],
+                    help="print the tables from the runs these --json files hold (several: runs split over "
+                         "processes), training nothing; the other flags say which runs the tables take")
     ap.add_argument("--quick", action="store_true",
                     help="defaults for a smoke run: digits, resnet8 teacher (1 epoch), 1-2 epochs, 2 seeds")
     args = ap.parse_args(argv)
@@ -263,25 +273,42 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def setting(args) -> tuple[list[str], dict, object, object]:
+    """(the head lines, the ledger's meta, the teacher, the splits): loaded, or with --from-json read from the
+    first file (the runs' machine and teacher; nothing loaded)."""
+    if args.from_json:
+        meta = {k: v for k, v in json.loads(args.from_json[0].read_text()).items() if k != "runs"}
+        fp, sizes = meta["machine"], "sizes as in the runs"
+        head = [f"# kd protocol, the runs of {', '.join(str(p) for p in args.from_json)}"]
+        teacher = splits = None
+    else:
+        path, info = cached_teacher(args, args.cache_dir)
+        teacher = load_teacher(path)
+        splits = load_data(args.data, teacher.input_spec)
+        t_acc = accuracy(predict(teacher.model, splits.test, teacher.input_spec, torch.device("cpu")), splits.test.y)
+        fp = machine_fingerprint()
+        meta = {"teacher_test_acc": t_acc, "teacher": info, "machine": fp,
+                "args": {k: str(v) for k, v in vars(args).items()}}
+        sizes = (f"train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}; one test image = "
+                 f"{100 / len(splits.test):.2f} points")
+        head = [f"# kd protocol, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"]
+    head += [f"machine: {fp.get('cpu')} ({fp.get('cpus')} CPUs), load average {os.getloadavg()[0]:.2f}, device "
+             f"{args.device}, {args.threads} torch threads, torch {torch.__version__}, "
+             f"Python {platform.python_version()}",
+             f"data {args.data} ({sizes}); teacher {args.teacher_arch} ({args.teacher_epochs} epochs) test "
+             f"{100 * meta['teacher_test_acc']:.2f}%; presets {args.epochs} epochs, ce {args.baseline_epochs}; "
+             f"seeds {args.seeds}", ""]
+    return head, meta, teacher, splits
+
+
 def main(argv: list[str] | None = None) -> str:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     started = dt.datetime.now(dt.UTC)
-    teacher_path, info = cached_teacher(args, args.cache_dir)
-    teacher = load_teacher(teacher_path)
-    splits = load_data(args.data, teacher.input_spec)
-    t_acc = accuracy(predict(teacher.model, splits.test, teacher.input_spec, torch.device("cpu")), splits.test.y)
-    fp = machine_fingerprint()
-    head = [f"# kd protocol, {started:%Y-%m-%d %H:%M} UTC",
-            f"machine: {fp.get('cpu')} ({fp.get('cpus')} CPUs), load average {os.getloadavg()[0]:.2f}, device "
-            f"{args.device}, {args.threads} torch threads, torch {torch.__version__}, "
-            f"Python {platform.python_version()}",
-            f"data {args.data} (train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}; one test "
-            f"image = {100 / len(splits.test):.2f} points); teacher {args.teacher_arch} ({args.teacher_epochs} epochs) "
-            f"test {100 * t_acc:.2f}%; presets {args.epochs} epochs, ce {args.baseline_epochs}; seeds {args.seeds}", ""]
+    head, meta, teacher, splits = setting(args)
+    t_acc = meta["teacher_test_acc"]
     parts = []
-    ledger = Ledger(args.json, args.resume, {"teacher_test_acc": t_acc, "teacher": info, "machine": fp,
-                                             "args": {k: str(v) for k, v in vars(args).items()}})
+    ledger = Ledger(args.json, args.resume, meta, args.from_json)
     with tempfile.TemporaryDirectory(prefix="kdc-protocol-") as tmp:
         for student in args.students:
             got = student_runs(student, args, splits, teacher, Path(tmp), ledger)

@@ -161,3 +161,8 @@ def test_kd_protocol_quick_run_compares_with_the_plateau_and_equal_compute_basel
         kd1, kd2 = runs[("kd1", s)], runs[("kd2", s)]
         assert (kd1["epochs"], kd2["epochs"]) == (1, 2)
     assert "| kd (" in text and " ep " in text
+    # --from-json prints the same tables from the file alone (runs split over processes are merged so)
+    again = proto.main(["--quick", "--epochs", "1", "2", "--from-json", str(out)])
+    assert again.split("## student")[1] == text.split("## student")[1]
+    with pytest.raises(SystemExit, match="no run kd3 of tinycnn_w8, seed 0"):
+        proto.main(["--quick", "--epochs", "1", "3", "--from-json", str(out)])
