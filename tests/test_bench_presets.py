@@ -166,3 +166,29 @@ def test_kd_protocol_quick_run_compares_with_the_plateau_and_equal_compute_basel
     assert again.split("## student")[1] == text.split("## student")[1]
     with pytest.raises(SystemExit, match="no run kd3 of tinycnn_w8, seed 0"):
         proto.main(["--quick", "--epochs", "1", "3", "--from-json", str(out)])
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TINY_SETTING = ["--data", "digits", "--student", "tinycnn_w8", "--teacher-arch", "resnet8", "--teacher-epochs", "1",
+                "--epochs", "1"]
+
+
+def test_dkd_sweep_and_fm_check_run_end_to_end_on_tiny_settings(tmp_path, capsys):
+    """The two studies of issue 26 run and print one row per configuration (tiny: not a measurement)."""
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    text = _bench("dkd_sweep").main([*TINY_SETTING, *cache, "--seeds", "0", "--threads", "1",
+                                     "--only", "kd", "dkd beta=8 (default)", "dkd beta=2"])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "config" not in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| kd", "| dkd beta=8 (default)", "| dkd beta=2"]
+    assert "teacher mean 1 - p_t at T=4" in text
+    fm = _bench("fm_check")
+    fm.ROWS = fm.ROWS[4:6]  # fm online and on cached views: the pair the cache's replay must keep alike
+    fm.main([*TINY_SETTING, *cache])
+    out = capsys.readouterr().out
+    assert "| fm, online teacher |" in out and "| fm, 4 views |" in out
