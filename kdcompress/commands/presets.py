@@ -14,9 +14,10 @@ from . import Outcome, render
 # Which preset to pick (docs/presets.md#which-preset-to-pick; the evidence is benchmarks/RESULTS.md, `presets`).
 GUIDE = (
     "Not sure: --preset auto ranks kd, kd_ls, dist, dkd and nd by short paired trials on your validation split.",
-    "A safe default: kd, the cheapest, with teacher outputs cached. What it buys is compute: on mnist5k (5 seeds) "
-    "kd at 80 epochs was within noise of a plain student trained 4x as long (-0.4 points [-1.1, +0.3]) at half "
-    "its CPU time, and did not beat one given the same CPU time (-0.1 [-0.8, +0.7]).",
+    "A safe default: kd, the cheapest, with teacher outputs cached. Measured against a plain student trained "
+    "longer or given kd's CPU time, it matched it and did not beat it: on Fashion-MNIST (3 seeds) +0.1 points "
+    "[-1.9, +2.2], on mnist5k (5 seeds, two tiny students) -0.4 and -0.6; one Fashion-MNIST seed trained twice "
+    "as long was ahead by 1 point. Train kd as long as the plain student you compare it with.",
     "nd, ickd, dkd_nd need the teacher's features: a logits-only (ONNX) teacher takes the logit presets only.",
     "The DKD family (dkd, dkd_ls, gdkd, dkd_nd): beta=8 is the authors' 100-class value; with few classes choose "
     "dkd.beta on validation or use --preset auto rather than taking it by default.",
