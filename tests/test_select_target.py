@@ -750,7 +750,9 @@ def test_trial_epoch_seconds_are_measured_once_per_run(tiny_teacher, tmp_path, m
                     preset=load_checked_preset("kd", ["train.batch_size=16"]), out=tmp_path / "run")
     run, cpu = RunDir(tmp_path / "run"), torch.device("cpu")
     first = pl.trial_epoch_seconds(["tinycnn_w8", "resnet8"], cfg, teacher, splits, run, cpu)
-    assert first["resnet8"] > first["tinycnn_w8"] > 0  # 1.5 MFLOPs against 0.05: 4x slower a step here
+    # measured (the subject here is that they are measured once): no order between them is asserted, because
+    # these epochs last milliseconds and a loaded machine inverted resnet8's 4x larger step (CI, stop 30)
+    assert first["resnet8"] > 0 and first["tinycnn_w8"] > 0 and set(first) == {"tinycnn_w8", "resnet8"}
 
     def fail(*a, **k):
         raise AssertionError("measured again")
