@@ -169,16 +169,17 @@ def test_a_student_at_or_above_its_teacher_is_warned_about():
     assert teacher_not_ahead_warning("s", float("nan"), 0.976) is None
     assert teacher_not_ahead_warning("s", 1.0, None) is None
 
-    def report(kinds: list[str]) -> dict:
-        return {"teacher": {"accuracy": 0.9}, "preset": {"terms": [{"kind": k} for k in kinds]},
+    def report() -> dict:
+        return {"teacher": {"accuracy": 0.9},
                 "variants": [{"name": "fp32", "variant": "fp32", "path": "student.onnx", "accuracy": 0.95}],
                 "recommended": "fp32"}
     quiet = Console(quiet=True)
     with pytest.MonkeyPatch.context() as mp:  # only the warnings are under test, not the shipped block
         mp.setattr("kdcompress.pipeline.job.add_shipped", lambda r, root: r)
-        assert "at or above its teacher" in finish_report(report(["ce", "kd"]), Path("."), Gates(), quiet,
-                                                          announce=False)["warnings"][0]
-        assert finish_report(report(["ce"]), Path("."), Gates(), quiet, announce=False)["warnings"] == []
+        assert "at or above its teacher" in finish_report(report(), Path("."), Gates(), quiet, announce=False,
+                                                          distilled=True)["warnings"][0]
+        # a plain student (preset ce: Preset.needs_teacher is False) has no teacher to be ahead of
+        assert finish_report(report(), Path("."), Gates(), quiet, announce=False, distilled=False)["warnings"] == []
 
 
 def _nan_report(report: dict, *, teacher_accuracy: bool = False) -> dict:

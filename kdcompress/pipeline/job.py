@@ -86,12 +86,16 @@ def ship(p: Prepared, d: Decision, run: RunDir, trained: Trained | None, held: c
         return fallback
     fallback = p.ddp.on_main(decide)
     if fallback is None:
-        return finish(made["report"], p, run, announce=True) if p.ddp.is_main else {}
+        if not p.ddp.is_main:
+            return {}
+        return finish(made["report"], p, run, announce=True, distilled=d.cfg.preset.needs_teacher)
     # the reduced-precision choice failed its gate; another student ships
     fb_run = RunDir(run.root / "fallback")
     p.ddp.on_main(lambda: held.enter_context(fb_run.claim()))
     report = with_fallback(made.get("report"), fallback_prepared(p, d, fallback, fb_run), fb_run)
-    return finish(report, p, run, announce=False) if p.ddp.is_main else {}  # the fallback run announced it
+    if not p.ddp.is_main:
+        return {}
+    return finish(report, p, run, announce=False, distilled=d.cfg.preset.needs_teacher)  # announced by the fallback
 
 
 def train_and_deliver(p: Prepared, d: Decision, run: RunDir) -> Trained | None:
@@ -192,31 +196,32 @@ def with_fallback(report: dict[str, Any] | None, fp: Prepared, run: RunDir) -> d
     trained = train_and_deliver(fp, fd, run)
     if trained is None or report is None:
         return {}
-    fb = finish(student_report(fp, fd, run, trained)[0], fp, run, announce=True)
+    fb = finish(student_report(fp, fd, run, trained)[0], fp, run, announce=True,
+                distilled=fd.cfg.preset.needs_teacher)
     return {**fb, "run_dir": str(report["run_dir"]), "selection": report["selection"],
             "precision": {**report["precision"], "fallback_run": str(fp.cfg.out)}}
 
 
-def finish(report: dict[str, Any], p: Prepared, run: RunDir, *, announce: bool) -> dict[str, Any]:
-    """What the teacher check saw (accepted with --allow-weak-teacher), `shipped` and the warnings; written."""
+def finish(report: dict[str, Any], p: Prepared, run: RunDir, *, announce: bool, distilled: bool) -> dict[str, Any]:
+    """What the teacher check saw (accepted with --allow-weak-teacher), `shipped` and the warnings; written.
+    `distilled`: the preset read the teacher (Preset.needs_teacher)."""
     if p.checked.class_order is not None:
         report["teacher"] = {**report["teacher"], "class_order": p.checked.class_order.to_json()}
-    report = finish_report(report, run.root, p.options.gates, p.console, announce=announce)
+    report = finish_report(report, run.root, p.options.gates, p.console, announce=announce, distilled=distilled)
     return write_report(json.loads(json.dumps(report)), run.root)
 
 
 def finish_report(report: dict[str, Any], root: Path, gates: Gates, console: Console, *,
-                  announce: bool) -> dict[str, Any]:
+                  announce: bool, distilled: bool) -> dict[str, Any]:
     """The `shipped` block (report.add_shipped) and the report's own warnings: the file that ships scoring
-    far below the teacher with no --max-accuracy-drop gate, or at or above a teacher its preset reads.
-    `announce`: print them (a fallback run did)."""
+    far below the teacher with no --max-accuracy-drop gate, or, when `distilled` (its preset read the
+    teacher), at or above that teacher. `announce`: print them (a fallback run did)."""
     report = add_shipped(report, root)
     v = intended_variant(report)
     t_top1 = (report.get("teacher") or {}).get("accuracy")
     what = v and f"the shipped {v['variant']} student ({v['path']})"
-    reads_teacher = any(t.get("kind") != "ce" for t in (report.get("preset") or {}).get("terms", []))
     warnings = [v and accuracy_drop_warning(what, v.get("accuracy"), t_top1, gates),
-                v and reads_teacher and teacher_not_ahead_warning(what, v.get("accuracy"), t_top1)]
+                v and distilled and teacher_not_ahead_warning(what, v.get("accuracy"), t_top1)]
     report["warnings"] = [w for w in warnings if w]
     for w in report["warnings"] if announce else ():
         console.print(f"[yellow]warning:[/] {w}")

@@ -143,7 +143,6 @@ class MeasuredSource:
 
     def __init__(self, probes: Probes, report: Reporter = SILENT):
         self.probes, self.report = probes, report
-        self._first_confirmation_planned = False
 
     def provider(self, runtime: RuntimeConfig) -> str:
         return runtime.provider
@@ -152,9 +151,8 @@ class MeasuredSource:
         """Every candidate job, the teacher when it will be measured (known to `teacher`, not cached), and with a
         budget the first confirmation's units: planned late, they would send the bar back from 100%."""
         key = st.cache.key("__teacher__", model, st.spec, st.num_classes, st.runtime, st.budget.batch)
-        self._first_confirmation_planned = st.budget.ms is not None
         return (len(st.jobs) + (model is not None and cap is not None and st.cache.get(key) is None)
-                + (1 + CONFIRM_MAX if self._first_confirmation_planned else 0))
+                + (1 + CONFIRM_MAX if st.budget.ms is not None else 0))  # confirmations need a budget
 
     def screen(self, st: SearchState, ex) -> None:
         for j in st.jobs:
@@ -212,9 +210,8 @@ class MeasuredSource:
         bar a confirmation is this process's draw and up to CONFIRM_MAX fresh ones (each a process: they take
         the time); those a settled confirmation does not need are done at once."""
         st.counts["confirmations"] += 1
-        if not self._first_confirmation_planned:  # planned() counted the first one
+        if st.counts["confirmations"] > 1:  # planned() counted the first one
             self.report.plan(1 + CONFIRM_MAX)
-        self._first_confirmation_planned = False
         self.report.step(f"{'tuning' if st.tune and not runs else 'confirming'} {shown((c.name, c.precision))}")
         ship = self._shipping(st, ex, (c.name, c.precision))
         if not runs:
