@@ -21,7 +21,8 @@ _FACE = {
     **dict.fromkeys(("MANIFEST", "MANIFEST_FORMAT", "check_table", "model_key", "profile_dir", "read_table",
                      "table_stats"), "latencytable"),
     **dict.fromkeys(("DEFAULT_OPSET", "INPUT_NAME", "MIN_OPSET", "OUTPUT_NAME", "TOLERANCES", "VARIANTS", "Tolerance",
-                     "build_metadata", "checked_bytes", "detect_variant", "encode_value", "onnx_bytes", "onnx_proto",
+                     "build_metadata", "checked_bytes", "detect_variant", "encode_value", "logits_output",
+                     "onnx_bytes", "onnx_proto",
                      "read_metadata", "screen_bytes", "set_metadata", "simplify_proto", "stamp_metadata"), "onnxio"),
 }
 __all__ = sorted(_FACE)
@@ -35,7 +36,8 @@ if TYPE_CHECKING:  # what the face gives, for type checkers and readers
     from .latencytable import (MANIFEST, MANIFEST_FORMAT, check_table, model_key, profile_dir,  # noqa: F401
                                read_table, table_stats)
     from .onnxio import (DEFAULT_OPSET, INPUT_NAME, MIN_OPSET, OUTPUT_NAME, TOLERANCES, VARIANTS,  # noqa: F401
-                         Tolerance, build_metadata, checked_bytes, detect_variant, encode_value, onnx_bytes,
-                         onnx_proto, read_metadata, screen_bytes, set_metadata, simplify_proto, stamp_metadata)
+                         Tolerance, build_metadata, checked_bytes, detect_variant, encode_value, logits_output,
+                         onnx_bytes, onnx_proto, read_metadata, screen_bytes, set_metadata, simplify_proto,
+                         stamp_metadata)
     from .ortbench import (LatencyStats, SessionSettings, check_onnx, make_session,  # noqa: F401
                            measure_latency, ort_max_opset, settings_grid, stored_settings, sweep_settings)

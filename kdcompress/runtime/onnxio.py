@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,16 @@ TOLERANCES = {
     "fp16": Tolerance(1e-2, 0.99),
     "int8": Tolerance(0.5, 0.97),
 }
+
+
+def logits_output(shapes: dict[str, Sequence[Any]], count: int | None) -> str | None:
+    """Of a classifier graph's outputs (name -> shape, in graph order), the one that holds the logits: the
+    first of shape (batch, count) when the class count is known, else the only rank-2 one; None when the
+    shapes cannot tell (the caller refuses, naming what would tell). The ONNX teacher and validate share it."""
+    two_d = [n for n, s in shapes.items() if len(s) == 2]
+    if count is not None:
+        return next((n for n in two_d if shapes[n][1] == count), None)
+    return two_d[0] if len(two_d) == 1 else None
 
 
 def detect_variant(model) -> str:

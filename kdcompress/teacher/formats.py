@@ -303,20 +303,20 @@ def _load_onnx(path: Path, opt: TeacherOptions) -> Teacher:
 def _logits_output(path: Path, model: OrtTeacher, spec: InputSpec, rec: Recorded, opt: TeacherOptions) -> str:
     """The output of a graph with several (logits + features, say) that holds the logits: the one of
     shape (batch, classes) for the class count the flags or the file give (the first when several fit),
-    or the only rank-2 output when no count is known. Otherwise a one-line refusal listing the outputs."""
+    or the only rank-2 output when no count is known (runtime.logits_output, validate's rule too). Otherwise
+    a one-line refusal listing the outputs."""
+    from ..runtime import logits_output
+
     shapes = model.output_shapes(torch.zeros((2, *spec.shape)))
     listed = ", ".join(f"'{n}' {s}" for n, s in shapes.items())
     names = opt.classes or rec.classes
     count = opt.num_classes or (len(names) if names else None) or rec.num_classes
-    two_d = [n for n, s in shapes.items() if len(s) == 2]
+    found = logits_output(shapes, count)
+    if found is not None:
+        return found
     if count is None:
-        if len(two_d) == 1:
-            return two_d[0]
         raise UsageError(f"ONNX teacher {path} has {len(shapes)} outputs ({listed}) and records no class count to "
                          "tell the logits by; give --num-classes N (or --classes) and the output of that width is used")
-    fits = [n for n in two_d if shapes[n][1] == count]
-    if fits:
-        return next((n for n in shapes if n in fits), fits[0])  # graph order: the first that fits
     raise InputError(f"ONNX teacher {path} has {len(shapes)} outputs ({listed}) and none is (batch, {count}) for "
                      f"its {count} classes; export the logits as an output, or check --num-classes/--classes")
 

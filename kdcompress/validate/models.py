@@ -19,7 +19,7 @@ from ..core.classes import is_index_names, match_classes
 from ..core.config import RuntimeConfig
 from ..core.errors import InputError, UsageError
 from ..core.progress import SILENT, Reporter
-from ..runtime import TOLERANCES, VARIANTS, Tolerance, detect_variant
+from ..runtime import TOLERANCES, VARIANTS, Tolerance, detect_variant, logits_output
 from ..runtime import LatencyStats, check_onnx, make_session, measure_latency, stored_settings
 from ..core.spec import InputSpec, number_list
 from ..core.splits import Split, normalize
@@ -167,7 +167,7 @@ def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean
              num_classes: int | None = None) -> ModelInput:
     """Read an ONNX classifier's input contract. Flags win over kdcompress metadata; the graph supplies
     shape and layout where neither says; a file with no normalisation anywhere needs --mean/--std. A graph
-    with several outputs is read at its logits (logits_output), told by the class count of its metadata,
+    with several outputs is read at its logits (graph_logits), told by the class count of its metadata,
     else `num_classes` (the data's)."""
     proto, meta, inp, dims, layout, chw = _graph_input(path, layout)
     meta_shape = _json_list(meta, "input_shape")
@@ -196,15 +196,15 @@ def describe(path: Path, *, data_shape: tuple[int, int, int] | None = None, mean
     except InputError as e:  # NaN/inf/zero std from the file's metadata: name the file
         raise InputError(f"{path}: {e.message}") from None
     names = tuple(str(x) for x in classes) if classes else None
-    output = logits_output(path, proto, len(names) if names else num_classes)
+    output = graph_logits(path, proto, len(names) if names else num_classes)
     return ModelInput(inp.name, layout, spec, elem, dims[0], names, variant, meta, output=output)
 
 
-def logits_output(path: Path, proto, count: int | None) -> str | None:
-    """The output of a graph with several (logits + features, say) that holds the logits: the first of
-    shape (batch, count) for the class count its metadata or the data gives, or the only rank-2 output
-    when none is known; None for a graph with one output. Else a one-line refusal listing the outputs
-    (reading the first, as before, scored features as if they were logits)."""
+def graph_logits(path: Path, proto, count: int | None) -> str | None:
+    """The output of a graph with several (logits + features, say) that holds the logits (runtime.logits_output
+    on the graph's static shapes, told by the class count of its metadata or the data); None for a graph with
+    one output. Else a one-line refusal listing the outputs (reading the first, as before, scored features
+    as if they were logits)."""
     outs = list(proto.graph.output)
     if len(outs) == 1:
         return None
@@ -212,13 +212,10 @@ def logits_output(path: Path, proto, count: int | None) -> str | None:
     def dims(o) -> list:
         return [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in o.type.tensor_type.shape.dim]
     shapes = {o.name: dims(o) for o in outs}
+    found = logits_output(shapes, count)
+    if found is not None:
+        return found
     listed = ", ".join(f"'{n}' {s}" for n, s in shapes.items())
-    two_d = [n for n, s in shapes.items() if len(s) == 2]
-    fits = [n for n in two_d if count is not None and shapes[n][1] == count]
-    if fits:
-        return fits[0]
-    if count is None and len(two_d) == 1:
-        return two_d[0]
     wanted = f"(batch, {count})" if count is not None else "one rank-2 (batch, classes)"
     raise InputError(f"{path} has {len(outs)} outputs ({listed}) and not {wanted} among them to read as the "
                      "logits; export the logits with a static class dimension, or as the only output")
