@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
@@ -99,7 +100,7 @@ def test_torchrun_trains_the_fp32_fallback_on_every_rank(tiny_teacher, tmp_path)
     trains the fp32 fallback together (rank 0 alone would wait forever for its peers in DDP's all-reduce)."""
     from .helpers import latency_table
 
-    latency_table(tmp_path / "latency.json", ("tinycnn_w8", "tinycnn_w16"), ("int8", "fp32"))  # int8 faster
+    p50s = latency_table(tmp_path / "latency.json", ("tinycnn_w8", "tinycnn_w16"), ("int8", "fp32"))  # int8 faster
     (tmp_path / "driver.py").write_text(DRIVER)
     out = tmp_path / "run"
     # tinycnn_w16 fits 0.025 ms in int8 (0.0247) only, so the fp32 fallback is another student: tinycnn_w8
@@ -118,3 +119,6 @@ def test_torchrun_trains_the_fp32_fallback_on_every_rank(tiny_teacher, tmp_path)
     assert rep["selection"]["chosen"]["precision"] == "int8" and rep["student"]["arch"] == "tinycnn_w8"
     assert rep["training"]["world_size"] == 2  # the fallback trained on both ranks
     assert (out / "fallback" / "student.onnx").is_file() and "Traceback" not in proc.stderr
+    # the fallback's latency is the table's (the target's), not a measurement on this machine
+    fb = json.loads((out / "fallback" / "report.json").read_text())["selection"]["chosen"]
+    assert fb["name"] == "tinycnn_w8" and fb["latency_ms"]["p50"] == pytest.approx(p50s["tinycnn_w8:fp32"], abs=1e-5)

@@ -119,10 +119,12 @@ def gate_precision(d: Decision, val: Validation, p: Prepared) -> tuple[dict[str,
 
 def fallback_prepared(p: Prepared, d: Decision, student: str, run: RunDir) -> Prepared:
     """What the fp32 fallback is chosen and trained with: the run's configuration as it trained (its preset,
-    ranked already, and teacher cache), this student alone, in `run` (RUN/fallback/), fp32 only, measured
-    here by the FLOPs rule; no --student-init (it named the first student's weights)."""
+    ranked already, and teacher cache), this student alone, in `run` (RUN/fallback/), fp32 only, by the FLOPs
+    rule; no --student-init (it named the first student's weights). Its latency comes from where the first
+    choice's did: a --latency-table measured on the target stays the source (the fallback was picked from it;
+    re-measuring on this machine could refuse a student that fits the target)."""
     cfg = replace(d.cfg, student=student, out=run.root, candidates=())
     opts = replace(p.options, export=replace(p.options.export, int8=False, fp16=False), student_init=None,
                    record=None, notes=(),
-                   select=replace(p.options.select, precision="fp32", rank="flops", latency_table=None))
+                   select=replace(p.options.select, precision="fp32", rank="flops"))
     return replace(p, cfg=cfg, options=opts)
