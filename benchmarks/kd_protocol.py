@@ -27,6 +27,7 @@ Prints markdown tables, the machine and the date; --json PATH writes every run.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as dt
 import json
 import math
@@ -103,19 +104,28 @@ PLATEAU_GAIN = 0.0025  # validation points (as a fraction): a doubling that gain
 
 class Ledger:
     """Every finished run, written to --json after each one (atomically), so an interrupted protocol resumes
-    (--resume) without redoing runs: a run is keyed by (student, label, seed)."""
+    (--resume) without redoing runs. A run is what it trained: (student, preset spec, epochs, seed, --set); its
+    label is only how a table names it, so "kd" at 20 epochs in one file is "kd20" of a ladder in another, and
+    an equal-compute ce run of 40 epochs is the ladder's ce40."""
 
     def __init__(self, path: Path | None, resume: bool, meta: dict, sources: list[Path] = ()):
         self.path, self.meta, self.rows = path, meta, []
         self.frozen = bool(sources)  # --from-json: the runs of these files, nothing trained
-        if resume and path is not None and path.exists():
-            self.rows = json.loads(path.read_text())["runs"]
-        for src in sources:  # the first file holding a run wins
-            self.rows += [r for r in json.loads(src.read_text())["runs"]
-                          if self.get(r["student"], r["label"], r["seed"]) is None]
+        for src in ([path] if resume and path is not None and path.exists() else []) + list(sources):
+            self.rows += self._read(src)
 
-    def get(self, student: str, label: str, seed: int) -> dict | None:
-        return next((r for r in self.rows if (r["student"], r["label"], r["seed"]) == (student, label, seed)), None)
+    @staticmethod
+    def _read(src: Path) -> list[dict]:
+        """A file's runs, each with the --set it ran under (older files kept it once, in their meta)."""
+        data = json.loads(src.read_text())
+        file_set = ast.literal_eval(data.get("args", {}).get("set", "[]"))
+        return [{"set": file_set, "spec": r["preset"], **r} for r in data["runs"]]
+
+    def get(self, student: str, spec: str, epochs: int, seed: int, sets: list[str]) -> dict | None:
+        """The first run that trained this (the first file holding it wins)."""
+        key = (student, spec, epochs, seed, list(sets))
+        return next((r for r in self.rows if (r["student"], r["spec"], r["epochs"], r["seed"], r["set"]) == key),
+                    None)
 
     def add(self, row: dict) -> dict:
         self.rows.append(row)
@@ -133,15 +143,17 @@ def chosen_on_val(ladder: list[dict], label: str = "ce") -> dict:
 
 
 def student_runs(student: str, args, splits, teacher, root: Path, ledger: Ledger) -> list[dict]:
-    def once(label: str, preset_name: str, epochs: int, seed: int) -> dict:
-        done = ledger.get(student, label, seed)
+    def once(label: str, spec: str, epochs: int, seed: int) -> dict:
+        done = ledger.get(student, spec, epochs, seed, args.set)
         if done is not None:
-            return done
+            return {**done, "label": label}
         if ledger.frozen:
-            raise SystemExit(f"kd_protocol: --from-json: no run {label} of {student}, seed {seed}, in those files")
-        name, *extra = preset_name.split(",")  # a variant: "NAME,key=value,..."
+            raise SystemExit(f"kd_protocol: --from-json: no run {label} ({spec}, {epochs} epochs) of {student}, "
+                             f"seed {seed}, in those files")
+        name, *extra = spec.split(",")  # a variant: "NAME,key=value,..."
         preset = _preset(name, epochs, seed, [*args.set, *extra])
-        return ledger.add(run(label, preset, student, seed, splits, teacher, root, args.device))
+        row = run(label, preset, student, seed, splits, teacher, root, args.device)
+        return ledger.add({**row, "spec": spec, "set": list(args.set)})
 
     rows = []
     for seed in args.seeds:
