@@ -286,9 +286,16 @@ def test_validate_converts_grey_and_16_bit_images_for_an_rgb_model_as_distill_do
     assert rep["accuracy"] == 1.0 and rep["per_class_accuracy"] == {"bright": 1.0, "dark": 1.0}
 
 
-def test_validate_resizes_images_to_a_model_of_another_size_as_distill_does(tmp_path):
+def test_validate_resizes_images_to_a_model_of_another_size_as_distill_does(tmp_path, monkeypatch):
     """A plain torch.onnx file taking 3x12x12, data of 8x8 grey images: validate feeds the model what distill
-    would (grey -> RGB, resized to 12x12), says so in one warning, and scores it; before, it refused."""
+    would (grey -> RGB, resized to 12x12), says so in one warning, and scores it; before, it refused. The
+    folder's images are decoded once, at the model's shape (its own shape is read from its first image)."""
+    from kdcompress.data import files
+
+    shapes = []
+    real_split = files.file_split
+    monkeypatch.setattr(files, "file_split", lambda paths, y, shape, *a, **k: shapes.append(tuple(shape))
+                        or real_split(paths, y, shape, *a, **k))
     rng = np.random.default_rng(1)
     for name, level in (("bright", 215), ("dark", 40)):
         d = tmp_path / "imgs" / name
@@ -303,6 +310,7 @@ def test_validate_resizes_images_to_a_model_of_another_size_as_distill_does(tmp_
                             "--mean", "0", "--std", "1"])
     assert r.exit_code == 0, r.output
     assert "8x8 images are resized and centre-cropped to the model's 12x12" in " ".join(r.output.split())
+    assert shapes == [(3, 12, 12)] * 3  # train, val, test: each read once, converted
     r = runner.invoke(app, ["validate", "--onnx", str(p), "--data", f"imagefolder:{tmp_path / 'imgs'}",
                             "--mean", "0", "--std", "1", "--json"])
     rep = json.loads(r.stdout)

@@ -7,6 +7,7 @@ Specs: `digits`, `synthetic:...` (specs.py) and the file datasets of files.py (`
 
 from ..core.classes import class_order, is_index_names
 from .imagesplits import decode
-from .specs import DATASETS, align_classes, load_data, parse_spec
+from .specs import DATASETS, align_classes, load_data, native_shape, parse_spec
 
-__all__ = ["DATASETS", "align_classes", "class_order", "decode", "is_index_names", "load_data", "parse_spec"]
+__all__ = ["DATASETS", "align_classes", "class_order", "decode", "is_index_names", "load_data", "native_shape",
+           "parse_spec"]

@@ -88,6 +88,20 @@ def load(spec: str, shape: tuple[int, int, int] | None, *, download: bool = Fals
     return _arrays(kind, *arrays, shape=shape, load_mode=load_mode)
 
 
+def native_shape(spec: str) -> tuple[int, int, int] | None:
+    """An image-file dataset's own (C, H, W), from its listing and first image (what `load` takes when no
+    shape is given), without decoding the rest; None for the array kinds, which are read whole anyway."""
+    kind, path, _ = parse_path_spec(spec)
+    if kind == "imagefolder":
+        listing = _scan_imagefolder(path)
+    elif kind == "csv":
+        listing = _read_csv(path)
+    else:
+        return None
+    rows = listing[1]
+    return image_shape(rows.get("train", rows.get("all"))[0][0])
+
+
 def conform_splits(splits: DataSplits, shape: tuple[int, int, int]) -> DataSplits:
     """In-memory data (digits, synthetic) brought to the teacher's shape with the same transform."""
     from dataclasses import replace

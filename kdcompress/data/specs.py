@@ -70,6 +70,12 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return kind, opts
 
 
+def native_shape(spec: str) -> tuple[int, int, int] | None:
+    """The (C, H, W) `load_data(spec)` would give, where it is known without decoding the images (an image
+    folder or CSV: its first image); None where only loading tells (the in-memory and array datasets)."""
+    return files.native_shape(spec) if spec.partition(":")[0] in ("imagefolder", "csv") else None
+
+
 def load_data(spec: str, input_spec: InputSpec | None = None, *, download: bool = False) -> DataSplits:
     """Load a dataset spec. With `input_spec` (the teacher's), images are converted to its channel count
     and resized + centre-cropped to its size; without it, each dataset keeps its own shape."""

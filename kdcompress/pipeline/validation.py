@@ -14,7 +14,7 @@ from ..core.progress import Reporter, eta_bar
 from ..core.runio import RunDir
 from ..core.spec import InputSpec
 from ..core.splits import DataSplits
-from ..data import load_data
+from ..data import load_data, native_shape
 from ..report import validate_report, write_report
 from ..validate import (THROUGHPUT_BATCH, Gates, ModelInput, describe, effective_threads, input_shape, map_classes,
                         reference_logits, validate_models)
@@ -43,16 +43,19 @@ def _teacher_source(teacher: Path, splits: DataSplits, options: TeacherOptions, 
 
 
 def load_images_for(data: str, shape: tuple[int | None, int | None, int | None], warn) -> DataSplits:
-    """The dataset as distill hands it to a model taking `shape` (C, H, W; None: any): read at its own shape,
-    then, where it differs (grey or 16-bit grey images for an RGB model, another image size), read again
-    through the conversion distill uses (load_data with the model's shape: grey -> RGB by replication, 16-bit
-    by value / 257, resize and centre-crop), saying so."""
-    splits = load_data(data)
-    want = tuple(m or d for m, d in zip(shape, splits.shape, strict=True))
-    if want == tuple(splits.shape):
-        return splits
-    if want[1:] != tuple(splits.shape[1:]):
-        warn(f"the data's {splits.shape[1]}x{splits.shape[2]} images are resized and centre-cropped to the model's "
+    """The dataset as distill hands it to a model taking `shape` (C, H, W; None: any). Where it differs from the
+    data's own shape (grey or 16-bit grey images for an RGB model, another image size), it is read through the
+    conversion distill uses (load_data with the model's shape: grey -> RGB by replication, 16-bit by value /
+    257, resize and centre-crop), saying so. An image folder's own shape is read from its first image, so its
+    images are decoded once; the other datasets are loaded at their own shape first."""
+    native = native_shape(data)
+    splits = load_data(data) if native is None else None
+    native = native or splits.shape  # type: ignore[union-attr]
+    want = tuple(m or d for m, d in zip(shape, native, strict=True))
+    if want == tuple(native):
+        return splits if splits is not None else load_data(data)
+    if want[1:] != tuple(native[1:]):
+        warn(f"the data's {native[1]}x{native[2]} images are resized and centre-cropped to the model's "
              f"{want[1]}x{want[2]}, as distill feeds them")
     c = want[0]
     return load_data(data, InputSpec(want, (0.0,) * c, (1.0,) * c))  # type: ignore[arg-type]
