@@ -197,3 +197,34 @@ def test_dkd_sweep_and_fm_check_run_end_to_end_on_tiny_settings(tmp_path, capsys
     fm.main([*TINY_SETTING, *cache])
     out = capsys.readouterr().out
     assert "| fm, online teacher |" in out and "| fm, 4 views |" in out
+
+
+def test_auto_vs_best_reads_auto_runs_against_the_protocols_full_length_runs(tmp_path_factory):
+    """The arithmetic of auto_vs_best on two hand-made runs: seed 0's pick (kd) is the best, seed 1's (kd) is 0.5
+    points behind nd; runs are matched to protocol runs by (student, preset, epochs, seed, --set). The run
+    directories hold only the report.json keys the script reads (outside tmp_path: they are not reports)."""
+    tmp_path = tmp_path_factory.mktemp("auto_vs_best")
+    proto = {"args": {"set": "['train.cache_views=8']"}, "runs": []}
+    accs = {0: {"kd": 0.90, "dkd": 0.88, "nd": 0.895}, 1: {"kd": 0.85, "dkd": 0.84, "nd": 0.855}}
+    for seed, by in accs.items():
+        proto["runs"] += [{"label": n, "preset": n, "student": "tinycnn_w8", "seed": seed, "epochs": 40,
+                           "test_acc": a} for n, a in by.items()]
+    (tmp_path / "p.json").write_text(json.dumps(proto))
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"auto-{seed}"
+        run.mkdir()
+        ranking = {"winner": "kd", "candidates": ["kd", "dkd", "nd"], "seconds_spent": 100.0, "epochs_spent": 40,
+                   "rounds": [{"epochs": 8, "val_accuracy": {"kd": 0.8, "dkd": 0.7, "nd": 0.79}}]}
+        (run / "report.json").write_text(json.dumps({
+            "preset_ranking": ranking, "student": {"arch": "tinycnn_w8", "accuracy": accs[seed]["kd"]},
+            "training": {"epochs": 40, "seconds": 500.0}}))
+        (run / "config.json").write_text(json.dumps({"preset": {"train": {"seed": seed}}}))
+        runs.append(str(run))
+    text = _bench("auto_vs_best").main(["--runs", *runs, "--protocol-json", str(tmp_path / "p.json"),
+                                        "--set", "train.cache_views=8"])
+    assert "| tinycnn_w8 | 0 | kd | 90.00 / 90.00 | 90.00 | 88.00 | 89.50 | kd | 0.00 | 100 / 40 |" in text
+    assert "| tinycnn_w8 | 1 | kd | 85.00 / 85.00 | 85.00 | 84.00 | 85.50 | nd | 0.50 | 100 / 40 |" in text
+    assert "auto within 0.3 points of the best preset (protocol test accuracy): 1/2 runs (50%" in text
+    with pytest.raises(SystemExit, match="no protocol run of kd"):  # runs made under another --set are others
+        _bench("auto_vs_best").main(["--runs", *runs, "--protocol-json", str(tmp_path / "p.json")])
