@@ -134,7 +134,7 @@ def test_kd_protocol_quick_run_compares_with_the_plateau_and_equal_compute_basel
     cache_before = os.environ.get("KDCOMPRESS_CACHE")
     text = proto.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)])
     assert os.environ.get("KDCOMPRESS_CACHE") == cache_before  # each run's private cache is undone after it
-    assert "vs ce (plateau), points [95% CI]" in text and "vs ce at equal compute" in text and "machine:" in text
+    assert "vs ce (its ladder), points [95% CI]" in text and "vs ce at equal compute" in text and "machine:" in text
     runs = json.loads(out.read_text())["runs"]
     # the ladder is 1x and 2x in --quick; an equal-compute ce run of 1 or 2 epochs is the ladder's own run
     assert {"ce1", "ce2", "kd"} <= {r["label"] for r in runs} <= {"ce1", "ce2", "ce@kd", "kd"}
