@@ -541,9 +541,12 @@ def test_distill_int8_failing_its_gate_retrains_the_fp32_fallback(clock, tiny_te
         entered.append(a[0].out)
         return real_distill(*a, **k)
     monkeypatch.setattr(job, "distill", counted)
+    measured, real_measure = [], pl.measure
+    monkeypatch.setattr(pl, "measure", lambda *a, **k: measured.append(1) or real_measure(*a, **k))
     clock(lambda n, p: E2E_LAT[(n, p)])
     rep = _distill(tiny_teacher, tmp_path / "run", 0.01)
     assert entered == [tmp_path / "run"]  # the fallback is trained by the same phases, not by re-entering distill()
+    assert measured == [1]  # the fallback is the first selection's measurement: not drawn again after training
     p = rep["precision"]
     assert p["fell_back"] and p["shipped"] == "fp32" and p["student"] == "tinycnn_w8" and "falling back" in p["reason"]
     assert rep["student"]["arch"] == "tinycnn_w8" and p["fallback_run"].endswith("fallback")

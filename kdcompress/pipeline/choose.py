@@ -60,15 +60,12 @@ def fingerprint(cfg: RunConfig, teacher, arch: str, student_init: str | None) ->
             **({"student_init": student_init} if student_init else {})}
 
 
-def choose(p: Prepared, run: RunDir) -> Decision:
+def choose(p: Prepared, run: RunDir, measured: Selection | None = None) -> Decision:
     """Select (before any training, so an impossible budget costs seconds, not an epoch), then rank the pool
-    by trials (--rank trial) and the presets by paired trials (--preset auto), then decide the teacher cache."""
+    by trials (--rank trial) and the presets by paired trials (--preset auto), then decide the teacher cache.
+    `measured`: a selection made already (the precision fallback's), used as it is instead of measuring."""
     cfg, opts = p.cfg, p.options
-    ladder = Ladder(p.splits.num_classes, p.teacher.input_spec, p.teacher.model if p.teacher.exportable else None,
-                    names=(cfg.student,) if cfg.student else cfg.candidates)
-    with eta_bar(p.console, "select") as bar:
-        selection = p.ddp.on_main(lambda: measure(  # measured once, by rank 0
-            ladder, cfg.budget, cfg.runtime, setting_for(opts.select), report=bar))
+    selection = measured if measured is not None else _measure(p)
     if selection.chosen is None:
         raise UsageError("nothing was chosen: give --budget-ms (to select a student) or --student NAME")
     if opts.select.rank == "trial" and not cfg.student and cfg.budget.ms is not None:
@@ -84,6 +81,21 @@ def choose(p: Prepared, run: RunDir) -> Decision:
                             p.splits, run, p.device, p.ddp, p.console, opts.student_init)
     cfg, cache = with_teacher_cache(cfg, p, selection)  # before the fingerprint records it
     return Decision(selection, cfg, export_options_for(opts.export, selection.chosen.precision), cache)
+
+
+def _measure(p: Prepared) -> Selection:
+    ladder = Ladder(p.splits.num_classes, p.teacher.input_spec, p.teacher.model if p.teacher.exportable else None,
+                    names=(p.cfg.student,) if p.cfg.student else p.cfg.candidates)
+    with eta_bar(p.console, "select") as bar:
+        return p.ddp.on_main(lambda: measure(  # measured once, by rank 0
+            ladder, p.cfg.budget, p.cfg.runtime, setting_for(p.options.select), report=bar))
+
+
+def fallback_selection(d: Decision) -> Selection:
+    """The first selection with its fp32 fallback as the choice: the fallback was measured there (or read from
+    the --latency-table), so it is not measured again; a second draw on this machine could refuse a student
+    that fits after the first one has trained."""
+    return replace(d.selection, chosen=d.selection.fallback, fallback=None, precision="fp32")
 
 
 def cache_facts(preset, teacher, student_flops: int | None, teacher_flops: int | None) -> CacheFacts:
@@ -119,10 +131,8 @@ def gate_precision(d: Decision, val: Validation, p: Prepared) -> tuple[dict[str,
 
 def fallback_prepared(p: Prepared, d: Decision, student: str, run: RunDir) -> Prepared:
     """What the fp32 fallback is chosen and trained with: the run's configuration as it trained (its preset,
-    ranked already, and teacher cache), this student alone, in `run` (RUN/fallback/), fp32 only, by the FLOPs
-    rule; no --student-init (it named the first student's weights). Its latency comes from where the first
-    choice's did: a --latency-table measured on the target stays the source (the fallback was picked from it;
-    re-measuring on this machine could refuse a student that fits the target)."""
+    ranked already, and teacher cache), this student alone, in `run` (RUN/fallback/), fp32 only; no
+    --student-init (it named the first student's weights). Its selection is fallback_selection's."""
     cfg = replace(d.cfg, student=student, out=run.root, candidates=())
     opts = replace(p.options, export=replace(p.options.export, int8=False, fp16=False), student_init=None,
                    record=None, notes=(),

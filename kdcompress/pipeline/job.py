@@ -27,11 +27,11 @@ from ..core.system import process_settings
 from ..export import ExportOptions
 from ..report import add_shipped, distill_report, intended_variant, write_report
 from ..runtime import build_metadata, read_metadata
-from ..select import SelectOptions, save_pareto_plot
+from ..select import SelectOptions, Selection, save_pareto_plot
 from ..teacher import Teacher, teacher_onnx_bytes
 from ..train import TrainResult, check_resumable, setup_distributed, train
 from ..validate import Gates, accuracy_drop_warning, describe, effective_threads, teacher_not_ahead_warning
-from .choose import Decision, choose, fallback_prepared, fingerprint, gate_precision
+from .choose import Decision, choose, fallback_prepared, fallback_selection, fingerprint, gate_precision
 from .deliver import Checks, Delivered, Delivery, deliver
 from .prepare import DistillOptions, Prepared, prepare
 
@@ -92,7 +92,8 @@ def ship(p: Prepared, d: Decision, run: RunDir, trained: Trained | None, held: c
     # the reduced-precision choice failed its gate; another student ships
     fb_run = RunDir(run.root / "fallback")
     p.ddp.on_main(lambda: held.enter_context(fb_run.claim()))
-    report = with_fallback(made.get("report"), fallback_prepared(p, d, fallback, fb_run), fb_run)
+    report = with_fallback(made.get("report"), fallback_prepared(p, d, fallback, fb_run), fallback_selection(d),
+                           fb_run)
     if not p.ddp.is_main:
         return {}
     return finish(report, p, run, announce=False, distilled=d.cfg.preset.needs_teacher)  # announced by the fallback
@@ -188,11 +189,12 @@ def student_report(p: Prepared, d: Decision, run: RunDir, t: Trained) -> tuple[d
     return report, fallback
 
 
-def with_fallback(report: dict[str, Any] | None, fp: Prepared, run: RunDir) -> dict[str, Any]:
-    """The fp32 fallback chosen, trained (by every torchrun rank) and delivered into `run` (RUN/fallback/) by
-    the same phases, its report written there; the run's report is that report, with the first choice's
-    selection and precision (and where the fallback ran). {} on ranks other than 0 (`report` None there)."""
-    fd = choose(fp, run)
+def with_fallback(report: dict[str, Any] | None, fp: Prepared, measured: Selection, run: RunDir) -> dict[str, Any]:
+    """The fp32 fallback (`measured`: the first selection, the fallback its choice) trained (by every torchrun
+    rank) and delivered into `run` (RUN/fallback/) by the same phases, its report written there; the run's
+    report is that report, with the first choice's selection and precision (and where the fallback ran). {} on
+    ranks other than 0 (`report` None there)."""
+    fd = choose(fp, run, measured)
     trained = train_and_deliver(fp, fd, run)
     if trained is None or report is None:
         return {}
