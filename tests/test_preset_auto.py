@@ -136,6 +136,23 @@ def test_a_rerun_after_an_interrupt_reuses_the_finished_ranking(tiny_teacher, tm
 
 
 
+def test_the_trials_read_the_teacher_outputs_as_the_winner_will_from_one_cache_build(tiny_teacher, tmp_path):
+    """resnet8 teacher, tinycnn_w8 (33x the FLOPs), 2 epochs of 1 cached view: the full run uses the cache, so
+    each candidate's trial does too, and one build (the first trial's) serves the other trial and the winner."""
+    out = tmp_path / "run"
+    r = runner.invoke(app, _distill(tiny_teacher, out, "--auto-presets", "kd,dist", "--set", "train.cache_views=1",
+                                    "--json"))
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    decision = rep["training"]["teacher_cache"]
+    assert decision["used"] == "views" and decision["requested"] == "auto" and "FLOPs" in decision["reason"]
+    records = [json.loads((d / "teacher_cache.json").read_text())
+               for d in [*(out / "preset_trials").iterdir(), out]]
+    assert len(records) == 3 and len({r["path"] for r in records}) == 1
+    assert [r["built_seconds"] is not None for r in records].count(True) == 1  # built once, read twice
+    # (a trial directory holds teacher_cache.json only when that trial read the cache)
+
+
 @pytest.mark.parametrize("extra, needles", [
     (["--auto-presets", "kd,kdd"], ["unknown preset 'kdd'", "did you mean 'kd'"]),
     (["--auto-presets", "kd"], ["at least 2 presets"]),

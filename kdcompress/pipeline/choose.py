@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import losses, students
-from ..core.config import RunConfig, preset_to_json
+from ..core.config import Preset, RunConfig, preset_to_json
 from ..core.progress import eta_bar
 from ..core.errors import UsageError
 from ..core.runio import RunDir
@@ -75,11 +75,17 @@ def choose(p: Prepared, run: RunDir, measured: Selection | None = None) -> Decis
             fp = fingerprint(cfg, p.teacher, selection.chosen.name, opts.student_init)
             p.ddp.on_main(lambda: check_resumable(run, fp, ignore=("arch",)))
         selection = rank_by_trial(selection, p, run)
+    decided: dict[str, CacheDecision] = {}
     if cfg.auto is not None and cfg.auto.winner is None:  # --preset auto: paired short trials pick the preset
-        cfg = choose_preset(cfg, selection.chosen.name,
+        # each candidate's teacher outputs as its full run would use them, so that the trials train as the
+        # winner will (and, with the cache, read one build instead of running the teacher every epoch)
+        decided = {c.name: teacher_cache_for(c, p, selection) for c in cfg.auto.candidates}
+        auto = replace(cfg.auto, candidates=tuple(with_cache(c, decided[c.name]) for c in cfg.auto.candidates))
+        cfg = choose_preset(replace(cfg, auto=auto), selection.chosen.name,
                             lambda arch: fingerprint(cfg, p.teacher, arch, opts.student_init), p.teacher,
                             p.splits, run, p.device, p.ddp, p.console, opts.student_init)
-    cfg, cache = with_teacher_cache(cfg, p, selection)  # before the fingerprint records it
+    cache = decided.get(cfg.preset.name) or teacher_cache_for(cfg.preset, p, selection)
+    cfg = replace(cfg, preset=with_cache(cfg.preset, cache))  # before the fingerprint records it
     return Decision(selection, cfg, export_options_for(opts.export, selection.chosen.precision), cache)
 
 
@@ -107,15 +113,18 @@ def cache_facts(preset, teacher, student_flops: int | None, teacher_flops: int |
                       embed_dim=teacher.embed_dim if NEED_TEACHER_EMBED in needs else None)
 
 
-def with_teacher_cache(cfg: RunConfig, p: Prepared, selection: Selection) -> tuple[RunConfig, CacheDecision]:
-    """train.teacher_cache=auto decided for this teacher, student and run (train.cachechoice), written into the
-    preset's training settings so config.json and the resume fingerprint record what runs."""
+def teacher_cache_for(preset: Preset, p: Prepared, selection: Selection) -> CacheDecision:
+    """train.teacher_cache=auto decided for this preset, teacher, student and run length (train.cachechoice)."""
     t_flops = selection.teacher.flops if selection.teacher is not None else (
         students.capacity(p.teacher.model, p.teacher.input_spec).flops if p.teacher.exportable else None)
-    facts = cache_facts(cfg.preset, p.teacher, selection.chosen.flops, t_flops)
-    decision = decide_cache(cfg.preset.train, facts, p.splits.train, p.splits.num_classes)
-    train_cfg = replace(cfg.preset.train, teacher_cache=decision.used)
-    return replace(cfg, preset=replace(cfg.preset, train=train_cfg)), decision
+    facts = cache_facts(preset, p.teacher, selection.chosen.flops, t_flops)
+    return decide_cache(preset.train, facts, p.splits.train, p.splits.num_classes)
+
+
+def with_cache(preset: Preset, decision: CacheDecision) -> Preset:
+    """The preset with the decision written into its training settings, so config.json and the resume
+    fingerprint record what runs."""
+    return replace(preset, train=replace(preset.train, teacher_cache=decision.used))
 
 
 def gate_precision(d: Decision, val: Validation, p: Prepared) -> tuple[dict[str, Any], Validation, str | None]:
