@@ -93,13 +93,10 @@ def native_shape(spec: str) -> tuple[int, int, int] | None:
     shape is given), without decoding the rest; None for the array kinds, which are read whole anyway."""
     kind, path, _ = parse_path_spec(spec)
     if kind == "imagefolder":
-        listing = _scan_imagefolder(path)
-    elif kind == "csv":
-        listing = _read_csv(path)
-    else:
-        return None
-    rows = listing[1]
-    return image_shape(rows.get("train", rows.get("all"))[0][0])
+        return _first_image_shape(_scan_imagefolder(path))
+    if kind == "csv":
+        return _first_image_shape(_read_csv(path))
+    return None
 
 
 def conform_splits(splits: DataSplits, shape: tuple[int, int, int]) -> DataSplits:
@@ -241,9 +238,15 @@ def _three_splits(listing: dict, y_all: dict) -> dict[str, tuple[str, np.ndarray
     return out
 
 
+def _first_image_shape(listing: Listing) -> tuple[int, int, int]:
+    """A file dataset's own (C, H, W): its first training image's (image_shape)."""
+    rows = listing[1]
+    return image_shape(rows.get("train", rows.get("all"))[0][0])
+
+
 def _files(name: str, listing: Listing, shape, load_mode: str, workers: int | None) -> DataSplits:
     classes, rows = listing
-    native = image_shape(rows.get("train", rows.get("all"))[0][0])
+    native = _first_image_shape(listing)
     shape = shape or native
     y_all = {s: np.array([lab for _, lab in r], dtype=np.int64) for s, r in rows.items()}
     picks = _three_splits(rows, y_all)

@@ -73,7 +73,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
 def native_shape(spec: str) -> tuple[int, int, int] | None:
     """The (C, H, W) `load_data(spec)` would give, where it is known without decoding the images (an image
     folder or CSV: its first image); None where only loading tells (the in-memory and array datasets)."""
-    return files.native_shape(spec) if spec.partition(":")[0] in ("imagefolder", "csv") else None
+    return files.native_shape(spec) if spec.partition(":")[0] in files.KINDS else None
 
 
 def load_data(spec: str, input_spec: InputSpec | None = None, *, download: bool = False) -> DataSplits:

@@ -6,6 +6,7 @@ reduced-precision file keeps its accuracy, and, when it does not and another stu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -75,16 +76,16 @@ def choose(p: Prepared, run: RunDir, measured: Selection | None = None) -> Decis
             fp = fingerprint(cfg, p.teacher, selection.chosen.name, opts.student_init)
             p.ddp.on_main(lambda: check_resumable(run, fp, ignore=("arch",)))
         selection = rank_by_trial(selection, p, run)
-    decided: dict[str, CacheDecision] = {}
+    decide, decided = cache_decider(p, selection), {}
     if cfg.auto is not None and cfg.auto.winner is None:  # --preset auto: paired short trials pick the preset
         # each candidate's teacher outputs as its full run would use them, so that the trials train as the
         # winner will (and, with the cache, read one build instead of running the teacher every epoch)
-        decided = {c.name: teacher_cache_for(c, p, selection) for c in cfg.auto.candidates}
+        decided = {c.name: decide(c) for c in cfg.auto.candidates}
         auto = replace(cfg.auto, candidates=tuple(with_cache(c, decided[c.name]) for c in cfg.auto.candidates))
         cfg = choose_preset(replace(cfg, auto=auto), selection.chosen.name,
                             lambda arch: fingerprint(cfg, p.teacher, arch, opts.student_init), p.teacher,
                             p.splits, run, p.device, p.ddp, p.console, opts.student_init)
-    cache = decided.get(cfg.preset.name) or teacher_cache_for(cfg.preset, p, selection)
+    cache = decided.get(cfg.preset.name) or decide(cfg.preset)
     cfg = replace(cfg, preset=with_cache(cfg.preset, cache))  # before the fingerprint records it
     return Decision(selection, cfg, export_options_for(opts.export, selection.chosen.precision), cache)
 
@@ -113,12 +114,16 @@ def cache_facts(preset, teacher, student_flops: int | None, teacher_flops: int |
                       embed_dim=teacher.embed_dim if NEED_TEACHER_EMBED in needs else None)
 
 
-def teacher_cache_for(preset: Preset, p: Prepared, selection: Selection) -> CacheDecision:
-    """train.teacher_cache=auto decided for this preset, teacher, student and run length (train.cachechoice)."""
+def cache_decider(p: Prepared, selection: Selection) -> Callable[[Preset], CacheDecision]:
+    """preset -> train.teacher_cache=auto decided for it, this teacher and student and its run length
+    (train.cachechoice); the teacher's FLOPs are counted once for every preset asked about."""
     t_flops = selection.teacher.flops if selection.teacher is not None else (
         students.capacity(p.teacher.model, p.teacher.input_spec).flops if p.teacher.exportable else None)
-    facts = cache_facts(preset, p.teacher, selection.chosen.flops, t_flops)
-    return decide_cache(preset.train, facts, p.splits.train, p.splits.num_classes)
+
+    def decide(preset: Preset) -> CacheDecision:
+        facts = cache_facts(preset, p.teacher, selection.chosen.flops, t_flops)
+        return decide_cache(preset.train, facts, p.splits.train, p.splits.num_classes)
+    return decide
 
 
 def with_cache(preset: Preset, decision: CacheDecision) -> Preset:

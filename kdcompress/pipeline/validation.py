@@ -48,9 +48,10 @@ def load_images_for(data: str, shape: tuple[int | None, int | None, int | None],
     conversion distill uses (load_data with the model's shape: grey -> RGB by replication, 16-bit by value /
     257, resize and centre-crop), saying so. An image folder's own shape is read from its first image, so its
     images are decoded once; the other datasets are loaded at their own shape first."""
-    native = native_shape(data)
-    splits = load_data(data) if native is None else None
-    native = native or splits.shape  # type: ignore[union-attr]
+    native, splits = native_shape(data), None
+    if native is None:
+        splits = load_data(data)
+        native = splits.shape
     want = tuple(m or d for m, d in zip(shape, native, strict=True))
     if want == tuple(native):
         return splits if splits is not None else load_data(data)
