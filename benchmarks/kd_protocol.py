@@ -152,6 +152,8 @@ def student_runs(student: str, args, splits, teacher, root: Path, ledger: Ledger
                              f"seed {seed}, in those files")
         name, *extra = spec.split(",")  # a variant: "NAME,key=value,..."
         preset = _preset(name, epochs, seed, [*args.set, *extra])
+        print(f"{time.strftime('%H:%M:%S')} {student} seed {seed}: training {label} ({spec}, {epochs} epochs)",
+              file=sys.stderr, flush=True)  # hours of training: say what runs now
         row = run(label, preset, student, seed, splits, teacher, root, args.device)
         return ledger.add({**row, "spec": spec, "set": list(args.set)})
 
