@@ -244,6 +244,22 @@ def table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pair_table(rows: list[dict], seeds: list[int], a: str, b: str) -> str:
+    """Preset b against preset a, seed by seed (e.g. the cached teacher against the online one): the paired
+    difference in test and validation accuracy (mean, 95% t interval) and b's CPU seconds as a fraction of a's."""
+    by = {(r["label"], r["seed"]): r for r in rows}
+    lines = [f"{b} vs {a}, paired over seeds {seeds}:"]
+    for key in ("test_acc", "val_acc"):
+        diffs = [by[(b, s)][key] - by[(a, s)][key] for s in seeds]
+        m, lo, hi = paired_stats(diffs)
+        lines.append(f"  {key.split('_')[0]}: {100 * m:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}] (per seed "
+                     + ", ".join(f"{100 * d:+.2f}" for d in diffs) + ")")
+    ratios = [by[(b, s)]["cpu_seconds"] / by[(a, s)]["cpu_seconds"] for s in seeds]
+    lines.append(f"  CPU seconds: {statistics.mean(ratios):.2f}x (per seed "
+                 + ", ".join(f"{x:.2f}" for x in ratios) + ")")
+    return "\n".join(lines)
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="mnist5k")
@@ -261,6 +277,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                     help="preset names, or LABEL:NAME,key=value,... for a variant (e.g. "
                          "fm32:fm,train.teacher_cache=views,train.cache_views=32)")
     ap.add_argument("--equal-compute", action="store_true", help="also a ce run with each preset's seconds")
+    ap.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None,
+                    help="also print preset B against preset A (two of --presets' labels), paired by seed")
     ap.add_argument("--set", nargs="*", default=[], help="--set overrides for every run (e.g. train.batch_size=128)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
@@ -323,6 +341,7 @@ def main(argv: list[str] | None = None) -> str:
             got = student_runs(student, args, splits, teacher, Path(tmp), ledger)
             parts += [f"## student {student}", "", ladder_table(got, args.seeds, args.baseline_epochs), "",
                       table(summarise(got, t_acc, args.seeds, [e.partition(":")[0] for e in args.presets])), ""]
+            parts += [pair_table(got, args.seeds, *args.pair), ""] if args.pair else []
     text = "\n".join(head + parts) + f"\nwall {(dt.datetime.now(dt.UTC) - started).seconds // 60} min\n"
     print(text)
     return text

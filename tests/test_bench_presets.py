@@ -228,3 +228,19 @@ def test_auto_vs_best_reads_auto_runs_against_the_protocols_full_length_runs(tmp
     assert "auto within 0.3 points of the best preset (protocol test accuracy): 1/2 runs (50%" in text
     with pytest.raises(SystemExit, match="no protocol run of kd"):  # runs made under another --set are others
         _bench("auto_vs_best").main(["--runs", *runs, "--protocol-json", str(tmp_path / "p.json")])
+
+
+def test_kd_protocol_pairs_two_presets_seed_by_seed():
+    """--pair A B: B - A per seed in test and validation accuracy, with the t interval, and B's CPU share."""
+    spec = importlib.util.spec_from_file_location("bench_protocol", ROOT / "benchmarks" / "kd_protocol.py")
+    proto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(proto)
+    rows = [{"label": "kd", "seed": 0, "test_acc": 0.90, "val_acc": 0.91, "cpu_seconds": 200.0},
+            {"label": "kd", "seed": 1, "test_acc": 0.92, "val_acc": 0.90, "cpu_seconds": 100.0},
+            {"label": "kdv", "seed": 0, "test_acc": 0.91, "val_acc": 0.91, "cpu_seconds": 150.0},
+            {"label": "kdv", "seed": 1, "test_acc": 0.95, "val_acc": 0.89, "cpu_seconds": 50.0}]
+    text = proto.pair_table(rows, [0, 1], "kd", "kdv")
+    # diffs +1 and +3 points: mean +2, sd sqrt(2), half-width t(0.975, 1) = 12.706 * sqrt(2) / sqrt(2) = 12.71
+    assert "test: +2.00 points [-10.71, +14.71] (per seed +1.00, +3.00)" in text
+    assert "val: -0.50 points" in text and "(per seed +0.00, -1.00)" in text
+    assert "CPU seconds: 0.62x (per seed 0.75, 0.50)" in text

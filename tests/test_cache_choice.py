@@ -31,7 +31,7 @@ def test_auto_uses_the_cache_for_a_big_teacher_over_a_long_run():
 
 
 @pytest.mark.parametrize("change, why", [
-    ({"teacher_flops": 300_000}, "6.5x the student's FLOPs"),  # below the 10x the cache pays from
+    ({"teacher_flops": 69_000}, "1.5x the student's FLOPs"),  # below the 2x the cache pays from
     ({"reads_teacher": False}, "does not read the teacher"),
     ({"teacher_file": False}, "not a file"),
     ({"teacher_flops": None}, "unknown"),

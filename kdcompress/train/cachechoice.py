@@ -1,9 +1,10 @@
 """`train.teacher_cache=auto` (the default): use the teacher-output cache where it pays, and say why.
 
 The cache costs `cache_views` (N) teacher passes over the training split once; the online teacher costs one
-pass per epoch, and a teacher much bigger than its student is nearly all of a KD step's time. So the cache is
-used when the teacher is at least MIN_COST_RATIO times the student's FLOPs and the run has at least
-MIN_EPOCHS_PER_VIEW x N epochs (the build is then at most half of what the online teacher would cost). The
+pass per epoch. A training step costs about three forward passes of the student, so with a teacher of r times
+the student's FLOPs the online teacher is r / (3 + r) of a KD step, and over E >= MIN_EPOCHS_PER_VIEW x N epochs
+the cache saves at least half of that. The cache is used when the teacher is at least MIN_COST_RATIO times the
+student's FLOPs (a saving of at least a fifth of the run) and the run has those epochs. The
 other conditions are the ones the cache itself needs: a preset that reads the teacher, a teacher file (its
 sha256 keys the cache), data that can replay a mixed view, and room on the cache's disk. Each refusal is a
 reason, recorded beside the decision (report.json `training.teacher_cache`).
@@ -19,7 +20,7 @@ from ..core.config import TrainConfig
 from ..core.splits import RandomAccess, Split
 from .teacher_cache import MARGIN_BYTES, cache_root, estimate_bytes, stored_k
 
-MIN_COST_RATIO = 10.0  # teacher FLOPs / student FLOPs (benchmarks/RESULTS.md, "teacher_cache"; docs/teacher-cache.md)
+MIN_COST_RATIO = 2.0  # teacher FLOPs / student FLOPs (RESULTS.md, "Issue 26, stop 33"; docs/teacher-cache.md)
 MIN_EPOCHS_PER_VIEW = 2
 
 
