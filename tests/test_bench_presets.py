@@ -232,9 +232,7 @@ def test_auto_vs_best_reads_auto_runs_against_the_protocols_full_length_runs(tmp
 
 def test_kd_protocol_pairs_two_presets_seed_by_seed():
     """--pair A B: B - A per seed in test and validation accuracy, with the t interval, and B's CPU share."""
-    spec = importlib.util.spec_from_file_location("bench_protocol", ROOT / "benchmarks" / "kd_protocol.py")
-    proto = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(proto)
+    proto = _bench("kd_protocol")
     rows = [{"label": "kd", "seed": 0, "test_acc": 0.90, "val_acc": 0.91, "cpu_seconds": 200.0},
             {"label": "kd", "seed": 1, "test_acc": 0.92, "val_acc": 0.90, "cpu_seconds": 100.0},
             {"label": "kdv", "seed": 0, "test_acc": 0.91, "val_acc": 0.91, "cpu_seconds": 150.0},

@@ -47,7 +47,7 @@ class TrainConfig:
     tensorboard: bool = False  # also log each epoch's row to RUN/tensorboard/ (needs the tensorboard package)
     # Teacher-output cache (train/teacher_cache.py): off = the teacher runs in every step; views = its outputs on
     # `cache_views` seeded augmented views per sample are computed once and reused; auto (the default) = views
-    # where it pays (train.teacher_cache.decide_cache: a teacher >= 2x the student's FLOPs, a run long enough).
+    # where it pays (train.cachechoice.decide_cache: a teacher >= 2x the student's FLOPs, a run long enough).
     teacher_cache: str = "auto"  # auto | off | views
     cache_views: int = 8
     cache_topk: int = 0  # logits kept per view; 0 = all when C <= 100, else 20 (the rest as in FKD)
