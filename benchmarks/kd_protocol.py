@@ -295,6 +295,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         ap.set_defaults(data="digits", students=["tinycnn_w8"], teacher_arch="resnet8", teacher_epochs=1, epochs=[1],
                         baseline_epochs=[1, 2], seeds=[0, 1], presets=["kd"], threads=1, equal_compute=True)
         args = ap.parse_args(argv)
+    labels = [e.partition(":")[0] for e in args.presets]
+    if args.pair and not set(args.pair) <= set(labels):
+        ap.error(f"--pair {' '.join(args.pair)}: each must be one of --presets' labels ({', '.join(labels)})")
     args.epochs = sorted(args.epochs)
     args.baseline_epochs = sorted(args.baseline_epochs or [2 * args.epochs[-1], 4 * args.epochs[-1]])
     return args

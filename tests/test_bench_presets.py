@@ -242,3 +242,5 @@ def test_kd_protocol_pairs_two_presets_seed_by_seed():
     assert "test: +2.00 points [-10.71, +14.71] (per seed +1.00, +3.00)" in text
     assert "val: -0.50 points" in text and "(per seed +0.00, -1.00)" in text
     assert "CPU seconds: 0.62x (per seed 0.75, 0.50)" in text
+    with pytest.raises(SystemExit):  # a label --presets does not have: argparse's one-line error, exit 2
+        proto.parse(["--presets", "kd", "dist", "--pair", "kd", "nd"])
