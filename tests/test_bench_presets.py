@@ -15,13 +15,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_presets", ROOT / "benchmarks" / "presets.py")
+def _bench(name: str):
+    """benchmarks/NAME.py as a module (registered, so that its dataclasses resolve their own module)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_presets"] = mod
+    sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _bench("presets")
 
 
 def test_paired_t_interval_by_hand(bench):
@@ -67,9 +72,7 @@ def test_quick_run_prints_the_protocol_table(bench, tmp_path, capsys):
 
 
 def test_tune_table_ranks_configurations_by_validation_only(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_tune", ROOT / "benchmarks" / "tune_presets.py")
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)
+    tune = _bench("tune_presets")
     runs = [{"preset": "ickd", "config": "default", "seed": 100, "val_acc": 0.80},
             {"preset": "ickd", "config": "default", "seed": 101, "val_acc": 0.84},
             {"preset": "ickd", "config": "picd.k=4,nicd.k=4", "seed": 100, "val_acc": 0.86},
@@ -90,9 +93,7 @@ def test_no_ce_part_of_a_split_grid(bench):
 def test_adherence_ab_statistics_by_hand(tmp_path, capsys):
     """benchmarks/select_adherence_ab.py: Wilson and Fisher against textbook values, and the per-rule
     counts of two hand-made --json files."""
-    spec = importlib.util.spec_from_file_location("bench_ab", ROOT / "benchmarks" / "select_adherence_ab.py")
-    ab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ab)
+    ab = _bench("select_adherence_ab")
     lo, hi = ab.wilson(48, 50)
     assert (round(lo, 3), round(hi, 3)) == (0.865, 0.989)
     assert round(ab.fisher_two_sided(10, 20, 3, 20), 4) == 0.0407  # R: fisher.test(matrix(c(10,10,3,17),2))
@@ -112,9 +113,7 @@ def test_adherence_ab_statistics_by_hand(tmp_path, capsys):
 
 def test_profile_adherence_report_on_the_recorded_run(capsys):
     """benchmarks/profile_adherence.py's table and A/B line, from the rows of the run in RESULTS.md."""
-    spec = importlib.util.spec_from_file_location("bench_pa", ROOT / "benchmarks" / "profile_adherence.py")
-    pa = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pa)
+    pa = _bench("profile_adherence")
     rec = json.loads((ROOT / "benchmarks" / "results" / "profile-adherence-2026-12-02.json").read_text())
     seconds = {int(k): v["profile_seconds"] for k, v in rec["summary"].items()}
     summary = pa.report(rec["rows"], seconds, 2)
@@ -127,9 +126,7 @@ def test_profile_adherence_report_on_the_recorded_run(capsys):
 
 
 def test_kd_protocol_quick_run_compares_with_the_plateau_and_equal_compute_baselines(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_protocol", ROOT / "benchmarks" / "kd_protocol.py")
-    proto = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(proto)
+    proto = _bench("kd_protocol")
     out = tmp_path / "p.json"
     cache_before = os.environ.get("KDCOMPRESS_CACHE")
     text = proto.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)])
@@ -171,13 +168,6 @@ def test_kd_protocol_quick_run_compares_with_the_plateau_and_equal_compute_basel
         proto.main(["--quick", "--epochs", "1", "3", "--from-json", str(out)])
     with pytest.raises(SystemExit, match="no run ce1"):  # runs under another --set are other runs
         proto.main(["--quick", "--from-json", str(out), "--set", "train.batch_size=16"])
-
-
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 TINY_SETTING = ["--data", "digits", "--student", "tinycnn_w8", "--teacher-arch", "resnet8", "--teacher-epochs", "1",
