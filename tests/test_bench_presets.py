@@ -234,3 +234,27 @@ def test_kd_protocol_pairs_two_presets_seed_by_seed():
     assert "CPU seconds: 0.62x (per seed 0.75, 0.50)" in text
     with pytest.raises(SystemExit):  # a label --presets does not have: argparse's one-line error, exit 2
         proto.parse(["--presets", "kd", "dist", "--pair", "kd", "nd"])
+
+
+def test_trial_length_judges_ranking_rules_by_the_full_length_test_accuracy(tmp_path):
+    """benchmarks/trial_length.py: trial scores from a --preset auto run directory (unfinished trials ignored)
+    and from protocol runs; each rule's pick and its distance to the best preset at full length."""
+    runs = [{"label": n, "preset": n, "student": "tinycnn_w8", "seed": 0, "epochs": e, "val_acc": v, "test_acc": t}
+            for n, e, v, t in [("kd", 40, 0.90, 0.89), ("dist", 40, 0.93, 0.92), ("nd", 40, 0.91, 0.905),
+                               ("dist", 8, 0.85, 0.84), ("nd", 8, 0.84, 0.83)]]
+    (tmp_path / "p.json").write_text(json.dumps({"args": {"set": "[]"}, "runs": runs}))
+    run = tmp_path / "auto-0"
+    for name, epochs, vals in [("kd", 2, [0.70, 0.76]), ("dist", 2, [0.71, 0.75]), ("nd", 2, [0.60, 0.74]),
+                               ("kd", 8, [0.80] * 8), ("kd", 4, [0.78])]:  # kd-e4 stopped after one epoch
+        (run / "preset_trials" / f"{name}-e{epochs}").mkdir(parents=True)
+        (run / "preset_trials" / f"{name}-e{epochs}" / "metrics.csv").write_text(
+            "epoch,val_accuracy\n" + "".join(f"{i + 1},{v}\n" for i, v in enumerate(vals)))
+    (run / "preset_ranking.json").write_text(json.dumps({"ranking": {"winner": "kd"}}))
+    text = _bench("trial_length").main(["--protocol-json", str(tmp_path / "p.json"), "--trials", f"0={run}",
+                                        "--student", "tinycnn_w8", "--presets", "kd", "dist", "nd"])
+    assert "| kd | 76.00 |  | 80.00 | 90.00 | 89.00 |" in text  # the unfinished 4-epoch trial is no score
+    assert "auto as run: kd, 3.00 points behind the best" in text
+    assert "one rung at 2 ep: kd, 3.00 points behind" in text  # 76 beats dist's 75 and nd's 74
+    assert "one rung at 8 ep: dist, 0.00 points behind" in text  # 85 beats nd's 84 and kd's 80
+    assert "one rung at 4 ep" not in text  # not every preset has a 4-epoch score
+    assert "one rung at 40: 1/1 seeds, mean 0.00 points behind" in text
