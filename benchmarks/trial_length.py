@@ -14,7 +14,7 @@ a tie to the simpler preset as `--preset auto` breaks it).
 
 Usage:
     .venv/bin/python benchmarks/trial_length.py --protocol-json a.json b.json --trials 0=auto-s0 1=auto-s1 \\
-        --student tinycnn_w16 --presets kd kd_ls dist dkd nd --full 40 --set train.cache_views=8
+        --student tinycnn_w16 --presets kd kd_ls dist dkd nd --full 40 --set train.cache_views=8 --trial-cache views
 """
 
 from __future__ import annotations
@@ -42,12 +42,21 @@ def trial_scores(run: Path) -> dict[tuple[str, int], float]:
     return out
 
 
+def trial_run(ledger: Ledger, name: str, epochs: int, seed: int, args) -> dict | None:
+    """A protocol run that trained as a trial of `name` would: the preset or a variant of it ("NAME,key=value")
+    at `epochs`, with the teacher outputs --trial-cache says the trials read (auto's trials read the cache the
+    main run decides on, where a short run alone would run the teacher online)."""
+    return next((r for r in ledger.rows if r["spec"].split(",")[0] == name and
+                 (r["student"], r["epochs"], r["seed"], r["set"]) == (args.student, epochs, seed, list(args.set))
+                 and args.trial_cache in (None, r.get("teacher_cache"))), None)
+
+
 def seed_table(seed: int, ledger: Ledger, trials: dict, args) -> tuple[dict, dict, dict]:
     """({(preset, epochs): val}, {preset: full-length test}, {preset: full-length val}) for one seed."""
     val, test, full_val = dict(trials), {}, {}
     for name in args.presets:
         for n in args.lengths:
-            row = ledger.get(args.student, name, n, seed, args.set)
+            row = trial_run(ledger, name, n, seed, args)
             if row is not None:
                 val.setdefault((name, n), row["val_acc"])
         row = ledger.get(args.student, name, args.full, seed, args.set)
@@ -98,6 +107,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--val-images", type=int, default=7500, help="for the tie rule: half an image")
     ap.add_argument("--within", type=float, default=0.3, help="points")
     ap.add_argument("--set", nargs="*", default=[])
+    ap.add_argument("--trial-cache", default=None, help="only protocol runs at a trial length whose teacher outputs "
+                    "were this (views: as auto's trials read them)")
     args = ap.parse_args(argv)
     runs = {int(k): Path(v) for k, _, v in (t.partition("=") for t in args.trials)}
     ledger = Ledger(None, False, {}, args.protocol_json)
