@@ -50,6 +50,23 @@ def test_halving_drops_the_worst_and_a_tie_goes_to_the_simpler_preset():
     assert rank_presets(["dkd", "kd", "dist", "kd_ls"], 8, _fake_train(scores, calls), n_val=100).winner == "dkd"
 
 
+def test_a_floor_on_the_first_trial_drops_rounds_not_presets():
+    """Five presets and 40 trial epochs: halving gives 2-epoch first trials (5 x 2, 3 x 4, 2 x 8); a floor of 8
+    epochs (auto.min_trial 0.2 of 40) makes it one round of 5 x 8, the best on validation wins. A floor the
+    budget cannot meet with every preset still tries every preset, for as long as it affords."""
+    names = ["kd", "kd_ls", "dist", "dkd", "nd"]
+    scores = {(n, e): 0.80 + e / 100 for n in names for e in (2, 4, 8)}
+    scores["dist", 2], scores["dist", 8] = 0.79, 0.89  # dist: the slowest starter, the best at 8 epochs
+    calls = []
+    halving = rank_presets(names, 40, _fake_train(scores, calls), n_val=100)
+    assert halving.plan == ((5, 2), (3, 4), (2, 8)) and ("dist", 4) not in calls and halving.winner == "kd"
+    calls.clear()
+    r = rank_presets(names, 40, _fake_train(scores, calls), n_val=100, min_epochs=8)
+    assert r.plan == ((5, 8),) and calls == [(n, 8) for n in simplest_first(names)] and r.winner == "dist"
+    assert rank_presets(names, 20, _fake_train({(n, 4): 0.8 for n in names}, []), n_val=100,
+                        min_epochs=8).plan == ((5, 4),)
+
+
 def test_a_small_budget_tries_the_simplest_presets_and_says_which_it_left_out():
     scores = {(n, 1): a for n, a in (("kd", 0.7), ("kd_ls", 0.9), ("dist", 0.8))}
     calls = []
@@ -92,7 +109,7 @@ def test_auto_trains_the_winner_and_reports_the_ranking(tiny_teacher, tmp_path):
         assert t["val_accuracy"] * n_val == pytest.approx(round(t["val_accuracy"] * n_val))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["auto_preset"] == {"requested": "auto", "candidates": ["kd", "dist", "dkd"], "budget": 3.5,
-                                  "winner": rk["winner"]}
+                                  "min_trial": 0.2, "winner": rk["winner"]}
     assert cfg["preset"]["name"] == rk["winner"] and cfg["preset"]["train"]["epochs"] == 2
     md = (out / "report.md").read_text()
     assert "Preset ranking" in md and f"**{rk['winner']}**" in md
@@ -159,6 +176,7 @@ def test_the_trials_read_the_teacher_outputs_as_the_winner_will_from_one_cache_b
     (["--auto-presets", "kd,kd"], ["'kd' twice"]),
     (["--set", "dkd.beta=2"], ["dkd.beta", "only train.* keys"]),
     (["--auto-budget", "0.5"], ["auto.budget 0.5", "give --set auto.budget=1 or more"]),
+    (["--set", "auto.min_trial=1.5"], ["auto.min_trial must be a fraction from 0 to 1", "got 1.5"]),
 ])
 def test_bad_auto_flags_are_one_line_and_change_nothing(tiny_teacher, tmp_path, extra, needles):
     out = tmp_path / "run"

@@ -598,6 +598,15 @@ def test_halving_plan_stays_within_the_trial_budget():
     for n in range(2, 9):
         for budget in range(0, 40):
             assert sum(c * e for c, e in halving_plan([1.0] * n, budget)) <= budget
+            for floor in (1, 3, 8):  # a floor on the first rung never costs a candidate nor breaks the budget
+                wide = halving_plan([1.0] * n, budget, wide=True, min_epochs=floor)
+                base = halving_plan([1.0] * n, budget, wide=True)
+                assert [r[0] for r in wide[:1]] == [r[0] for r in base[:1]]  # as many candidates
+                assert not wide or wide[0][1] >= floor or len(wide) == 1  # shorter only when one rung is left
+                assert sum(c * e for c, e in wide) <= budget
+    assert halving_plan([1.0] * 5, 40, wide=True, min_epochs=3) == [(5, 3), (3, 6)]  # 15 + 18 of 40
+    assert halving_plan([1.0] * 5, 40, wide=True, min_epochs=8) == [(5, 8)]
+    assert halving_plan([1.0] * 5, 40, min_epochs=8) == [(5, 2), (3, 4), (2, 8)]  # without `wide` no floor
 
 
 def test_halving_plan_weighs_each_candidate_by_its_measured_epoch_cost():

@@ -45,6 +45,7 @@ SAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "gate.max_accuracy_drop": ("0.1", ("--max-accuracy-drop", "0.1")),
     "auto.presets": ("kd,dkd", ("--auto-presets", "kd,dkd")),
     "auto.budget": ("0.5", ("--auto-budget", "0.5")),
+    "auto.min_trial": ("0.5", ("--auto-min-trial", "0.5")),
     "student.init": ("pretrained", ("--student-init", "pretrained")),
     "data.download": ("true", ("--download",)),
     "runtime.compile": ("true", ("--compile",)),

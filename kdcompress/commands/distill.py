@@ -38,7 +38,7 @@ def auto_preset(f: dict[str, Any]) -> AutoPreset | None:
         raise UsageError("--preset auto cannot be combined with --rank trial (both rank by trials); "
                          "choose the student first (--rank trial with --preset kd), then rank presets with --student")
     sets = [*(f["set_"] or []), *([f"train.epochs={f['epochs']}"] if f["epochs"] is not None else [])]
-    return auto_from_flags(f.get("auto_presets"), f.get("auto_budget", 1.0), sets)
+    return auto_from_flags(f.get("auto_presets"), f.get("auto_budget", 1.0), sets, f.get("auto_min_trial", 0.2))
 
 
 def run_config(f: dict[str, Any]) -> RunConfig:

@@ -101,6 +101,9 @@ JOB_KEYS: tuple[JobKey, ...] = (
            "comma-separated (default kd,kd_ls,dist,dkd,nd).", optional=True),
     JobKey("auto.budget", "auto_budget", float, 1.0, "--auto-budget",
            "--preset auto: trial epochs in all, as a fraction of the main training's."),
+    JobKey("auto.min_trial", "auto_min_trial", float, 0.2, "--auto-min-trial",
+           "--preset auto: the shortest first trial, as a fraction of the main training's epochs (fewer rounds "
+           "rather than shorter trials)."),
     JobKey("student.init", "student_init", str, None, "--student-init", "Initial student weights: a state_dict file "
            "for the chosen student, or pretrained (timm/torchvision students; local caches only unless "
            "data.download=true).", optional=True),

@@ -257,20 +257,25 @@ class TeacherOptions:
 @dataclass(frozen=True)
 class AutoPreset:
     """`--preset auto`: candidate presets (--epochs, train.* --set applied; simplest first), the trials' budget
-    as a fraction of the main training's epochs; once ranked (select/presetrank.py) the winner, its ranking."""
+    and the shortest first trial, each as a fraction of the main training's epochs; once ranked
+    (select/presetrank.py) the winner, its ranking."""
 
     candidates: tuple[Preset, ...]
     budget: float = 1.0
+    min_trial: float = 0.2
     winner: str | None = None
     ranking: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.budget) and self.budget > 0):
             raise UsageError(f"--auto-budget must be a finite number > 0, got {self.budget}")
+        if not (math.isfinite(self.min_trial) and 0 <= self.min_trial <= 1):
+            raise UsageError(f"auto.min_trial must be a fraction from 0 to 1 of the main training's epochs, "
+                             f"got {self.min_trial}")
 
     def to_json(self) -> dict[str, Any]:
         return {"requested": "auto", "candidates": [p.name for p in self.candidates], "budget": self.budget,
-                "winner": self.winner}
+                "min_trial": self.min_trial, "winner": self.winner}
 
 
 @dataclass(frozen=True)

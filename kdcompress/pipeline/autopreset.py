@@ -10,6 +10,7 @@ ranking again; the trials themselves train in RUN/preset_trials/NAME-eEPOCHS and
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,7 +35,7 @@ TRIALS_DIR = "preset_trials"
 # ------------------------------------------------------------------------------------------ flags
 
 
-def auto_from_flags(names: str | None, budget: float, sets: list[str]) -> AutoPreset:
+def auto_from_flags(names: str | None, budget: float, sets: list[str], min_trial: float = 0.2) -> AutoPreset:
     """`--auto-presets a,b,...` (default DEFAULT_CANDIDATES) loaded with the run's `--set` (train.* keys
     only: a term key belongs to one preset) and --epochs (already in `sets`), simplest first."""
     listed = [n.strip() for n in (names.split(",") if names is not None else DEFAULT_CANDIDATES)]
@@ -57,13 +58,18 @@ def auto_from_flags(names: str | None, budget: float, sets: list[str]) -> AutoPr
     if len(seeds) > 1:
         raise UsageError(f"the --auto-presets candidates set different train.seed values ({sorted(seeds)}); "
                          "give --set train.seed=N so that their trials are paired")
-    auto = AutoPreset(tuple(by_name[n] for n in simplest_first(list(by_name))), budget)
+    auto = AutoPreset(tuple(by_name[n] for n in simplest_first(list(by_name))), budget, min_trial)
     check_budget(auto)
     return auto
 
 
 def main_epochs(auto: AutoPreset) -> int:
     return max(p.train.epochs for p in auto.candidates)
+
+
+def min_trial_epochs(auto: AutoPreset) -> int:
+    """The shortest first trial in epochs: auto.min_trial of the main training's, at least 1."""
+    return max(1, math.ceil(auto.min_trial * main_epochs(auto) - 1e-9))
 
 
 def check_budget(auto: AutoPreset) -> None:
@@ -119,7 +125,8 @@ def trainer(cfg: RunConfig, arch: str, fingerprint_of: Callable[[str], dict[str,
 
 def ranking_key(cfg: RunConfig, base: dict[str, Any]) -> dict[str, Any]:
     """Everything that decides the ranking, as JSON: a stored ranking under another key is not reused."""
-    key = {"run": base, "candidates": [preset_to_json(p) for p in cfg.auto.candidates], "budget": cfg.auto.budget}
+    key = {"run": base, "candidates": [preset_to_json(p) for p in cfg.auto.candidates], "budget": cfg.auto.budget,
+           "min_trial": cfg.auto.min_trial}
     return json.loads(json.dumps(key, default=str))
 
 
@@ -159,7 +166,7 @@ def choose_preset(cfg: RunConfig, arch: str, fingerprint_of: Callable[[str], dic
         with console.status(f"ranking presets {', '.join(names)} by short trials on the validation split"):
             result = rank_presets(names, auto.budget * main_epochs(auto),
                                   trainer(cfg, arch, fingerprint_of, teacher, splits, run, device, ddp, student_init),
-                                  n_val=len(splits.val), skipped=skips)
+                                  n_val=len(splits.val), skipped=skips, min_epochs=min_trial_epochs(auto))
         ranking = {**result.to_json(), "budget": auto.budget, "wall_seconds": round(time.perf_counter() - started, 3)}
         for name, why in result.skipped.items():
             if name not in skips:

@@ -78,16 +78,18 @@ def best_or_simplest(n_val: int) -> Callable[[list[str], dict[str, float]], str]
 
 
 def rank_presets(names: Sequence[str], budget_epochs: float, train: Callable[[str, int], tuple[float, float]],
-                 n_val: int, skipped: dict[str, str] | None = None) -> PresetRanking:
+                 n_val: int, skipped: dict[str, str] | None = None, min_epochs: int = 1) -> PresetRanking:
     """Successive halving over the presets `names` within `budget_epochs` trial epochs in all (each preset's
     epoch counted as one: one student, so the costs differ only by the loss). The plan (trial.halving_plan,
     wide) trains as many presets as the budget affords, simplest first, and drops the last rungs before it
-    drops presets; presets it cannot afford are listed in `skipped`. One preset: it wins untried."""
+    drops presets, and before a first rung would be shorter than `min_epochs` (a 2-epoch first rung of 40
+    dropped the preset best at 40 on Fashion-MNIST: benchmarks/RESULTS.md, "Issue 26, stop 34"); presets it
+    cannot afford are listed in `skipped`. One preset: it wins untried."""
     pool = simplest_first(names)
     skipped = dict(skipped or {})
     if len(pool) == 1:
         return PresetRanking(pool[0], tuple(pool), budget_epochs, n_val, skipped=skipped)
-    plan = halving_plan([1.0] * len(pool), budget_epochs, wide=True)
+    plan = halving_plan([1.0] * len(pool), budget_epochs, wide=True, min_epochs=min_epochs)
     if not plan:
         raise ValueError(f"a budget of {budget_epochs:g} trial epochs cannot train 2 presets")  # checked by the caller
     for name in pool[plan[0][0]:]:

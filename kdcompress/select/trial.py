@@ -28,22 +28,25 @@ from typing import Any
 from .result import PRECISION_PREFERENCE, Candidate, Selection
 
 
-def halving_plan(costs: Sequence[float], budget: float, wide: bool = False) -> list[tuple[int, int]]:
+def halving_plan(costs: Sequence[float], budget: float, wide: bool = False,
+                 min_epochs: int = 1) -> list[tuple[int, int]]:
     """[(survivors, epochs)] per rung for a pool whose epochs cost `costs` each (in pool order, in units
     of the main training's epoch), within `budget` of those units in all; the most candidates (a prefix of
     the pool) first, then the most epochs. [] when not even 2 candidates fit one epoch each (then the FLOPs
     rule stands). Rung k trains ceil(n / 2^k) candidates for e0 * 2^k epochs, bounded as if the dearest
     candidates survived every rung. Halving runs down to 2 survivors; with `wide`, a pool that cannot
     afford every rung keeps its size and drops the last rungs instead (down to one rung: all n for e0
-    epochs, the best of them wins)."""
+    epochs, the best of them wins), and also drops rungs while the first would be shorter than `min_epochs`
+    (a floor on the first rung that never costs a candidate: one rung shorter than it still stands)."""
     for n in range(len(costs), 1, -1):
         full = math.ceil(math.log2(n))
-        for rungs in range(full, 0 if wide else full - 1, -1):
+        last = 1 if wide else full
+        for rungs in range(full, last - 1, -1):
             counts = [math.ceil(n / 2 ** k) for k in range(rungs)]
             dear = sorted(costs[:n], reverse=True)
             unit = sum(sum(dear[:c]) * 2 ** k for k, c in enumerate(counts))  # in all when rung 0 trains 1 epoch
             e0 = math.floor(budget / unit + 1e-9)
-            if e0 >= 1:
+            if e0 >= max(1, min_epochs) or (e0 >= 1 and rungs == last):
                 return [(c, e0 * 2 ** k) for k, c in enumerate(counts)]
     return []
 
