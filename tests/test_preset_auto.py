@@ -95,6 +95,7 @@ def test_auto_trains_the_winner_and_reports_the_ranking(tiny_teacher, tmp_path):
     assert rk["candidates"] == ["kd", "dist", "dkd"] and rk["plan"] == [[3, 1], [2, 2]]
     assert [(t["preset"], t["epochs"]) for t in rk["trials"]][:3] == [("kd", 1), ("dist", 1), ("dkd", 1)]
     assert rk["epochs_spent"] == 7 and 0 < rk["seconds_spent"] <= rk["wall_seconds"] and rk["skipped"] == []
+    assert rk["budget"] == 3.5 and rk["min_trial"] == 0.2  # 0.2 of 2 epochs: no floor above 1 epoch
     # the winner is the last rung's best (ties: simplest first) and is the preset actually trained
     last = [t for t in rk["trials"] if t["rung"] == 1]
     top = max(t["val_accuracy"] for t in last)

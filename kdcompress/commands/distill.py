@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..core.config import AutoPreset, Budget, RunConfig, RuntimeConfig
+from ..core.config import AUTO_MIN_TRIAL, AutoPreset, Budget, RunConfig, RuntimeConfig
 from ..core.errors import InputError, KdError, UsageError
 from ..export import ExportOptions
 from ..losses import load_checked_preset
@@ -38,7 +38,8 @@ def auto_preset(f: dict[str, Any]) -> AutoPreset | None:
         raise UsageError("--preset auto cannot be combined with --rank trial (both rank by trials); "
                          "choose the student first (--rank trial with --preset kd), then rank presets with --student")
     sets = [*(f["set_"] or []), *([f"train.epochs={f['epochs']}"] if f["epochs"] is not None else [])]
-    return auto_from_flags(f.get("auto_presets"), f.get("auto_budget", 1.0), sets, f.get("auto_min_trial", 0.2))
+    return auto_from_flags(f.get("auto_presets"), f.get("auto_budget", 1.0), sets,
+                           f.get("auto_min_trial", AUTO_MIN_TRIAL))
 
 
 def run_config(f: dict[str, Any]) -> RunConfig:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..core.config import AUTO_MIN_TRIAL
 from ..core.errors import KdError, UsageError
 
 BOOL_WORDS = {"true": True, "1": True, "false": False, "0": False}
@@ -101,7 +102,7 @@ JOB_KEYS: tuple[JobKey, ...] = (
            "comma-separated (default kd,kd_ls,dist,dkd,nd).", optional=True),
     JobKey("auto.budget", "auto_budget", float, 1.0, "--auto-budget",
            "--preset auto: trial epochs in all, as a fraction of the main training's."),
-    JobKey("auto.min_trial", "auto_min_trial", float, 0.2, "--auto-min-trial",
+    JobKey("auto.min_trial", "auto_min_trial", float, AUTO_MIN_TRIAL, "--auto-min-trial",
            "--preset auto: the shortest first trial, as a fraction of the main training's epochs (fewer rounds "
            "rather than shorter trials)."),
     JobKey("student.init", "student_init", str, None, "--student-init", "Initial student weights: a state_dict file "

@@ -254,6 +254,11 @@ class TeacherOptions:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+# `--preset auto`'s shortest first trial, as a fraction of the main run's epochs: 2-epoch trials of 40 ranked the
+# presets wrongly on Fashion-MNIST, 8-epoch ones did not (benchmarks/RESULTS.md, "Issue 26, stop 34")
+AUTO_MIN_TRIAL = 0.2
+
+
 @dataclass(frozen=True)
 class AutoPreset:
     """`--preset auto`: candidate presets (--epochs, train.* --set applied; simplest first), the trials' budget
@@ -262,7 +267,7 @@ class AutoPreset:
 
     candidates: tuple[Preset, ...]
     budget: float = 1.0
-    min_trial: float = 0.2
+    min_trial: float = AUTO_MIN_TRIAL
     winner: str | None = None
     ranking: dict[str, Any] | None = None
 

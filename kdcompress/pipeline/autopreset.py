@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from .. import losses, students
-from ..core.config import AutoPreset, Preset, RunConfig, apply_overrides, preset_to_json
+from ..core.config import AUTO_MIN_TRIAL, AutoPreset, Preset, RunConfig, apply_overrides, preset_to_json
 from ..core.errors import UsageError
 from ..core.runio import RunDir, atomic_write_json
 from ..core.splits import DataSplits
@@ -35,7 +35,8 @@ TRIALS_DIR = "preset_trials"
 # ------------------------------------------------------------------------------------------ flags
 
 
-def auto_from_flags(names: str | None, budget: float, sets: list[str], min_trial: float = 0.2) -> AutoPreset:
+def auto_from_flags(names: str | None, budget: float, sets: list[str],
+                    min_trial: float = AUTO_MIN_TRIAL) -> AutoPreset:
     """`--auto-presets a,b,...` (default DEFAULT_CANDIDATES) loaded with the run's `--set` (train.* keys
     only: a term key belongs to one preset) and --epochs (already in `sets`), simplest first."""
     listed = [n.strip() for n in (names.split(",") if names is not None else DEFAULT_CANDIDATES)]
@@ -167,7 +168,8 @@ def choose_preset(cfg: RunConfig, arch: str, fingerprint_of: Callable[[str], dic
             result = rank_presets(names, auto.budget * main_epochs(auto),
                                   trainer(cfg, arch, fingerprint_of, teacher, splits, run, device, ddp, student_init),
                                   n_val=len(splits.val), skipped=skips, min_epochs=min_trial_epochs(auto))
-        ranking = {**result.to_json(), "budget": auto.budget, "wall_seconds": round(time.perf_counter() - started, 3)}
+        ranking = {**result.to_json(), "budget": auto.budget, "min_trial": auto.min_trial,
+                   "wall_seconds": round(time.perf_counter() - started, 3)}
         for name, why in result.skipped.items():
             if name not in skips:
                 console.print(f"[yellow]warning:[/] --preset auto did not try {name}: {why}")
