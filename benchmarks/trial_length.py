@@ -42,11 +42,19 @@ def trial_scores(run: Path) -> dict[tuple[str, int], float]:
     return out
 
 
+def same_training(spec: str, name: str) -> bool:
+    """Whether a protocol spec trains preset `name` as it is: the preset itself, or a variant that only says where
+    the teacher's outputs come from ("NAME,train.teacher_cache=views"); a variant of any other key (dkd.beta=2,
+    say) is another training."""
+    base, *extra = spec.split(",")
+    return base == name and all(e.strip().startswith("train.teacher_cache=") for e in extra)
+
+
 def trial_run(ledger: Ledger, name: str, epochs: int, seed: int, args) -> dict | None:
-    """A protocol run that trained as a trial of `name` would: the preset or a variant of it ("NAME,key=value")
-    at `epochs`, with the teacher outputs --trial-cache says the trials read (auto's trials read the cache the
-    main run decides on, where a short run alone would run the teacher online)."""
-    return next((r for r in ledger.rows if r["spec"].split(",")[0] == name and
+    """A protocol run that trained as a trial of `name` would: that training (same_training) at `epochs`, with the
+    teacher outputs --trial-cache says the trials read (auto's trials read the cache the main run decides on,
+    where a short run alone would run the teacher online)."""
+    return next((r for r in ledger.rows if same_training(r["spec"], name) and
                  (r["student"], r["epochs"], r["seed"], r["set"]) == (args.student, epochs, seed, list(args.set))
                  and args.trial_cache in (None, r.get("teacher_cache"))), None)
 

@@ -243,6 +243,7 @@ def test_trial_length_judges_ranking_rules_by_the_full_length_test_accuracy(tmp_
              "teacher_cache": c}
             for n, e, v, t, c in [("kd", 40, 0.90, 0.89, "views"), ("dist", 40, 0.93, 0.92, "views"),
                                   ("nd", 40, 0.91, 0.905, "views"), ("nd", 8, 0.99, 0.99, "off"),
+                                  ("nd,nd.T=2,train.teacher_cache=views", 8, 0.98, 0.98, "views"),  # another nd
                                   ("dist,train.teacher_cache=views", 8, 0.85, 0.84, "views"),
                                   ("nd,train.teacher_cache=views", 8, 0.84, 0.83, "views")]]
     (tmp_path / "p.json").write_text(json.dumps({"args": {"set": "[]"}, "runs": runs}))
